@@ -1,0 +1,68 @@
+//! Raw inference microbenchmark: one forward pass per model at batch 1, 8 and 64, on prepared
+//! rows built from the golden windows, libtorch with one intra-op thread. This is the floor
+//! that end-to-end latencies are compared with.
+//!
+//!     scripts/bench-inference.sh [--device cpu|cuda] [--seconds S]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use augur::runtime::{DeviceSpec, Golden, Manifest, Model};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let device = arg("--device").unwrap_or_else(|| "cpu".into());
+    let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let spec = DeviceSpec::parse(&device).expect("device: cpu, cuda, cuda:N or auto");
+    tch::set_num_threads(1);
+    tch::jit::set_graph_executor_optimize(false);
+    let _guard = tch::no_grad_guard();
+    println!(
+        "device {device}, libtorch intra-op threads {}, cuda available {}",
+        tch::get_num_threads(),
+        tch::Cuda::is_available()
+    );
+    println!("| model | kind | device | batch | p50 µs/batch | p99 µs/batch | rows/s |");
+    println!("|---|---|---|---:|---:|---:|---:|");
+    for dir in Manifest::discover(&root).unwrap() {
+        let model = Model::load(&dir, spec).unwrap();
+        let golden = Golden::load(model.manifest()).unwrap().expect("golden vectors");
+        let len = model.preprocessor().row_len();
+        for batch in [1usize, 8, 64] {
+            let mut rows = Vec::with_capacity(batch * len);
+            for i in 0..batch {
+                let w = &golden.inputs[(i % golden.count) * len..][..len];
+                model.prepare_into(w, &mut rows).unwrap();
+            }
+            for _ in 0..20 {
+                model.forward(&rows, batch).unwrap();
+            }
+            let mut samples = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs_f64(seconds) || samples.len() < 50 {
+                let t = Instant::now();
+                std::hint::black_box(model.forward(&rows, batch).unwrap());
+                samples.push(t.elapsed());
+            }
+            samples.sort();
+            let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+            let total: f64 = samples.iter().map(Duration::as_secs_f64).sum();
+            println!(
+                "| {} | {:?} | {} | {batch} | {:.1} | {:.1} | {:.0} |",
+                model.id(),
+                model.manifest().kind,
+                model.device_name(),
+                q(0.5),
+                q(0.99),
+                (samples.len() * batch) as f64 / total
+            );
+        }
+    }
+}

@@ -1,0 +1,381 @@
+"""Train Augur's models on the committed real OHLCV data and export them.
+
+    .venv/bin/python models/train/train.py [--out models]
+
+Writes, for each model, models/<model_id>/<version>/{manifest.toml, model.pt|model.json,
+golden_inputs.f32, golden_outputs.f32}. Deterministic: fixed seeds, one thread, CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import xgboost as xgb
+
+import features
+
+SEED = 7
+HORIZON = 5
+THRESHOLD_K = 0.5
+CLIP = 5.0
+TIMEFRAMES = ["1m", "5m", "15m", "1h", "4h", "1d"]
+CLASSES = ["short", "neutral", "long"]
+GOLDEN_N = 256
+VERSION = "1"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+LSTM_T, CNN_T, XGB_T = 32, 32, 3
+MAX_T = max(LSTM_T, CNN_T, XGB_T)
+
+
+def load_series() -> list[tuple[str, str, np.ndarray]]:
+    """Returns (symbol, timeframe, ohlcv[n, 5]) per real series, oldest bar first."""
+    out = []
+    with gzip.open(DATA / "stocks.csv.gz", "rb") as f:
+        stocks = pd.read_csv(io.BytesIO(f.read()))
+    for sym, df in stocks.groupby("Ticker", sort=True):
+        df = df.sort_values("Date")
+        out.append((str(sym), "1d", df[["Open", "High", "Low", "Close", "Volume"]].to_numpy(np.float64)))
+    fx = pd.read_csv(DATA / "FOREX_EURUSD_1H_ASK.csv")
+    out.append(("EURUSD", "1h", fx[["Open", "High", "Low", "Close", "Volume"]].to_numpy(np.float64)))
+    return out
+
+
+def labels(close: np.ndarray, vol20: np.ndarray) -> np.ndarray:
+    """0 short, 1 neutral, 2 long; -1 where the horizon runs past the data."""
+    n = len(close)
+    y = np.full(n, -1, dtype=np.int64)
+    for t in range(n - HORIZON):
+        r = math.log(close[t + HORIZON] / close[t])
+        thr = THRESHOLD_K * vol20[t] * math.sqrt(HORIZON)
+        y[t] = 2 if r > thr else (0 if r < -thr else 1)
+    return y
+
+
+def build_dataset():
+    """Per split, the sample end indices into one concatenated feature matrix."""
+    feats, ys, splits = [], [], {"train": [], "val": [], "test": []}
+    offset = 0
+    rows = {}
+    for sym, tf, ohlcv in load_series():
+        f = features.compute(ohlcv)
+        y = labels(ohlcv[:, 3], f[:, 19])
+        first = features.WARMUP_BARS - 1 + MAX_T - 1  # every model's window is full of features
+        idx = np.arange(first, len(f) - HORIZON)
+        n = len(idx)
+        a, b = int(n * 0.70), int(n * 0.85)
+        splits["train"].append(idx[:a] + offset)
+        splits["val"].append(idx[a:b] + offset)
+        splits["test"].append(idx[b:] + offset)
+        rows[f"{sym}/{tf}"] = n
+        feats.append(f)
+        ys.append(y)
+        offset += len(f)
+    F = np.concatenate(feats).astype(np.float32)  # features travel as float32 on the wire
+    Y = np.concatenate(ys)
+    return F, Y, {k: np.concatenate(v) for k, v in splits.items()}, rows
+
+
+def windows(F: np.ndarray, ends: np.ndarray, T: int) -> np.ndarray:
+    return np.stack([F[e - T + 1 : e + 1] for e in ends])  # [N, T, F]
+
+
+def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    # float32 throughout, in this order, exactly as the Rust runtime does it
+    return np.clip((x.astype(np.float32) - mean) / std, np.float32(-CLIP), np.float32(CLIP)).astype(np.float32)
+
+
+def to_layout(xw: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "sequence":
+        return xw
+    if layout == "channels":
+        return np.ascontiguousarray(xw.transpose(0, 2, 1))
+    return xw.reshape(len(xw), -1)
+
+
+class LstmDirection(nn.Module):
+    def __init__(self, nf: int, hidden: int = 32):
+        super().__init__()
+        self.lstm = nn.LSTM(nf, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 3)
+
+    def logits(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1, :])
+
+    def forward(self, x):
+        return torch.softmax(self.logits(x), dim=-1)
+
+
+class CnnPattern(nn.Module):
+    def __init__(self, nf: int, ch: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv1d(nf, ch, 5, padding=2), nn.ReLU(),
+            nn.Conv1d(ch, ch, 3, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Linear(ch, 3)
+
+    def logits(self, x):
+        return self.head(self.body(x).mean(dim=2))
+
+    def forward(self, x):
+        return torch.softmax(self.logits(x), dim=-1)
+
+
+class EnsembleMeta(nn.Module):
+    def __init__(self, n_in: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def logits(self, x):
+        return self.net(x)
+
+    def forward(self, x):
+        return torch.softmax(self.logits(x), dim=-1)
+
+
+class Checked(nn.Module):
+    """Wraps a traced network with a scripted check of its input shape, so that a manifest whose
+    window or feature count disagrees with the network fails at load with a clear message
+    (an LSTM alone would accept any window length)."""
+
+    def __init__(self, inner, d1: int, d2: int):
+        super().__init__()
+        self.inner = inner
+        self.d1 = d1
+        self.d2 = d2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.size(1) != self.d1 or x.size(2) != self.d2:
+            raise RuntimeError(f"input shape {x.shape} does not match [N, {self.d1}, {self.d2}]")
+        return self.inner(x)
+
+
+class CheckedFlat(nn.Module):
+    def __init__(self, inner, d1: int):
+        super().__init__()
+        self.inner = inner
+        self.d1 = d1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.size(1) != self.d1:
+            raise RuntimeError(f"input shape {x.shape} does not match [N, {self.d1}]")
+        return self.inner(x)
+
+
+def export(model: nn.Module, example: np.ndarray, path: Path):
+    ex = torch.from_numpy(example)
+    traced = torch.jit.trace(model, ex)
+    wrapped = Checked(traced, ex.shape[1], ex.shape[2]) if ex.dim() == 3 else CheckedFlat(traced, ex.shape[1])
+    torch.jit.script(wrapped).save(str(path))
+
+
+def fit_torch(model: nn.Module, xtr, ytr, xva, yva, epochs: int, lr: float):
+    torch.manual_seed(SEED)
+    g = torch.Generator().manual_seed(SEED)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    lossf = nn.CrossEntropyLoss()
+    xtr_t, ytr_t = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    xva_t, yva_t = torch.from_numpy(xva), torch.from_numpy(yva)
+    best, best_state = float("inf"), None
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xtr_t), generator=g)
+        for i in range(0, len(perm), 256):
+            b = perm[i : i + 256]
+            opt.zero_grad()
+            loss = lossf(model.logits(xtr_t[b]), ytr_t[b])
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            v = lossf(model.logits(xva_t), yva_t).item()
+        if v < best:
+            best, best_state = v, {k: t.clone() for k, t in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    return model
+
+
+def metrics(p: np.ndarray, y: np.ndarray, ytrain: np.ndarray) -> dict:
+    prior = np.bincount(ytrain, minlength=3) / len(ytrain)
+    maj = int(np.argmax(prior))
+    eps = 1e-7
+    return {
+        "test_rows": int(len(y)),
+        "test_accuracy": round(float((p.argmax(1) == y).mean()), 6),
+        "test_log_loss": round(float(-np.log(np.clip(p[np.arange(len(y)), y], eps, 1)).mean()), 6),
+        "baseline": "majority class of the training split",
+        "baseline_accuracy": round(float((y == maj).mean()), 6),
+        "baseline_log_loss": round(float(-np.log(prior[y]).mean()), 6),
+    }
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))  # shortest repr that round-trips the float32 value
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def write_manifest(path: Path, top: dict, sections: dict, comment: str):
+    lines = [f"# {line}" for line in comment.strip().splitlines()] + [""]
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items()]
+    for name, sec in sections.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in sec.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def golden_pick(n: int) -> np.ndarray:
+    return np.linspace(0, n - 1, GOLDEN_N).round().astype(np.int64)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT))
+    args = ap.parse_args()
+    out = Path(args.out)
+    t0 = time.time()
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+
+    F, Y, sp, rows = build_dataset()
+    tr, va, te = sp["train"], sp["val"], sp["test"]
+    mean = F[tr].mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = F[tr].std(axis=0, dtype=np.float64).astype(np.float32)
+    std[std == 0] = 1.0
+    trained_at = os.environ.get("AUGUR_TRAINED_AT", dt.date.today().isoformat())
+    provenance = {
+        "script": "models/train/train.py",
+        "data": ["models/data/stocks.csv.gz (AAPL FB GOOG IBM MSFT, 1d)", "models/data/FOREX_EURUSD_1H_ASK.csv (EURUSD, 1h)"],
+        "split": "per series by time: first 70% train, next 15% validation, last 15% test",
+        "rows_train": int(len(tr)), "rows_val": int(len(va)), "rows_test": int(len(te)),
+        "seed": SEED, "trained_at": trained_at,
+        "torch_version": torch.__version__, "xgboost_version": xgb.__version__,
+    }
+    label = {
+        "horizon_bars": HORIZON, "threshold_k": THRESHOLD_K,
+        "definition": "r = ln(close[t+h] / close[t]); long if r > k * volatility_20 * sqrt(h), short if r < -that, else neutral",
+    }
+    norm = {"mean": mean, "std": std, "clip": CLIP,
+            "formula": "clamp((x - mean) / std, -clip, clip), float32"}
+    ytr, yva, yte = Y[tr], Y[va], Y[te]
+    gi = golden_pick(len(te))
+    members = {}
+
+    def prep(ends, T, layout):
+        return to_layout(normalise(windows(F, ends, T), mean, std), layout)
+
+    specs = [
+        ("lstm-direction", "sequence", LSTM_T, lambda: LstmDirection(F.shape[1]), 12, 3e-3,
+         "LSTM(20 -> 32) over a window of 32 ta-v1 vectors, last hidden state -> linear -> softmax."),
+        ("cnn-pattern", "channels", CNN_T, lambda: CnnPattern(F.shape[1]), 12, 3e-3,
+         "1-D CNN over 20 feature channels x 32 bars: conv5 -> relu -> conv3 -> relu -> mean over time -> linear -> softmax."),
+    ]
+    for mid, layout, T, ctor, epochs, lr, desc in specs:
+        torch.manual_seed(SEED)
+        model = fit_torch(ctor(), prep(tr, T, layout), ytr, prep(va, T, layout), yva, epochs, lr)
+        d = out / mid / VERSION
+        d.mkdir(parents=True, exist_ok=True)
+        export(model, prep(te[:4], T, layout), d / "model.pt")
+        loaded = torch.jit.load(str(d / "model.pt"))
+        with torch.no_grad():
+            pte = loaded(torch.from_numpy(prep(te, T, layout))).numpy()
+            pva = loaded(torch.from_numpy(prep(va, T, layout))).numpy()
+        members[mid] = (pva, pte)
+        raw = windows(F, te[gi], T).astype(np.float32)
+        (d / "golden_inputs.f32").write_bytes(raw.astype("<f4").tobytes())
+        (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
+        write_manifest(d / "manifest.toml", {
+            "id": mid, "version": VERSION, "kind": "torchscript", "file": "model.pt",
+            "description": desc, "input": "features", "feature_set": "ta-v1",
+            "window": T, "features": int(F.shape[1]), "layout": layout,
+            "classes": CLASSES, "timeframes": TIMEFRAMES,
+        }, {"normalization": norm, "label": label, "provenance": provenance,
+            "metrics": metrics(pte, yte, ytr),
+            "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
+                       "input_shape": [GOLDEN_N, T, int(F.shape[1])],
+                       "note": "raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3] from torch.jit.load of model.pt"}},
+            f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
+        print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
+
+    # XGBoost over the last XGB_T bars, flattened (time-major).
+    mid, d = "xgb-direction", out / "xgb-direction" / VERSION
+    d.mkdir(parents=True, exist_ok=True)
+    params = {"objective": "multi:softprob", "num_class": 3, "max_depth": 4, "eta": 0.05,
+              "subsample": 0.8, "colsample_bytree": 0.8, "tree_method": "hist", "seed": SEED,
+              "nthread": 1, "eval_metric": "mlogloss"}
+    dtr = xgb.DMatrix(prep(tr, XGB_T, "flat"), label=ytr)
+    dva = xgb.DMatrix(prep(va, XGB_T, "flat"), label=yva)
+    xgb.train(params, dtr, num_boost_round=150, evals=[(dva, "val")], verbose_eval=False).save_model(str(d / "model.json"))
+    booster = xgb.Booster(model_file=str(d / "model.json"))
+    booster.set_param({"nthread": 1})
+    pte = booster.predict(xgb.DMatrix(prep(te, XGB_T, "flat")))
+    pva = booster.predict(xgb.DMatrix(prep(va, XGB_T, "flat")))
+    members[mid] = (pva, pte)
+    (d / "golden_inputs.f32").write_bytes(windows(F, te[gi], XGB_T).astype("<f4").tobytes())
+    (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
+    write_manifest(d / "manifest.toml", {
+        "id": mid, "version": VERSION, "kind": "xgboost-json", "file": "model.json",
+        "description": "XGBoost multi:softprob, 150 rounds x 3 classes, depth 4, over the last 3 ta-v1 vectors flattened time-major.",
+        "input": "features", "feature_set": "ta-v1", "window": XGB_T, "features": int(F.shape[1]),
+        "layout": "flat", "classes": CLASSES, "timeframes": TIMEFRAMES,
+    }, {"normalization": norm, "label": label, "provenance": provenance,
+        "metrics": metrics(pte, yte, ytr),
+        "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
+                   "input_shape": [GOLDEN_N, XGB_T, int(F.shape[1])],
+                   "note": "raw ta-v1 windows (before normalisation); outputs from xgboost Booster.predict"}},
+        f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
+    print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
+
+    # Stacking meta-model over the members' probabilities, trained on the validation split.
+    order = ["lstm-direction", "cnn-pattern", "xgb-direction"]
+    mva = np.concatenate([members[m][0] for m in order], axis=1).astype(np.float32)
+    mte = np.concatenate([members[m][1] for m in order], axis=1).astype(np.float32)
+    mid, d = "ensemble-meta", out / "ensemble-meta" / VERSION
+    d.mkdir(parents=True, exist_ok=True)
+    n_fit = int(len(mva) * 0.8)
+    meta = fit_torch(EnsembleMeta(mva.shape[1]), mva[:n_fit], yva[:n_fit], mva[n_fit:], yva[n_fit:], 60, 1e-2)
+    export(meta, mte[:4], d / "model.pt")
+    loaded = torch.jit.load(str(d / "model.pt"))
+    with torch.no_grad():
+        pte = loaded(torch.from_numpy(mte)).numpy()
+    (d / "golden_inputs.f32").write_bytes(mte[gi].astype("<f4").tobytes())
+    (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
+    write_manifest(d / "manifest.toml", {
+        "id": mid, "version": VERSION, "kind": "torchscript", "file": "model.pt",
+        "description": "Stacker: linear(9 -> 16) -> relu -> linear(16 -> 3) -> softmax over the members' probabilities.",
+        "input": "member_probabilities", "members": order, "window": 1, "features": int(mva.shape[1]),
+        "layout": "flat", "classes": CLASSES, "timeframes": TIMEFRAMES,
+    }, {"label": label, "provenance": {**provenance, "split": "validation split of the members: first 80% fit, last 20% early stop; scored on the test split"},
+        "metrics": metrics(pte, yte, ytr),
+        "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
+                   "input_shape": [GOLDEN_N, 1, int(mva.shape[1])],
+                   "note": "members' probabilities [lstm, cnn, xgb] x [short, neutral, long]"}},
+        f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
+    print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
+    print(f"rows per series: {rows}; total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+//! `manifest.toml`: everything the runtime needs to know about a model folder. Nothing about
+//! a model is hard-coded in Rust; this file is read, checked (all problems at once) and obeyed.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::RuntimeError;
+
+/// Which framework runs the model file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ModelKind {
+    #[serde(rename = "torchscript")]
+    TorchScript,
+    #[serde(rename = "xgboost-json")]
+    XgboostJson,
+}
+
+/// How a window of `window` x `features` values is laid out for the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// N x T x F
+    Sequence,
+    /// N x F x T
+    Channels,
+    /// N x (T*F), time-major
+    Flat,
+}
+
+/// What the model's input rows are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSource {
+    /// A window of feature vectors of `feature_set`.
+    Features,
+    /// The probabilities of the `members`, concatenated in order (a stacking model).
+    MemberProbabilities,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+    /// Normalised values are clamped to [-clip, clip].
+    pub clip: f64,
+    #[serde(default)]
+    pub formula: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    pub horizon_bars: u32,
+    pub threshold_k: f64,
+    #[serde(default)]
+    pub definition: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Golden {
+    pub inputs: String,
+    pub outputs: String,
+    pub count: usize,
+    pub input_shape: Vec<usize>,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub id: String,
+    pub version: String,
+    pub kind: ModelKind,
+    pub file: String,
+    #[serde(default)]
+    pub description: String,
+    pub input: InputSource,
+    #[serde(default)]
+    pub feature_set: Option<String>,
+    #[serde(default)]
+    pub members: Vec<String>,
+    pub window: usize,
+    pub features: usize,
+    pub layout: Layout,
+    pub classes: Vec<String>,
+    pub timeframes: Vec<String>,
+    #[serde(default)]
+    pub normalization: Option<Normalization>,
+    pub label: Label,
+    pub provenance: toml::Table,
+    pub metrics: toml::Table,
+    #[serde(default)]
+    pub golden: Option<Golden>,
+    /// The folder the manifest was read from (not part of the file).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl Manifest {
+    /// Reads and checks `<dir>/manifest.toml`.
+    pub fn load(dir: &Path) -> Result<Manifest, RuntimeError> {
+        let path = dir.join("manifest.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => RuntimeError::FileMissing { path: path.clone() },
+            _ => RuntimeError::Io {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|e| RuntimeError::Manifest {
+            path: path.clone(),
+            problems: vec![e.to_string()],
+        })?;
+        m.dir = dir.to_path_buf();
+        let problems = m.problems();
+        if problems.is_empty() {
+            Ok(m)
+        } else {
+            Err(RuntimeError::Manifest { path, problems })
+        }
+    }
+
+    /// Every inconsistency in the manifest, not just the first.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.id.trim().is_empty() {
+            p.push("id is empty".to_string());
+        }
+        if self.window == 0 {
+            p.push("window must be at least 1".to_string());
+        }
+        if self.features == 0 {
+            p.push("features must be at least 1".to_string());
+        }
+        if self.classes.len() < 2 {
+            p.push(format!(
+                "classes must name at least 2 classes, got {}",
+                self.classes.len()
+            ));
+        }
+        if self.timeframes.is_empty() {
+            p.push("timeframes is empty".to_string());
+        }
+        match self.input {
+            InputSource::Features => {
+                if self.feature_set.as_deref().unwrap_or("").is_empty() {
+                    p.push("input = \"features\" needs feature_set".to_string());
+                }
+            }
+            InputSource::MemberProbabilities => {
+                let want = self.members.len() * self.classes.len();
+                if self.members.is_empty() {
+                    p.push("input = \"member_probabilities\" needs members".to_string());
+                } else if self.window * self.features != want {
+                    p.push(format!(
+                        "{} members x {} classes = {want} inputs, but window x features = {}",
+                        self.members.len(),
+                        self.classes.len(),
+                        self.window * self.features
+                    ));
+                }
+            }
+        }
+        if let Some(n) = &self.normalization {
+            for (name, v) in [("mean", &n.mean), ("std", &n.std)] {
+                if v.len() != self.features {
+                    p.push(format!(
+                        "normalization.{name} has {} values, features = {}",
+                        v.len(),
+                        self.features
+                    ));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    p.push(format!("normalization.{name} holds a non-finite value"));
+                }
+            }
+            if n.std.iter().any(|s| *s <= 0.0) {
+                p.push("normalization.std must be positive".to_string());
+            }
+            if !(n.clip > 0.0) {
+                p.push("normalization.clip must be positive".to_string());
+            }
+        }
+        if let Some(g) = &self.golden {
+            if g.input_shape != [g.count, self.window, self.features] {
+                p.push(format!(
+                    "golden.input_shape {:?} disagrees with [count, window, features] = [{}, {}, {}]",
+                    g.input_shape, g.count, self.window, self.features
+                ));
+            }
+        }
+        p
+    }
+
+    /// Path of the model file.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(&self.file)
+    }
+
+    /// Values in one raw input window (window x features).
+    pub fn row_len(&self) -> usize {
+        self.window * self.features
+    }
+
+    /// Whether this model serves the timeframe.
+    pub fn serves(&self, timeframe: &str) -> bool {
+        self.timeframes.iter().any(|t| t == timeframe)
+    }
+
+    /// Every model folder under a model repository: `<root>/<model_id>/<version>/manifest.toml`,
+    /// the highest version (numeric when both parse) of each model.
+    pub fn discover(root: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RuntimeError::Io { path, source }
+        };
+        let mut out = Vec::new();
+        let mut ids: Vec<_> = std::fs::read_dir(root)
+            .map_err(io(root))?
+            .filter_map(Result::ok)
+            .collect();
+        ids.sort_by_key(|e| e.file_name());
+        for id in ids {
+            let dir = id.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let mut versions: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(io(&dir))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join("manifest.toml").is_file())
+                .collect();
+            versions.sort_by(|a, b| {
+                let key = |p: &PathBuf| {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    (name.parse::<u64>().ok(), name)
+                };
+                key(a).cmp(&key(b))
+            });
+            if let Some(last) = versions.pop() {
+                out.push(last);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,249 @@
+//! The model runtime: loads a model folder from its manifest (nothing about a model is
+//! hard-coded here) and answers batches: N raw windows in, N probability rows out.
+//!
+//! This module owns the frameworks (libtorch through tch, our XGBoost evaluator). It knows
+//! nothing of actors, buses or config files: the executor threads call it.
+pub mod error;
+pub mod manifest;
+pub mod preprocess;
+pub mod torch;
+pub mod xgboost;
+
+use std::path::Path;
+
+pub use error::{InputError, RuntimeError};
+pub use manifest::{InputSource, Layout, Manifest, ModelKind};
+pub use preprocess::Preprocessor;
+pub use torch::DeviceSpec;
+
+use self::torch::TorchModel;
+use self::xgboost::XgbModel;
+
+#[derive(Debug)]
+enum Backend {
+    Torch(TorchModel),
+    Xgb(XgbModel),
+}
+
+/// A loaded, checked model.
+#[derive(Debug)]
+pub struct Model {
+    manifest: Manifest,
+    pre: Preprocessor,
+    backend: Backend,
+}
+
+/// Golden rows checked at load: enough to catch a wrong window, layout or normalisation.
+const SELF_TEST_ROWS: usize = 8;
+
+impl Model {
+    /// Loads `<dir>/manifest.toml` and its model file, then checks that the model agrees with
+    /// the manifest: input shape, output classes, and (when the folder ships golden vectors)
+    /// the reference outputs of a few golden windows.
+    pub fn load(dir: &Path, device: DeviceSpec) -> Result<Model, RuntimeError> {
+        let manifest = Manifest::load(dir)?;
+        let path = manifest.model_path();
+        let classes = manifest.classes.len();
+        let backend = match manifest.kind {
+            ModelKind::TorchScript => {
+                let (t, f) = (manifest.window as i64, manifest.features as i64);
+                let row_shape = match manifest.layout {
+                    Layout::Sequence => vec![t, f],
+                    Layout::Channels => vec![f, t],
+                    Layout::Flat => vec![t * f],
+                };
+                Backend::Torch(TorchModel::load(&path, device.resolve()?, row_shape, classes)?)
+            }
+            ModelKind::XgboostJson => {
+                if manifest.layout != Layout::Flat {
+                    return Err(RuntimeError::Mismatch {
+                        path,
+                        message: format!(
+                            "xgboost needs layout = \"flat\", manifest says {:?}",
+                            manifest.layout
+                        ),
+                    });
+                }
+                let m = XgbModel::load(&path)?;
+                if m.num_feature() != manifest.row_len() || m.num_class() != classes {
+                    return Err(RuntimeError::Mismatch {
+                        path,
+                        message: format!(
+                            "model has {} features and {} classes; manifest window {} x features {} = {} and {} classes",
+                            m.num_feature(),
+                            m.num_class(),
+                            manifest.window,
+                            manifest.features,
+                            manifest.row_len(),
+                            classes
+                        ),
+                    });
+                }
+                Backend::Xgb(m)
+            }
+        };
+        let model = Model {
+            pre: Preprocessor::new(&manifest),
+            manifest,
+            backend,
+        };
+        model.check_shapes()?;
+        model.self_test()?;
+        Ok(model)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    /// Number of output classes (probabilities per row).
+    pub fn classes(&self) -> usize {
+        self.manifest.classes.len()
+    }
+
+    /// "cpu" or "cuda:N".
+    pub fn device_name(&self) -> String {
+        match &self.backend {
+            Backend::Torch(t) => torch::device_name(t.device()),
+            Backend::Xgb(_) => "cpu".to_string(),
+        }
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.pre
+    }
+
+    /// Appends the prepared row for a raw window (time-major, window x features) to `out`.
+    pub fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), InputError> {
+        self.pre.prepare_into(raw, out)
+    }
+
+    /// One forward pass over n prepared rows; n x classes probabilities.
+    pub fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        match &self.backend {
+            Backend::Torch(t) => t.forward(rows, n),
+            Backend::Xgb(x) => x.predict(rows, n),
+        }
+    }
+
+    /// The batch API: n raw windows, concatenated, in; n x classes probabilities out.
+    pub fn predict(&self, raw: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        let len = self.pre.row_len();
+        if raw.len() != n * len {
+            return Err(RuntimeError::Input {
+                row: raw.len() / len.max(1),
+                kind: InputError::WrongLength {
+                    expected: n * len,
+                    got: raw.len(),
+                },
+            });
+        }
+        let mut rows = Vec::with_capacity(raw.len());
+        for (row, window) in raw.chunks_exact(len).enumerate() {
+            self.pre
+                .prepare_into(window, &mut rows)
+                .map_err(|kind| RuntimeError::Input { row, kind })?;
+        }
+        self.forward(&rows, n)
+    }
+
+    /// A zero row must go through and give one row of `classes` probabilities: this catches a
+    /// feature count or layout that disagrees with the network.
+    fn check_shapes(&self) -> Result<(), RuntimeError> {
+        let rows = vec![0.0f32; self.pre.row_len()];
+        self.forward(&rows, 1).map(|_| ()).map_err(|e| match e {
+            RuntimeError::Inference { message, .. } => RuntimeError::Mismatch {
+                path: self.manifest.model_path(),
+                message: format!(
+                    "a [{} x {}] {:?} input does not fit the model: {message}",
+                    self.manifest.window, self.manifest.features, self.manifest.layout
+                ),
+            },
+            other => other,
+        })
+    }
+
+    /// The first golden windows must reproduce the reference outputs (1e-4 here; the test
+    /// suite checks every golden vector at 1e-5). A window length that disagrees with what the
+    /// model was trained on passes the shape check for an LSTM but fails here.
+    fn self_test(&self) -> Result<(), RuntimeError> {
+        let Some(g) = Golden::load(&self.manifest)? else {
+            return Ok(());
+        };
+        let n = g.count.min(SELF_TEST_ROWS);
+        let got = self.predict(&g.inputs[..n * self.pre.row_len()], n)?;
+        let worst = got
+            .iter()
+            .zip(&g.outputs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        if worst > 1e-4 {
+            return Err(RuntimeError::SelfTest {
+                path: self.manifest.model_path(),
+                message: format!(
+                    "max |difference| {worst:e} from the reference outputs over {n} golden windows"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Golden vectors shipped with a model: raw windows and the reference framework's outputs.
+#[derive(Debug)]
+pub struct Golden {
+    pub count: usize,
+    pub inputs: Vec<f32>,
+    pub outputs: Vec<f32>,
+}
+
+impl Golden {
+    pub fn load(m: &Manifest) -> Result<Option<Golden>, RuntimeError> {
+        let Some(g) = &m.golden else { return Ok(None) };
+        let inputs = read_f32(&m.dir.join(&g.inputs))?;
+        let outputs = read_f32(&m.dir.join(&g.outputs))?;
+        let (want_in, want_out) = (g.count * m.row_len(), g.count * m.classes.len());
+        if inputs.len() != want_in || outputs.len() != want_out {
+            return Err(RuntimeError::Manifest {
+                path: m.dir.join("manifest.toml"),
+                problems: vec![format!(
+                    "golden files hold {} inputs and {} outputs, expected {want_in} and {want_out}",
+                    inputs.len(),
+                    outputs.len()
+                )],
+            });
+        }
+        Ok(Some(Golden {
+            count: g.count,
+            inputs,
+            outputs,
+        }))
+    }
+}
+
+/// Reads a file of little-endian float32 values.
+pub fn read_f32(path: &Path) -> Result<Vec<f32>, RuntimeError> {
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => RuntimeError::FileMissing {
+            path: path.to_path_buf(),
+        },
+        _ => RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    if bytes.len() % 4 != 0 {
+        return Err(RuntimeError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "length is not a multiple of 4"),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
