@@ -90,7 +90,7 @@ class TaV1:
         rng = h - l
         return [
             ret(1), ret(2), ret(5), ret(10), ret(20),
-            _safe(g, g + d) - 0.5,
+            _safe(g, g + d) - 0.5 if g + d != 0.0 else 0.0,
             m / c, s / c, (m - s) / c,
             atr / c,
             _safe(c - (sma20 - 2.0 * std20), 4.0 * std20) - 0.5,
