@@ -1,5 +1,31 @@
 //! # augur-actors
 //!
-//! The actor graph of Augur, independent of any framework or bus crate: inference, buses and
-//! HTTP are reached through traits and `Recipient`s that the `augur` crate implements.
+//! The actor graph of Augur, independent of any framework or bus crate: models are reached
+//! through [`executor::InferenceBackend`], buses through `Recipient<Publish>` sinks and
+//! [`pipeline::Pipeline::ingest`]. The `augur` crate supplies both.
+//!
+//! ```text
+//! ingest ─> Router ─> ModelActor per (symbol, timeframe, model) ─> Executor thread per model
+//!             │                         │ (window, admission by the model's gate)
+//!             └─> Aggregator per (symbol, timeframe) <─┘ ─> Publish sinks
+//! Supervisor: circuit transitions from the gates, restarts with backoff, parks faulted models
+//! ```
+//!
+//! - [`types`]: checked domain types (no protobuf past the codec).
+//! - [`messages`]: every message of the graph.
+//! - [`router`], [`model_actor`], [`aggregator`], [`supervisor`]: the actors.
+//! - [`executor`]: the batching inference threads.
+//! - [`breaker`], [`gate`]: the circuit breaker (pure, time injected) and its shared wrapper.
+//! - [`pipeline`]: builds the graph. [`telemetry`]: every metric name.
+pub mod aggregator;
 pub mod breaker;
+pub mod clock;
+pub mod executor;
+pub mod gate;
+pub mod messages;
+pub mod model_actor;
+pub mod pipeline;
+pub mod router;
+pub mod supervisor;
+pub mod telemetry;
+pub mod types;

@@ -287,12 +287,12 @@ def main():
         return to_layout(normalise(windows(F, ends, T), mean, std), layout)
 
     specs = [
-        ("lstm-direction", "sequence", LSTM_T, lambda: LstmDirection(F.shape[1]), 12, 3e-3,
+        ("lstm-direction", "lstm", "sequence", LSTM_T, lambda: LstmDirection(F.shape[1]), 12, 3e-3,
          "LSTM(20 -> 32) over a window of 32 ta-v1 vectors, last hidden state -> linear -> softmax."),
-        ("cnn-pattern", "channels", CNN_T, lambda: CnnPattern(F.shape[1]), 12, 3e-3,
+        ("cnn-pattern", "cnn", "channels", CNN_T, lambda: CnnPattern(F.shape[1]), 12, 3e-3,
          "1-D CNN over 20 feature channels x 32 bars: conv5 -> relu -> conv3 -> relu -> mean over time -> linear -> softmax."),
     ]
-    for mid, layout, T, ctor, epochs, lr, desc in specs:
+    for mid, family, layout, T, ctor, epochs, lr, desc in specs:
         torch.manual_seed(SEED)
         model = fit_torch(ctor(), prep(tr, T, layout), ytr, prep(va, T, layout), yva, epochs, lr)
         d = out / mid / VERSION
@@ -307,7 +307,7 @@ def main():
         (d / "golden_inputs.f32").write_bytes(raw.astype("<f4").tobytes())
         (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
         write_manifest(d / "manifest.toml", {
-            "id": mid, "version": VERSION, "kind": "torchscript", "file": "model.pt",
+            "id": mid, "version": VERSION, "kind": "torchscript", "family": family, "file": "model.pt",
             "description": desc, "input": "features", "feature_set": "ta-v1",
             "window": T, "features": int(F.shape[1]), "layout": layout,
             "classes": CLASSES, "timeframes": TIMEFRAMES,
@@ -336,7 +336,7 @@ def main():
     (d / "golden_inputs.f32").write_bytes(windows(F, te[gi], XGB_T).astype("<f4").tobytes())
     (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
     write_manifest(d / "manifest.toml", {
-        "id": mid, "version": VERSION, "kind": "xgboost-json", "file": "model.json",
+        "id": mid, "version": VERSION, "kind": "xgboost-json", "family": "xgboost", "file": "model.json",
         "description": "XGBoost multi:softprob, 150 rounds x 3 classes, depth 4, over the last 3 ta-v1 vectors flattened time-major.",
         "input": "features", "feature_set": "ta-v1", "window": XGB_T, "features": int(F.shape[1]),
         "layout": "flat", "classes": CLASSES, "timeframes": TIMEFRAMES,
@@ -363,7 +363,7 @@ def main():
     (d / "golden_inputs.f32").write_bytes(mte[gi].astype("<f4").tobytes())
     (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
     write_manifest(d / "manifest.toml", {
-        "id": mid, "version": VERSION, "kind": "torchscript", "file": "model.pt",
+        "id": mid, "version": VERSION, "kind": "torchscript", "family": "stacker", "file": "model.pt",
         "description": "Stacker: linear(9 -> 16) -> relu -> linear(16 -> 3) -> softmax over the members' probabilities.",
         "input": "member_probabilities", "members": order, "window": 1, "features": int(mva.shape[1]),
         "layout": "flat", "classes": CLASSES, "timeframes": TIMEFRAMES,

@@ -74,6 +74,8 @@ pub struct Manifest {
     pub id: String,
     pub version: String,
     pub kind: ModelKind,
+    /// The model family reported on predictions: "lstm", "cnn", "xgboost", "stacker".
+    pub family: String,
     pub file: String,
     #[serde(default)]
     pub description: String,

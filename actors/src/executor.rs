@@ -1,0 +1,569 @@
+//! Executor: one dedicated OS thread per (model, device) that owns the model and batches rows
+//! from every stream into one forward pass.
+//!
+//! Requests arrive over a bounded channel; the thread takes the first, then keeps collecting
+//! until `max_batch` rows or `max_delay_us` have passed, prepares every row, runs one forward
+//! pass inside `catch_unwind`, and answers each request on its own oneshot. A panic in the
+//! model kills only this thread: the handle reports it down and the supervisor starts a fresh
+//! executor with the model reloaded. No model code ever runs on an actor thread.
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// What the executor needs from a model; the `augur` crate implements it over the runtime.
+pub trait InferenceBackend: Send {
+    /// Values in one raw input row.
+    fn row_len(&self) -> usize;
+    /// Probabilities per row.
+    fn classes(&self) -> usize;
+    /// Checks and prepares one raw row, appending it to `out`; an error is a short code.
+    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), &'static str>;
+    /// One forward pass over n prepared rows: n x classes probabilities.
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String>;
+    /// Called once on the executor thread before warm-up (thread-local libtorch settings).
+    fn init_thread(&self) {}
+}
+
+/// Loads a fresh backend (on start and on every restart).
+pub type BackendFactory = Arc<dyn Fn() -> Result<Box<dyn InferenceBackend>, String> + Send + Sync>;
+
+/// Batching limits. Changeable at run time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most rows in one forward pass.
+    pub max_batch: usize,
+    /// How long the first row of a batch may wait for company.
+    pub max_delay_us: u64,
+    /// Requests that may wait in the executor's queue; beyond it calls are refused (counted).
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch: 64,
+            max_delay_us: 200,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(1..=1024).contains(&self.max_batch) {
+            p.push(format!(
+                "{prefix}.max_batch must be in 1..=1024, got {}",
+                self.max_batch
+            ));
+        }
+        if self.max_delay_us > 1_000_000 {
+            p.push(format!(
+                "{prefix}.max_delay_us must be at most 1000000, got {}",
+                self.max_delay_us
+            ));
+        }
+        if self.queue_capacity == 0 {
+            p.push(format!("{prefix}.queue_capacity must be at least 1"));
+        }
+        p
+    }
+}
+
+/// One answered row.
+#[derive(Debug, Clone)]
+pub struct RowOutput {
+    pub probabilities: Vec<f32>,
+    /// Forward-pass time of the batch this row was in.
+    pub inference_us: u32,
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExecError {
+    #[error("executor queue is full")]
+    QueueFull,
+    #[error("executor is down")]
+    Down,
+    #[error("invalid input row: {0}")]
+    Input(&'static str),
+    #[error("model failed: {0}")]
+    Model(String),
+    #[error("model panicked: {0}")]
+    Panicked(String),
+}
+
+impl ExecError {
+    /// Whether the model (not the caller's row) is at fault: counts against the breaker.
+    pub fn is_model_fault(&self) -> bool {
+        !matches!(self, ExecError::Input(_))
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExecError::QueueFull => "queue_full",
+            ExecError::Down => "executor_down",
+            ExecError::Input(c) => c,
+            ExecError::Model(_) => "model_error",
+            ExecError::Panicked(_) => "model_panic",
+        }
+    }
+}
+
+struct Job {
+    raw: Vec<f32>,
+    reply: oneshot::Sender<Result<RowOutput, ExecError>>,
+}
+
+/// Per-batch statistics the executor publishes for metrics.
+pub trait BatchObserver: Send + Sync {
+    fn on_batch(&self, model: &str, size: usize, forward: Duration, ok: bool);
+}
+
+/// Ignores everything (tests).
+#[derive(Debug)]
+pub struct NoObserver;
+
+impl BatchObserver for NoObserver {
+    fn on_batch(&self, _: &str, _: usize, _: Duration, _: bool) {}
+}
+
+/// The executor's shared state, readable from any thread.
+#[derive(Debug, Default)]
+pub struct ExecutorState {
+    /// Loaded and warmed.
+    pub ready: AtomicBool,
+    /// The thread has exited (load failure, panic, shutdown).
+    pub down: AtomicBool,
+    pub queued: AtomicUsize,
+    pub batches: AtomicU64,
+    pub rows: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A cheap, cloneable way to submit rows to one executor.
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    model: Arc<str>,
+    tx: SyncSender<Job>,
+    state: Arc<ExecutorState>,
+    batch: Arc<Mutex<BatchConfig>>,
+}
+
+impl std::fmt::Debug for ExecutorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorHandle")
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+impl ExecutorHandle {
+    /// Queues one raw row; the answer arrives on the returned receiver.
+    pub fn submit(
+        &self,
+        raw: Vec<f32>,
+    ) -> Result<oneshot::Receiver<Result<RowOutput, ExecError>>, ExecError> {
+        if self.state.down.load(Ordering::Acquire) {
+            return Err(ExecError::Down);
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { raw, reply }) {
+            Ok(()) => {
+                self.state.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(rx)
+            }
+            Err(TrySendError::Full(_)) => Err(ExecError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => Err(ExecError::Down),
+        }
+    }
+
+    /// Submits and waits.
+    pub async fn infer(&self, raw: Vec<f32>) -> Result<RowOutput, ExecError> {
+        self.submit(raw)?.await.unwrap_or(Err(ExecError::Down))
+    }
+
+    pub fn state(&self) -> &Arc<ExecutorState> {
+        &self.state
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.state.down.load(Ordering::Acquire)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.ready.load(Ordering::Acquire)
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.state.queued.load(Ordering::Relaxed)
+    }
+
+    /// New batching limits apply from the next batch (the queue capacity only on restart).
+    pub fn set_batch(&self, b: BatchConfig) {
+        if let Ok(mut g) = self.batch.lock() {
+            *g = b;
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+/// Starts an executor thread: loads the backend, warms every batch size up to `max_batch`,
+/// then serves. Returns at once; `ready` reports the outcome of loading and warm-up.
+pub fn spawn(
+    model: &str,
+    factory: BackendFactory,
+    batch: BatchConfig,
+    observer: Arc<dyn BatchObserver>,
+) -> (ExecutorHandle, oneshot::Receiver<Result<(), String>>) {
+    let (tx, rx) = sync_channel::<Job>(batch.queue_capacity.max(1));
+    let state = Arc::new(ExecutorState::default());
+    let shared_batch = Arc::new(Mutex::new(batch));
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let handle = ExecutorHandle {
+        model: model.into(),
+        tx,
+        state: state.clone(),
+        batch: shared_batch.clone(),
+    };
+    let name = model.to_string();
+    let spawned = std::thread::Builder::new()
+        .name(format!("exec-{model}"))
+        .spawn(move || {
+            run(
+                &name,
+                factory,
+                rx,
+                state.clone(),
+                shared_batch,
+                observer,
+                ready_tx,
+            );
+            state.ready.store(false, Ordering::Release);
+            state.down.store(true, Ordering::Release);
+        });
+    if let Err(e) = spawned {
+        handle.state.down.store(true, Ordering::Release);
+        if let Ok(mut g) = handle.state.last_error.lock() {
+            *g = Some(format!("cannot start thread: {e}"));
+        }
+    }
+    (handle, ready_rx)
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+fn run(
+    model: &str,
+    factory: BackendFactory,
+    rx: Receiver<Job>,
+    state: Arc<ExecutorState>,
+    batch: Arc<Mutex<BatchConfig>>,
+    observer: Arc<dyn BatchObserver>,
+    ready: oneshot::Sender<Result<(), String>>,
+) {
+    let set_error = |e: &str| {
+        if let Ok(mut g) = state.last_error.lock() {
+            *g = Some(e.to_string());
+        }
+    };
+    let loaded = catch_unwind(AssertUnwindSafe(|| {
+        let backend = factory()?;
+        backend.init_thread();
+        let max = batch.lock().map(|b| b.max_batch).unwrap_or(1);
+        let zeros = vec![0.0f32; backend.row_len() * max];
+        let mut rows = Vec::with_capacity(zeros.len());
+        for _ in 0..max {
+            backend
+                .prepare_into(&zeros[..backend.row_len()], &mut rows)
+                .map_err(|c| c.to_string())?;
+        }
+        for n in 1..=max {
+            backend.forward(&rows[..n * backend.row_len()], n)?;
+        }
+        Ok::<_, String>(backend)
+    }));
+    let backend = match loaded {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            set_error(&e);
+            let _ = ready.send(Err(e));
+            return;
+        }
+        Err(p) => {
+            let e = format!("panic while loading: {}", panic_message(p.as_ref()));
+            set_error(&e);
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    state.ready.store(true, Ordering::Release);
+    let _ = ready.send(Ok(()));
+    let (len, classes) = (backend.row_len(), backend.classes());
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut rows: Vec<f32> = Vec::new();
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let cfg = batch.lock().map(|b| b.clone()).unwrap_or_default();
+        jobs.clear();
+        jobs.push(first);
+        let deadline = Instant::now() + Duration::from_micros(cfg.max_delay_us);
+        while jobs.len() < cfg.max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(j) => jobs.push(j),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            }
+        }
+        state.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
+        // Rows that fail preparation are answered at once; the rest go through together.
+        rows.clear();
+        let mut accepted: Vec<Job> = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            match backend.prepare_into(&job.raw, &mut rows) {
+                Ok(()) => accepted.push(job),
+                Err(code) => {
+                    let _ = job.reply.send(Err(ExecError::Input(code)));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            continue;
+        }
+        let n = accepted.len();
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&rows[..n * len], n)));
+        let took = started.elapsed();
+        state.batches.fetch_add(1, Ordering::Relaxed);
+        state.rows.fetch_add(n as u64, Ordering::Relaxed);
+        let us = took.as_micros().min(u32::MAX as u128) as u32;
+        match result {
+            Ok(Ok(out)) if out.len() == n * classes => {
+                observer.on_batch(model, n, took, true);
+                for (job, p) in accepted.into_iter().zip(out.chunks_exact(classes)) {
+                    let _ = job.reply.send(Ok(RowOutput {
+                        probabilities: p.to_vec(),
+                        inference_us: us,
+                        batch_size: n as u32,
+                    }));
+                }
+            }
+            Ok(Ok(out)) => {
+                observer.on_batch(model, n, took, false);
+                let e = format!("{} outputs for {n} rows of {classes} classes", out.len());
+                set_error(&e);
+                for job in accepted {
+                    let _ = job.reply.send(Err(ExecError::Model(e.clone())));
+                }
+            }
+            Ok(Err(e)) => {
+                observer.on_batch(model, n, took, false);
+                set_error(&e);
+                for job in accepted {
+                    let _ = job.reply.send(Err(ExecError::Model(e.clone())));
+                }
+            }
+            Err(p) => {
+                // The model's state may be corrupt after a panic: answer, then let this
+                // thread end; the supervisor starts a fresh executor.
+                observer.on_batch(model, n, took, false);
+                let e = panic_message(p.as_ref());
+                set_error(&format!("panic: {e}"));
+                state.down.store(true, Ordering::Release);
+                for job in accepted {
+                    let _ = job.reply.send(Err(ExecError::Panicked(e.clone())));
+                }
+                while let Ok(job) = rx.try_recv() {
+                    let _ = job.reply.send(Err(ExecError::Down));
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A test double for a model: sums each row into class scores. It can be told to fail or
+    /// panic on rows whose first value is a marker.
+    pub struct SumModel {
+        pub len: usize,
+    }
+
+    pub const FAIL: f32 = -999.0;
+    pub const PANIC: f32 = -666.0;
+
+    impl InferenceBackend for SumModel {
+        fn row_len(&self) -> usize {
+            self.len
+        }
+        fn classes(&self) -> usize {
+            3
+        }
+        fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), &'static str> {
+            if raw.len() != self.len {
+                return Err("wrong_feature_count");
+            }
+            if raw.iter().any(|v| !v.is_finite()) {
+                return Err("non_finite_value");
+            }
+            out.extend_from_slice(raw);
+            Ok(())
+        }
+        fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String> {
+            let mut out = Vec::with_capacity(n * 3);
+            for r in rows.chunks_exact(self.len) {
+                if r[0] == FAIL {
+                    return Err("told to fail".into());
+                }
+                if r[0] == PANIC {
+                    panic!("told to panic");
+                }
+                let s: f32 = r.iter().sum();
+                let p = 1.0 / (1.0 + (-s).exp());
+                out.extend_from_slice(&[1.0 - p, 0.0, p]);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn factory(len: usize) -> BackendFactory {
+        Arc::new(move || Ok(Box::new(SumModel { len }) as Box<dyn InferenceBackend>))
+    }
+
+    #[tokio::test]
+    async fn test_rows_are_answered_in_one_batch_when_they_arrive_together() {
+        let (h, ready) = spawn(
+            "m",
+            factory(2),
+            BatchConfig {
+                max_batch: 8,
+                max_delay_us: 50_000,
+                queue_capacity: 64,
+            },
+            Arc::new(NoObserver),
+        );
+        ready.await.unwrap().unwrap();
+        let rxs: Vec<_> = (0..5).map(|i| h.submit(vec![i as f32, 0.0]).unwrap()).collect();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let out = rx.await.unwrap().unwrap();
+            assert_eq!(out.batch_size, 5);
+            let p = 1.0 / (1.0 + (-(i as f32)).exp());
+            assert_eq!(out.probabilities, vec![1.0 - p, 0.0, p]);
+        }
+    }
+
+    #[tokio::test]
+    async fn test_bad_row_fails_alone_and_model_error_fails_its_batch() {
+        let (h, ready) = spawn(
+            "m",
+            factory(2),
+            BatchConfig {
+                max_batch: 8,
+                max_delay_us: 20_000,
+                queue_capacity: 64,
+            },
+            Arc::new(NoObserver),
+        );
+        ready.await.unwrap().unwrap();
+        let bad = h.submit(vec![f32::NAN, 0.0]).unwrap();
+        let good = h.submit(vec![1.0, 0.0]).unwrap();
+        assert_eq!(
+            bad.await.unwrap().unwrap_err(),
+            ExecError::Input("non_finite_value")
+        );
+        assert_eq!(good.await.unwrap().unwrap().batch_size, 1);
+        let e = h.infer(vec![FAIL, 0.0]).await.unwrap_err();
+        assert!(matches!(e, ExecError::Model(_)));
+        assert!(!h.is_down(), "a model error does not kill the executor");
+        assert!(h.infer(vec![0.0, 0.0]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn test_panic_is_caught_and_takes_the_executor_down() {
+        let (h, ready) = spawn(
+            "m",
+            factory(2),
+            BatchConfig {
+                max_batch: 4,
+                max_delay_us: 0,
+                queue_capacity: 64,
+            },
+            Arc::new(NoObserver),
+        );
+        ready.await.unwrap().unwrap();
+        let e = h.infer(vec![PANIC, 0.0]).await.unwrap_err();
+        assert!(
+            matches!(e, ExecError::Panicked(ref m) if m.contains("told to panic")),
+            "{e:?}"
+        );
+        for _ in 0..100 {
+            if h.is_down() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(h.is_down());
+        assert_eq!(h.infer(vec![0.0, 0.0]).await.unwrap_err(), ExecError::Down);
+    }
+
+    #[tokio::test]
+    async fn test_load_failure_is_reported_on_ready() {
+        let f: BackendFactory = Arc::new(|| Err("model.pt is missing".to_string()));
+        let (h, ready) = spawn("m", f, BatchConfig::default(), Arc::new(NoObserver));
+        assert_eq!(ready.await.unwrap().unwrap_err(), "model.pt is missing");
+        assert!(h.is_down());
+    }
+
+    #[tokio::test]
+    async fn test_full_queue_refuses_instead_of_blocking() {
+        let (h, _ready) = spawn(
+            "m",
+            factory(2),
+            BatchConfig {
+                max_batch: 1,
+                max_delay_us: 0,
+                queue_capacity: 1,
+            },
+            Arc::new(NoObserver),
+        );
+        let mut refused = 0;
+        let mut pending = Vec::new();
+        for _ in 0..1000 {
+            match h.submit(vec![0.0, 0.0]) {
+                Ok(rx) => pending.push(rx),
+                Err(ExecError::QueueFull) => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(refused > 0);
+        for rx in pending {
+            assert!(rx.await.unwrap().is_ok());
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The gate of one model: its circuit breaker, shared by every model actor of that model, and
+//! the counters the health endpoint reports. Transitions go to the supervisor.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Recipient;
+
+use crate::breaker::{Admission, BreakerConfig, CircuitBreaker, CircuitState, Transition, TripReason};
+use crate::clock::Clock;
+use crate::messages::CircuitChanged;
+use crate::telemetry as t;
+use crate::types::ModelInfo;
+
+#[derive(Debug)]
+pub struct ModelGate {
+    pub index: usize,
+    pub info: ModelInfo,
+    breaker: Mutex<CircuitBreaker>,
+    clock: Arc<dyn Clock>,
+    supervisor: Mutex<Option<Recipient<CircuitChanged>>>,
+    pub enabled: AtomicBool,
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub rejected: AtomicU64,
+    pub restarts: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Recent call latencies (µs), a small ring for quantiles on the health endpoint.
+    latencies: Mutex<LatencyRing>,
+}
+
+#[derive(Debug, Default)]
+struct LatencyRing {
+    buf: Vec<u32>,
+    next: usize,
+}
+
+const RING: usize = 1024;
+
+impl ModelGate {
+    pub fn new(index: usize, info: ModelInfo, cfg: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        let gauge_model = info.id.to_string();
+        metrics::gauge!(t::CIRCUIT_STATE, "model" => gauge_model).set(0.0);
+        ModelGate {
+            index,
+            breaker: Mutex::new(CircuitBreaker::new(cfg, 0x5EED ^ index as u64)),
+            info,
+            clock,
+            supervisor: Mutex::new(None),
+            enabled: AtomicBool::new(true),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            latencies: Mutex::new(LatencyRing::default()),
+        }
+    }
+
+    pub fn set_supervisor(&self, r: Recipient<CircuitChanged>) {
+        if let Ok(mut g) = self.supervisor.lock() {
+            *g = Some(r);
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    pub fn state(&self) -> CircuitState {
+        self.breaker
+            .lock()
+            .map(|b| b.state())
+            .unwrap_or(CircuitState::Faulted)
+    }
+
+    pub fn breaker_config(&self) -> Option<BreakerConfig> {
+        self.breaker.lock().ok().map(|b| b.config().clone())
+    }
+
+    pub fn set_breaker_config(&self, cfg: BreakerConfig) {
+        if let Ok(mut b) = self.breaker.lock() {
+            b.set_config(cfg);
+        }
+    }
+
+    pub fn admit(&self) -> Admission {
+        let now = self.clock.now();
+        let (a, tr) = match self.breaker.lock() {
+            Ok(mut b) => b.admit(now),
+            Err(_) => (Admission::Rejected, None),
+        };
+        if a == Admission::Rejected {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(t::CALLS_REJECTED, "model" => self.info.id.to_string()).increment(1);
+        }
+        self.notify(tr);
+        a
+    }
+
+    pub fn record(&self, ok: bool, latency: Duration, error: Option<&str>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            if let (Some(e), Ok(mut g)) = (error, self.last_error.lock()) {
+                *g = Some(e.to_string());
+            }
+        } else if let Ok(mut r) = self.latencies.lock() {
+            let us = latency.as_micros().min(u32::MAX as u128) as u32;
+            if r.buf.len() < RING {
+                r.buf.push(us);
+            } else {
+                let i = r.next;
+                r.buf[i] = us;
+            }
+            r.next = (r.next + 1) % RING;
+        }
+        let now = self.clock.now();
+        let tr = self
+            .breaker
+            .lock()
+            .ok()
+            .and_then(|mut b| b.record(now, ok, latency));
+        self.notify(tr);
+    }
+
+    /// Latency quantiles (µs) over the recent successful calls.
+    pub fn latency_quantiles(&self, qs: &[f64]) -> Vec<u32> {
+        let mut v = self.latencies.lock().map(|r| r.buf.clone()).unwrap_or_default();
+        if v.is_empty() {
+            return vec![0; qs.len()];
+        }
+        v.sort_unstable();
+        qs.iter()
+            .map(|q| v[((v.len() - 1) as f64 * q).round() as usize])
+            .collect()
+    }
+
+    pub fn force_open(&self, reason: TripReason) {
+        let now = self.clock.now();
+        let tr = self
+            .breaker
+            .lock()
+            .ok()
+            .and_then(|mut b| b.force_open(now, reason));
+        self.notify(tr);
+    }
+
+    /// Counts a restart; may park the model. Returns the transition, if any (not notified:
+    /// the supervisor is the caller).
+    pub fn note_restart(&self) -> Option<Transition> {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now();
+        self.breaker.lock().ok().and_then(|mut b| b.note_restart(now))
+    }
+
+    pub fn reset(&self) -> Option<Transition> {
+        self.breaker.lock().ok().and_then(|mut b| b.reset())
+    }
+
+    pub fn open_until(&self) -> Option<Duration> {
+        self.breaker.lock().ok().and_then(|b| b.open_until())
+    }
+
+    fn notify(&self, tr: Option<Transition>) {
+        let Some(transition) = tr else { return };
+        metrics::gauge!(t::CIRCUIT_STATE, "model" => self.info.id.to_string()).set(transition.to.gauge());
+        metrics::counter!(t::CIRCUIT_TRANSITIONS, "model" => self.info.id.to_string(), "to" => transition.to.as_str())
+            .increment(1);
+        if let Ok(g) = self.supervisor.lock() {
+            if let Some(s) = g.as_ref() {
+                s.do_send(CircuitChanged {
+                    model: self.index,
+                    transition,
+                });
+            }
+        }
+    }
+}

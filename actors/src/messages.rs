@@ -1,0 +1,96 @@
+//! Every message of the actor graph, in one place.
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::breaker::Transition;
+use crate::executor::ExecutorHandle;
+use crate::types::{Ensemble, MemberPrediction, Vector};
+
+/// Validated vectors into the router (awaited by the ingress: back-pressure).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ingest(pub Vec<Vector>);
+
+/// What the aggregator carries from the input to the output of one event.
+#[derive(Debug, Clone)]
+pub struct EventMeta {
+    pub sequence: u64,
+    pub event_time_ms: i64,
+    pub correlation_id: Arc<str>,
+    pub published_at_ns: i64,
+}
+
+/// The router tells the aggregator an event is coming, before any member sees it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartEvent(pub EventMeta);
+
+/// How one member fared on one event.
+#[derive(Debug, Clone)]
+pub enum MemberStatus {
+    /// Its window is not full yet: no output by design.
+    Warming,
+    Output(MemberPrediction),
+    /// Its circuit is open: the aggregator leaves it out or uses the fallback.
+    Rejected,
+    /// The call failed (code).
+    Failed(&'static str),
+}
+
+/// A member's answer for event `sequence`; `member` indexes the stream's member list.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MemberDone {
+    pub sequence: u64,
+    pub member: usize,
+    pub status: MemberStatus,
+}
+
+/// A finished ensemble prediction, for every sink.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Publish(pub Arc<Ensemble>);
+
+/// A model's circuit changed state (from the model's gate).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CircuitChanged {
+    pub model: usize,
+    pub transition: Transition,
+}
+
+/// A model actor's call failed; it stops itself after sending this.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ModelFailed {
+    pub model: usize,
+    pub error: String,
+}
+
+/// The supervisor restarts a model: every stream drops that model's actor (fresh state on the
+/// next vector) and uses the given executor from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartModel {
+    pub model: usize,
+    pub handle: ExecutorHandle,
+}
+
+/// Stops a model actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Operator reset of a parked (faulted) or open model.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct ResetModel(pub String);
+
+/// Enables or disables a model at run time (disabled members are not expected by new events).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetEnabled {
+    pub model: usize,
+    pub enabled: bool,
+}

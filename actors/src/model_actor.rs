@@ -1,0 +1,176 @@
+//! ModelActor: one per (symbol, timeframe, model). Keeps the lookback window of the stream,
+//! builds the raw input row and asks the model's executor; never runs a model itself.
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use crate::breaker::Admission;
+use crate::executor::{ExecError, ExecutorHandle, RowOutput};
+use crate::gate::ModelGate;
+use crate::messages::{MemberDone, MemberStatus, ModelFailed, Stop};
+use crate::telemetry::{self as t, PipelineStats};
+use crate::types::{Direction, MemberPrediction, Vector, argmax};
+
+pub struct ModelActor {
+    gate: Arc<ModelGate>,
+    /// This model's position in the stream's member list (the aggregator's slot).
+    member: usize,
+    executor: ExecutorHandle,
+    aggregator: Recipient<MemberDone>,
+    supervisor: Recipient<ModelFailed>,
+    /// The last `window` vectors of the stream, oldest first.
+    window: VecDeque<Arc<[f32]>>,
+    mailbox_capacity: usize,
+    stats: Arc<PipelineStats>,
+}
+
+impl ModelActor {
+    pub fn new(
+        gate: Arc<ModelGate>,
+        member: usize,
+        executor: ExecutorHandle,
+        aggregator: Recipient<MemberDone>,
+        supervisor: Recipient<ModelFailed>,
+        mailbox_capacity: usize,
+        stats: Arc<PipelineStats>,
+    ) -> Self {
+        let window = VecDeque::with_capacity(gate.info.window);
+        ModelActor {
+            gate,
+            member,
+            executor,
+            aggregator,
+            supervisor,
+            window,
+            mailbox_capacity,
+            stats,
+        }
+    }
+
+    fn done(&self, sequence: u64, status: MemberStatus) {
+        self.aggregator.do_send(MemberDone {
+            sequence,
+            member: self.member,
+            status,
+        });
+    }
+
+    fn reporter(&self) -> Reporter {
+        Reporter {
+            gate: self.gate.clone(),
+            member: self.member,
+            aggregator: self.aggregator.clone(),
+            supervisor: self.supervisor.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// Finishes a call: answers the aggregator, records the outcome on the gate, reports failures
+/// to the supervisor. It owns clones, not the actor, so an answer in flight survives the actor
+/// being stopped by a restart.
+struct Reporter {
+    gate: Arc<ModelGate>,
+    member: usize,
+    aggregator: Recipient<MemberDone>,
+    supervisor: Recipient<ModelFailed>,
+    stats: Arc<PipelineStats>,
+}
+
+impl Reporter {
+    fn finish(&self, sequence: u64, result: Result<RowOutput, ExecError>, latency: std::time::Duration) {
+        let status = match result {
+            Ok(out) => {
+                self.gate.record(true, latency, None);
+                let (i, confidence) = argmax(&out.probabilities);
+                let info = &self.gate.info;
+                MemberStatus::Output(MemberPrediction {
+                    model_id: info.id.clone(),
+                    model_version: info.version.clone(),
+                    model_kind: info.family.clone(),
+                    probabilities: out.probabilities,
+                    direction: Direction::from_index(i),
+                    confidence,
+                    fallback: false,
+                    inference_us: out.inference_us,
+                    batch_size: out.batch_size,
+                })
+            }
+            Err(e) => {
+                if e.is_model_fault() {
+                    self.gate.record(false, latency, Some(&e.to_string()));
+                }
+                PipelineStats::inc(&self.stats.failed_calls);
+                metrics::counter!(t::INFERENCE_ERRORS, "model" => self.gate.info.id.to_string(), "code" => e.code())
+                    .increment(1);
+                // A failed call leaves the window intact (it is not what failed); the report
+                // lets the supervisor act, and its restart gives every actor fresh state.
+                self.supervisor.do_send(ModelFailed {
+                    model: self.gate.index,
+                    error: e.to_string(),
+                });
+                MemberStatus::Failed(e.code())
+            }
+        };
+        self.aggregator.do_send(MemberDone {
+            sequence,
+            member: self.member,
+            status,
+        });
+    }
+}
+
+impl Actor for ModelActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+impl Handler<Vector> for ModelActor {
+    type Result = ();
+
+    fn handle(&mut self, v: Vector, _: &mut Context<Self>) {
+        let info = &self.gate.info;
+        if self.window.len() == info.window {
+            self.window.pop_front();
+        }
+        self.window.push_back(v.values.clone());
+        if self.window.len() < info.window {
+            self.done(v.sequence, MemberStatus::Warming);
+            return;
+        }
+        if self.gate.admit() == Admission::Rejected {
+            PipelineStats::inc(&self.stats.rejected_calls);
+            self.done(v.sequence, MemberStatus::Rejected);
+            return;
+        }
+        let mut raw = Vec::with_capacity(info.window * info.features);
+        for w in &self.window {
+            raw.extend_from_slice(w);
+        }
+        let started = Instant::now();
+        let reporter = self.reporter();
+        let sequence = v.sequence;
+        match self.executor.submit(raw) {
+            Ok(rx) => {
+                actix::spawn(async move {
+                    let res = rx.await.unwrap_or(Err(ExecError::Down));
+                    reporter.finish(sequence, res, started.elapsed());
+                });
+            }
+            Err(e) => reporter.finish(sequence, Err(e), started.elapsed()),
+        }
+    }
+}
+
+impl Handler<Stop> for ModelActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

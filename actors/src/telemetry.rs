@@ -1,0 +1,140 @@
+//! Every metric Augur emits is named here, with its description. Names follow
+//! `augur_<noun>_<unit>[_total]`; histograms are in seconds; labels have low cardinality
+//! (transport, timeframe, model, reason: never a symbol or an error text).
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const FEATURES_RECEIVED: &str = "augur_features_received_total";
+pub const FEATURES_INVALID: &str = "augur_features_invalid_total";
+pub const FEATURES_STALE_SEQUENCE: &str = "augur_features_stale_sequence_total";
+pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
+pub const PREDICTIONS_PUBLISHED: &str = "augur_predictions_published_total";
+pub const PUBLISH_ERRORS: &str = "augur_publish_errors_total";
+pub const EVENTS_WARMING: &str = "augur_events_warming_total";
+pub const EVENTS_DROPPED: &str = "augur_events_dropped_total";
+pub const AGGREGATOR_DEADLINE_MISSES: &str = "augur_aggregator_deadline_misses_total";
+pub const INFERENCE_SECONDS: &str = "augur_inference_duration_seconds";
+pub const BATCH_SIZE: &str = "augur_inference_batch_size";
+pub const INFERENCE_ERRORS: &str = "augur_inference_errors_total";
+pub const END_TO_END_SECONDS: &str = "augur_end_to_end_latency_seconds";
+pub const CIRCUIT_STATE: &str = "augur_circuit_state";
+pub const CIRCUIT_TRANSITIONS: &str = "augur_circuit_transitions_total";
+pub const MODEL_RESTARTS: &str = "augur_model_restarts_total";
+pub const CALLS_REJECTED: &str = "augur_model_calls_rejected_total";
+pub const EXECUTOR_QUEUE_DEPTH: &str = "augur_executor_queue_depth";
+pub const ACTIVE_STREAMS: &str = "augur_active_streams";
+pub const STREAMS_REFUSED: &str = "augur_streams_refused_total";
+pub const MAILBOX_FULL: &str = "augur_mailbox_full_total";
+pub const NATS_SLOW_CONSUMER: &str = "augur_nats_slow_consumer_drops_total";
+
+/// Registers the descriptions with whatever recorder is installed.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        FEATURES_RECEIVED,
+        "Feature vectors decoded, by transport and timeframe"
+    );
+    describe_counter!(
+        FEATURES_INVALID,
+        "Feature messages refused by validation, by transport and reason"
+    );
+    describe_counter!(
+        FEATURES_STALE_SEQUENCE,
+        "Vectors whose sequence was not above the stream's last (dropped)"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Messages sent to a dead-letter subject or topic, by reason"
+    );
+    describe_counter!(
+        PREDICTIONS_PUBLISHED,
+        "Ensemble predictions published, by timeframe"
+    );
+    describe_counter!(
+        PUBLISH_ERRORS,
+        "Prediction or dead-letter publishes that failed, by sink"
+    );
+    describe_counter!(
+        EVENTS_WARMING,
+        "Events without a prediction because a member's window was not full"
+    );
+    describe_counter!(
+        EVENTS_DROPPED,
+        "Events without a prediction for another reason, by reason"
+    );
+    describe_counter!(
+        AGGREGATOR_DEADLINE_MISSES,
+        "Events finalised by the deadline with members missing"
+    );
+    describe_histogram!(
+        INFERENCE_SECONDS,
+        Unit::Seconds,
+        "Forward-pass time per batch, by model"
+    );
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Rows per forward pass, by model");
+    describe_counter!(INFERENCE_ERRORS, "Failed calls, by model and code");
+    describe_histogram!(
+        END_TO_END_SECONDS,
+        Unit::Seconds,
+        "Feature published to prediction published, by timeframe"
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit state by model: 0 closed, 1 half-open, 2 open, 3 faulted"
+    );
+    describe_counter!(
+        CIRCUIT_TRANSITIONS,
+        "Circuit transitions, by model and target state"
+    );
+    describe_counter!(MODEL_RESTARTS, "Model restarts by the supervisor, by model");
+    describe_counter!(CALLS_REJECTED, "Calls rejected by an open circuit, by model");
+    describe_gauge!(
+        EXECUTOR_QUEUE_DEPTH,
+        "Rows waiting in an executor's queue, by model"
+    );
+    describe_gauge!(ACTIVE_STREAMS, "(symbol, timeframe) streams with live actors");
+    describe_counter!(
+        STREAMS_REFUSED,
+        "Vectors of new streams refused by the stream cap"
+    );
+    describe_counter!(
+        MAILBOX_FULL,
+        "Vectors not delivered to a model actor because its mailbox was full"
+    );
+    describe_counter!(
+        NATS_SLOW_CONSUMER,
+        "Messages the NATS client dropped on a full subscription buffer"
+    );
+}
+
+/// In-process counters of the pipeline, read by drain, health and tests.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub vectors_in: AtomicU64,
+    pub events_started: AtomicU64,
+    pub events_finished: AtomicU64,
+    pub predictions: AtomicU64,
+    pub warming: AtomicU64,
+    pub stale_sequence: AtomicU64,
+    pub streams_refused: AtomicU64,
+    pub deadline_misses: AtomicU64,
+    pub no_members: AtomicU64,
+    pub rejected_calls: AtomicU64,
+    pub failed_calls: AtomicU64,
+    pub mailbox_full: AtomicU64,
+    pub active_streams: AtomicU64,
+}
+
+impl PipelineStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every started event has been finalised (published or dropped).
+    pub fn idle(&self) -> bool {
+        Self::get(&self.events_finished) >= Self::get(&self.events_started)
+    }
+}

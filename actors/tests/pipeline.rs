@@ -1,0 +1,290 @@
+//! The actor graph with test-double models (the real models are exercised by the `augur`
+//! crate's tests): routing, windows, aggregation, and the supervisor's restarts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use augur_actors::aggregator::{EnsembleSettings, Method};
+use augur_actors::breaker::{BreakerConfig, CircuitState};
+use augur_actors::clock::SystemClock;
+use augur_actors::executor::{BatchConfig, InferenceBackend, NoObserver};
+use augur_actors::messages::Publish;
+use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig};
+use augur_actors::router::RouterConfig;
+use augur_actors::types::{Ensemble, ModelInfo, StreamKey, Transport, Vector};
+
+/// A stand-in model: probabilities from the mean of its window; can be told to fail or panic.
+struct Double {
+    len: usize,
+    fail: Arc<AtomicBool>,
+    panic: Arc<AtomicBool>,
+}
+
+impl InferenceBackend for Double {
+    fn row_len(&self) -> usize {
+        self.len
+    }
+    fn classes(&self) -> usize {
+        3
+    }
+    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), &'static str> {
+        out.extend_from_slice(raw);
+        Ok(())
+    }
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        if self.panic.load(Ordering::SeqCst) {
+            panic!("double told to panic");
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("double told to fail".into());
+        }
+        let mut out = Vec::new();
+        for r in rows.chunks_exact(self.len).take(n) {
+            let m = r.iter().sum::<f32>() / r.len() as f32;
+            let p = 1.0 / (1.0 + (-m).exp());
+            out.extend_from_slice(&[(1.0 - p) * 0.8, 0.2, p * 0.8]);
+        }
+        Ok(out)
+    }
+}
+
+struct Flags {
+    fail: Arc<AtomicBool>,
+    panic: Arc<AtomicBool>,
+    loads: Arc<AtomicUsize>,
+}
+
+fn spec(id: &str, window: usize, timeframes: &[&str]) -> (ModelSpec, Flags) {
+    let flags = Flags {
+        fail: Arc::default(),
+        panic: Arc::default(),
+        loads: Arc::default(),
+    };
+    let (f, p, l) = (flags.fail.clone(), flags.panic.clone(), flags.loads.clone());
+    let features = 2;
+    let spec = ModelSpec {
+        info: ModelInfo {
+            id: id.into(),
+            version: "1".into(),
+            family: "double".into(),
+            window,
+            features,
+            timeframes: timeframes.iter().map(|s| s.to_string()).collect(),
+            device: "cpu".into(),
+        },
+        factory: Arc::new(move || {
+            l.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Double {
+                len: window * features,
+                fail: f.clone(),
+                panic: p.clone(),
+            }) as Box<dyn InferenceBackend>)
+        }),
+    };
+    (spec, flags)
+}
+
+#[derive(Default)]
+struct Collector(Arc<Mutex<Vec<Arc<Ensemble>>>>);
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+}
+
+impl Handler<Publish> for Collector {
+    type Result = ();
+    fn handle(&mut self, Publish(e): Publish, _: &mut Context<Self>) {
+        self.0.lock().unwrap().push(e);
+    }
+}
+
+fn vector(sym: &str, tf: &str, seq: u64, x: f32) -> Vector {
+    Vector {
+        key: StreamKey::new(sym, tf),
+        sequence: seq,
+        event_time_ms: seq as i64 * 1000,
+        values: Arc::from(vec![x, -x]),
+        correlation_id: format!("{sym}-{tf}-{seq}").into(),
+        published_at_ns: 0,
+        transport: Transport::Replay,
+    }
+}
+
+fn config() -> PipelineConfig {
+    PipelineConfig {
+        router: RouterConfig {
+            max_streams: 100,
+            model_mailbox: 1024,
+        },
+        batch: BatchConfig {
+            max_batch: 16,
+            max_delay_us: 100,
+            queue_capacity: 4096,
+        },
+        breaker: BreakerConfig {
+            consecutive_failures: 3,
+            backoff_initial_ms: 50,
+            backoff_max_ms: 200,
+            backoff_jitter: 0.0,
+            half_open_probes: 2,
+            max_restarts: 3,
+            restart_window_ms: 60_000,
+            ..Default::default()
+        },
+        ensemble: EnsembleSettings {
+            deadline_ms: 2_000,
+            method: Method::WeightedMean,
+            ..Default::default()
+        },
+    }
+}
+
+async fn start(members: Vec<ModelSpec>, cfg: PipelineConfig) -> (Pipeline, Arc<Mutex<Vec<Arc<Ensemble>>>>) {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = Collector(out.clone()).start();
+    let p = Pipeline::start(
+        cfg,
+        members,
+        None,
+        vec![sink.recipient()],
+        SystemClock::shared(),
+        Arc::new(NoObserver),
+    )
+    .await
+    .unwrap();
+    (p, out)
+}
+
+#[actix_rt::test]
+async fn test_one_prediction_per_vector_once_every_window_is_full() {
+    let (a, _) = spec("a", 3, &["1m", "5m"]);
+    let (b, _) = spec("b", 5, &["1m", "5m"]);
+    let (c, _) = spec("c", 1, &["5m"]);
+    let (p, out) = start(vec![a, b, c], config()).await;
+    for seq in 1..=20u64 {
+        let mut batch = Vec::new();
+        for sym in ["AAA", "BBB"] {
+            for tf in ["1m", "5m"] {
+                batch.push(vector(sym, tf, seq, seq as f32 / 10.0));
+            }
+        }
+        p.ingest(batch).await.unwrap();
+    }
+    assert!(p.drain(Duration::from_secs(10)).await);
+    let out = out.lock().unwrap();
+    // windows: 5 is the longest, so sequences 5..=20 give predictions: 16 per stream, 4 streams
+    assert_eq!(out.len(), 64);
+    for e in out.iter() {
+        assert!(e.sequence >= 5);
+        let expected = if &*e.timeframe == "5m" { 3 } else { 2 };
+        assert_eq!((e.models_expected, e.models_used), (expected, expected));
+        assert_eq!(
+            e.correlation_id.as_ref(),
+            format!("{}-{}-{}", e.symbol, e.timeframe, e.sequence)
+        );
+        assert!((e.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    let mut keys: Vec<_> = out
+        .iter()
+        .map(|e| (e.symbol.to_string(), e.timeframe.to_string(), e.sequence))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 64, "no duplicates");
+}
+
+#[actix_rt::test]
+async fn test_repeated_or_older_sequences_are_dropped_and_counted() {
+    let (a, _) = spec("a", 1, &["1m"]);
+    let (p, out) = start(vec![a], config()).await;
+    for seq in [1u64, 2, 2, 1, 3] {
+        p.ingest(vec![vector("AAA", "1m", seq, 0.1)]).await.unwrap();
+    }
+    assert!(p.drain(Duration::from_secs(5)).await);
+    assert_eq!(out.lock().unwrap().len(), 3);
+    assert_eq!(p.stats.stale_sequence.load(Ordering::Relaxed), 2);
+}
+
+#[actix_rt::test]
+async fn test_stream_cap_refuses_new_streams_without_crashing() {
+    let (a, _) = spec("a", 1, &["1m"]);
+    let mut cfg = config();
+    cfg.router.max_streams = 2;
+    let (p, out) = start(vec![a], cfg).await;
+    for sym in ["A", "B", "C", "D"] {
+        p.ingest(vec![vector(sym, "1m", 1, 0.1)]).await.unwrap();
+    }
+    assert!(p.drain(Duration::from_secs(5)).await);
+    assert_eq!(out.lock().unwrap().len(), 2);
+    assert_eq!(p.stats.streams_refused.load(Ordering::Relaxed), 2);
+}
+
+async fn feed(p: &Pipeline, from: u64, to: u64) {
+    for seq in from..to {
+        p.ingest(vec![vector("AAA", "1m", seq, 0.3)]).await.unwrap();
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn test_a_panicking_model_is_restarted_with_a_fresh_executor_while_others_go_on() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let (good, _) = spec("good", 1, &["1m"]);
+    let (bad, bad_flags) = spec("bad", 1, &["1m"]);
+    let (p, out) = start(vec![good, bad], config()).await;
+    feed(&p, 1, 6).await;
+    bad_flags.panic.store(true, Ordering::SeqCst);
+    feed(&p, 6, 20).await;
+    assert!(p.drain(Duration::from_secs(10)).await);
+    let bad_gate = &p.gates[1];
+    assert_ne!(
+        bad_gate.state(),
+        CircuitState::Closed,
+        "the panic opened the circuit"
+    );
+    let during = out.lock().unwrap().iter().filter(|e| e.sequence >= 6).count();
+    assert_eq!(during, 14, "the good model kept every event going");
+    // heal; after the backoff the supervisor reloads the model, probes close the circuit
+    bad_flags.panic.store(false, Ordering::SeqCst);
+    let loads_before = bad_flags.loads.load(Ordering::SeqCst);
+    for seq in 20..200 {
+        p.ingest(vec![vector("AAA", "1m", seq, 0.3)]).await.unwrap();
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+        if bad_gate.state() == CircuitState::Closed && seq > 30 {
+            break;
+        }
+    }
+    assert!(p.drain(Duration::from_secs(10)).await);
+    assert_eq!(bad_gate.state(), CircuitState::Closed);
+    assert!(
+        bad_flags.loads.load(Ordering::SeqCst) > loads_before,
+        "a fresh executor reloaded the model"
+    );
+    assert!(bad_gate.restarts.load(Ordering::Relaxed) >= 1);
+    let last = out.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.models_used, 2, "both members are back");
+}
+
+#[actix_rt::test]
+async fn test_restart_intensity_parks_a_failing_model_until_reset() {
+    let (good, _) = spec("good", 1, &["1m"]);
+    let (bad, bad_flags) = spec("bad", 1, &["1m"]);
+    let mut cfg = config();
+    cfg.breaker.max_restarts = 1;
+    let (p, _out) = start(vec![good, bad], cfg).await;
+    bad_flags.fail.store(true, Ordering::SeqCst);
+    for seq in 1..400 {
+        p.ingest(vec![vector("AAA", "1m", seq, 0.3)]).await.unwrap();
+        actix_rt::time::sleep(Duration::from_millis(3)).await;
+        if p.gates[1].state() == CircuitState::Faulted {
+            break;
+        }
+    }
+    assert_eq!(p.gates[1].state(), CircuitState::Faulted);
+    bad_flags.fail.store(false, Ordering::SeqCst);
+    p.reset_model("bad").await.unwrap();
+    assert_eq!(p.gates[1].state(), CircuitState::Closed);
+    assert!(p.reset_model("nope").await.is_err());
+}
