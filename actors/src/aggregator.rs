@@ -177,25 +177,24 @@ impl Aggregator {
             return;
         }
         let expected = self.members.len() as u32;
-        if settings.method == Method::Stacking {
-            if let Some(input) = self.stacker_input(&members) {
-                if let Some(st) = self.stacker.clone() {
-                    let exec = st.executor.clone();
-                    let fut = async move { exec.infer(input).await };
-                    ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-                        let combined = match res {
-                            Ok(out) => (out.probabilities, Method::Stacking),
-                            Err(e) => {
-                                metrics::counter!(t::INFERENCE_ERRORS, "model" => st.info.id.to_string(), "code" => e.code())
-                                    .increment(1);
-                                (weighted_mean(&members, &settings), Method::WeightedMean)
-                            }
-                        };
-                        act.publish(p.meta, members, expected, combined);
-                    }));
-                    return;
-                }
-            }
+        if settings.method == Method::Stacking
+            && let Some(input) = self.stacker_input(&members)
+            && let Some(st) = self.stacker.clone()
+        {
+            let exec = st.executor.clone();
+            let fut = async move { exec.infer(input).await };
+            ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+                let combined = match res {
+                    Ok(out) => (out.probabilities, Method::Stacking),
+                    Err(e) => {
+                        metrics::counter!(t::INFERENCE_ERRORS, "model" => st.info.id.to_string(), "code" => e.code())
+                            .increment(1);
+                        (weighted_mean(&members, &settings), Method::WeightedMean)
+                    }
+                };
+                act.publish(p.meta, members, expected, combined);
+            }));
+            return;
         }
         let combined = match settings.method {
             Method::Majority => (majority(&members), Method::Majority),

@@ -97,7 +97,7 @@ impl BreakerConfig {
                 "{prefix}.backoff_initial_ms must be in 1..=backoff_max_ms"
             ));
         }
-        if !(self.backoff_multiplier >= 1.0) {
+        if self.backoff_multiplier.is_nan() || self.backoff_multiplier < 1.0 {
             p.push(format!("{prefix}.backoff_multiplier must be >= 1"));
         }
         if !(0.0..1.0).contains(&self.backoff_jitter) {
@@ -270,7 +270,7 @@ impl CircuitBreaker {
             CircuitState::Faulted => (Admission::Rejected, None),
             CircuitState::Open if now < self.open_until => (Admission::Rejected, None),
             CircuitState::Open => {
-                let t = self.to_half_open();
+                let t = self.enter_half_open();
                 self.probes_issued = 1;
                 (Admission::Probe, Some(t))
             }
@@ -394,7 +394,7 @@ impl CircuitBreaker {
         }
     }
 
-    fn to_half_open(&mut self) -> Transition {
+    fn enter_half_open(&mut self) -> Transition {
         self.state = CircuitState::HalfOpen;
         self.probes_issued = 0;
         self.probes_ok = 0;

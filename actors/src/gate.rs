@@ -167,13 +167,13 @@ impl ModelGate {
         metrics::gauge!(t::CIRCUIT_STATE, "model" => self.info.id.to_string()).set(transition.to.gauge());
         metrics::counter!(t::CIRCUIT_TRANSITIONS, "model" => self.info.id.to_string(), "to" => transition.to.as_str())
             .increment(1);
-        if let Ok(g) = self.supervisor.lock() {
-            if let Some(s) = g.as_ref() {
-                s.do_send(CircuitChanged {
-                    model: self.index,
-                    transition,
-                });
-            }
+        if let Ok(g) = self.supervisor.lock()
+            && let Some(s) = g.as_ref()
+        {
+            s.do_send(CircuitChanged {
+                model: self.index,
+                transition,
+            });
         }
     }
 }

@@ -228,10 +228,10 @@ impl Handler<RestartModel> for Router {
         }
         for s in self.streams.values_mut() {
             for (slot, &model) in s.members.iter().enumerate() {
-                if model == m.model {
-                    if let Some(a) = s.actors[slot].take() {
-                        a.do_send(Stop);
-                    }
+                if model == m.model
+                    && let Some(a) = s.actors[slot].take()
+                {
+                    a.do_send(Stop);
                 }
             }
         }
