@@ -9,10 +9,22 @@
 //!   Protobuf stops at the edge: nothing past the codec sees these types.
 //! - [`runtime`]: model folders (`models/<id>/<version>/manifest.toml`) loaded into a batch
 //!   API over TorchScript (tch/libtorch, CPU or CUDA) and XGBoost JSON (our own evaluator).
+//! - [`codec`]: the edge. Decodes and validates input (dead-letter reasons), encodes output.
+//! - [`config`]: defaults < file < environment, every problem listed at start-up.
+//! - [`inference`]: the runtime behind the actors' executor trait.
+//! - [`bus`]: transports (NATS) and in-process sinks.
+//! - [`service`]: wiring for `serve` and `replay`, callable in-process by tests.
+//! - [`publish`]: replays the committed real series onto NATS (the local feed).
 //! - The actor graph (router, model actors, aggregator, supervisor) lives in the
 //!   `augur-actors` crate, which depends on no framework or bus crate.
+pub mod bus;
+pub mod codec;
+pub mod config;
+pub mod inference;
 pub mod pb;
+pub mod publish;
 pub mod runtime;
+pub mod service;
 
 /// The version stamped on every prediction.
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,7 +1,10 @@
 //! The `augur` binary: a thin command line over the library.
+use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
+use augur::config::Config;
 use augur::runtime::{DeviceSpec, Manifest, Model};
 use clap::{Parser, Subcommand};
 
@@ -18,9 +21,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: NATS in, models, ensemble, NATS out. Stops cleanly on SIGINT/SIGTERM.
+    Serve {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Print a status line (rates, latency, last prediction) every this many ms; 0: never.
+        #[arg(long, default_value_t = 0)]
+        status_ms: u64,
+    },
+    /// Run the same actor graph over a file of length-delimited FeatureVectorBatch messages;
+    /// write the predictions as JSON lines, sorted by (symbol, timeframe, sequence).
+    Replay {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "models/data/replay/ta-v1.pb")]
+        input: PathBuf,
+        /// "-" for stdout.
+        #[arg(long, default_value = "-")]
+        output: String,
+    },
+    /// Publish the committed real series to NATS (re-stamped, interleaved across streams).
+    Publish {
+        #[arg(long, default_value = "models/data/replay/ta-v1.pb")]
+        input: PathBuf,
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value = "features")]
+        prefix: String,
+        /// Vectors per second; 0: as fast as possible.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Stop after this many vectors; 0: one pass (or forever with --repeat).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        #[arg(long)]
+        repeat: bool,
+    },
     /// Load every model of a model repository, check it, and print what was loaded.
     Models {
-        /// The model repository: <root>/<model_id>/<version>/manifest.toml
         #[arg(long, default_value = "models")]
         root: PathBuf,
         /// cpu, cuda, cuda:N or auto
@@ -29,13 +67,89 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    if let Err(e) = run(Cli::parse().command) {
+        eprintln!("augur: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config, status_ms } => {
+            let cfg = Config::load(Some(&config))?;
+            let every = (status_ms > 0).then(|| Duration::from_millis(status_ms));
+            actix_rt::System::new().block_on(augur::service::serve(
+                cfg,
+                augur::service::shutdown_signal(),
+                every,
+                None,
+            ))?;
+        }
+        Command::Replay {
+            config,
+            input,
+            output,
+        } => {
+            let cfg = Config::load(Some(&config))?;
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let out = actix_rt::System::new().block_on(augur::service::replay(&cfg, &bytes))?;
+            for r in &out.rejects {
+                eprintln!("rejected: {r}");
+            }
+            let mut w: Box<dyn Write> = if output == "-" {
+                Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+            } else {
+                Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(&output).with_context(|| format!("creating {output}"))?,
+                ))
+            };
+            for p in &out.predictions {
+                serde_json::to_writer(&mut w, p.as_ref())?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+            eprintln!(
+                "replay: {} predictions, {} rejected",
+                out.predictions.len(),
+                out.rejects.len()
+            );
+        }
+        Command::Publish {
+            input,
+            url,
+            prefix,
+            rate,
+            count,
+            repeat,
+        } => {
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let o = augur::publish::PublishOptions {
+                url,
+                prefix,
+                rate,
+                count,
+                repeat,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let sent = rt.block_on(async {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    augur::service::shutdown_signal().await;
+                    let _ = tx.send(true);
+                });
+                augur::publish::run(&bytes, &o, rx).await
+            })?;
+            eprintln!("publish: {sent} vectors sent");
+        }
         Command::Models { root, device } => {
             let spec = DeviceSpec::parse(&device).with_context(|| format!("unknown device {device:?}"))?;
             println!("cuda available: {}", tch::Cuda::is_available());
@@ -43,10 +157,10 @@ fn main() -> anyhow::Result<()> {
                 let m = Model::load(&dir, spec).with_context(|| format!("loading {}", dir.display()))?;
                 let man = m.manifest();
                 println!(
-                    "{:<16} v{} {:<13} {:<8} window {:>2} x {:>2} {:<9} test accuracy {} (baseline {})",
+                    "{:<16} v{} {:<8} {:<8} window {:>2} x {:>2} {:<9} test accuracy {} (baseline {})",
                     man.id,
                     man.version,
-                    format!("{:?}", man.kind),
+                    man.family,
                     m.device_name(),
                     man.window,
                     man.features,

@@ -252,7 +252,7 @@ impl Aggregator {
         let direction = Direction::from_index(i);
         let published_at_ns = unix_ns();
         let e = Ensemble {
-            event_id: uuid_v4(meta.sequence, published_at_ns),
+            event_id: event_id(&self.key, meta.sequence),
             symbol: self.key.symbol.clone(),
             timeframe: self.key.timeframe.clone(),
             event_time_ms: meta.event_time_ms,
@@ -330,21 +330,31 @@ pub fn majority(members: &[(usize, MemberPrediction)]) -> Vec<f32> {
     mean
 }
 
-/// A random (v4) UUID from the sequence, the clock and a per-process counter; unique without
-/// a random number generator crate.
-fn uuid_v4(seq: u64, ns: i64) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
+/// The event's id: a UUID (RFC 9562 version 8, name-based) derived from (symbol, timeframe,
+/// sequence). The same event gets the same id on every run and every transport, so consumers
+/// can deduplicate, and `replay` output is reproducible.
+pub fn event_id(key: &StreamKey, seq: u64) -> String {
+    // FNV-1a over the name, then two SplitMix64 rounds for 128 well-mixed bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key
+        .symbol
+        .bytes()
+        .chain([0])
+        .chain(key.timeframe.bytes())
+        .chain([0])
+        .chain(seq.to_le_bytes())
+    {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
     let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     };
-    let hi = mix(ns as u64 ^ c.rotate_left(32) ^ std::process::id() as u64);
-    let lo = mix(seq ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hi);
-    let hi = (hi & 0xFFFF_FFFF_FFFF_0FFF) | 0x4000;
-    let lo = (lo & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+    let hi = (mix(h) & 0xFFFF_FFFF_FFFF_0FFF) | 0x8000;
+    let lo = (mix(h ^ 0xA5A5_A5A5_A5A5_A5A5) & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         hi >> 32,
@@ -450,12 +460,14 @@ mod tests {
     }
 
     #[test]
-    fn test_uuids_are_v4_shaped_and_distinct() {
-        let a = uuid_v4(1, 5);
-        let b = uuid_v4(1, 5);
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert_eq!(&a[14..15], "4");
+    fn test_event_ids_are_stable_per_event_and_distinct_across_events() {
+        let k = StreamKey::new("AAPL", "1d");
+        assert_eq!(event_id(&k, 7), event_id(&k, 7));
+        assert_ne!(event_id(&k, 7), event_id(&k, 8));
+        assert_ne!(event_id(&k, 7), event_id(&StreamKey::new("AAPL", "1h"), 7));
+        let id = event_id(&k, 7);
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "8", "version 8");
     }
 
     #[test]

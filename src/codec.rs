@@ -1,0 +1,408 @@
+//! The edge: protobuf in, checked domain vectors out (and back to protobuf for predictions).
+//!
+//! Validation, each failure with a short stable code (the dead-letter reason):
+//! `decode_error` (not a FeatureVectorBatch), `invalid_field` (empty symbol or timeframe),
+//! `unknown_timeframe`, `timeframe_mismatch` (vector vs subject), `unknown_feature_set`,
+//! `wrong_feature_count`, `non_finite_value`, `stale` (event time older than the maximum age).
+//! A repeated or older sequence is not an invalid message (it is what at-least-once delivery
+//! and a second transport produce): the router drops and counts it, it is not dead-lettered.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use augur_actors::types::{Ensemble, StreamKey, Transport, Vector};
+use prost::Message;
+use serde::Deserialize;
+
+use crate::pb;
+
+/// Why a message or one vector of it was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Reject {
+    #[error("payload is not a FeatureVectorBatch: {0}")]
+    Decode(String),
+    #[error("{0} is empty")]
+    InvalidField(&'static str),
+    #[error("timeframe {0:?} is not enabled")]
+    UnknownTimeframe(String),
+    #[error("vector timeframe {vector:?} does not match subject timeframe {subject:?}")]
+    TimeframeMismatch { subject: String, vector: String },
+    #[error("feature set {0:?} is unknown")]
+    UnknownFeatureSet(String),
+    #[error("feature set {set} has {expected} values, got {got}")]
+    WrongFeatureCount {
+        set: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("value {index} is not finite ({value})")]
+    NonFinite { index: usize, value: f32 },
+    #[error("event time is {age_ms} ms old, the maximum is {max_ms} ms")]
+    Stale { age_ms: i64, max_ms: u64 },
+}
+
+impl Reject {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::Decode(_) => "decode_error",
+            Reject::InvalidField(_) => "invalid_field",
+            Reject::UnknownTimeframe(_) => "unknown_timeframe",
+            Reject::TimeframeMismatch { .. } => "timeframe_mismatch",
+            Reject::UnknownFeatureSet(_) => "unknown_feature_set",
+            Reject::WrongFeatureCount { .. } => "wrong_feature_count",
+            Reject::NonFinite { .. } => "non_finite_value",
+            Reject::Stale { .. } => "stale",
+        }
+    }
+}
+
+/// Errors loading the feature-set specifications.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureSetError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+}
+
+#[derive(Deserialize)]
+struct FeatureSetFile {
+    name: String,
+    count: usize,
+}
+
+/// The validation rules of one service.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    /// Feature set name -> number of values.
+    feature_sets: HashMap<String, usize>,
+    timeframes: Vec<String>,
+    /// 0 disables the age check (replay of historical data).
+    max_age_ms: u64,
+}
+
+/// The outcome of one message: good vectors go on, each refusal is dead-lettered.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub vectors: Vec<Vector>,
+    /// (index of the vector in the batch, or None for the whole message; the reason)
+    pub rejects: Vec<(Option<usize>, Reject)>,
+}
+
+impl Validator {
+    pub fn new(feature_sets: HashMap<String, usize>, timeframes: Vec<String>, max_age_ms: u64) -> Self {
+        Validator {
+            feature_sets,
+            timeframes,
+            max_age_ms,
+        }
+    }
+
+    /// Reads every `*.toml` of a feature-set folder (`name`, `count`).
+    pub fn load_feature_sets(dir: &Path) -> Result<HashMap<String, usize>, FeatureSetError> {
+        let err = |path: &Path, message: String| FeatureSetError::Read {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut out = HashMap::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| err(dir, e.to_string()))?;
+        for e in entries.filter_map(Result::ok) {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let text = std::fs::read_to_string(&p).map_err(|e| err(&p, e.to_string()))?;
+                let f: FeatureSetFile = toml::from_str(&text).map_err(|e| err(&p, e.to_string()))?;
+                out.insert(f.name, f.count);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn with_max_age(mut self, max_age_ms: u64) -> Self {
+        self.max_age_ms = max_age_ms;
+        self
+    }
+
+    /// Decodes one message and checks each vector. `subject_timeframe`: the timeframe named by
+    /// the subject it arrived on, when the transport has one.
+    pub fn decode(
+        &self,
+        payload: &[u8],
+        subject_timeframe: Option<&str>,
+        transport: Transport,
+        now_ms: i64,
+    ) -> Decoded {
+        let batch = match pb::FeatureVectorBatch::decode(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                return Decoded {
+                    vectors: Vec::new(),
+                    rejects: vec![(None, Reject::Decode(e.to_string()))],
+                };
+            }
+        };
+        let mut out = Decoded {
+            vectors: Vec::with_capacity(batch.vectors.len()),
+            rejects: Vec::new(),
+        };
+        if batch.vectors.is_empty() {
+            out.rejects.push((None, Reject::InvalidField("vectors")));
+        }
+        for (i, v) in batch.vectors.into_iter().enumerate() {
+            match self.check(v, subject_timeframe, transport, now_ms) {
+                Ok(v) => out.vectors.push(v),
+                Err(r) => out.rejects.push((Some(i), r)),
+            }
+        }
+        out
+    }
+
+    fn check(
+        &self,
+        v: pb::FeatureVector,
+        subject_tf: Option<&str>,
+        transport: Transport,
+        now_ms: i64,
+    ) -> Result<Vector, Reject> {
+        if v.symbol.is_empty() {
+            return Err(Reject::InvalidField("symbol"));
+        }
+        if v.timeframe.is_empty() {
+            return Err(Reject::InvalidField("timeframe"));
+        }
+        if let Some(s) = subject_tf
+            && s != v.timeframe
+        {
+            return Err(Reject::TimeframeMismatch {
+                subject: s.to_string(),
+                vector: v.timeframe,
+            });
+        }
+        if !self.timeframes.iter().any(|t| *t == v.timeframe) {
+            return Err(Reject::UnknownTimeframe(v.timeframe));
+        }
+        let Some(&expected) = self.feature_sets.get(&v.feature_set) else {
+            return Err(Reject::UnknownFeatureSet(v.feature_set));
+        };
+        if v.values.len() != expected {
+            return Err(Reject::WrongFeatureCount {
+                set: v.feature_set,
+                expected,
+                got: v.values.len(),
+            });
+        }
+        if let Some((index, &value)) = v.values.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(Reject::NonFinite { index, value });
+        }
+        if self.max_age_ms > 0 {
+            let age_ms = now_ms - v.event_time_ms;
+            if age_ms > self.max_age_ms as i64 {
+                return Err(Reject::Stale {
+                    age_ms,
+                    max_ms: self.max_age_ms,
+                });
+            }
+        }
+        let correlation_id: Arc<str> = if v.correlation_id.is_empty() {
+            format!("{}-{}-{}", v.symbol, v.timeframe, v.sequence).into()
+        } else {
+            v.correlation_id.into()
+        };
+        Ok(Vector {
+            key: StreamKey::new(&v.symbol, &v.timeframe),
+            sequence: v.sequence,
+            event_time_ms: v.event_time_ms,
+            values: v.values.into(),
+            correlation_id,
+            published_at_ns: v.published_at_ns,
+            transport,
+        })
+    }
+}
+
+fn direction(d: augur_actors::types::Direction) -> i32 {
+    use augur_actors::types::Direction as D;
+    match d {
+        D::Short => pb::Direction::Short as i32,
+        D::Neutral => pb::Direction::Neutral as i32,
+        D::Long => pb::Direction::Long as i32,
+    }
+}
+
+/// The wire form of an ensemble prediction.
+pub fn to_proto(e: &Ensemble) -> pb::EnsemblePrediction {
+    pb::EnsemblePrediction {
+        event_id: e.event_id.clone(),
+        symbol: e.symbol.to_string(),
+        timeframe: e.timeframe.to_string(),
+        event_time_ms: e.event_time_ms,
+        sequence: e.sequence,
+        direction: direction(e.direction),
+        confidence: e.confidence,
+        probabilities: e.probabilities.clone(),
+        members: e
+            .members
+            .iter()
+            .map(|m| pb::ModelPrediction {
+                model_id: m.model_id.to_string(),
+                model_version: m.model_version.to_string(),
+                model_kind: m.model_kind.to_string(),
+                probabilities: m.probabilities.clone(),
+                direction: direction(m.direction),
+                confidence: m.confidence,
+                fallback: m.fallback,
+                inference_us: m.inference_us,
+                batch_size: m.batch_size,
+            })
+            .collect(),
+        models_expected: e.models_expected,
+        models_used: e.models_used,
+        method: e.method.to_string(),
+        correlation_id: e.correlation_id.to_string(),
+        feature_published_at_ns: e.feature_published_at_ns,
+        published_at_ns: e.published_at_ns,
+        service_version: e.service_version.to_string(),
+        signal: e.signal,
+    }
+}
+
+pub fn encode_prediction(e: &Ensemble) -> Vec<u8> {
+    to_proto(e).encode_to_vec()
+}
+
+/// Reads a file of length-delimited FeatureVectorBatch messages into raw payloads.
+pub fn read_length_delimited(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut out = Vec::new();
+    let mut buf = bytes;
+    while !buf.is_empty() {
+        let len =
+            prost::encoding::decode_varint(&mut buf).map_err(|e| format!("at message {}: {e}", out.len()))?;
+        let len = usize::try_from(len).map_err(|_| "length overflows".to_string())?;
+        if len > buf.len() {
+            return Err(format!(
+                "message {} is truncated: {len} bytes announced, {} left",
+                out.len(),
+                buf.len()
+            ));
+        }
+        out.push(&buf[..len]);
+        buf = &buf[len..];
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validator() -> Validator {
+        Validator::new(
+            HashMap::from([("ta-v1".to_string(), 3)]),
+            vec!["1m".into(), "1h".into()],
+            60_000,
+        )
+    }
+
+    fn fv(values: Vec<f32>) -> pb::FeatureVector {
+        pb::FeatureVector {
+            symbol: "AAPL".into(),
+            timeframe: "1m".into(),
+            event_time_ms: 1_000_000,
+            sequence: 1,
+            feature_set: "ta-v1".into(),
+            values,
+            ..Default::default()
+        }
+    }
+
+    fn one(v: pb::FeatureVector, subject: Option<&str>) -> Result<Vector, Reject> {
+        let bytes = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
+        let mut d = validator().decode(&bytes, subject, Transport::Nats, 1_000_500);
+        match d.rejects.pop() {
+            Some((_, r)) => Err(r),
+            None => Ok(d.vectors.remove(0)),
+        }
+    }
+
+    #[test]
+    fn test_valid_vector_becomes_a_domain_vector_with_a_default_correlation_id() {
+        let v = one(fv(vec![0.1, 0.2, 0.3]), Some("1m")).unwrap();
+        assert_eq!(&*v.values, &[0.1, 0.2, 0.3]);
+        assert_eq!(&*v.correlation_id, "AAPL-1m-1");
+    }
+
+    #[test]
+    fn test_each_invalid_vector_gets_its_stable_code() {
+        assert_eq!(
+            one(fv(vec![0.1, f32::NAN, 0.3]), None).unwrap_err().code(),
+            "non_finite_value"
+        );
+        assert_eq!(
+            one(fv(vec![0.1, f32::INFINITY, 0.3]), None).unwrap_err().code(),
+            "non_finite_value"
+        );
+        assert_eq!(
+            one(fv(vec![0.1]), None).unwrap_err().code(),
+            "wrong_feature_count"
+        );
+        assert_eq!(
+            one(fv(vec![0.1, 0.2, 0.3]), Some("1h")).unwrap_err().code(),
+            "timeframe_mismatch"
+        );
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.feature_set = "ta-v9".into();
+        assert_eq!(one(v, None).unwrap_err().code(), "unknown_feature_set");
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.event_time_ms = 0;
+        assert_eq!(one(v, None).unwrap_err().code(), "stale");
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.timeframe = "7m".into();
+        assert_eq!(one(v, None).unwrap_err().code(), "unknown_timeframe");
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.symbol = String::new();
+        assert_eq!(one(v, None).unwrap_err().code(), "invalid_field");
+    }
+
+    #[test]
+    fn test_garbage_is_one_decode_error_for_the_whole_message() {
+        let d = validator().decode(&[0xff, 0x00, 0x13], None, Transport::Nats, 0);
+        assert!(d.vectors.is_empty());
+        assert_eq!(d.rejects.len(), 1);
+        assert_eq!(d.rejects[0].0, None);
+        assert_eq!(d.rejects[0].1.code(), "decode_error");
+    }
+
+    #[test]
+    fn test_one_bad_vector_does_not_sink_its_batch() {
+        let bytes = pb::FeatureVectorBatch {
+            vectors: vec![fv(vec![0.1, 0.2, 0.3]), fv(vec![1.0])],
+        }
+        .encode_to_vec();
+        let d = validator().decode(&bytes, None, Transport::Nats, 1_000_000);
+        assert_eq!(d.vectors.len(), 1);
+        assert_eq!(
+            d.rejects,
+            vec![(
+                Some(1),
+                Reject::WrongFeatureCount {
+                    set: "ta-v1".into(),
+                    expected: 3,
+                    got: 1
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn test_length_delimited_reader_detects_truncation() {
+        let mut buf = Vec::new();
+        pb::FeatureVectorBatch {
+            vectors: vec![fv(vec![1.0, 2.0, 3.0])],
+        }
+        .encode_length_delimited(&mut buf)
+        .unwrap();
+        assert_eq!(read_length_delimited(&buf).unwrap().len(), 1);
+        assert!(
+            read_length_delimited(&buf[..buf.len() - 1])
+                .unwrap_err()
+                .contains("truncated")
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! Service configuration.
+//!
+//! Layers, lowest first: the documented defaults (this file, mirrored key by key in
+//! `config.toml`) < the config file < environment variables `AUGUR_<SECTION>__<KEY>` (values
+//! parsed as TOML when they parse, else taken as strings: `AUGUR_NATS__URL=nats://h:4222`,
+//! `AUGUR_EXECUTOR__MAX_BATCH=32`). Unknown keys and invalid values fail at start-up with
+//! every problem listed.
+use std::path::{Path, PathBuf};
+
+use augur_actors::aggregator::EnsembleSettings;
+use augur_actors::breaker::BreakerConfig;
+use augur_actors::executor::BatchConfig;
+use augur_actors::router::RouterConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::DeviceSpec;
+
+pub const TIMEFRAMES: [&str; 6] = ["1m", "5m", "15m", "1h", "4h", "1d"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The model repository: <models_dir>/<model_id>/<version>/manifest.toml
+    pub models_dir: PathBuf,
+    /// Feature-set specifications (name, count) used to validate input.
+    pub feature_sets_dir: PathBuf,
+    /// Ensemble members, by model id.
+    pub members: Vec<String>,
+    /// The stacking model's id ("" for none); needed by method = "stacking".
+    pub stacker: String,
+    /// cpu | cuda | cuda:N | auto
+    pub device: String,
+    /// libtorch intra-op threads (process-wide).
+    pub intra_op_threads: i32,
+    /// Graceful shutdown: how long to wait for in-flight events.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            models_dir: "models".into(),
+            feature_sets_dir: "models/feature_sets".into(),
+            members: vec![
+                "lstm-direction".into(),
+                "cnn-pattern".into(),
+                "xgb-direction".into(),
+            ],
+            stacker: "ensemble-meta".into(),
+            device: "cpu".into(),
+            intra_op_threads: 1,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Vectors whose event time is older than this are dead-lettered as `stale`; 0 disables.
+    pub max_event_age_ms: u64,
+    /// Timeframes served (subscribed on NATS, accepted on every transport).
+    pub timeframes: Vec<String>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_event_age_ms: 300_000,
+            timeframes: TIMEFRAMES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    pub enabled: bool,
+    pub url: String,
+    /// Input subjects are `<input_prefix>.<timeframe>.<symbol>`.
+    pub input_prefix: String,
+    /// Output subjects are `<output_prefix>.<timeframe>.<symbol>`.
+    pub output_prefix: String,
+    pub dlq_subject: String,
+    /// Queue group for the input subscriptions ("" for none): instances in one group share.
+    pub queue_group: String,
+    /// Messages buffered per subscription before the client drops (counted as slow consumer).
+    pub subscription_capacity: usize,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            enabled: true,
+            url: "nats://127.0.0.1:4222".into(),
+            input_prefix: "features".into(),
+            output_prefix: "predictions".into(),
+            dlq_subject: "features.dlq".into(),
+            queue_group: String::new(),
+            subscription_capacity: 65_536,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub validation: ValidationConfig,
+    pub nats: NatsConfig,
+    pub router: RouterConfig,
+    pub executor: BatchConfig,
+    pub aggregator: EnsembleSettings,
+    pub breaker: BreakerConfig,
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+const ENV_PREFIX: &str = "AUGUR_";
+
+impl Config {
+    /// Defaults < file (if given) < environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", p.display())]))?,
+            None => String::new(),
+        };
+        Self::from_sources(&text, std::env::vars())
+    }
+
+    pub fn from_sources(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut table: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => return Err(ConfigError(vec![format!("config file is not valid TOML: {e}")])),
+        };
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(v));
+            match table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+            {
+                toml::Value::Table(t) => {
+                    t.insert(key, value);
+                }
+                _ => problems.push(format!("{k}: [{section}] is not a table")),
+            }
+        }
+        // Unknown keys, all of them (serde would stop at the first).
+        let known = toml::Table::try_from(Config::default()).unwrap_or_default();
+        unknown_keys(&table, &known, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        // Types, section by section so that each bad section is reported.
+        let mut cfg = Config::default();
+        macro_rules! section {
+            ($name:literal, $field:ident) => {
+                if let Some(v) = table.get($name) {
+                    match v.clone().try_into() {
+                        Ok(x) => cfg.$field = x,
+                        Err(e) => problems.push(format!("[{}] {}", $name, e.to_string().trim())),
+                    }
+                }
+            };
+        }
+        section!("service", service);
+        section!("validation", validation);
+        section!("nats", nats);
+        section!("router", router);
+        section!("executor", executor);
+        section!("aggregator", aggregator);
+        section!("breaker", breaker);
+        problems.extend(cfg.problems());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Semantic checks, all of them.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let s = &self.service;
+        if DeviceSpec::parse(&s.device).is_none() {
+            p.push(format!(
+                "service.device {:?} is not one of cpu, cuda, cuda:N, auto",
+                s.device
+            ));
+        }
+        if s.members.is_empty() {
+            p.push("service.members is empty".into());
+        }
+        if !(1..=64).contains(&s.intra_op_threads) {
+            p.push(format!(
+                "service.intra_op_threads must be in 1..=64, got {}",
+                s.intra_op_threads
+            ));
+        }
+        for m in s
+            .members
+            .iter()
+            .chain(std::iter::once(&s.stacker).filter(|x| !x.is_empty()))
+        {
+            if !s.models_dir.join(m).is_dir() {
+                p.push(format!(
+                    "model {m:?} has no folder under {}",
+                    s.models_dir.display()
+                ));
+            }
+        }
+        if !s.feature_sets_dir.is_dir() {
+            p.push(format!(
+                "service.feature_sets_dir {} is not a folder",
+                s.feature_sets_dir.display()
+            ));
+        }
+        if self.validation.timeframes.is_empty() {
+            p.push("validation.timeframes is empty".into());
+        }
+        for t in &self.validation.timeframes {
+            if t.is_empty() || t.contains(['.', '*', '>', ' ']) {
+                p.push(format!("validation.timeframes: {t:?} cannot be a subject token"));
+            }
+        }
+        let n = &self.nats;
+        if n.enabled {
+            if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) {
+                p.push(format!("nats.url {:?} must start with nats:// or tls://", n.url));
+            }
+            for (k, v) in [
+                ("input_prefix", &n.input_prefix),
+                ("output_prefix", &n.output_prefix),
+                ("dlq_subject", &n.dlq_subject),
+            ] {
+                if v.is_empty() || v.contains(['*', '>', ' ']) {
+                    p.push(format!("nats.{k} {v:?} is not a valid subject"));
+                }
+            }
+            if n.subscription_capacity == 0 {
+                p.push("nats.subscription_capacity must be at least 1".into());
+            }
+        }
+        p.extend(self.router.problems("router"));
+        p.extend(self.executor.problems("executor"));
+        p.extend(self.breaker.problems("breaker"));
+        p.extend(self.aggregator.problems("aggregator", &s.members));
+        if self.aggregator.method == augur_actors::aggregator::Method::Stacking && s.stacker.is_empty() {
+            p.push("aggregator.method = \"stacking\" needs service.stacker".into());
+        }
+        p
+    }
+}
+
+fn unknown_keys(t: &toml::Table, known: &toml::Table, path: &str, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let full = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        // Maps keyed by the user (weights) have no fixed keys.
+        if full == "aggregator.weights" {
+            continue;
+        }
+        match (v, known.get(k)) {
+            (_, None) => out.push(format!("unknown key {full}")),
+            (toml::Value::Table(sub), Some(toml::Value::Table(ksub))) => unknown_keys(sub, ksub, &full, out),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let text = format!(
+            "[service]\nmodels_dir = \"{root}/models\"\nfeature_sets_dir = \"{root}/models/feature_sets\"\n{text}"
+        );
+        Config::from_sources(&text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn test_the_shipped_config_file_is_valid_and_equals_the_defaults() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        let from_file = Config::from_sources(&text, std::iter::empty()).unwrap();
+        assert_eq!(from_file, Config::default(), "config.toml documents the defaults");
+    }
+
+    #[test]
+    fn test_unknown_keys_and_bad_values_are_all_listed() {
+        let err = load(
+            "device = \"tpu\"\n[nats]\nurll = \"x\"\n[executor]\nmax_batch = 0\n[bogus]\nx = 1\n",
+            &[],
+        )
+        .unwrap_err();
+        let all = err.0.join("\n");
+        assert!(all.contains("unknown key nats.urll"), "{all}");
+        assert!(all.contains("unknown key bogus"), "{all}");
+        let err = load(
+            "device = \"tpu\"\n[executor]\nmax_batch = 0\n[breaker]\nfailure_rate = 3.0\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{:?}", err.0);
+    }
+
+    #[test]
+    fn test_wrong_type_names_the_section() {
+        let err = load("[router]\nmax_streams = \"many\"\n", &[]).unwrap_err();
+        assert!(err.0[0].starts_with("[router]"), "{:?}", err.0);
+    }
+
+    #[test]
+    fn test_environment_overrides_the_file() {
+        let cfg = load(
+            "[nats]\nurl = \"nats://a:1\"\n",
+            &[
+                ("AUGUR_NATS__URL", "nats://b:2"),
+                ("AUGUR_EXECUTOR__MAX_BATCH", "8"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.nats.url, "nats://b:2");
+        assert_eq!(cfg.executor.max_batch, 8);
+    }
+
+    #[test]
+    fn test_weights_may_name_members_only() {
+        let err = load(
+            "[aggregator.weights]\n\"lstm-direction\" = 2.0\nnobody = 1.0\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.0.iter().any(|p| p.contains("nobody")), "{:?}", err.0);
+    }
+}
