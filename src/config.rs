@@ -167,10 +167,7 @@ impl Config {
         }
         // Unknown keys, all of them (serde would stop at the first).
         let known = toml::Table::try_from(Config::default()).unwrap_or_default();
-        unknown_keys(&table, &known, "", &mut problems);
-        if !problems.is_empty() {
-            return Err(ConfigError(problems));
-        }
+        unknown_keys(&mut table, &known, "", &mut problems);
         // Types, section by section so that each bad section is reported.
         let mut cfg = Config::default();
         macro_rules! section {
@@ -272,8 +269,10 @@ impl Config {
     }
 }
 
-fn unknown_keys(t: &toml::Table, known: &toml::Table, path: &str, out: &mut Vec<String>) {
-    for (k, v) in t {
+/// Lists and removes unknown keys, so that the typed checks that follow still run.
+fn unknown_keys(t: &mut toml::Table, known: &toml::Table, path: &str, out: &mut Vec<String>) {
+    let mut unknown = Vec::new();
+    for (k, v) in t.iter_mut() {
         let full = if path.is_empty() {
             k.clone()
         } else {
@@ -284,10 +283,16 @@ fn unknown_keys(t: &toml::Table, known: &toml::Table, path: &str, out: &mut Vec<
             continue;
         }
         match (v, known.get(k)) {
-            (_, None) => out.push(format!("unknown key {full}")),
+            (_, None) => {
+                out.push(format!("unknown key {full}"));
+                unknown.push(k.clone());
+            }
             (toml::Value::Table(sub), Some(toml::Value::Table(ksub))) => unknown_keys(sub, ksub, &full, out),
             _ => {}
         }
+    }
+    for k in unknown {
+        t.remove(&k);
     }
 }
 
@@ -320,6 +325,8 @@ mod tests {
         let all = err.0.join("\n");
         assert!(all.contains("unknown key nats.urll"), "{all}");
         assert!(all.contains("unknown key bogus"), "{all}");
+        assert!(all.contains("service.device"), "{all}");
+        assert!(all.contains("executor.max_batch"), "{all}");
         let err = load(
             "device = \"tpu\"\n[executor]\nmax_batch = 0\n[breaker]\nfailure_rate = 3.0\n",
             &[],

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The main job: a local stack on loopback. Starts nats-server, `augur serve`, and a feed that
+# replays the committed real market data (AAPL FB GOOG IBM MSFT daily, EURUSD hourly) as
+# ta-v1 feature vectors. A status line per second shows rates, latency and the last
+# prediction. Ctrl-C stops everything cleanly (feed, then the service drains, then NATS).
+#
+#   scripts/run.sh                      # until Ctrl-C
+#   AUGUR_RUN_SECONDS=30 scripts/run.sh # stop by itself after 30 s
+#   AUGUR_FEED_RATE=2000 scripts/run.sh # vectors per second (default 500)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$AUGUR_ROOT"
+
+scripts/bootstrap.sh
+echo "run: building augur (release)" >&2
+cargo build --release --quiet --bin augur
+
+RUN_DIR="$AUGUR_ROOT/run"
+mkdir -p "$RUN_DIR"
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+NATS_PORT="${AUGUR_NATS_PORT:-4222}"
+if ! port_free "$NATS_PORT"; then
+  NATS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+fi
+NATS_URL="nats://127.0.0.1:$NATS_PORT"
+NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo >&2
+  echo "run: stopping feed, service, nats" >&2
+  [ -n "${FEED_PID:-}" ] && kill -TERM "$FEED_PID" 2>/dev/null && wait "$FEED_PID" 2>/dev/null || true
+  [ -n "${AUGUR_PID:-}" ] && kill -TERM "$AUGUR_PID" 2>/dev/null && wait "$AUGUR_PID" 2>/dev/null || true
+  [ -n "${NATS_PID:-}" ] && kill -TERM "$NATS_PID" 2>/dev/null && wait "$NATS_PID" 2>/dev/null || true
+  echo "run: stopped; logs in $RUN_DIR" >&2
+}
+trap cleanup INT TERM EXIT
+
+"$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$RUN_DIR/nats.log" 2>&1 &
+NATS_PID=$!
+for _ in $(seq 100); do port_free "$NATS_PORT" || break; sleep 0.05; done
+echo "run: nats-server on $NATS_URL" >&2
+
+AUGUR_NATS__URL="$NATS_URL" target/release/augur serve --config config.toml --status-ms 1000 \
+  2>"$RUN_DIR/augur.log" &
+AUGUR_PID=$!
+for _ in $(seq 600); do
+  grep -q "augur ready" "$RUN_DIR/augur.log" 2>/dev/null && break
+  kill -0 "$AUGUR_PID" 2>/dev/null || { cat "$RUN_DIR/augur.log" >&2; exit 1; }
+  sleep 0.05
+done
+echo "run: augur ready ($(grep -o 'startup_ms=[0-9]*' "$RUN_DIR/augur.log" | head -1)); predictions on predictions.<tf>.<symbol>" >&2
+
+target/release/augur publish --url "$NATS_URL" --rate "${AUGUR_FEED_RATE:-500}" --repeat \
+  2>"$RUN_DIR/feed.log" &
+FEED_PID=$!
+echo "run: feed replaying models/data/replay/ta-v1.pb at ${AUGUR_FEED_RATE:-500} vectors/s; Ctrl-C to stop" >&2
+
+if [ -n "${AUGUR_RUN_SECONDS:-}" ]; then
+  sleep "$AUGUR_RUN_SECONDS"
+else
+  wait "$AUGUR_PID"
+fi

@@ -1,0 +1,317 @@
+//! End to end through a real nats-server: predictions out for every vector whose windows are
+//! full, invalid input on the dead-letter subject with its reason, replay equal to serve, and a
+//! clean exit on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use augur::pb;
+use augur::service::{ServeReport, replay, serve};
+use futures::StreamExt;
+use prost::Message;
+
+/// The first `n` vectors of each of several real series, plus AAPL relabelled onto "5m": six
+/// streams over three timeframes.
+fn vectors(n: usize) -> Vec<pb::FeatureVector> {
+    let file = std::fs::read(common::root().join("models/data/replay/ta-v1.pb")).unwrap();
+    let all = augur::publish::interleave(&file).unwrap();
+    let mut per: BTreeMap<(String, String), Vec<pb::FeatureVector>> = BTreeMap::new();
+    for v in all {
+        per.entry((v.symbol.clone(), v.timeframe.clone()))
+            .or_default()
+            .push(v);
+    }
+    let mut streams: Vec<Vec<pb::FeatureVector>> = Vec::new();
+    for sym in ["AAPL", "IBM", "MSFT", "GOOG", "EURUSD"] {
+        let s = per.iter().find(|((s, _), _)| s == sym).unwrap().1;
+        streams.push(s[..n].to_vec());
+    }
+    let relabelled = streams[0].iter().cloned().map(|mut v| {
+        v.timeframe = "5m".into();
+        v.correlation_id = format!("AAPL-5m-{}", v.sequence);
+        v
+    });
+    streams.push(relabelled.collect());
+    let mut out = Vec::new();
+    for i in 0..n {
+        for s in &streams {
+            out.push(s[i].clone());
+        }
+    }
+    out
+}
+
+fn stamp(mut v: pb::FeatureVector) -> pb::FeatureVector {
+    let now = augur_actors::clock::unix_ns();
+    v.event_time_ms = now / 1_000_000;
+    v.published_at_ns = now;
+    v
+}
+
+fn bad(values: Vec<f32>, set: &str, tf: &str) -> Vec<u8> {
+    let v = stamp(pb::FeatureVector {
+        symbol: "ZZZ".into(),
+        timeframe: tf.into(),
+        sequence: 1,
+        feature_set: set.into(),
+        values,
+        ..Default::default()
+    });
+    pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec()
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<ServeReport>>,
+}
+
+fn start_service(cfg: augur::config::Config) -> Running {
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(serve(
+            cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            None,
+            Some(ready_tx),
+        ))
+    });
+    ready_rx.blocking_recv().expect("service became ready");
+    Running { stop, thread }
+}
+
+#[test]
+fn test_end_to_end_on_nats_with_dead_letters_and_replay_equal_to_serve() {
+    let nats = common::NatsServer::start();
+    let mut cfg = common::config(&nats.url());
+    cfg.aggregator.deadline_ms = 10_000;
+    let svc = start_service(cfg.clone());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = 60;
+    let good: Vec<pb::FeatureVector> = vectors(n).into_iter().map(stamp).collect();
+    let streams = 6;
+    let expected_predictions = streams * (n - 31); // the 32-vector windows are full from the 32nd
+    let bad_msgs: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("features.1d.ZZZ", vec![0xff, 0x01, 0x02, 0x03], "decode_error"),
+        (
+            "features.1d.ZZZ",
+            bad(vec![f32::NAN; 20], "ta-v1", "1d"),
+            "non_finite_value",
+        ),
+        (
+            "features.1d.ZZZ",
+            bad(vec![0.0; 19], "ta-v1", "1d"),
+            "wrong_feature_count",
+        ),
+        (
+            "features.1d.ZZZ",
+            bad(vec![0.0; 20], "ta-v9", "1d"),
+            "unknown_feature_set",
+        ),
+        (
+            "features.1d.ZZZ",
+            bad(vec![0.0; 20], "ta-v1", "1h"),
+            "timeframe_mismatch",
+        ),
+    ];
+    let (preds, dlq) = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut out = client.subscribe("predictions.>").await.unwrap();
+        let mut dead = client.subscribe("features.dlq").await.unwrap();
+        client.flush().await.unwrap();
+        for (i, v) in good.iter().enumerate() {
+            let subject = format!("features.{}.{}", v.timeframe, v.symbol);
+            let payload = pb::FeatureVectorBatch {
+                vectors: vec![v.clone()],
+            }
+            .encode_to_vec();
+            client.publish(subject, payload.into()).await.unwrap();
+            // the bad messages go out in the middle of the stream
+            if i == good.len() / 2 {
+                for (s, p, _) in &bad_msgs {
+                    client.publish(s.to_string(), p.clone().into()).await.unwrap();
+                }
+            }
+        }
+        client.flush().await.unwrap();
+        let mut preds = Vec::new();
+        let mut dlq = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (preds.len() < expected_predictions || dlq.len() < bad_msgs.len()) && Instant::now() < deadline
+        {
+            tokio::select! {
+                Some(m) = out.next() => preds.push(pb::EnsemblePrediction::decode(m.payload).unwrap()),
+                Some(m) = dead.next() => dlq.push(m),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        // anything extra would arrive now
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            tokio::select! {
+                Some(m) = out.next() => preds.push(pb::EnsemblePrediction::decode(m.payload).unwrap()),
+                Some(m) = dead.next() => dlq.push(m),
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        (preds, dlq)
+    });
+    let _ = svc.stop.send(());
+    let report = svc.thread.join().unwrap().unwrap();
+
+    // exactly one prediction per vector with full windows, each with every member
+    assert_eq!(preds.len(), expected_predictions, "zero lost, zero extra");
+    let mut seen = HashMap::new();
+    for p in &preds {
+        assert!(
+            p.sequence >= 81,
+            "{} {} #{} before its windows were full",
+            p.symbol,
+            p.timeframe,
+            p.sequence
+        );
+        assert_eq!((p.models_expected, p.models_used), (3, 3), "{p:?}");
+        assert_eq!(p.members.len(), 3);
+        assert_eq!(
+            p.correlation_id,
+            format!("{}-{}-{}", p.symbol, p.timeframe, p.sequence)
+        );
+        assert!(p.feature_published_at_ns > 0 && p.published_at_ns >= p.feature_published_at_ns);
+        assert_eq!(p.service_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(p.method, "weighted_mean");
+        let d = pb::Direction::try_from(p.direction).unwrap();
+        let want_signal = match d {
+            pb::Direction::Short => -1,
+            pb::Direction::Long => 1,
+            _ => 0,
+        };
+        assert_eq!(p.signal, want_signal);
+        assert!(
+            seen.insert((p.symbol.clone(), p.timeframe.clone(), p.sequence), p.clone())
+                .is_none(),
+            "duplicate"
+        );
+    }
+    let timeframes: std::collections::BTreeSet<_> = preds.iter().map(|p| p.timeframe.clone()).collect();
+    assert_eq!(timeframes.len(), 3);
+
+    // each invalid message once on the DLQ, payload byte for byte, reason in the headers, counted
+    assert_eq!(dlq.len(), bad_msgs.len());
+    for (_, payload, reason) in &bad_msgs {
+        let m = dlq
+            .iter()
+            .find(|m| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get("Augur-Reason"))
+                    .map(|v| v.as_str())
+                    == Some(*reason)
+            })
+            .unwrap_or_else(|| panic!("no dead letter with reason {reason}"));
+        assert_eq!(
+            &m.payload[..],
+            &payload[..],
+            "{reason}: payload kept byte for byte"
+        );
+        let h = m.headers.as_ref().unwrap();
+        assert!(!h.get("Augur-Detail").unwrap().as_str().is_empty());
+        assert_eq!(h.get("Augur-Source").unwrap().as_str(), "features.1d.ZZZ");
+        assert_eq!(
+            report.dead_letters.get(*reason),
+            Some(&1),
+            "{reason} counted once"
+        );
+    }
+    assert!(report.drained);
+
+    // replay of the same recorded stream gives the same predictions
+    let mut file = Vec::new();
+    for v in &good {
+        pb::FeatureVectorBatch {
+            vectors: vec![v.clone()],
+        }
+        .encode_length_delimited(&mut file)
+        .unwrap();
+    }
+    let out = actix_rt::System::new().block_on(replay(&cfg, &file)).unwrap();
+    assert_eq!(out.predictions.len(), preds.len());
+    for r in &out.predictions {
+        let s = &seen[&(r.symbol.to_string(), r.timeframe.to_string(), r.sequence)];
+        assert_eq!(r.event_id, s.event_id, "same event, same id");
+        for (a, b) in r.probabilities.iter().zip(&s.probabilities) {
+            assert!((a - b).abs() <= 1e-6, "ensemble {a} vs {b}");
+        }
+        for m in &r.members {
+            let sm = s.members.iter().find(|x| x.model_id == *m.model_id).unwrap();
+            for (a, b) in m.probabilities.iter().zip(&sm.probabilities) {
+                assert!((a - b).abs() <= 1e-6, "{} {a} vs {b}", m.model_id);
+            }
+        }
+    }
+}
+
+#[test]
+fn test_the_binary_exits_cleanly_on_sigterm() {
+    let nats = common::NatsServer::start();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["serve", "--config", "config.toml"])
+        .current_dir(common::root())
+        .env("AUGUR_NATS__URL", nats.url())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = Instant::now();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("service output");
+        if line.contains("augur ready") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "not ready in 30 s");
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("augur stopped")), "{rest:?}");
+}
+
+#[test]
+fn test_a_bad_config_fails_at_start_up_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[executor]\nmax_batch = 0\n[nats]\nurll = \"x\"\n[breaker]\nfailure_rate = 7.0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["serve", "--config", p.to_str().unwrap()])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown key nats.urll"), "{err}");
+    assert!(err.contains("executor.max_batch"), "{err}");
+    assert!(err.contains("breaker.failure_rate"), "{err}");
+}
