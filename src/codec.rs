@@ -175,7 +175,7 @@ impl Validator {
                 vector: v.timeframe,
             });
         }
-        if !self.timeframes.iter().any(|t| *t == v.timeframe) {
+        if !self.timeframes.contains(&v.timeframe) {
             return Err(Reject::UnknownTimeframe(v.timeframe));
         }
         let Some(&expected) = self.feature_sets.get(&v.feature_set) else {

@@ -182,17 +182,17 @@ impl Manifest {
             if n.std.iter().any(|s| *s <= 0.0) {
                 p.push("normalization.std must be positive".to_string());
             }
-            if !(n.clip > 0.0) {
+            if n.clip.is_nan() || n.clip <= 0.0 {
                 p.push("normalization.clip must be positive".to_string());
             }
         }
-        if let Some(g) = &self.golden {
-            if g.input_shape != [g.count, self.window, self.features] {
-                p.push(format!(
-                    "golden.input_shape {:?} disagrees with [count, window, features] = [{}, {}, {}]",
-                    g.input_shape, g.count, self.window, self.features
-                ));
-            }
+        if let Some(g) = &self.golden
+            && g.input_shape != [g.count, self.window, self.features]
+        {
+            p.push(format!(
+                "golden.input_shape {:?} disagrees with [count, window, features] = [{}, {}, {}]",
+                g.input_shape, g.count, self.window, self.features
+            ));
         }
         p
     }

@@ -155,10 +155,10 @@ impl XgbModel {
                 "num_class {num_class} (a multiclass model is expected)"
             )));
         }
-        if let Some(t) = &p.num_target {
-            if parse_n("num_target", t)? > 1 {
-                return Err(unsupported(format!("multi-target model (num_target {t})")));
-            }
+        if let Some(t) = &p.num_target
+            && parse_n("num_target", t)? > 1
+        {
+            return Err(unsupported(format!("multi-target model (num_target {t})")));
         }
         let base = parse_base_score(&p.base_score, num_class).map_err(malformed)?;
         let model = l
@@ -177,12 +177,13 @@ impl XgbModel {
             if t.split_type.iter().any(|&s| s != 0) || !t.categories_nodes.is_empty() {
                 return Err(unsupported(format!("tree {i} has a categorical split")));
             }
-            if let Some(s) = t.tree_param.as_ref().and_then(|p| p.size_leaf_vector.as_deref()) {
-                if s.trim() != "1" && s.trim() != "0" {
-                    return Err(unsupported(format!(
-                        "tree {i} has vector leaves (size_leaf_vector {s})"
-                    )));
-                }
+            if let Some(s) = t.tree_param.as_ref().and_then(|p| p.size_leaf_vector.as_deref())
+                && s.trim() != "1"
+                && s.trim() != "0"
+            {
+                return Err(unsupported(format!(
+                    "tree {i} has vector leaves (size_leaf_vector {s})"
+                )));
             }
             let class = usize::try_from(class)
                 .ok()
