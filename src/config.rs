@@ -104,6 +104,24 @@ impl Default for NatsConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// host:port; port 0 picks a free one (tests).
+    pub bind: String,
+    /// Bearer token required by write endpoints ("" for none). Masked when the config is shown.
+    pub token: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { enabled: true, bind: "127.0.0.1:8080".into(), token: String::new(), max_body_bytes: 1 << 20 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -114,6 +132,7 @@ pub struct Config {
     pub executor: BatchConfig,
     pub aggregator: EnsembleSettings,
     pub breaker: BreakerConfig,
+    pub http: HttpConfig,
 }
 
 /// Every problem found, one per line.
@@ -187,6 +206,7 @@ impl Config {
         section!("executor", executor);
         section!("aggregator", aggregator);
         section!("breaker", breaker);
+        section!("http", http);
         problems.extend(cfg.problems());
         if problems.is_empty() {
             Ok(cfg)
@@ -257,6 +277,12 @@ impl Config {
             if n.subscription_capacity == 0 {
                 p.push("nats.subscription_capacity must be at least 1".into());
             }
+        }
+        if self.http.enabled && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("http.bind {:?} is not host:port", self.http.bind));
+        }
+        if self.http.max_body_bytes < 1024 {
+            p.push("http.max_body_bytes must be at least 1024".into());
         }
         p.extend(self.router.problems("router"));
         p.extend(self.executor.problems("executor"));

@@ -14,17 +14,21 @@
 //! - [`inference`]: the runtime behind the actors' executor trait.
 //! - [`bus`]: transports (NATS) and in-process sinks.
 //! - [`service`]: wiring for `serve` and `replay`, callable in-process by tests.
+//! - [`http`]: the HTTP actor (health, readiness, config, models, predict, metrics).
+//! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
 //! - [`publish`]: replays the committed real series onto NATS (the local feed).
 //! - The actor graph (router, model actors, aggregator, supervisor) lives in the
 //!   `augur-actors` crate, which depends on no framework or bus crate.
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod http;
 pub mod inference;
 pub mod pb;
 pub mod publish;
 pub mod runtime;
 pub mod service;
+pub mod telemetry;
 
 /// The version stamped on every prediction.
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -251,16 +251,25 @@ pub struct ServeReport {
 
 /// `augur serve`: NATS in and out until `shutdown` resolves; then stops intake, drains what
 /// is in flight, flushes the publisher and returns.
+/// What a caller of `serve` gets once the service is ready.
+#[derive(Clone)]
+pub struct Ready {
+    pub pipeline: Pipeline,
+    /// Where the HTTP actor listens, when enabled.
+    pub http: Option<std::net::SocketAddr>,
+}
+
 pub async fn serve(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
     status_every: Option<Duration>,
-    ready: Option<tokio::sync::oneshot::Sender<Pipeline>>,
+    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> anyhow::Result<ServeReport> {
     let started = Instant::now();
     if !cfg.nats.enabled {
         anyhow::bail!("nats.enabled = false leaves serve without a transport (Kafka is not built yet)");
     }
+    let metrics = crate::telemetry::install();
     let nats_stats = Arc::new(NatsStats::default());
     let client = nats::connect(&cfg.nats, nats_stats.clone())
         .await
@@ -282,6 +291,39 @@ pub async fn serve(
         dlq,
         stop_rx,
     ));
+    let ids: Vec<String> = pipeline.gates.iter().map(|g| g.info.id.to_string()).collect();
+    let tfs: Vec<&str> = cfg.validation.timeframes.iter().map(String::as_str).collect();
+    t::register_zeroes(&ids.iter().map(String::as_str).collect::<Vec<_>>(), &tfs, &["nats"]);
+    let upkeep = actix_rt::spawn(crate::telemetry::upkeep(
+        metrics.clone(),
+        pipeline.clone(),
+        Some(client.clone()),
+        Duration::from_secs(1),
+    ));
+    let mut http_addr = None;
+    let mut http_server = None;
+    if cfg.http.enabled {
+        let state = crate::http::AppState {
+            pipeline: pipeline.clone(),
+            config: Arc::new(std::sync::RwLock::new(cfg.clone())),
+            metrics: metrics.clone(),
+            started,
+            nats: Some(client.clone()),
+        };
+        let limit = cfg.http.max_body_bytes;
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new().configure(|c| crate::http::configure(c, state.clone(), limit))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(cfg.http.bind.as_str())
+        .with_context(|| format!("binding the HTTP actor to {}", cfg.http.bind))?;
+        http_addr = server.addrs().first().copied();
+        let server = server.run();
+        http_server = Some(server.handle());
+        actix_rt::spawn(server);
+        tracing::info!(addr = ?http_addr, "http listening");
+    }
     tracing::info!(
         models = ?pipeline.gates.iter().map(|g| g.info.id.to_string()).collect::<Vec<_>>(),
         device = %cfg.service.device,
@@ -289,7 +331,7 @@ pub async fn serve(
         "augur ready: models loaded and warmed"
     );
     if let Some(r) = ready {
-        let _ = r.send(pipeline.clone());
+        let _ = r.send(Ready { pipeline: pipeline.clone(), http: http_addr });
     }
     let status_task = status_every.map(|every| {
         let (status, stats) = (status.clone(), pipeline.stats.clone());
@@ -318,6 +360,10 @@ pub async fn serve(
         tracing::warn!("shutdown timeout: some events were still in flight");
     }
     let _ = sink.send(nats::Flush).await;
+    if let Some(h) = http_server {
+        h.stop(true).await;
+    }
+    upkeep.abort();
     if let Some(t) = status_task {
         t.abort();
     }

@@ -265,6 +265,7 @@ fn test_the_binary_exits_cleanly_on_sigterm() {
         .args(["serve", "--config", "config.toml"])
         .current_dir(common::root())
         .env("AUGUR_NATS__URL", nats.url())
+        .env("AUGUR_HTTP__BIND", "127.0.0.1:0")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

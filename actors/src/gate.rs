@@ -100,6 +100,14 @@ impl ModelGate {
 
     pub fn record(&self, ok: bool, latency: Duration, error: Option<&str>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        let model = self.info.id.to_string();
+        metrics::counter!(t::MODEL_CALLS, "model" => model.clone(), "outcome" => if ok { "ok" } else { "error" })
+            .increment(1);
+        if let Some(slow_ms) = self.breaker.lock().ok().map(|b| b.config().slow_call_ms)
+            && latency > Duration::from_millis(slow_ms)
+        {
+            metrics::counter!(t::SLOW_CALLS, "model" => model).increment(1);
+        }
         if !ok {
             self.failures.fetch_add(1, Ordering::Relaxed);
             if let (Some(e), Ok(mut g)) = (error, self.last_error.lock()) {

@@ -20,11 +20,18 @@ pub const CIRCUIT_STATE: &str = "augur_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "augur_circuit_transitions_total";
 pub const MODEL_RESTARTS: &str = "augur_model_restarts_total";
 pub const CALLS_REJECTED: &str = "augur_model_calls_rejected_total";
+pub const SLOW_CALLS: &str = "augur_model_slow_calls_total";
+pub const MODEL_CALLS: &str = "augur_model_calls_total";
 pub const EXECUTOR_QUEUE_DEPTH: &str = "augur_executor_queue_depth";
 pub const ACTIVE_STREAMS: &str = "augur_active_streams";
 pub const STREAMS_REFUSED: &str = "augur_streams_refused_total";
 pub const MAILBOX_FULL: &str = "augur_mailbox_full_total";
 pub const NATS_SLOW_CONSUMER: &str = "augur_nats_slow_consumer_drops_total";
+pub const BUS_CONNECTED: &str = "augur_bus_connected";
+pub const PROCESS_RSS_BYTES: &str = "augur_process_resident_memory_bytes";
+pub const PROCESS_CPU_RATIO: &str = "augur_process_cpu_usage_ratio";
+pub const UPTIME_SECONDS: &str = "augur_uptime_seconds";
+pub const CONFIG_CHANGES: &str = "augur_config_changes_total";
 
 /// Registers the descriptions with whatever recorder is installed.
 pub fn describe() {
@@ -104,6 +111,64 @@ pub fn describe() {
         NATS_SLOW_CONSUMER,
         "Messages the NATS client dropped on a full subscription buffer"
     );
+    describe_counter!(SLOW_CALLS, "Calls slower than the breaker's slow_call_ms, by model");
+    describe_counter!(MODEL_CALLS, "Calls that reached a model, by model and outcome");
+    describe_gauge!(BUS_CONNECTED, "1 when the bus connection is up, by bus");
+    describe_gauge!(PROCESS_RSS_BYTES, Unit::Bytes, "Resident memory of the process");
+    describe_gauge!(PROCESS_CPU_RATIO, "CPU used by the process over the last sampling interval, in cores (1.0 = one core busy)");
+    describe_gauge!(UPTIME_SECONDS, Unit::Seconds, "Seconds since the service started");
+    describe_counter!(CONFIG_CHANGES, "Runtime configuration changes applied through the HTTP API");
+}
+
+/// Every reason code a dead letter can carry (the codec's `Reject::code`).
+pub const DEAD_LETTER_REASONS: [&str; 8] = [
+    "decode_error",
+    "invalid_field",
+    "unknown_timeframe",
+    "timeframe_mismatch",
+    "unknown_feature_set",
+    "wrong_feature_count",
+    "non_finite_value",
+    "stale",
+];
+
+/// Registers every labelled counter at zero, so that dashboards and alerts see a series
+/// (and `increase()` works) before the first event of its kind.
+pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]) {
+    use metrics::counter;
+    for m in models {
+        let m = m.to_string();
+        for to in ["closed", "open", "half_open", "faulted"] {
+            counter!(CIRCUIT_TRANSITIONS, "model" => m.clone(), "to" => to).increment(0);
+        }
+        counter!(MODEL_RESTARTS, "model" => m.clone()).increment(0);
+        counter!(CALLS_REJECTED, "model" => m.clone()).increment(0);
+        counter!(SLOW_CALLS, "model" => m.clone()).increment(0);
+        counter!(MODEL_CALLS, "model" => m.clone(), "outcome" => "ok").increment(0);
+        counter!(MODEL_CALLS, "model" => m.clone(), "outcome" => "error").increment(0);
+        counter!(MAILBOX_FULL, "model" => m.clone()).increment(0);
+    }
+    for tr in transports {
+        let tr = tr.to_string();
+        for r in DEAD_LETTER_REASONS {
+            counter!(DEAD_LETTERS, "transport" => tr.clone(), "reason" => r).increment(0);
+            counter!(FEATURES_INVALID, "transport" => tr.clone(), "reason" => r).increment(0);
+        }
+        counter!(FEATURES_STALE_SEQUENCE, "transport" => tr.clone()).increment(0);
+        for tf in timeframes {
+            counter!(FEATURES_RECEIVED, "transport" => tr.clone(), "timeframe" => tf.to_string()).increment(0);
+        }
+    }
+    for tf in timeframes {
+        counter!(AGGREGATOR_DEADLINE_MISSES, "timeframe" => tf.to_string()).increment(0);
+    }
+    counter!(EVENTS_WARMING).increment(0);
+    counter!(EVENTS_DROPPED, "reason" => "no_members").increment(0);
+    counter!(STREAMS_REFUSED).increment(0);
+    counter!(NATS_SLOW_CONSUMER).increment(0);
+    counter!(PUBLISH_ERRORS, "sink" => "nats").increment(0);
+    counter!(PUBLISH_ERRORS, "sink" => "nats_dlq").increment(0);
+    counter!(CONFIG_CHANGES).increment(0);
 }
 
 /// In-process counters of the pipeline, read by drain, health and tests.

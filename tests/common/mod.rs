@@ -98,8 +98,114 @@ pub fn root() -> PathBuf {
 /// The shipped config with absolute model paths and the given NATS URL.
 pub fn config(nats_url: &str) -> Config {
     let mut cfg = Config::default();
+    cfg.http.bind = "127.0.0.1:0".into();
     cfg.service.models_dir = root().join("models");
     cfg.service.feature_sets_dir = root().join("models/feature_sets");
     cfg.nats.url = nats_url.to_string();
     cfg
+}
+
+/// A minimal HTTP/1.1 client for tests (Connection: close; handles chunked bodies).
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("http header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+pub fn get_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let (s, b) = http(addr, "GET", path, &[], b"");
+    (s, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+}
+
+/// `augur serve` in its own thread and actix system; stopped by `stop()`.
+pub struct Service {
+    pub ready: augur::service::Ready,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<augur::service::ServeReport>>>,
+}
+
+impl Service {
+    pub fn start(cfg: Config) -> Service {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(augur::service::serve(
+                cfg,
+                async {
+                    let _ = stop_rx.await;
+                },
+                None,
+                Some(ready_tx),
+            ))
+        });
+        let ready = ready_rx.blocking_recv().expect("service became ready");
+        Service { ready, stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn http(&self) -> String {
+        self.ready.http.expect("http enabled").to_string()
+    }
+
+    pub fn stop(mut self) -> augur::service::ServeReport {
+        let _ = self.stop.take().unwrap().send(());
+        self.thread.take().unwrap().join().unwrap().unwrap()
+    }
+}
+
+/// Publishes the given vectors on features.<tf>.<symbol>, re-stamped, at `rate` per second.
+pub fn publish(url: &str, vectors: &[augur::pb::FeatureVector], rate: f64) {
+    use prost::Message;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let start = Instant::now();
+        for (i, v) in vectors.iter().enumerate() {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due > Instant::now() {
+                tokio::time::sleep(due - Instant::now()).await;
+            }
+            let mut v = v.clone();
+            let now = augur_actors::clock::unix_ns();
+            v.event_time_ms = now / 1_000_000;
+            v.published_at_ns = now;
+            let subject = format!("features.{}.{}", v.timeframe, v.symbol);
+            let payload = augur::pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
+            client.publish(subject, payload.into()).await.unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+}
+
+/// The committed real series, interleaved across streams.
+pub fn real_vectors() -> Vec<augur::pb::FeatureVector> {
+    let file = std::fs::read(root().join("models/data/replay/ta-v1.pb")).unwrap();
+    augur::publish::interleave(&file).unwrap()
 }
