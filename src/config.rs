@@ -118,7 +118,12 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { enabled: true, bind: "127.0.0.1:8080".into(), token: String::new(), max_body_bytes: 1 << 20 }
+        HttpConfig {
+            enabled: true,
+            bind: "127.0.0.1:8080".into(),
+            token: String::new(),
+            max_body_bytes: 1 << 20,
+        }
     }
 }
 

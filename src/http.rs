@@ -46,21 +46,35 @@ pub struct AppState {
 
 impl AppState {
     fn token(&self) -> Option<String> {
-        self.config.read().ok().map(|c| c.http.token.clone()).filter(|t| !t.is_empty())
+        self.config
+            .read()
+            .ok()
+            .map(|c| c.http.token.clone())
+            .filter(|t| !t.is_empty())
     }
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, max_body_bytes: usize) {
     cfg.app_data(web::Data::new(state))
-        .app_data(web::JsonConfig::default().limit(max_body_bytes).error_handler(|err, _| {
-            let status = match &err {
-                actix_web::error::JsonPayloadError::OverflowKnownLength { .. }
-                | actix_web::error::JsonPayloadError::Overflow { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            let body = json!({"error": "invalid request body", "problems": [err.to_string()]});
-            actix_web::error::InternalError::from_response(err, HttpResponse::build(status).json(body)).into()
-        }))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(max_body_bytes)
+                .error_handler(|err, _| {
+                    let status = match &err {
+                        actix_web::error::JsonPayloadError::OverflowKnownLength { .. }
+                        | actix_web::error::JsonPayloadError::Overflow { .. } => {
+                            StatusCode::PAYLOAD_TOO_LARGE
+                        }
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    let body = json!({"error": "invalid request body", "problems": [err.to_string()]});
+                    actix_web::error::InternalError::from_response(
+                        err,
+                        HttpResponse::build(status).json(body),
+                    )
+                    .into()
+                }),
+        )
         .app_data(web::PayloadConfig::default().limit(max_body_bytes))
         .route("/health/live", web::get().to(live))
         .route("/v2/health/live", web::get().to(live))
@@ -163,7 +177,11 @@ async fn model_views(s: &AppState) -> Vec<ModelView> {
                 rejected: g.rejected.load(Ordering::Relaxed),
                 restarts: g.restarts.load(Ordering::Relaxed),
                 last_error: g.last_error.lock().ok().and_then(|e| e.clone()),
-                latency_us: LatencyView { p50: q[0], p90: q[1], p99: q[2] },
+                latency_us: LatencyView {
+                    p50: q[0],
+                    p90: q[1],
+                    p99: q[2],
+                },
             }
         })
         .collect()
@@ -179,13 +197,20 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
     let running = views.iter().filter(|m| m.state == "running").count();
     let status = if running == 0 {
         "Faulted"
-    } else if !reasons.is_empty() || views.iter().any(|m| m.circuit != "closed" || m.state != "running") {
+    } else if !reasons.is_empty()
+        || views
+            .iter()
+            .any(|m| m.circuit != "closed" || m.state != "running")
+    {
         "Degraded"
     } else {
         "Running"
     };
     let st = &s.pipeline.stats;
-    let nats = s.nats.as_ref().map(|c| json!({"connected": crate::bus::nats::is_connected(c)}));
+    let nats = s
+        .nats
+        .as_ref()
+        .map(|c| json!({"connected": crate::bus::nats::is_connected(c)}));
     HttpResponse::Ok().json(json!({
         "status": status,
         "version": crate::SERVICE_VERSION,
@@ -219,17 +244,29 @@ fn masked(c: &Config) -> Value {
 async fn get_config(s: web::Data<AppState>) -> HttpResponse {
     match s.config.read() {
         Ok(c) => HttpResponse::Ok().json(masked(&c)),
-        Err(_) => problems(StatusCode::INTERNAL_SERVER_ERROR, vec!["config lock poisoned".into()]),
+        Err(_) => problems(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            vec!["config lock poisoned".into()],
+        ),
     }
 }
 
-fn authorized(req: &HttpRequest, s: &AppState) -> Result<(), HttpResponse> {
+fn authorized(req: &HttpRequest, s: &AppState) -> Result<(), Box<HttpResponse>> {
     let Some(token) = s.token() else { return Ok(()) };
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
     match given.and_then(|g| g.strip_prefix("Bearer ")) {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(problems(StatusCode::UNAUTHORIZED, vec!["wrong bearer token".into()])),
-        None => Err(problems(StatusCode::UNAUTHORIZED, vec!["a bearer token is required".into()])),
+        Some(_) => Err(Box::new(problems(
+            StatusCode::UNAUTHORIZED,
+            vec!["wrong bearer token".into()],
+        ))),
+        None => Err(Box::new(problems(
+            StatusCode::UNAUTHORIZED,
+            vec!["a bearer token is required".into()],
+        ))),
     }
 }
 
@@ -263,7 +300,12 @@ pub struct ModelsPatch {
 }
 
 /// Merges a partial JSON object into a section, listing unknown keys.
-fn merge<T: Serialize + serde::de::DeserializeOwned>(name: &str, current: &T, patch: &Value, out: &mut Vec<String>) -> Option<T> {
+fn merge<T: Serialize + serde::de::DeserializeOwned>(
+    name: &str,
+    current: &T,
+    patch: &Value,
+    out: &mut Vec<String>,
+) -> Option<T> {
     let mut base = serde_json::to_value(current).ok()?;
     let (Some(b), Some(p)) = (base.as_object_mut(), patch.as_object()) else {
         out.push(format!("{name} must be an object"));
@@ -287,7 +329,7 @@ fn merge<T: Serialize + serde::de::DeserializeOwned>(name: &str, current: &T, pa
 
 async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<Value>) -> HttpResponse {
     if let Err(r) = authorized(&req, &s) {
-        return r;
+        return *r;
     }
     let patch: ConfigPatch = match serde_json::from_value(body.into_inner()) {
         Ok(p) => p,
@@ -295,7 +337,12 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
     };
     let current = match s.config.read() {
         Ok(c) => c.clone(),
-        Err(_) => return problems(StatusCode::INTERNAL_SERVER_ERROR, vec!["config lock poisoned".into()]),
+        Err(_) => {
+            return problems(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                vec!["config lock poisoned".into()],
+            );
+        }
     };
     let mut next = current.clone();
     let mut errs = Vec::new();
@@ -392,7 +439,11 @@ async fn predict_one(
     for (g, e) in s.pipeline.gates.iter().zip(execs) {
         let (w, f) = (g.info.window, g.info.features);
         if window.len() < w {
-            errs.push(format!("{} needs {w} vectors, the window has {}", g.info.id, window.len()));
+            errs.push(format!(
+                "{} needs {w} vectors, the window has {}",
+                g.info.id,
+                window.len()
+            ));
             continue;
         }
         let mut raw = Vec::with_capacity(w * f);
@@ -427,7 +478,11 @@ async fn predict_one(
         Method::Majority => (majority(&members), Method::Majority),
         Method::WeightedMean => (weighted_mean(&members, settings), Method::WeightedMean),
         Method::Stacking => {
-            let st = s.pipeline.stacker.as_ref().ok_or_else(|| vec!["no stacking model is configured".to_string()])?;
+            let st = s
+                .pipeline
+                .stacker
+                .as_ref()
+                .ok_or_else(|| vec!["no stacking model is configured".to_string()])?;
             let mut input = Vec::new();
             for &i in &st.inputs {
                 let id = &s.pipeline.gates[i].info.id;
@@ -436,7 +491,11 @@ async fn predict_one(
                     None => return Err(vec![format!("stacking needs member {id}")]),
                 }
             }
-            let out = st.executor.infer(input).await.map_err(|e| vec![format!("{}: {e}", st.info.id)])?;
+            let out = st
+                .executor
+                .infer(input)
+                .await
+                .map_err(|e| vec![format!("{}: {e}", st.info.id)])?;
             (out.probabilities, Method::Stacking)
         }
     };
@@ -455,7 +514,10 @@ async fn predict_one(
 fn check_window(window: &[Vec<f32>], features: usize, w: usize, out: &mut Vec<String>) {
     for (i, v) in window.iter().enumerate() {
         if v.len() != features {
-            out.push(format!("window {w} vector {i}: {} values, expected {features}", v.len()));
+            out.push(format!(
+                "window {w} vector {i}: {} values, expected {features}",
+                v.len()
+            ));
         } else if let Some(j) = v.iter().position(|x| !x.is_finite()) {
             out.push(format!("window {w} vector {i}: value {j} is not finite"));
         }
@@ -475,7 +537,12 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
         // One window: the vectors of a FeatureVectorBatch, oldest first; answers an EnsemblePrediction.
         let batch = match pb::FeatureVectorBatch::decode(body.as_ref()) {
             Ok(b) => b,
-            Err(e) => return problems(StatusCode::BAD_REQUEST, vec![format!("not a FeatureVectorBatch: {e}")]),
+            Err(e) => {
+                return problems(
+                    StatusCode::BAD_REQUEST,
+                    vec![format!("not a FeatureVectorBatch: {e}")],
+                );
+            }
         };
         let window: Vec<Vec<f32>> = batch.vectors.iter().map(|v| v.values.clone()).collect();
         let mut errs = Vec::new();
@@ -544,7 +611,9 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
 
 async fn metrics_text(s: web::Data<AppState>) -> HttpResponse {
     match &s.metrics {
-        Some(h) => HttpResponse::Ok().content_type(ContentType::plaintext()).body(h.render()),
+        Some(h) => HttpResponse::Ok()
+            .content_type(ContentType::plaintext())
+            .body(h.render()),
         None => HttpResponse::ServiceUnavailable().body("no metrics recorder installed"),
     }
 }

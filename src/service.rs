@@ -293,7 +293,11 @@ pub async fn serve(
     ));
     let ids: Vec<String> = pipeline.gates.iter().map(|g| g.info.id.to_string()).collect();
     let tfs: Vec<&str> = cfg.validation.timeframes.iter().map(String::as_str).collect();
-    t::register_zeroes(&ids.iter().map(String::as_str).collect::<Vec<_>>(), &tfs, &["nats"]);
+    t::register_zeroes(
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        &tfs,
+        &["nats"],
+    );
     let upkeep = actix_rt::spawn(crate::telemetry::upkeep(
         metrics.clone(),
         pipeline.clone(),
@@ -331,7 +335,10 @@ pub async fn serve(
         "augur ready: models loaded and warmed"
     );
     if let Some(r) = ready {
-        let _ = r.send(Ready { pipeline: pipeline.clone(), http: http_addr });
+        let _ = r.send(Ready {
+            pipeline: pipeline.clone(),
+            http: http_addr,
+        });
     }
     let status_task = status_every.map(|every| {
         let (status, stats) = (status.clone(), pipeline.stats.clone());

@@ -12,7 +12,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 const SECONDS_BUCKETS: &[f64] = &[
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
@@ -52,7 +53,12 @@ pub fn process_sample() -> Option<(u64, f64)> {
 }
 
 /// Runs until dropped: exporter upkeep and the sampled gauges, every `every`.
-pub async fn upkeep(handle: Option<PrometheusHandle>, pipeline: Pipeline, nats: Option<async_nats::Client>, every: Duration) {
+pub async fn upkeep(
+    handle: Option<PrometheusHandle>,
+    pipeline: Pipeline,
+    nats: Option<async_nats::Client>,
+    every: Duration,
+) {
     let started = Instant::now();
     let mut last_cpu: Option<(Instant, f64)> = None;
     let mut tick = actix_rt::time::interval(every);
@@ -74,7 +80,8 @@ pub async fn upkeep(handle: Option<PrometheusHandle>, pipeline: Pipeline, nats: 
         }
         metrics::gauge!(t::UPTIME_SECONDS).set(started.elapsed().as_secs_f64());
         for e in pipeline.executors().await {
-            metrics::gauge!(t::EXECUTOR_QUEUE_DEPTH, "model" => e.model().to_string()).set(e.queue_depth() as f64);
+            metrics::gauge!(t::EXECUTOR_QUEUE_DEPTH, "model" => e.model().to_string())
+                .set(e.queue_depth() as f64);
         }
         if let Some(c) = &nats {
             let up = crate::bus::nats::is_connected(c);

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use actix_web::{App, test, web};
+use actix_web::{App, test};
 use augur::config::Config;
 use augur::http::{AppState, configure};
 use augur::pb;
@@ -18,7 +18,13 @@ async fn state(token: &str) -> AppState {
     let mut cfg = common::config("nats://unused:4222");
     cfg.http.token = token.into();
     let pipeline = augur::service::build_pipeline(&cfg, vec![]).await.unwrap();
-    AppState { pipeline, config: Arc::new(RwLock::new(cfg)), metrics: augur::telemetry::install(), started: Instant::now(), nats: None }
+    AppState {
+        pipeline,
+        config: Arc::new(RwLock::new(cfg)),
+        metrics: augur::telemetry::install(),
+        started: Instant::now(),
+        nats: None,
+    }
 }
 
 macro_rules! app {
@@ -31,17 +37,37 @@ macro_rules! app {
 async fn test_health_and_readiness_report_models_loaded() {
     let st = state("").await;
     let app = app!(st);
-    for path in ["/health/live", "/v2/health/live", "/health/ready", "/v2/health/ready"] {
+    for path in [
+        "/health/live",
+        "/v2/health/live",
+        "/health/ready",
+        "/v2/health/ready",
+    ] {
         let r = test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
         assert_eq!(r.status(), 200, "{path}");
     }
-    let v: Value = test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/health").to_request()).await;
+    let v: Value =
+        test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/health").to_request())
+            .await;
     assert_eq!(v["status"], "Running");
     assert_eq!(v["models"].as_array().unwrap().len(), 3);
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
-    let v: Value = test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/models").to_request()).await;
+    let v: Value =
+        test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/models").to_request())
+            .await;
     let m = &v["models"][0];
-    for k in ["id", "version", "kind", "timeframes", "device", "state", "circuit", "calls", "failures", "latency_us"] {
+    for k in [
+        "id",
+        "version",
+        "kind",
+        "timeframes",
+        "device",
+        "state",
+        "circuit",
+        "calls",
+        "failures",
+        "latency_us",
+    ] {
         assert!(!m[k].is_null(), "models[0].{k} missing: {m}");
     }
     assert_eq!(m["circuit"], "closed");
@@ -51,7 +77,9 @@ async fn test_health_and_readiness_report_models_loaded() {
 async fn test_config_is_shown_with_the_token_masked() {
     let st = state("s3cret").await;
     let app = app!(st);
-    let v: Value = test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/config").to_request()).await;
+    let v: Value =
+        test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/config").to_request())
+            .await;
     assert_eq!(v["http"]["token"], "***");
     assert_eq!(v["aggregator"]["method"], "weighted_mean");
 }
@@ -61,18 +89,35 @@ async fn test_config_patch_requires_the_token_and_validates_everything() {
     let st = state("s3cret").await;
     let app = app!(st);
     let patch = |body: &str, token: Option<&str>| {
-        let mut r = test::TestRequest::patch().uri("/api/v1/config").insert_header(("content-type", "application/json"));
+        let mut r = test::TestRequest::patch()
+            .uri("/api/v1/config")
+            .insert_header(("content-type", "application/json"));
         if let Some(t) = token {
             r = r.insert_header(("authorization", format!("Bearer {t}")));
         }
         r.set_payload(body.to_string()).to_request()
     };
     let ok = r#"{"aggregator": {"weights": {"lstm-direction": 2.0}}}"#;
-    assert_eq!(test::call_service(&app, patch(ok, None)).await.status(), 401, "missing token");
-    assert_eq!(test::call_service(&app, patch(ok, Some("nope"))).await.status(), 401, "wrong token");
+    assert_eq!(
+        test::call_service(&app, patch(ok, None)).await.status(),
+        401,
+        "missing token"
+    );
+    assert_eq!(
+        test::call_service(&app, patch(ok, Some("nope"))).await.status(),
+        401,
+        "wrong token"
+    );
     let r = test::call_service(&app, patch("{not json", Some("s3cret"))).await;
     assert_eq!(r.status(), 400, "bad JSON");
-    let r = test::call_service(&app, patch(r#"{"aggregator": {"methd": "majority"}, "bogus": 1}"#, Some("s3cret"))).await;
+    let r = test::call_service(
+        &app,
+        patch(
+            r#"{"aggregator": {"methd": "majority"}, "bogus": 1}"#,
+            Some("s3cret"),
+        ),
+    )
+    .await;
     assert_eq!(r.status(), 400, "unknown keys");
     let r = test::call_service(
         &app,
@@ -88,9 +133,20 @@ async fn test_config_patch_requires_the_token_and_validates_everything() {
     let r = test::call_service(&app, patch(ok, Some("s3cret"))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(st.pipeline.settings.read().unwrap().weight("lstm-direction"), 2.0);
-    let r = test::call_service(&app, patch(r#"{"models": {"enabled": {"cnn-pattern": false}, "reset": ["xgb-direction"]}}"#, Some("s3cret"))).await;
+    let r = test::call_service(
+        &app,
+        patch(
+            r#"{"models": {"enabled": {"cnn-pattern": false}, "reset": ["xgb-direction"]}}"#,
+            Some("s3cret"),
+        ),
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let r = test::call_service(&app, patch(r#"{"models": {"enabled": {"nobody": false}}}"#, Some("s3cret"))).await;
+    let r = test::call_service(
+        &app,
+        patch(r#"{"models": {"enabled": {"nobody": false}}}"#, Some("s3cret")),
+    )
+    .await;
     assert_eq!(r.status(), 400);
 }
 
@@ -101,11 +157,22 @@ async fn test_oversized_body_is_refused() {
     let big = format!("{{\"windows\": [[[{}]]]}}", vec!["0.0"; 40_000].join(","));
     let r = test::call_service(
         &app,
-        test::TestRequest::patch().uri("/api/v1/config").insert_header(("content-type", "application/json")).set_payload(big.clone()).to_request(),
+        test::TestRequest::patch()
+            .uri("/api/v1/config")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(big.clone())
+            .to_request(),
     )
     .await;
     assert_eq!(r.status(), 413);
-    let r = test::call_service(&app, test::TestRequest::post().uri("/api/v1/predict").set_payload(big).to_request()).await;
+    let r = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .set_payload(big)
+            .to_request(),
+    )
+    .await;
     assert_eq!(r.status(), 413);
 }
 
@@ -114,10 +181,18 @@ async fn test_predict_json_and_protobuf_agree_with_replay() {
     let st = state("").await;
     let app = app!(st);
     // 40 real AAPL vectors; replay them to get the reference prediction for the last one.
-    let aapl: Vec<pb::FeatureVector> = common::real_vectors().into_iter().filter(|v| v.symbol == "AAPL").take(40).collect();
+    let aapl: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(40)
+        .collect();
     let mut file = Vec::new();
     for v in &aapl {
-        pb::FeatureVectorBatch { vectors: vec![v.clone()] }.encode_length_delimited(&mut file).unwrap();
+        pb::FeatureVectorBatch {
+            vectors: vec![v.clone()],
+        }
+        .encode_length_delimited(&mut file)
+        .unwrap();
     }
     let cfg: Config = st.config.read().unwrap().clone();
     let want = augur::service::replay(&cfg, &file).await.unwrap();
@@ -126,17 +201,41 @@ async fn test_predict_json_and_protobuf_agree_with_replay() {
 
     let windows: Vec<Vec<Vec<f32>>> = vec![aapl.iter().map(|v| v.values.clone()).collect()];
     let body = json!({ "windows": windows }).to_string();
-    let r = test::call_service(&app, test::TestRequest::post().uri("/api/v1/predict").insert_header(("content-type", "application/json")).set_payload(body).to_request()).await;
+    let r = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(body)
+            .to_request(),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = test::read_body_json(r).await;
     let got = &v["predictions"][0];
     assert_eq!(got["members"].as_array().unwrap().len(), 3);
-    for (a, b) in got["probabilities"].as_array().unwrap().iter().zip(&last.probabilities) {
+    for (a, b) in got["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&last.probabilities)
+    {
         assert!((a.as_f64().unwrap() as f32 - b).abs() <= 1e-6);
     }
 
-    let body = pb::FeatureVectorBatch { vectors: aapl.clone() }.encode_to_vec();
-    let r = test::call_service(&app, test::TestRequest::post().uri("/api/v1/predict").insert_header(("content-type", "application/x-protobuf")).set_payload(body).to_request()).await;
+    let body = pb::FeatureVectorBatch {
+        vectors: aapl.clone(),
+    }
+    .encode_to_vec();
+    let r = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .insert_header(("content-type", "application/x-protobuf"))
+            .set_payload(body)
+            .to_request(),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let p = pb::EnsemblePrediction::decode(test::read_body(r).await).unwrap();
     assert_eq!(p.event_id, last.event_id);
@@ -145,12 +244,34 @@ async fn test_predict_json_and_protobuf_agree_with_replay() {
     }
 
     // bad inputs: short window, NaN, wrong length, garbage protobuf
-    let short = json!({ "windows": [aapl[..5].iter().map(|v| v.values.clone()).collect::<Vec<_>>()] }).to_string();
-    let r = test::call_service(&app, test::TestRequest::post().uri("/api/v1/predict").set_payload(short).to_request()).await;
+    let short =
+        json!({ "windows": [aapl[..5].iter().map(|v| v.values.clone()).collect::<Vec<_>>()] }).to_string();
+    let r = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .set_payload(short)
+            .to_request(),
+    )
+    .await;
     assert_eq!(r.status(), 400);
-    let r = test::call_service(&app, test::TestRequest::post().uri("/api/v1/predict").set_payload(r#"{"windows": [[[1.0, 2.0]]]}"#).to_request()).await;
+    let r = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .set_payload(r#"{"windows": [[[1.0, 2.0]]]}"#)
+            .to_request(),
+    )
+    .await;
     assert_eq!(r.status(), 400);
-    let r = test::call_service(&app, test::TestRequest::post().uri("/api/v1/predict").insert_header(("content-type", "application/x-protobuf")).set_payload(vec![0xffu8, 0xff]).to_request()).await;
+    let r = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .insert_header(("content-type", "application/x-protobuf"))
+            .set_payload(vec![0xffu8, 0xff])
+            .to_request(),
+    )
+    .await;
     assert_eq!(r.status(), 400);
-    let _ = web::Bytes::new();
 }

@@ -111,13 +111,22 @@ pub fn describe() {
         NATS_SLOW_CONSUMER,
         "Messages the NATS client dropped on a full subscription buffer"
     );
-    describe_counter!(SLOW_CALLS, "Calls slower than the breaker's slow_call_ms, by model");
+    describe_counter!(
+        SLOW_CALLS,
+        "Calls slower than the breaker's slow_call_ms, by model"
+    );
     describe_counter!(MODEL_CALLS, "Calls that reached a model, by model and outcome");
     describe_gauge!(BUS_CONNECTED, "1 when the bus connection is up, by bus");
     describe_gauge!(PROCESS_RSS_BYTES, Unit::Bytes, "Resident memory of the process");
-    describe_gauge!(PROCESS_CPU_RATIO, "CPU used by the process over the last sampling interval, in cores (1.0 = one core busy)");
+    describe_gauge!(
+        PROCESS_CPU_RATIO,
+        "CPU used by the process over the last sampling interval, in cores (1.0 = one core busy)"
+    );
     describe_gauge!(UPTIME_SECONDS, Unit::Seconds, "Seconds since the service started");
-    describe_counter!(CONFIG_CHANGES, "Runtime configuration changes applied through the HTTP API");
+    describe_counter!(
+        CONFIG_CHANGES,
+        "Runtime configuration changes applied through the HTTP API"
+    );
 }
 
 /// Every reason code a dead letter can carry (the codec's `Reject::code`).
@@ -156,7 +165,8 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
         }
         counter!(FEATURES_STALE_SEQUENCE, "transport" => tr.clone()).increment(0);
         for tf in timeframes {
-            counter!(FEATURES_RECEIVED, "transport" => tr.clone(), "timeframe" => tf.to_string()).increment(0);
+            counter!(FEATURES_RECEIVED, "transport" => tr.clone(), "timeframe" => tf.to_string())
+                .increment(0);
         }
     }
     for tf in timeframes {

@@ -110,7 +110,10 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -119,7 +122,10 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("http header end");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http header end");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let mut body = raw[split + 4..].to_vec();
@@ -127,7 +133,9 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
         let mut out = Vec::new();
         let mut rest = &body[..];
         loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
             let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
             if size == 0 {
                 break;
@@ -167,7 +175,11 @@ impl Service {
             ))
         });
         let ready = ready_rx.blocking_recv().expect("service became ready");
-        Service { ready, stop: Some(stop), thread: Some(thread) }
+        Service {
+            ready,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn http(&self) -> String {
@@ -183,7 +195,10 @@ impl Service {
 /// Publishes the given vectors on features.<tf>.<symbol>, re-stamped, at `rate` per second.
 pub fn publish(url: &str, vectors: &[augur::pb::FeatureVector], rate: f64) {
     use prost::Message;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let start = Instant::now();
