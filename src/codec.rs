@@ -213,6 +213,7 @@ impl Validator {
             correlation_id,
             published_at_ns: v.published_at_ns,
             transport,
+            ack: None,
         })
     }
 }

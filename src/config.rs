@@ -138,6 +138,7 @@ pub struct Config {
     pub aggregator: EnsembleSettings,
     pub breaker: BreakerConfig,
     pub http: HttpConfig,
+    pub kafka: crate::bus::kafka::KafkaConfig,
 }
 
 /// Every problem found, one per line.
@@ -212,6 +213,7 @@ impl Config {
         section!("aggregator", aggregator);
         section!("breaker", breaker);
         section!("http", http);
+        section!("kafka", kafka);
         problems.extend(cfg.problems());
         if problems.is_empty() {
             Ok(cfg)
@@ -288,6 +290,10 @@ impl Config {
         }
         if self.http.max_body_bytes < 1024 {
             p.push("http.max_body_bytes must be at least 1024".into());
+        }
+        p.extend(self.kafka.problems());
+        if !self.nats.enabled && !self.kafka.enabled {
+            p.push("no transport: enable nats or kafka".into());
         }
         p.extend(self.router.problems("router"));
         p.extend(self.executor.problems("executor"));

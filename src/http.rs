@@ -42,6 +42,7 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
     pub nats: Option<async_nats::Client>,
+    pub kafka: Option<Arc<crate::bus::kafka::KafkaStats>>,
 }
 
 impl AppState {
@@ -110,6 +111,11 @@ async fn not_ready(s: &AppState) -> Vec<String> {
         && !crate::bus::nats::is_connected(c)
     {
         reasons.push("nats is not connected".to_string());
+    }
+    if let Some(k) = &s.kafka
+        && !k.connected.load(Ordering::Relaxed)
+    {
+        reasons.push("kafka is not connected".to_string());
     }
     reasons
 }
@@ -211,11 +217,21 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
         .nats
         .as_ref()
         .map(|c| json!({"connected": crate::bus::nats::is_connected(c)}));
+    let kafka = s.kafka.as_ref().map(|k| {
+        json!({
+            "connected": k.connected.load(Ordering::Relaxed),
+            "consumed": k.consumed.load(Ordering::Relaxed),
+            "delivered": k.delivered.load(Ordering::Relaxed),
+            "produce_errors": k.produce_errors.load(Ordering::Relaxed),
+            "uncommitted": k.uncommitted.load(Ordering::Relaxed),
+            "lag": k.lag.load(Ordering::Relaxed),
+        })
+    });
     HttpResponse::Ok().json(json!({
         "status": status,
         "version": crate::SERVICE_VERSION,
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
-        "buses": { "nats": nats },
+        "buses": { "nats": nats, "kafka": kafka },
         "active_streams": s.pipeline.active_streams(),
         "not_ready": reasons,
         "models": views,
@@ -576,6 +592,7 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
                     published_at_ns: augur_actors::clock::unix_ns(),
                     service_version: crate::SERVICE_VERSION,
                     signal: r.signal,
+                    ack: None,
                 };
                 HttpResponse::Ok()
                     .content_type("application/x-protobuf")

@@ -16,6 +16,7 @@ use augur_actors::telemetry::{self as t, PipelineStats};
 use augur_actors::types::{Ensemble, Transport};
 use tokio::sync::watch;
 
+use crate::bus::kafka::{self, KafkaSink};
 use crate::bus::nats::{self, DeadLetters, NatsSink, NatsStats};
 use crate::bus::sink::Collector;
 use crate::codec::{self, Validator};
@@ -167,7 +168,8 @@ pub struct Status(Arc<Mutex<StatusInner>>);
 struct StatusInner {
     count: u64,
     latencies_us: Vec<u64>,
-    last: Option<Arc<Ensemble>>,
+    /// A summary, not the prediction: holding it would hold the input's ack.
+    last: Option<String>,
 }
 
 impl Actor for Status {
@@ -186,7 +188,10 @@ impl Handler<Publish> for Status {
                     g.latencies_us.push(us);
                 }
             }
-            g.last = Some(e);
+            g.last = Some(format!(
+                "{} {} #{} {:?} {:.2} ({}/{} {})",
+                e.symbol, e.timeframe, e.sequence, e.direction, e.confidence, e.models_used, e.models_expected, e.method
+            ));
         }
     }
 }
@@ -211,23 +216,7 @@ impl Status {
                 l[((l.len() - 1) as f64 * p) as usize]
             }
         };
-        let last = g
-            .last
-            .as_ref()
-            .map(|e| {
-                format!(
-                    "{} {} #{} {:?} {:.2} ({}/{} {})",
-                    e.symbol,
-                    e.timeframe,
-                    e.sequence,
-                    e.direction,
-                    e.confidence,
-                    e.models_used,
-                    e.models_expected,
-                    e.method
-                )
-            })
-            .unwrap_or_else(|| "-".into());
+        let last = g.last.clone().unwrap_or_else(|| "-".into());
         format!(
             "in {rate_in:>7.0}/s  out {rate_out:>7.0}/s  e2e p50 {:>6} µs p99 {:>6} µs  streams {}  warming {}  deadline misses {}  last: {last}",
             q(0.5),
@@ -246,6 +235,8 @@ pub struct ServeReport {
     pub dead_letters: std::collections::BTreeMap<String, u64>,
     pub vectors_in: u64,
     pub predictions: u64,
+    /// Vectors dropped as already seen (the other transport, or redelivery).
+    pub duplicates: u64,
     pub drained: bool,
 }
 
@@ -266,42 +257,92 @@ pub async fn serve(
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> anyhow::Result<ServeReport> {
     let started = Instant::now();
-    if !cfg.nats.enabled {
-        anyhow::bail!("nats.enabled = false leaves serve without a transport (Kafka is not built yet)");
-    }
     let metrics = crate::telemetry::install();
-    let nats_stats = Arc::new(NatsStats::default());
-    let client = nats::connect(&cfg.nats, nats_stats.clone())
-        .await
-        .context("connecting to NATS")?;
-    let sink = NatsSink::new(client.clone(), cfg.nats.output_prefix.clone()).start();
+    let mut publishers: Vec<Recipient<Publish>> = Vec::new();
+    // Transports: connect (NATS retries in the background; Kafka clients connect lazily).
+    let nats_client = if cfg.nats.enabled {
+        let c = nats::connect(&cfg.nats, Arc::new(NatsStats::default())).await.context("connecting to NATS")?;
+        Some(c)
+    } else {
+        None
+    };
+    let nats_sink = nats_client.as_ref().map(|c| NatsSink::new(c.clone(), cfg.nats.output_prefix.clone()).start());
+    if let Some(s) = &nats_sink {
+        publishers.push(s.clone().recipient());
+    }
+    let kafka_stats = Arc::new(kafka::KafkaStats::default());
+    let kafka_producer = if cfg.kafka.enabled { Some(kafka::producer(&cfg.kafka).context("kafka producer")?) } else { None };
+    if let Some(p) = &kafka_producer {
+        publishers.push(KafkaSink::new(p.clone(), cfg.kafka.clone(), kafka_stats.clone()).start().recipient());
+    }
     let status = Status::default();
-    let status_addr = status.clone().start();
-    let pipeline = build_pipeline(&cfg, vec![sink.clone().recipient(), status_addr.recipient()]).await?;
+    publishers.push(status.clone().start().recipient());
+    let pipeline = build_pipeline(&cfg, publishers).await?;
     let validator = validator(&cfg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dlq = DeadLetters::new(client.clone(), cfg.nats.dlq_subject.clone());
-    let dlq_counts = dlq.counts.clone();
-    let ingress = actix_rt::spawn(nats::run_ingress(
-        client.clone(),
-        cfg.nats.clone(),
-        cfg.validation.timeframes.clone(),
-        validator,
-        pipeline.clone(),
-        dlq,
-        stop_rx,
-    ));
+    let (finish_tx, finish_rx) = watch::channel(false);
+
+    let mut nats_dlq_counts = None;
+    let nats_ingress = nats_client.as_ref().map(|client| {
+        let dlq = DeadLetters::new(client.clone(), cfg.nats.dlq_subject.clone());
+        nats_dlq_counts = Some(dlq.counts.clone());
+        actix_rt::spawn(nats::run_ingress(
+            client.clone(),
+            cfg.nats.clone(),
+            cfg.validation.timeframes.clone(),
+            validator.clone(),
+            pipeline.clone(),
+            dlq,
+            stop_rx.clone(),
+        ))
+    });
+    let kafka_health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kafka_ingress = match &kafka_producer {
+        Some(producer) => {
+            if cfg.kafka.create_topics {
+                actix_rt::spawn(kafka::ensure_topics(cfg.kafka.clone(), stop_rx.clone()));
+            }
+            let consumer = Arc::new(kafka::consumer(&cfg.kafka).context("kafka consumer")?);
+            kafka::spawn_health(
+                producer.clone(),
+                Some(consumer.clone()),
+                cfg.kafka.input_topic.clone(),
+                kafka_stats.clone(),
+                kafka_health_stop.clone(),
+            );
+            // A restart must re-read enough of each stream to refill the longest window.
+            let rewind = pipeline.gates.iter().map(|g| g.info.window).max().unwrap_or(1).saturating_sub(1);
+            let dlq = kafka::KafkaDeadLetters::new(producer.clone(), cfg.kafka.dlq_topic.clone(), kafka_stats.clone());
+            Some(actix_rt::spawn(kafka::run_ingress(
+                consumer,
+                cfg.kafka.clone(),
+                rewind,
+                validator.clone(),
+                pipeline.clone(),
+                dlq,
+                kafka_stats.clone(),
+                stop_rx.clone(),
+                finish_rx,
+            )))
+        }
+        None => None,
+    };
     let ids: Vec<String> = pipeline.gates.iter().map(|g| g.info.id.to_string()).collect();
     let tfs: Vec<&str> = cfg.validation.timeframes.iter().map(String::as_str).collect();
-    t::register_zeroes(
-        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
-        &tfs,
-        &["nats"],
-    );
+    let mut transports = Vec::new();
+    if cfg.nats.enabled {
+        transports.push("nats");
+    }
+    if cfg.kafka.enabled {
+        transports.push("kafka");
+        metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => "output").increment(0);
+        metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => "dlq").increment(0);
+    }
+    t::register_zeroes(&ids.iter().map(String::as_str).collect::<Vec<_>>(), &tfs, &transports);
     let upkeep = actix_rt::spawn(crate::telemetry::upkeep(
         metrics.clone(),
         pipeline.clone(),
-        Some(client.clone()),
+        nats_client.clone(),
         Duration::from_secs(1),
     ));
     let mut http_addr = None;
@@ -312,7 +353,8 @@ pub async fn serve(
             config: Arc::new(std::sync::RwLock::new(cfg.clone())),
             metrics: metrics.clone(),
             started,
-            nats: Some(client.clone()),
+            nats: nats_client.clone(),
+            kafka: cfg.kafka.enabled.then(|| kafka_stats.clone()),
         };
         let limit = cfg.http.max_body_bytes;
         let server = actix_web::HttpServer::new(move || {
@@ -329,16 +371,14 @@ pub async fn serve(
         tracing::info!(addr = ?http_addr, "http listening");
     }
     tracing::info!(
-        models = ?pipeline.gates.iter().map(|g| g.info.id.to_string()).collect::<Vec<_>>(),
+        models = ?ids,
+        transports = ?transports,
         device = %cfg.service.device,
         startup_ms = started.elapsed().as_millis() as u64,
         "augur ready: models loaded and warmed"
     );
     if let Some(r) = ready {
-        let _ = r.send(Ready {
-            pipeline: pipeline.clone(),
-            http: http_addr,
-        });
+        let _ = r.send(Ready { pipeline: pipeline.clone(), http: http_addr });
     }
     let status_task = status_every.map(|every| {
         let (status, stats) = (status.clone(), pipeline.stats.clone());
@@ -355,18 +395,38 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("shutting down: stopping intake");
     let _ = stop_tx.send(true);
-    match ingress.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "nats ingress ended with an error"),
-        Err(e) => tracing::error!(error = %e, "nats ingress task failed"),
+    if let Some(i) = nats_ingress {
+        match i.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "nats ingress ended with an error"),
+            Err(e) => tracing::error!(error = %e, "nats ingress task failed"),
+        }
     }
-    let drained = pipeline
-        .drain(Duration::from_millis(cfg.service.shutdown_timeout_ms))
-        .await;
+    let timeout = Duration::from_millis(cfg.service.shutdown_timeout_ms);
+    let drained = pipeline.drain(timeout).await;
     if !drained {
         tracing::warn!("shutdown timeout: some events were still in flight");
     }
-    let _ = sink.send(nats::Flush).await;
+    if let Some(s) = &nats_sink {
+        let _ = s.send(nats::Flush).await;
+    }
+    if let Some(p) = &kafka_producer {
+        // Deliveries in flight finish (and release their offsets) before the final commit.
+        let p = p.clone();
+        let flushed = actix_rt::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&p, timeout)).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("kafka producer flush did not finish");
+        }
+    }
+    if let Some(i) = kafka_ingress {
+        let finisher = actix_rt::spawn(async move {
+            actix_rt::time::sleep(timeout).await;
+            let _ = finish_tx.send(true);
+        });
+        let _ = i.await;
+        finisher.abort();
+    }
+    kafka_health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(h) = http_server {
         h.stop(true).await;
     }
@@ -374,15 +434,23 @@ pub async fn serve(
     if let Some(t) = status_task {
         t.abort();
     }
+    let mut dead_letters = nats_dlq_counts.and_then(|c| c.lock().ok().map(|c| c.clone())).unwrap_or_default();
+    if let Ok(k) = kafka_stats.dead_letters.lock() {
+        for (r, n) in k.iter() {
+            *dead_letters.entry(format!("kafka:{r}")).or_default() += n;
+        }
+    }
     let report = ServeReport {
-        dead_letters: dlq_counts.lock().map(|c| c.clone()).unwrap_or_default(),
+        dead_letters,
         vectors_in: PipelineStats::get(&pipeline.stats.vectors_in),
         predictions: PipelineStats::get(&pipeline.stats.predictions),
+        duplicates: PipelineStats::get(&pipeline.stats.duplicates),
         drained,
     };
     tracing::info!(
         vectors = report.vectors_in,
         predictions = report.predictions,
+        duplicates = report.duplicates,
         drained,
         "augur stopped"
     );

@@ -24,6 +24,7 @@ async fn state(token: &str) -> AppState {
         metrics: augur::telemetry::install(),
         started: Instant::now(),
         nats: None,
+        kafka: None,
     }
 }
 

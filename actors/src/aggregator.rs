@@ -269,6 +269,7 @@ impl Aggregator {
             published_at_ns,
             service_version: env!("CARGO_PKG_VERSION"),
             signal: direction.signal(),
+            ack: meta.ack,
         };
         if meta.published_at_ns > 0 && published_at_ns > meta.published_at_ns {
             metrics::histogram!(t::END_TO_END_SECONDS, "timeframe" => self.key.timeframe.to_string())

@@ -27,14 +27,14 @@ pub struct RouterConfig {
     pub max_streams: usize,
     /// Mailbox capacity of each model actor; a full mailbox drops that member for the event.
     pub model_mailbox: usize,
+    /// (symbol, timeframe, sequence) keys remembered to drop the same vector arriving again
+    /// (on the other transport, or redelivered): an LRU of this many entries.
+    pub dedupe_capacity: usize,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig {
-            max_streams: 10_000,
-            model_mailbox: 1024,
-        }
+        RouterConfig { max_streams: 10_000, model_mailbox: 1024, dedupe_capacity: 200_000 }
     }
 }
 
@@ -46,6 +46,9 @@ impl RouterConfig {
         }
         if self.model_mailbox == 0 {
             p.push(format!("{prefix}.model_mailbox must be at least 1"));
+        }
+        if self.dedupe_capacity == 0 {
+            p.push(format!("{prefix}.dedupe_capacity must be at least 1"));
         }
         p
     }
@@ -68,6 +71,8 @@ pub struct Router {
     publishers: Arc<[Recipient<Publish>]>,
     supervisor: Recipient<ModelFailed>,
     streams: HashMap<StreamKey, Stream>,
+    /// Recently seen (stream, sequence): drops the same vector arriving again.
+    seen: lru::LruCache<(StreamKey, u64), ()>,
     stats: Arc<PipelineStats>,
     refused_logged: u64,
 }
@@ -84,7 +89,9 @@ impl Router {
         supervisor: Recipient<ModelFailed>,
         stats: Arc<PipelineStats>,
     ) -> Self {
+        let cap = std::num::NonZeroUsize::new(cfg.dedupe_capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         Router {
+            seen: lru::LruCache::new(cap),
             cfg,
             gates,
             executors,
@@ -100,6 +107,11 @@ impl Router {
 
     fn route(&mut self, v: Vector) {
         PipelineStats::inc(&self.stats.vectors_in);
+        if self.seen.put((v.key.clone(), v.sequence), ()).is_some() {
+            PipelineStats::inc(&self.stats.duplicates);
+            metrics::counter!(t::FEATURES_DEDUPLICATED, "transport" => v.transport.as_str()).increment(1);
+            return;
+        }
         if !self.streams.contains_key(&v.key) {
             if self.streams.len() >= self.cfg.max_streams {
                 PipelineStats::inc(&self.stats.streams_refused);
@@ -160,7 +172,10 @@ impl Router {
             event_time_ms: v.event_time_ms,
             correlation_id: v.correlation_id.clone(),
             published_at_ns: v.published_at_ns,
+            ack: v.ack.clone(),
         }));
+        // Model actors keep values, not completions: only the event (aggregator) holds the ack.
+        let v = Vector { ack: None, ..v };
         for (slot, &model) in s.members.iter().enumerate() {
             let gate = &self.gates[model];
             if !gate.enabled.load(std::sync::atomic::Ordering::Relaxed) {

@@ -6,6 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const FEATURES_RECEIVED: &str = "augur_features_received_total";
 pub const FEATURES_INVALID: &str = "augur_features_invalid_total";
 pub const FEATURES_STALE_SEQUENCE: &str = "augur_features_stale_sequence_total";
+pub const FEATURES_DEDUPLICATED: &str = "augur_features_deduplicated_total";
+pub const KAFKA_PRODUCE_ERRORS: &str = "augur_kafka_produce_errors_total";
+pub const KAFKA_PRODUCE_SECONDS: &str = "augur_kafka_produce_duration_seconds";
+pub const KAFKA_CONSUMER_LAG: &str = "augur_kafka_consumer_lag_messages";
+pub const KAFKA_UNCOMMITTED: &str = "augur_kafka_uncommitted_messages";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
 pub const PREDICTIONS_PUBLISHED: &str = "augur_predictions_published_total";
 pub const PUBLISH_ERRORS: &str = "augur_publish_errors_total";
@@ -116,6 +121,11 @@ pub fn describe() {
         "Calls slower than the breaker's slow_call_ms, by model"
     );
     describe_counter!(MODEL_CALLS, "Calls that reached a model, by model and outcome");
+    describe_counter!(FEATURES_DEDUPLICATED, "Vectors already seen (same symbol, timeframe, sequence), by the transport of the duplicate");
+    describe_counter!(KAFKA_PRODUCE_ERRORS, "Kafka deliveries that failed (retried), by topic kind");
+    describe_histogram!(KAFKA_PRODUCE_SECONDS, Unit::Seconds, "Kafka produce to delivery acknowledgement, by topic kind");
+    describe_gauge!(KAFKA_CONSUMER_LAG, "Messages between the high watermark and the consumer position, summed over partitions");
+    describe_gauge!(KAFKA_UNCOMMITTED, "Consumed input messages whose offset is not yet stored for commit");
     describe_gauge!(BUS_CONNECTED, "1 when the bus connection is up, by bus");
     describe_gauge!(PROCESS_RSS_BYTES, Unit::Bytes, "Resident memory of the process");
     describe_gauge!(
@@ -164,6 +174,7 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
             counter!(FEATURES_INVALID, "transport" => tr.clone(), "reason" => r).increment(0);
         }
         counter!(FEATURES_STALE_SEQUENCE, "transport" => tr.clone()).increment(0);
+        counter!(FEATURES_DEDUPLICATED, "transport" => tr.clone()).increment(0);
         for tf in timeframes {
             counter!(FEATURES_RECEIVED, "transport" => tr.clone(), "timeframe" => tf.to_string())
                 .increment(0);
@@ -190,6 +201,7 @@ pub struct PipelineStats {
     pub predictions: AtomicU64,
     pub warming: AtomicU64,
     pub stale_sequence: AtomicU64,
+    pub duplicates: AtomicU64,
     pub streams_refused: AtomicU64,
     pub deadline_misses: AtomicU64,
     pub no_members: AtomicU64,

@@ -46,6 +46,19 @@ impl Transport {
     }
 }
 
+/// Completion of one input message (at-least-once transports): the transport hands out a
+/// value whose `Drop` reports completion; the pipeline carries clones of it with the vector,
+/// the event and the prediction, and drops them when the event ends (prediction delivered,
+/// or no prediction by design). When the last clone is gone, the input may be committed.
+#[derive(Clone)]
+pub struct Ack(pub Arc<dyn Send + Sync>);
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack")
+    }
+}
+
 /// A validated feature vector: known feature set, right length, finite values.
 #[derive(Debug, Clone, actix::Message)]
 #[rtype(result = "()")]
@@ -58,6 +71,8 @@ pub struct Vector {
     pub correlation_id: Arc<str>,
     pub published_at_ns: i64,
     pub transport: Transport,
+    /// Completion of the input message, when its transport needs one.
+    pub ack: Option<Ack>,
 }
 
 /// The three classes of every model, in wire order.
@@ -144,4 +159,7 @@ pub struct Ensemble {
     pub published_at_ns: i64,
     pub service_version: &'static str,
     pub signal: i32,
+    /// Held by the sinks until the prediction is delivered; not part of the output.
+    #[serde(skip)]
+    pub ack: Option<Ack>,
 }

@@ -109,12 +109,14 @@ fn vector(sym: &str, tf: &str, seq: u64, x: f32) -> Vector {
         correlation_id: format!("{sym}-{tf}-{seq}").into(),
         published_at_ns: 0,
         transport: Transport::Replay,
+        ack: None,
     }
 }
 
 fn config() -> PipelineConfig {
     PipelineConfig {
         router: RouterConfig {
+            dedupe_capacity: 10_000,
             max_streams: 100,
             model_mailbox: 1024,
         },
@@ -199,12 +201,13 @@ async fn test_one_prediction_per_vector_once_every_window_is_full() {
 async fn test_repeated_or_older_sequences_are_dropped_and_counted() {
     let (a, _) = spec("a", 1, &["1m"]);
     let (p, out) = start(vec![a], config()).await;
-    for seq in [1u64, 2, 2, 1, 3] {
+    for seq in [1u64, 2, 2, 1, 5, 3] {
         p.ingest(vec![vector("AAA", "1m", seq, 0.1)]).await.unwrap();
     }
     assert!(p.drain(Duration::from_secs(5)).await);
-    assert_eq!(out.lock().unwrap().len(), 3);
-    assert_eq!(p.stats.stale_sequence.load(Ordering::Relaxed), 2);
+    assert_eq!(out.lock().unwrap().len(), 3, "1, 2 and 5");
+    assert_eq!(p.stats.duplicates.load(Ordering::Relaxed), 2, "2 and 1 again: seen before");
+    assert_eq!(p.stats.stale_sequence.load(Ordering::Relaxed), 1, "3 after 5: older, never seen");
 }
 
 #[actix_rt::test]

@@ -221,3 +221,74 @@ pub fn real_vectors() -> Vec<augur::pb::FeatureVector> {
     let file = std::fs::read(root().join("models/data/replay/ta-v1.pb")).unwrap();
     augur::publish::interleave(&file).unwrap()
 }
+
+/// A real Kafka-compatible broker (tansu, built by scripts/bootstrap.sh) on a free loopback
+/// port; memory storage, or sqlite to survive a restart. Killed on drop.
+pub struct Tansu {
+    pub port: u16,
+    storage: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    pub fn start(persistent: bool) -> Tansu {
+        Self::start_on(free_port(), persistent)
+    }
+
+    /// Not started: a port where a broker will be later.
+    pub fn reserve(persistent: bool) -> Tansu {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = if persistent {
+            format!("sqlite://{}", dir.path().join("kafka.db").display())
+        } else {
+            "memory://tansu/".to_string()
+        };
+        Tansu { port: free_port(), storage, child: None, _dir: dir }
+    }
+
+    pub fn start_on(port: u16, persistent: bool) -> Tansu {
+        let mut t = Self::reserve(persistent);
+        t.port = port;
+        t.restart();
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let bin = [root().join(".tools/bin/tansu")]
+            .into_iter()
+            .chain(std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache/augur/tansu-0.6.0/bin/tansu")))
+            .find(|p| p.exists())
+            .expect("tansu: run scripts/bootstrap.sh");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        wait_port(self.port, true, Duration::from_secs(20));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_port(self.port, false, Duration::from_secs(10));
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
