@@ -420,6 +420,9 @@ pub async fn run_ingress(
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!(pending = tracker.pending(), "kafka offsets committed"),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+            tracing::info!("kafka offsets already committed")
+        }
         Err(e) => tracing::warn!(error = %e, "kafka final commit failed"),
     }
 }
