@@ -7,6 +7,8 @@
 #   scripts/run.sh                      # until Ctrl-C
 #   AUGUR_RUN_SECONDS=30 scripts/run.sh # stop by itself after 30 s
 #   AUGUR_FEED_RATE=2000 scripts/run.sh # vectors per second (default 500)
+#   AUGUR_KAFKA__ENABLED=true scripts/run.sh  # also Kafka (starts tansu): predictions on
+#                                       # ml-predictions-output as well (or enable [kafka] in the config)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$AUGUR_ROOT"
@@ -33,9 +35,22 @@ cleanup() {
   [ -n "${FEED_PID:-}" ] && kill -TERM "$FEED_PID" 2>/dev/null && wait "$FEED_PID" 2>/dev/null || true
   [ -n "${AUGUR_PID:-}" ] && kill -TERM "$AUGUR_PID" 2>/dev/null && wait "$AUGUR_PID" 2>/dev/null || true
   [ -n "${NATS_PID:-}" ] && kill -TERM "$NATS_PID" 2>/dev/null && wait "$NATS_PID" 2>/dev/null || true
+  [ -n "${KAFKA_PORT:-}" ] && pkill -TERM -f "tansu broker --listener-url tcp://127.0.0.1:$KAFKA_PORT " 2>/dev/null || true
   echo "run: stopped; logs in $RUN_DIR" >&2
 }
 trap cleanup INT TERM EXIT
+
+# Kafka when the config (or the environment) enables it: a local tansu broker.
+KAFKA_ON="${AUGUR_KAFKA__ENABLED:-$(awk '/^\[kafka\]/{s=1;next} /^\[/{s=0} s && /^enabled *=/{print $3}' config.toml)}"
+if [ "$KAFKA_ON" = "true" ]; then
+  KAFKA_PORT=9092
+  port_free "$KAFKA_PORT" || KAFKA_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (cd "$RUN_DIR" && setsid "$AUGUR_ROOT/.tools/bin/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://kafka.db >"$RUN_DIR/kafka.log" 2>&1 &)
+  for _ in $(seq 100); do port_free "$KAFKA_PORT" || break; sleep 0.05; done
+  export AUGUR_KAFKA__ENABLED=true AUGUR_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
+  echo "run: kafka (tansu) on 127.0.0.1:$KAFKA_PORT; predictions also on ml-predictions-output" >&2
+fi
 
 "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$RUN_DIR/nats.log" 2>&1 &
 NATS_PID=$!

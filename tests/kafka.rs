@@ -204,14 +204,19 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
     let mut per: HashMap<String, usize> = HashMap::new();
     for v in common::real_vectors() {
         let c = per.entry(v.symbol.clone()).or_default();
-        if *c < 400 && v.symbol != "FB" {
+        if *c < 800 && v.symbol != "FB" {
             *c += 1;
             vs.push(v);
         }
     }
     let expected = expected_keys(&vs);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(produce(&producer(&broker.brokers()), &vector_msgs(&vs)));
+    // the input is in the log before the service first starts: create the topics first
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    rt.block_on(augur::bus::kafka::ensure_topics(kafka_config(None, &broker.brokers()).kafka, stop));
+    let (early, later) = vs.split_at(vs.len() / 3);
+    let later = later.to_vec();
+    rt.block_on(produce(&producer(&broker.brokers()), &vector_msgs(early)));
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
             .args(["serve", "--config", "config.toml"])
@@ -221,15 +226,32 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
             .env("AUGUR_KAFKA__ENABLED", "true")
             .env("AUGUR_KAFKA__BROKERS", broker.brokers())
             .env("AUGUR_KAFKA__PARTITIONS", "3")
+            .env("AUGUR_KAFKA__INSTANCE_ID", "augur-test-1")
             .env("AUGUR_VALIDATION__MAX_EVENT_AGE_MS", "0")
+            .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(std::env::temp_dir().join("augur-sigkill.log")).unwrap())
             .spawn()
             .unwrap()
     };
     let mut first = spawn();
-    // let it get part of the way, then kill it without warning
-    rt.block_on(read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(60), |m| m.len() >= expected.len() / 3));
+    // the rest of the stream arrives while the service runs; kill it without warning midway
+    let brokers = broker.brokers();
+    let rest = vector_msgs(&later);
+    let feeder = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let p = producer(&brokers);
+            for chunk in rest.chunks(20) {
+                produce(&p, chunk).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    });
+    // kill once it has delivered part of the stream, while input is still arriving
+    let seen = rt.block_on(read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(60), |m| m.len() >= 1200));
+    assert!(seen.len() >= 1200, "the first instance delivered {} predictions", seen.len());
+    assert!(!feeder.is_finished(), "the kill must land mid-stream");
     first.kill().unwrap(); // SIGKILL
     let _ = first.wait();
     let mut second = spawn();
@@ -237,12 +259,23 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
         let keys: HashSet<_> = m.iter().map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap())).collect();
         expected.is_subset(&keys)
     }));
+    feeder.join().unwrap();
     let _ = std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
     let _ = second.wait();
     let keys: Vec<_> = out.iter().map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap())).collect();
     let unique: HashSet<_> = keys.iter().cloned().collect();
-    let missing: Vec<_> = expected.difference(&unique).take(5).collect();
-    assert!(missing.is_empty(), "lost predictions, e.g. {missing:?}");
+    let mut missing: Vec<_> = expected.difference(&unique).cloned().collect();
+    missing.sort();
+    if !missing.is_empty() {
+        let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (s, _, q) in &missing {
+            by.entry(s.clone()).or_default().push(*q);
+        }
+        for (s, qs) in &by {
+            eprintln!("missing {s}: {} from {} to {}", qs.len(), qs[0], qs[qs.len() - 1]);
+        }
+    }
+    assert!(missing.is_empty(), "lost {} predictions", missing.len());
     let duplicates = keys.len() - unique.len();
     println!("after SIGKILL and restart: {} predictions, {} unique, {duplicates} duplicates", keys.len(), unique.len());
     assert!(duplicates < expected.len(), "duplicates stay within the uncommitted window");

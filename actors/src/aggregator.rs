@@ -107,7 +107,14 @@ struct Pending {
     slots: Vec<Option<MemberStatus>>,
     filled: usize,
     timer: SpawnHandle,
+    /// Deadlines already passed without any member answering.
+    extensions: u32,
 }
+
+/// An event that no member has answered when its deadline passes is given more deadlines (it
+/// is queued behind a burst, not late by one slow model), up to this many, before it is
+/// dropped as `no_members`. The deadline trades completeness for latency only among members.
+const MAX_EXTENSIONS: u32 = 100;
 
 pub struct Aggregator {
     key: StreamKey,
@@ -141,10 +148,20 @@ impl Aggregator {
     }
 
     fn finalize(&mut self, sequence: u64, by_deadline: bool, ctx: &mut Context<Self>) {
+        let settings = self.settings.read().map(|s| s.clone()).unwrap_or_default();
+        if by_deadline
+            && let Some(p) = self.pending.get_mut(&sequence)
+            && p.filled == 0
+            && p.extensions < MAX_EXTENSIONS
+        {
+            p.extensions += 1;
+            let deadline = Duration::from_millis(settings.deadline_ms);
+            p.timer = ctx.run_later(deadline, move |act, ctx| act.finalize(sequence, true, ctx));
+            return;
+        }
         let Some(p) = self.pending.remove(&sequence) else {
             return;
         };
-        let settings = self.settings.read().map(|s| s.clone()).unwrap_or_default();
         if by_deadline {
             PipelineStats::inc(&self.stats.deadline_misses);
             metrics::counter!(t::AGGREGATOR_DEADLINE_MISSES, "timeframe" => self.key.timeframe.to_string())
@@ -389,6 +406,7 @@ impl Handler<StartEvent> for Aggregator {
                 slots,
                 filled: 0,
                 timer,
+                extensions: 0,
             },
         ) {
             // A repeated sequence cannot reach here (the router drops it); keep accounting exact.

@@ -8,7 +8,7 @@
 //!   partition, the offsets of the last `window - 1` vectors before its first unfinished one
 //!   are kept. Auto-commit (every `commit_interval_ms`) commits what was stored; shutdown
 //!   commits synchronously. Duplicates after a restart are bounded by that trailing window.
-//! - Egress: an idempotent producer (acks=all, linger.ms from config) sends every prediction
+//! - Egress: a producer (acks=all, linger.ms from config, idempotence per config) sends every prediction
 //!   to `output_topic` (key = symbol); failed deliveries are counted and retried with backoff,
 //!   never dropped. Optionally each member's prediction goes to `members_topic`.
 //! - Dead letters: `dlq_topic`, the original payload and key, headers `augur-reason`,
@@ -44,6 +44,10 @@ pub struct KafkaConfig {
     /// bootstrap.servers
     pub brokers: String,
     pub group_id: String,
+    /// Static group membership (`group.instance.id`, unique per instance; "" for dynamic): a
+    /// restarted instance takes its partitions back at once instead of waiting for the
+    /// broker to expire the old member.
+    pub instance_id: String,
     pub input_topic: String,
     pub output_topic: String,
     pub dlq_topic: String,
@@ -53,6 +57,12 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Partitions of topics the service creates.
     pub partitions: i32,
+    /// librdkafka's idempotent producer. Off by default: against tansu 0.6.0 (the broker the
+    /// project runs) a restarted instance's re-sent predictions were silently dropped by the
+    /// broker, losing the ones the killed instance never delivered (the SIGKILL test found
+    /// it). Turn it on against a real Kafka cluster. Either way every prediction carries a
+    /// stable `augur-event-id` header, so consumers deduplicate at-least-once delivery.
+    pub idempotent_producer: bool,
     /// Producer linger (0-1 for low latency).
     pub linger_ms: u64,
     /// librdkafka's delivery timeout; a delivery that times out is retried by the service.
@@ -67,12 +77,14 @@ impl Default for KafkaConfig {
             enabled: false,
             brokers: "127.0.0.1:9092".into(),
             group_id: "augur".into(),
+            instance_id: String::new(),
             input_topic: "ml-feature-vectors".into(),
             output_topic: "ml-predictions-output".into(),
             dlq_topic: "ml-feature-vectors-dlq".into(),
             members_topic: String::new(),
             create_topics: true,
             partitions: 6,
+            idempotent_producer: false,
             linger_ms: 1,
             delivery_timeout_ms: 30_000,
             commit_interval_ms: 1_000,
@@ -132,7 +144,7 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
     ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .set("client.id", "augur")
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", if cfg.idempotent_producer { "true" } else { "false" })
         .set("acks", "all")
         .set("linger.ms", cfg.linger_ms.to_string())
         .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
@@ -140,7 +152,11 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
 }
 
 pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    ClientConfig::new()
+    let mut c = ClientConfig::new();
+    if !cfg.instance_id.is_empty() {
+        c.set("group.instance.id", &cfg.instance_id);
+    }
+    c
         .set("bootstrap.servers", &cfg.brokers)
         .set("client.id", "augur")
         .set("group.id", &cfg.group_id)
@@ -505,7 +521,9 @@ pub fn spawn_health(producer: FutureProducer, consumer: Option<Arc<StreamConsume
                 let mut lag = 0i64;
                 if let Ok(pos) = c.position() {
                     for e in pos.elements_for_topic(&topic) {
-                        if let (Offset::Offset(at), Ok((_, high))) = (e.offset(), c.fetch_watermarks(&topic, e.partition(), Duration::from_millis(500))) {
+                        // The producer's connection: the consumer's is held by its long fetch.
+                        let high = rdkafka::producer::Producer::client(&producer).fetch_watermarks(&topic, e.partition(), Duration::from_millis(1000));
+                        if let (Offset::Offset(at), Ok((_, high))) = (e.offset(), high) {
                             lag += (high - at).max(0);
                         }
                     }

@@ -240,7 +240,8 @@ impl Tansu {
     pub fn reserve(persistent: bool) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
         let storage = if persistent {
-            format!("sqlite://{}", dir.path().join("kafka.db").display())
+            // tansu resolves the sqlite path against its working directory (the temp dir)
+            "sqlite://kafka.db".to_string()
         } else {
             "memory://tansu/".to_string()
         };
@@ -267,6 +268,7 @@ impl Tansu {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage])
+            .current_dir(self._dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
