@@ -190,7 +190,14 @@ impl Handler<Publish> for Status {
             }
             g.last = Some(format!(
                 "{} {} #{} {:?} {:.2} ({}/{} {})",
-                e.symbol, e.timeframe, e.sequence, e.direction, e.confidence, e.models_used, e.models_expected, e.method
+                e.symbol,
+                e.timeframe,
+                e.sequence,
+                e.direction,
+                e.confidence,
+                e.models_used,
+                e.models_expected,
+                e.method
             ));
         }
     }
@@ -261,19 +268,31 @@ pub async fn serve(
     let mut publishers: Vec<Recipient<Publish>> = Vec::new();
     // Transports: connect (NATS retries in the background; Kafka clients connect lazily).
     let nats_client = if cfg.nats.enabled {
-        let c = nats::connect(&cfg.nats, Arc::new(NatsStats::default())).await.context("connecting to NATS")?;
+        let c = nats::connect(&cfg.nats, Arc::new(NatsStats::default()))
+            .await
+            .context("connecting to NATS")?;
         Some(c)
     } else {
         None
     };
-    let nats_sink = nats_client.as_ref().map(|c| NatsSink::new(c.clone(), cfg.nats.output_prefix.clone()).start());
+    let nats_sink = nats_client
+        .as_ref()
+        .map(|c| NatsSink::new(c.clone(), cfg.nats.output_prefix.clone()).start());
     if let Some(s) = &nats_sink {
         publishers.push(s.clone().recipient());
     }
     let kafka_stats = Arc::new(kafka::KafkaStats::default());
-    let kafka_producer = if cfg.kafka.enabled { Some(kafka::producer(&cfg.kafka).context("kafka producer")?) } else { None };
+    let kafka_producer = if cfg.kafka.enabled {
+        Some(kafka::producer(&cfg.kafka).context("kafka producer")?)
+    } else {
+        None
+    };
     if let Some(p) = &kafka_producer {
-        publishers.push(KafkaSink::new(p.clone(), cfg.kafka.clone(), kafka_stats.clone()).start().recipient());
+        publishers.push(
+            KafkaSink::new(p.clone(), cfg.kafka.clone(), kafka_stats.clone())
+                .start()
+                .recipient(),
+        );
     }
     let status = Status::default();
     publishers.push(status.clone().start().recipient());
@@ -311,8 +330,18 @@ pub async fn serve(
                 kafka_health_stop.clone(),
             );
             // A restart must re-read enough of each stream to refill the longest window.
-            let rewind = pipeline.gates.iter().map(|g| g.info.window).max().unwrap_or(1).saturating_sub(1);
-            let dlq = kafka::KafkaDeadLetters::new(producer.clone(), cfg.kafka.dlq_topic.clone(), kafka_stats.clone());
+            let rewind = pipeline
+                .gates
+                .iter()
+                .map(|g| g.info.window)
+                .max()
+                .unwrap_or(1)
+                .saturating_sub(1);
+            let dlq = kafka::KafkaDeadLetters::new(
+                producer.clone(),
+                cfg.kafka.dlq_topic.clone(),
+                kafka_stats.clone(),
+            );
             Some(actix_rt::spawn(kafka::run_ingress(
                 consumer,
                 cfg.kafka.clone(),
@@ -338,7 +367,11 @@ pub async fn serve(
         metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => "output").increment(0);
         metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => "dlq").increment(0);
     }
-    t::register_zeroes(&ids.iter().map(String::as_str).collect::<Vec<_>>(), &tfs, &transports);
+    t::register_zeroes(
+        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        &tfs,
+        &transports,
+    );
     let upkeep = actix_rt::spawn(crate::telemetry::upkeep(
         metrics.clone(),
         pipeline.clone(),
@@ -378,7 +411,10 @@ pub async fn serve(
         "augur ready: models loaded and warmed"
     );
     if let Some(r) = ready {
-        let _ = r.send(Ready { pipeline: pipeline.clone(), http: http_addr });
+        let _ = r.send(Ready {
+            pipeline: pipeline.clone(),
+            http: http_addr,
+        });
     }
     let status_task = status_every.map(|every| {
         let (status, stats) = (status.clone(), pipeline.stats.clone());
@@ -413,7 +449,8 @@ pub async fn serve(
     if let Some(p) = &kafka_producer {
         // Deliveries in flight finish (and release their offsets) before the final commit.
         let p = p.clone();
-        let flushed = actix_rt::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&p, timeout)).await;
+        let flushed =
+            actix_rt::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&p, timeout)).await;
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::warn!("kafka producer flush did not finish");
         }
@@ -434,7 +471,9 @@ pub async fn serve(
     if let Some(t) = status_task {
         t.abort();
     }
-    let mut dead_letters = nats_dlq_counts.and_then(|c| c.lock().ok().map(|c| c.clone())).unwrap_or_default();
+    let mut dead_letters = nats_dlq_counts
+        .and_then(|c| c.lock().ok().map(|c| c.clone()))
+        .unwrap_or_default();
     if let Ok(k) = kafka_stats.dead_letters.lock() {
         for (r, n) in k.iter() {
             *dead_letters.entry(format!("kafka:{r}")).or_default() += n;

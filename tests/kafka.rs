@@ -31,7 +31,11 @@ fn kafka_config(nats: Option<&str>, brokers: &str) -> augur::config::Config {
 }
 
 fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "1").create().unwrap()
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "1")
+        .create()
+        .unwrap()
 }
 
 fn stamp(mut v: pb::FeatureVector) -> pb::FeatureVector {
@@ -48,7 +52,10 @@ async fn produce(p: &FutureProducer, msgs: &[(String, Vec<u8>)]) -> Vec<u64> {
         .iter()
         .map(|(k, v)| {
             let started = Instant::now();
-            let f = p.send(FutureRecord::to(INPUT).key(k).payload(v), Timeout::After(Duration::from_secs(30)));
+            let f = p.send(
+                FutureRecord::to(INPUT).key(k).payload(v),
+                Timeout::After(Duration::from_secs(30)),
+            );
             async move {
                 f.await.map_err(|(e, _)| e).unwrap();
                 started.elapsed().as_micros() as u64
@@ -62,14 +69,32 @@ async fn produce(p: &FutureProducer, msgs: &[(String, Vec<u8>)]) -> Vec<u64> {
 }
 
 fn vector_msgs(vs: &[pb::FeatureVector]) -> Vec<(String, Vec<u8>)> {
-    vs.iter().map(|v| (v.symbol.clone(), pb::FeatureVectorBatch { vectors: vec![stamp(v.clone())] }.encode_to_vec())).collect()
+    vs.iter()
+        .map(|v| {
+            (
+                v.symbol.clone(),
+                pb::FeatureVectorBatch {
+                    vectors: vec![stamp(v.clone())],
+                }
+                .encode_to_vec(),
+            )
+        })
+        .collect()
 }
 
 /// Reads a topic from the beginning until `done` says so or the timeout passes.
-async fn read_topic(brokers: &str, topic: &str, timeout: Duration, mut done: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool) -> Vec<rdkafka::message::OwnedMessage> {
+async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("test-{}-{}", topic, augur_actors::clock::unix_ns()))
+        .set(
+            "group.id",
+            format!("test-{}-{}", topic, augur_actors::clock::unix_ns()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -89,7 +114,9 @@ async fn read_topic(brokers: &str, topic: &str, timeout: Duration, mut done: imp
 fn expected_keys(vs: &[pb::FeatureVector]) -> HashSet<(String, String, u64)> {
     let mut per: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
     for v in vs {
-        per.entry((v.symbol.clone(), v.timeframe.clone())).or_default().push(v.sequence);
+        per.entry((v.symbol.clone(), v.timeframe.clone()))
+            .or_default()
+            .push(v.sequence);
     }
     per.into_iter()
         .flat_map(|((s, t), seqs)| seqs.into_iter().skip(31).map(move |q| (s.clone(), t.clone(), q)))
@@ -104,13 +131,46 @@ fn key_of(p: &pb::EnsemblePrediction) -> (String, String, u64) {
 fn test_poison_messages_land_on_the_kafka_dlq_once_each_without_stalling_their_partition() {
     let broker = common::Tansu::start(false);
     let svc = common::Service::start(kafka_config(None, &broker.brokers()));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let aapl: Vec<pb::FeatureVector> = common::real_vectors().into_iter().filter(|v| v.symbol == "AAPL").take(40).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let aapl: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(40)
+        .collect();
     let mut msgs = vector_msgs(&aapl);
     let poison = [
         (vec![0xffu8, 0xfe, 0x00], "decode_error"),
-        (pb::FeatureVectorBatch { vectors: vec![stamp(pb::FeatureVector { symbol: "AAPL".into(), timeframe: "1d".into(), sequence: 999_999, feature_set: "ta-v1".into(), values: vec![f32::NAN; 20], ..Default::default() })] }.encode_to_vec(), "non_finite_value"),
-        (pb::FeatureVectorBatch { vectors: vec![stamp(pb::FeatureVector { symbol: "AAPL".into(), timeframe: "1d".into(), sequence: 999_998, feature_set: "ta-v1".into(), values: vec![0.5; 7], ..Default::default() })] }.encode_to_vec(), "wrong_feature_count"),
+        (
+            pb::FeatureVectorBatch {
+                vectors: vec![stamp(pb::FeatureVector {
+                    symbol: "AAPL".into(),
+                    timeframe: "1d".into(),
+                    sequence: 999_999,
+                    feature_set: "ta-v1".into(),
+                    values: vec![f32::NAN; 20],
+                    ..Default::default()
+                })],
+            }
+            .encode_to_vec(),
+            "non_finite_value",
+        ),
+        (
+            pb::FeatureVectorBatch {
+                vectors: vec![stamp(pb::FeatureVector {
+                    symbol: "AAPL".into(),
+                    timeframe: "1d".into(),
+                    sequence: 999_998,
+                    feature_set: "ta-v1".into(),
+                    values: vec![0.5; 7],
+                    ..Default::default()
+                })],
+            }
+            .encode_to_vec(),
+            "wrong_feature_count",
+        ),
     ];
     // the poison sits in the middle of the AAPL partition
     for (i, (p, _)) in poison.iter().enumerate() {
@@ -119,15 +179,26 @@ fn test_poison_messages_land_on_the_kafka_dlq_once_each_without_stalling_their_p
     let (dlq, out) = rt.block_on(async {
         produce(&producer(&broker.brokers()), &msgs).await;
         let dlq = read_topic(&broker.brokers(), DLQ, Duration::from_secs(30), |m| m.len() >= 3).await;
-        let out = read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(30), |m| m.len() >= 9).await;
+        let out = read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(30), |m| {
+            m.len() >= 9
+        })
+        .await;
         (dlq, out)
     });
     let report = svc.stop();
     assert_eq!(dlq.len(), 3, "each poison message once");
     for (payload, reason) in &poison {
-        let m = dlq.iter().find(|m| m.payload() == Some(&payload[..])).unwrap_or_else(|| panic!("{reason} not on the DLQ"));
+        let m = dlq
+            .iter()
+            .find(|m| m.payload() == Some(&payload[..]))
+            .unwrap_or_else(|| panic!("{reason} not on the DLQ"));
         let h = m.headers().unwrap();
-        let get = |k: &str| h.iter().find(|x| x.key == k).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).to_string());
+        let get = |k: &str| {
+            h.iter()
+                .find(|x| x.key == k)
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+        };
         assert_eq!(get("augur-reason").as_deref(), Some(*reason));
         assert_eq!(get("augur-source-topic").as_deref(), Some(INPUT));
         assert!(get("augur-source-partition").is_some() && get("augur-source-offset").is_some());
@@ -135,19 +206,32 @@ fn test_poison_messages_land_on_the_kafka_dlq_once_each_without_stalling_their_p
         assert_eq!(m.key(), Some(&b"AAPL"[..]), "the original key is kept");
         assert_eq!(report.dead_letters.get(&format!("kafka:{reason}")), Some(&1));
     }
-    assert_eq!(out.len(), 9, "the partition went on past the poison: 40 - 31 predictions");
+    assert_eq!(
+        out.len(),
+        9,
+        "the partition went on past the poison: 40 - 31 predictions"
+    );
 }
 
 #[test]
 fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_duplicates() {
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let nats = common::NatsServer::start();
     let broker = common::Tansu::start(false);
     let svc = common::Service::start(kafka_config(Some(&nats.url()), &broker.brokers()));
-    let n: usize = std::env::var("AUGUR_TEST_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("AUGUR_TEST_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let vs: Vec<pb::FeatureVector> = common::real_vectors().into_iter().take(n).collect();
     let expected = expected_keys(&vs);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (from_nats, from_kafka, produce_lat) = rt.block_on(async {
         let client = async_nats::connect(nats.url()).await.unwrap();
         let mut sub = client.subscribe("predictions.>").await.unwrap();
@@ -156,7 +240,13 @@ fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_dupl
         let kafka_side = async { produce(&producer(&broker.brokers()), &msgs).await };
         let nats_side = async {
             for (v, (_, payload)) in vs.iter().zip(&msgs) {
-                client.publish(format!("features.{}.{}", v.timeframe, v.symbol), payload.clone().into()).await.unwrap();
+                client
+                    .publish(
+                        format!("features.{}.{}", v.timeframe, v.symbol),
+                        payload.clone().into(),
+                    )
+                    .await
+                    .unwrap();
             }
             client.flush().await.unwrap();
         };
@@ -169,7 +259,10 @@ fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_dupl
             }
         }
         println!("nats predictions: {} of {}", from_nats.len(), expected.len());
-        let from_kafka = read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(120), |m| m.len() >= expected.len()).await;
+        let from_kafka = read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(120), |m| {
+            m.len() >= expected.len()
+        })
+        .await;
         // anything extra would arrive now
         tokio::time::sleep(Duration::from_secs(1)).await;
         while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
@@ -178,23 +271,30 @@ fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_dupl
         (from_nats, from_kafka, lat)
     });
     let report = svc.stop();
-    println!("report: {report:?}; nats {} kafka {} expected {}", from_nats.len(), from_kafka.len(), expected.len());
-    let from_kafka: Vec<pb::EnsemblePrediction> =
-        from_kafka.iter().map(|m| pb::EnsemblePrediction::decode(m.payload().unwrap()).unwrap()).collect();
+    println!(
+        "report: {report:?}; nats {} kafka {} expected {}",
+        from_nats.len(),
+        from_kafka.len(),
+        expected.len()
+    );
+    let from_kafka: Vec<pb::EnsemblePrediction> = from_kafka
+        .iter()
+        .map(|m| pb::EnsemblePrediction::decode(m.payload().unwrap()).unwrap())
+        .collect();
     for (name, preds) in [("nats", &from_nats), ("kafka", &from_kafka)] {
         let keys: HashSet<_> = preds.iter().map(key_of).collect();
-        assert_eq!(preds.len(), expected.len(), "{name}: exactly one prediction per vector");
+        assert_eq!(
+            preds.len(),
+            expected.len(),
+            "{name}: exactly one prediction per vector"
+        );
         assert_eq!(keys, expected, "{name}: the right vectors");
     }
-    assert_eq!(report.duplicates, n as u64, "every vector arrived twice; the second copy was dropped");
-    let mut lat = produce_lat;
-    lat.sort_unstable();
-    println!(
-        "kafka produce-to-ack latency over {} messages: p50 {} µs, p99 {} µs",
-        lat.len(),
-        lat[lat.len() / 2],
-        lat[lat.len() * 99 / 100]
+    assert_eq!(
+        report.duplicates, n as u64,
+        "every vector arrived twice; the second copy was dropped"
     );
+    let _ = produce_lat;
 }
 
 #[test]
@@ -210,10 +310,16 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
         }
     }
     let expected = expected_keys(&vs);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // the input is in the log before the service first starts: create the topics first
     let (_keep, stop) = tokio::sync::watch::channel(false);
-    rt.block_on(augur::bus::kafka::ensure_topics(kafka_config(None, &broker.brokers()).kafka, stop));
+    rt.block_on(augur::bus::kafka::ensure_topics(
+        kafka_config(None, &broker.brokers()).kafka,
+        stop,
+    ));
     let (early, later) = vs.split_at(vs.len() / 3);
     let later = later.to_vec();
     rt.block_on(produce(&producer(&broker.brokers()), &vector_msgs(early)));
@@ -230,7 +336,13 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
             .env("AUGUR_VALIDATION__MAX_EVENT_AGE_MS", "0")
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(std::env::temp_dir().join("augur-sigkill.log")).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(std::env::temp_dir().join("augur-sigkill.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap()
     };
@@ -239,7 +351,10 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
     let brokers = broker.brokers();
     let rest = vector_msgs(&later);
     let feeder = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let p = producer(&brokers);
             for chunk in rest.chunks(20) {
@@ -249,20 +364,42 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
         });
     });
     // kill once it has delivered part of the stream, while input is still arriving
-    let seen = rt.block_on(read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(60), |m| m.len() >= 1200));
-    assert!(seen.len() >= 1200, "the first instance delivered {} predictions", seen.len());
+    let seen = rt.block_on(read_topic(
+        &broker.brokers(),
+        OUTPUT,
+        Duration::from_secs(60),
+        |m| m.len() >= 1200,
+    ));
+    assert!(
+        seen.len() >= 1200,
+        "the first instance delivered {} predictions",
+        seen.len()
+    );
     assert!(!feeder.is_finished(), "the kill must land mid-stream");
     first.kill().unwrap(); // SIGKILL
     let _ = first.wait();
     let mut second = spawn();
-    let out = rt.block_on(read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(120), |m| {
-        let keys: HashSet<_> = m.iter().map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap())).collect();
-        expected.is_subset(&keys)
-    }));
+    let out = rt.block_on(read_topic(
+        &broker.brokers(),
+        OUTPUT,
+        Duration::from_secs(120),
+        |m| {
+            let keys: HashSet<_> = m
+                .iter()
+                .map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap()))
+                .collect();
+            expected.is_subset(&keys)
+        },
+    ));
     feeder.join().unwrap();
-    let _ = std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
     let _ = second.wait();
-    let keys: Vec<_> = out.iter().map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap())).collect();
+    let keys: Vec<_> = out
+        .iter()
+        .map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap()))
+        .collect();
     let unique: HashSet<_> = keys.iter().cloned().collect();
     let mut missing: Vec<_> = expected.difference(&unique).cloned().collect();
     missing.sort();
@@ -277,8 +414,15 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
     }
     assert!(missing.is_empty(), "lost {} predictions", missing.len());
     let duplicates = keys.len() - unique.len();
-    println!("after SIGKILL and restart: {} predictions, {} unique, {duplicates} duplicates", keys.len(), unique.len());
-    assert!(duplicates < expected.len(), "duplicates stay within the uncommitted window");
+    println!(
+        "after SIGKILL and restart: {} predictions, {} unique, {duplicates} duplicates",
+        keys.len(),
+        unique.len()
+    );
+    assert!(
+        duplicates < expected.len(),
+        "duplicates stay within the uncommitted window"
+    );
 }
 
 #[test]
@@ -303,16 +447,29 @@ fn test_broker_down_at_start_and_mid_stream_keeps_nats_going_and_kafka_catches_u
     let (_, body) = common::get_json(&addr, "/health/ready");
     assert!(body["reasons"].to_string().contains("kafka"), "{body}");
     // NATS traffic goes on meanwhile
-    let all: Vec<pb::FeatureVector> = common::real_vectors().into_iter().filter(|v| v.symbol == "IBM").take(120).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let all: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "IBM")
+        .take(120)
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let nats_count = |vs: &[pb::FeatureVector], want: usize| {
         rt.block_on(async {
             let client = async_nats::connect(nats.url()).await.unwrap();
             let mut sub = client.subscribe("predictions.>").await.unwrap();
             client.flush().await.unwrap();
             for v in vs {
-                let p = pb::FeatureVectorBatch { vectors: vec![stamp(v.clone())] }.encode_to_vec();
-                client.publish(format!("features.{}.{}", v.timeframe, v.symbol), p.into()).await.unwrap();
+                let p = pb::FeatureVectorBatch {
+                    vectors: vec![stamp(v.clone())],
+                }
+                .encode_to_vec();
+                client
+                    .publish(format!("features.{}.{}", v.timeframe, v.symbol), p.into())
+                    .await
+                    .unwrap();
             }
             client.flush().await.unwrap();
             let mut n = 0;
@@ -325,34 +482,85 @@ fn test_broker_down_at_start_and_mid_stream_keeps_nats_going_and_kafka_catches_u
             n
         })
     };
-    assert_eq!(nats_count(&all[..60], 60 - 31), 29, "NATS predictions while Kafka is down");
+    assert_eq!(
+        nats_count(&all[..60], 60 - 31),
+        29,
+        "NATS predictions while Kafka is down"
+    );
     // the broker comes up: ready, and Kafka input is served
     broker.restart();
     assert!(wait_ready(200), "ready once the broker is up");
-    let ibm_kafka: Vec<pb::FeatureVector> = all.iter().cloned().map(|mut v| {
-        v.symbol = "IBMK".into();
-        v
-    }).collect();
-    rt.block_on(produce(&producer(&broker.brokers()), &vector_msgs(&ibm_kafka[..60])));
-    let out = rt.block_on(read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(60), |m| m.len() >= 29 + 29));
-    let kafka_syms: Vec<String> = out.iter().map(|m| pb::EnsemblePrediction::decode(m.payload().unwrap()).unwrap().symbol).collect();
-    assert_eq!(kafka_syms.iter().filter(|s| *s == "IBMK").count(), 29, "Kafka input predicted");
+    let ibm_kafka: Vec<pb::FeatureVector> = all
+        .iter()
+        .cloned()
+        .map(|mut v| {
+            v.symbol = "IBMK".into();
+            v
+        })
+        .collect();
+    rt.block_on(produce(
+        &producer(&broker.brokers()),
+        &vector_msgs(&ibm_kafka[..60]),
+    ));
+    let out = rt.block_on(read_topic(
+        &broker.brokers(),
+        OUTPUT,
+        Duration::from_secs(60),
+        |m| m.len() >= 29 + 29,
+    ));
+    let kafka_syms: Vec<String> = out
+        .iter()
+        .map(|m| {
+            pb::EnsemblePrediction::decode(m.payload().unwrap())
+                .unwrap()
+                .symbol
+        })
+        .collect();
+    assert_eq!(
+        kafka_syms.iter().filter(|s| *s == "IBMK").count(),
+        29,
+        "Kafka input predicted"
+    );
     // mid-stream outage: NATS goes on, Kafka catches up when the broker is back
     broker.kill();
     assert!(wait_ready(503));
-    assert_eq!(nats_count(&all[60..], 60), 60, "NATS predictions during the outage");
+    assert_eq!(
+        nats_count(&all[60..], 60),
+        60,
+        "NATS predictions during the outage"
+    );
     broker.restart();
     assert!(wait_ready(200));
-    rt.block_on(produce(&producer(&broker.brokers()), &vector_msgs(&ibm_kafka[60..])));
-    let out = rt.block_on(read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(60), |m| {
-        m.iter().filter(|x| pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap().symbol == "IBMK").count() >= 89
-    }));
+    rt.block_on(produce(
+        &producer(&broker.brokers()),
+        &vector_msgs(&ibm_kafka[60..]),
+    ));
+    let out = rt.block_on(read_topic(
+        &broker.brokers(),
+        OUTPUT,
+        Duration::from_secs(60),
+        |m| {
+            m.iter()
+                .filter(|x| {
+                    pb::EnsemblePrediction::decode(x.payload().unwrap())
+                        .unwrap()
+                        .symbol
+                        == "IBMK"
+                })
+                .count()
+                >= 89
+        },
+    ));
     let ibmk: HashSet<u64> = out
         .iter()
         .map(|m| pb::EnsemblePrediction::decode(m.payload().unwrap()).unwrap())
         .filter(|p| p.symbol == "IBMK")
         .map(|p| p.sequence)
         .collect();
-    assert_eq!(ibmk.len(), 89, "every Kafka vector after the outage predicted once its window was full");
+    assert_eq!(
+        ibmk.len(),
+        89,
+        "every Kafka vector after the outage predicted once its window was full"
+    );
     svc.stop();
 }

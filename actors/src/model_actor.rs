@@ -86,7 +86,11 @@ impl Reporter {
                 // Slow means the model computed slowly (its batch's forward pass), not that the
                 // call waited in a queue behind a burst: queueing is back-pressure, not a fault.
                 let _ = latency;
-                self.gate.record(true, std::time::Duration::from_micros(out.inference_us as u64), None);
+                self.gate.record(
+                    true,
+                    std::time::Duration::from_micros(out.inference_us as u64),
+                    None,
+                );
                 let (i, confidence) = argmax(&out.probabilities);
                 let info = &self.gate.info;
                 MemberStatus::Output(MemberPrediction {

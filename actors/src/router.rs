@@ -34,7 +34,11 @@ pub struct RouterConfig {
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { max_streams: 10_000, model_mailbox: 1024, dedupe_capacity: 200_000 }
+        RouterConfig {
+            max_streams: 10_000,
+            model_mailbox: 1024,
+            dedupe_capacity: 200_000,
+        }
     }
 }
 

@@ -121,11 +121,27 @@ pub fn describe() {
         "Calls slower than the breaker's slow_call_ms, by model"
     );
     describe_counter!(MODEL_CALLS, "Calls that reached a model, by model and outcome");
-    describe_counter!(FEATURES_DEDUPLICATED, "Vectors already seen (same symbol, timeframe, sequence), by the transport of the duplicate");
-    describe_counter!(KAFKA_PRODUCE_ERRORS, "Kafka deliveries that failed (retried), by topic kind");
-    describe_histogram!(KAFKA_PRODUCE_SECONDS, Unit::Seconds, "Kafka produce to delivery acknowledgement, by topic kind");
-    describe_gauge!(KAFKA_CONSUMER_LAG, "Messages between the high watermark and the consumer position, summed over partitions");
-    describe_gauge!(KAFKA_UNCOMMITTED, "Consumed input messages whose offset is not yet stored for commit");
+    describe_counter!(
+        FEATURES_DEDUPLICATED,
+        "Vectors already seen (same symbol, timeframe, sequence), by the transport of the duplicate"
+    );
+    describe_counter!(
+        KAFKA_PRODUCE_ERRORS,
+        "Kafka deliveries that failed (retried), by topic kind"
+    );
+    describe_histogram!(
+        KAFKA_PRODUCE_SECONDS,
+        Unit::Seconds,
+        "Kafka produce to delivery acknowledgement, by topic kind"
+    );
+    describe_gauge!(
+        KAFKA_CONSUMER_LAG,
+        "Messages between the high watermark and the consumer position, summed over partitions"
+    );
+    describe_gauge!(
+        KAFKA_UNCOMMITTED,
+        "Consumed input messages whose offset is not yet stored for commit"
+    );
     describe_gauge!(BUS_CONNECTED, "1 when the bus connection is up, by bus");
     describe_gauge!(PROCESS_RSS_BYTES, Unit::Bytes, "Resident memory of the process");
     describe_gauge!(

@@ -206,8 +206,16 @@ async fn test_repeated_or_older_sequences_are_dropped_and_counted() {
     }
     assert!(p.drain(Duration::from_secs(5)).await);
     assert_eq!(out.lock().unwrap().len(), 3, "1, 2 and 5");
-    assert_eq!(p.stats.duplicates.load(Ordering::Relaxed), 2, "2 and 1 again: seen before");
-    assert_eq!(p.stats.stale_sequence.load(Ordering::Relaxed), 1, "3 after 5: older, never seen");
+    assert_eq!(
+        p.stats.duplicates.load(Ordering::Relaxed),
+        2,
+        "2 and 1 again: seen before"
+    );
+    assert_eq!(
+        p.stats.stale_sequence.load(Ordering::Relaxed),
+        1,
+        "3 after 5: older, never seen"
+    );
 }
 
 #[actix_rt::test]

@@ -69,6 +69,9 @@ pub struct KafkaConfig {
     pub delivery_timeout_ms: u64,
     pub commit_interval_ms: u64,
     pub session_timeout_ms: u64,
+    /// Longest a fetch waits for data (librdkafka `fetch.wait.max.ms`). tansu answers a fetch
+    /// only when this passes, so it is the consumer's latency floor: keep it small.
+    pub fetch_wait_max_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -89,6 +92,7 @@ impl Default for KafkaConfig {
             delivery_timeout_ms: 30_000,
             commit_interval_ms: 1_000,
             session_timeout_ms: 10_000,
+            fetch_wait_max_ms: 5,
         }
     }
 }
@@ -113,10 +117,16 @@ impl KafkaConfig {
             }
         }
         if !(1..=1024).contains(&self.partitions) {
-            p.push(format!("kafka.partitions must be in 1..=1024, got {}", self.partitions));
+            p.push(format!(
+                "kafka.partitions must be in 1..=1024, got {}",
+                self.partitions
+            ));
         }
         if self.linger_ms > 1000 {
-            p.push(format!("kafka.linger_ms must be at most 1000, got {}", self.linger_ms));
+            p.push(format!(
+                "kafka.linger_ms must be at most 1000, got {}",
+                self.linger_ms
+            ));
         }
         if self.delivery_timeout_ms < 1000 {
             p.push("kafka.delivery_timeout_ms must be at least 1000".into());
@@ -144,7 +154,10 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
     ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .set("client.id", "augur")
-        .set("enable.idempotence", if cfg.idempotent_producer { "true" } else { "false" })
+        .set(
+            "enable.idempotence",
+            if cfg.idempotent_producer { "true" } else { "false" },
+        )
         .set("acks", "all")
         .set("linger.ms", cfg.linger_ms.to_string())
         .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
@@ -156,8 +169,7 @@ pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::Kaf
     if !cfg.instance_id.is_empty() {
         c.set("group.instance.id", &cfg.instance_id);
     }
-    c
-        .set("bootstrap.servers", &cfg.brokers)
+    c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", "augur")
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "true")
@@ -165,27 +177,36 @@ pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::Kaf
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .create()
 }
 
 /// Creates the topics, retrying while the broker is unreachable, until done or `stop`.
 pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
-    let admin: AdminClient<DefaultClientContext> =
-        match ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create() {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "kafka admin client");
-                return;
-            }
-        };
-    let mut names = vec![cfg.input_topic.clone(), cfg.output_topic.clone(), cfg.dlq_topic.clone()];
+    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "kafka admin client");
+            return;
+        }
+    };
+    let mut names = vec![
+        cfg.input_topic.clone(),
+        cfg.output_topic.clone(),
+        cfg.dlq_topic.clone(),
+    ];
     if !cfg.members_topic.is_empty() {
         names.push(cfg.members_topic.clone());
     }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
     loop {
-        let topics: Vec<NewTopic> =
-            names.iter().map(|n| NewTopic::new(n, cfg.partitions, TopicReplication::Fixed(1))).collect();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, cfg.partitions, TopicReplication::Fixed(1)))
+            .collect();
         match admin.create_topics(&topics, &opts).await {
             Ok(results) => {
                 let failed: Vec<String> = results
@@ -244,7 +265,10 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(rewind: usize) -> Self {
-        Tracker { rewind, parts: HashMap::new() }
+        Tracker {
+            rewind,
+            parts: HashMap::new(),
+        }
     }
 
     pub fn consumed(&mut self, partition: i32, offset: i64, keys: impl Iterator<Item = StreamKey>) {
@@ -308,12 +332,26 @@ pub struct KafkaDeadLetters {
 
 impl KafkaDeadLetters {
     pub fn new(producer: FutureProducer, topic: String, stats: Arc<KafkaStats>) -> Self {
-        KafkaDeadLetters { producer, topic, stats }
+        KafkaDeadLetters {
+            producer,
+            topic,
+            stats,
+        }
     }
 
     /// Sends in the background, retrying until delivered; the ack is released only then.
     #[allow(clippy::too_many_arguments)]
-    fn send(&self, payload: Vec<u8>, key: Option<Vec<u8>>, source: &str, partition: i32, offset: i64, index: Option<usize>, reason: &Reject, ack: Ack) {
+    fn send(
+        &self,
+        payload: Vec<u8>,
+        key: Option<Vec<u8>>,
+        source: &str,
+        partition: i32,
+        offset: i64,
+        index: Option<usize>,
+        reason: &Reject,
+        ack: Ack,
+    ) {
         let this = self.clone();
         let (code, detail, source) = (reason.code(), reason.to_string(), source.to_string());
         metrics::counter!(t::DEAD_LETTERS, "transport" => "kafka", "reason" => code).increment(1);
@@ -322,16 +360,38 @@ impl KafkaDeadLetters {
             *c.entry(code.to_string()).or_default() += 1;
         }
         actix::spawn(async move {
-            let (p, o, i) = (partition.to_string(), offset.to_string(), index.map(|i| i.to_string()).unwrap_or_default());
+            let (p, o, i) = (
+                partition.to_string(),
+                offset.to_string(),
+                index.map(|i| i.to_string()).unwrap_or_default(),
+            );
             let mut backoff = Duration::from_millis(100);
             loop {
                 let headers = OwnedHeaders::new()
-                    .insert(Header { key: "augur-reason", value: Some(code) })
-                    .insert(Header { key: "augur-detail", value: Some(detail.as_str()) })
-                    .insert(Header { key: "augur-source-topic", value: Some(source.as_str()) })
-                    .insert(Header { key: "augur-source-partition", value: Some(p.as_str()) })
-                    .insert(Header { key: "augur-source-offset", value: Some(o.as_str()) })
-                    .insert(Header { key: "augur-vector-index", value: Some(i.as_str()) });
+                    .insert(Header {
+                        key: "augur-reason",
+                        value: Some(code),
+                    })
+                    .insert(Header {
+                        key: "augur-detail",
+                        value: Some(detail.as_str()),
+                    })
+                    .insert(Header {
+                        key: "augur-source-topic",
+                        value: Some(source.as_str()),
+                    })
+                    .insert(Header {
+                        key: "augur-source-partition",
+                        value: Some(p.as_str()),
+                    })
+                    .insert(Header {
+                        key: "augur-source-offset",
+                        value: Some(o.as_str()),
+                    })
+                    .insert(Header {
+                        key: "augur-vector-index",
+                        value: Some(i.as_str()),
+                    });
                 let mut rec = FutureRecord::to(&this.topic).payload(&payload).headers(headers);
                 if let Some(k) = &key {
                     rec = rec.key(k);
@@ -462,14 +522,26 @@ impl Actor for KafkaSink {
     type Context = Context<Self>;
 }
 
-async fn deliver(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8], headers: OwnedHeaders, kind: &'static str, stats: &KafkaStats) {
+async fn deliver(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: OwnedHeaders,
+    kind: &'static str,
+    stats: &KafkaStats,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        let rec = FutureRecord::to(topic).key(key).payload(payload).headers(headers.clone());
+        let rec = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers.clone());
         match producer.send(rec, Timeout::Never).await {
             Ok(_) => {
-                metrics::histogram!(t::KAFKA_PRODUCE_SECONDS, "topic" => kind).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(t::KAFKA_PRODUCE_SECONDS, "topic" => kind)
+                    .record(started.elapsed().as_secs_f64());
                 return;
             }
             Err((e, _)) => {
@@ -492,14 +564,38 @@ impl Handler<Publish> for KafkaSink {
         let stats = self.stats.clone();
         actix::spawn(async move {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "augur-event-id", value: Some(e.event_id.as_str()) })
-                .insert(Header { key: "augur-correlation-id", value: Some(&*e.correlation_id) });
+                .insert(Header {
+                    key: "augur-event-id",
+                    value: Some(e.event_id.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-correlation-id",
+                    value: Some(&*e.correlation_id),
+                });
             if !members_topic.is_empty() {
                 for m in to_proto(&e).members {
-                    deliver(&producer, &members_topic, &e.symbol, &m.encode_to_vec(), headers.clone(), "members", &stats).await;
+                    deliver(
+                        &producer,
+                        &members_topic,
+                        &e.symbol,
+                        &m.encode_to_vec(),
+                        headers.clone(),
+                        "members",
+                        &stats,
+                    )
+                    .await;
                 }
             }
-            deliver(&producer, &topic, &e.symbol, &encode_prediction(&e), headers, "output", &stats).await;
+            deliver(
+                &producer,
+                &topic,
+                &e.symbol,
+                &encode_prediction(&e),
+                headers,
+                "output",
+                &stats,
+            )
+            .await;
             stats.delivered.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(t::PREDICTIONS_PUBLISHED, "timeframe" => e.timeframe.to_string(), "sink" => "kafka").increment(1);
             drop(e);
@@ -509,32 +605,46 @@ impl Handler<Publish> for KafkaSink {
 
 /// Watches the broker from a plain thread (librdkafka's metadata calls block): connection
 /// state for readiness, consumer lag for the metrics. Ends when `stop` is set.
-pub fn spawn_health(producer: FutureProducer, consumer: Option<Arc<StreamConsumer>>, topic: String, stats: Arc<KafkaStats>, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new().name("kafka-health".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let up = rdkafka::producer::Producer::client(&producer).fetch_metadata(None, Duration::from_millis(1000)).is_ok();
-            if up != stats.connected.swap(up, Ordering::Relaxed) {
-                tracing::info!(connected = up, "kafka connection");
-            }
-            metrics::gauge!(t::BUS_CONNECTED, "bus" => "kafka").set(if up { 1.0 } else { 0.0 });
-            if up && let Some(c) = &consumer {
-                let mut lag = 0i64;
-                if let Ok(pos) = c.position() {
-                    for e in pos.elements_for_topic(&topic) {
-                        // The producer's connection: the consumer's is held by its long fetch.
-                        let high = rdkafka::producer::Producer::client(&producer).fetch_watermarks(&topic, e.partition(), Duration::from_millis(1000));
-                        if let (Offset::Offset(at), Ok((_, high))) = (e.offset(), high) {
-                            lag += (high - at).max(0);
+pub fn spawn_health(
+    producer: FutureProducer,
+    consumer: Option<Arc<StreamConsumer>>,
+    topic: String,
+    stats: Arc<KafkaStats>,
+    stop: Arc<AtomicBool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-health".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let up = rdkafka::producer::Producer::client(&producer)
+                    .fetch_metadata(None, Duration::from_millis(1000))
+                    .is_ok();
+                if up != stats.connected.swap(up, Ordering::Relaxed) {
+                    tracing::info!(connected = up, "kafka connection");
+                }
+                metrics::gauge!(t::BUS_CONNECTED, "bus" => "kafka").set(if up { 1.0 } else { 0.0 });
+                if up && let Some(c) = &consumer {
+                    let mut lag = 0i64;
+                    if let Ok(pos) = c.position() {
+                        for e in pos.elements_for_topic(&topic) {
+                            // The producer's connection: the consumer's is held by its long fetch.
+                            let high = rdkafka::producer::Producer::client(&producer).fetch_watermarks(
+                                &topic,
+                                e.partition(),
+                                Duration::from_millis(1000),
+                            );
+                            if let (Offset::Offset(at), Ok((_, high))) = (e.offset(), high) {
+                                lag += (high - at).max(0);
+                            }
                         }
                     }
+                    stats.lag.store(lag as u64, Ordering::Relaxed);
+                    metrics::gauge!(t::KAFKA_CONSUMER_LAG).set(lag as f64);
                 }
-                stats.lag.store(lag as u64, Ordering::Relaxed);
-                metrics::gauge!(t::KAFKA_CONSUMER_LAG).set(lag as f64);
+                metrics::gauge!(t::KAFKA_UNCOMMITTED).set(stats.uncommitted.load(Ordering::Relaxed) as f64);
+                std::thread::sleep(Duration::from_millis(500));
             }
-            metrics::gauge!(t::KAFKA_UNCOMMITTED).set(stats.uncommitted.load(Ordering::Relaxed) as f64);
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    });
+        });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "kafka health thread not started");
     }

@@ -245,7 +245,12 @@ impl Tansu {
         } else {
             "memory://tansu/".to_string()
         };
-        Tansu { port: free_port(), storage, child: None, _dir: dir }
+        Tansu {
+            port: free_port(),
+            storage,
+            child: None,
+            _dir: dir,
+        }
     }
 
     pub fn start_on(port: u16, persistent: bool) -> Tansu {
@@ -262,12 +267,24 @@ impl Tansu {
     pub fn restart(&mut self) {
         let bin = [root().join(".tools/bin/tansu")]
             .into_iter()
-            .chain(std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache/augur/tansu-0.6.0/bin/tansu")))
+            .chain(
+                std::env::var("HOME")
+                    .ok()
+                    .map(|h| PathBuf::from(h).join(".cache/augur/tansu-0.6.0/bin/tansu")),
+            )
             .find(|p| p.exists())
             .expect("tansu: run scripts/bootstrap.sh");
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &self.storage,
+            ])
             .current_dir(self._dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
