@@ -318,9 +318,6 @@ pub async fn serve(
     let kafka_health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let kafka_ingress = match &kafka_producer {
         Some(producer) => {
-            if cfg.kafka.create_topics {
-                actix_rt::spawn(kafka::ensure_topics(cfg.kafka.clone(), stop_rx.clone()));
-            }
             let consumer = Arc::new(kafka::consumer(&cfg.kafka).context("kafka consumer")?);
             kafka::spawn_health(
                 producer.clone(),

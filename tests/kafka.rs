@@ -17,6 +17,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 const INPUT: &str = "ml-feature-vectors";
+
+/// One Kafka scenario at a time: each starts a broker and a service, and 2 cores are few.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const OUTPUT: &str = "ml-predictions-output";
 const DLQ: &str = "ml-feature-vectors-dlq";
 
@@ -129,6 +136,7 @@ fn key_of(p: &pb::EnsemblePrediction) -> (String, String, u64) {
 
 #[test]
 fn test_poison_messages_land_on_the_kafka_dlq_once_each_without_stalling_their_partition() {
+    let _serial = serial();
     let broker = common::Tansu::start(false);
     let svc = common::Service::start(kafka_config(None, &broker.brokers()));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -215,6 +223,7 @@ fn test_poison_messages_land_on_the_kafka_dlq_once_each_without_stalling_their_p
 
 #[test]
 fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_duplicates() {
+    let _serial = serial();
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn")
         .with_test_writer()
@@ -270,6 +279,13 @@ fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_dupl
         }
         (from_nats, from_kafka, lat)
     });
+    // the outputs are complete; wait until the second copy of every vector has come in too
+    let stats = svc.ready.pipeline.stats.clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.duplicates.load(std::sync::atomic::Ordering::Relaxed) < n as u64 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let report = svc.stop();
     println!(
         "report: {report:?}; nats {} kafka {} expected {}",
@@ -299,6 +315,7 @@ fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_dupl
 
 #[test]
 fn test_sigkill_mid_stream_then_restart_loses_nothing() {
+    let _serial = serial();
     let broker = common::Tansu::start(false);
     let mut vs: Vec<pb::FeatureVector> = Vec::new();
     let mut per: HashMap<String, usize> = HashMap::new();
@@ -427,6 +444,7 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
 
 #[test]
 fn test_broker_down_at_start_and_mid_stream_keeps_nats_going_and_kafka_catches_up() {
+    let _serial = serial();
     let nats = common::NatsServer::start();
     let mut broker = common::Tansu::reserve(true);
     let svc = common::Service::start(kafka_config(Some(&nats.url()), &broker.brokers()));

@@ -178,6 +178,7 @@ pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::Kaf
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .create()
 }
 
@@ -427,6 +428,11 @@ pub async fn run_ingress(
     mut stop: watch::Receiver<bool>,
     mut finish: watch::Receiver<bool>,
 ) {
+    // Subscribing before the topic exists would leave the consumer waiting for its next
+    // metadata refresh: create (or wait for) the topics first.
+    if cfg.create_topics {
+        ensure_topics(cfg.clone(), stop.clone()).await;
+    }
     if let Err(e) = consumer.subscribe(&[cfg.input_topic.as_str()]) {
         tracing::error!(error = %e, topic = %cfg.input_topic, "kafka subscribe failed");
         return;
@@ -695,7 +701,12 @@ mod tests {
     fn test_rejected_messages_without_vectors_still_hold_the_offset_until_finished() {
         let mut t = Tracker::new(5);
         t.consumed(3, 40, std::iter::empty());
-        assert_eq!(t.advance(3), None);
+        assert_eq!(
+            t.advance(3),
+            Some(40),
+            "a restart reads the unfinished message again"
+        );
+        assert_eq!(t.advance(3), None, "nothing new");
         t.complete(3, 40);
         assert_eq!(t.advance(3), Some(41));
         assert_eq!(t.pending(), 0);
