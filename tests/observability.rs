@@ -118,7 +118,12 @@ fn url_encode(s: &str) -> String {
 #[test]
 fn test_every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let nats = common::NatsServer::start();
-    let svc = common::Service::start(common::config(&nats.url()));
+    let broker = common::Tansu::start(false);
+    let mut cfg = common::config(&nats.url());
+    cfg.kafka.enabled = true;
+    cfg.kafka.brokers = broker.brokers();
+    cfg.kafka.partitions = 2;
+    let svc = common::Service::start(cfg);
     let prom = Prometheus::start(&svc.http());
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::root().join("grafana/dashboards/augur.json")).unwrap(),
