@@ -301,12 +301,15 @@ fn run(
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             set_error(&e);
+            // Down before the caller hears of it, so that it never sees a failed executor as up.
+            state.down.store(true, Ordering::Release);
             let _ = ready.send(Err(e));
             return;
         }
         Err(p) => {
             let e = format!("panic while loading: {}", panic_message(p.as_ref()));
             set_error(&e);
+            state.down.store(true, Ordering::Release);
             let _ = ready.send(Err(e));
             return;
         }
