@@ -14,6 +14,7 @@
 //! - [`inference`]: the runtime behind the actors' executor trait.
 //! - [`bus`]: transports (NATS) and in-process sinks.
 //! - [`service`]: wiring for `serve` and `replay`, callable in-process by tests.
+//! - [`features`]: ta-v1 in Rust (the feed's feature engine), pinned to the Python trainer.
 //! - [`http`]: the HTTP actor (health, readiness, config, models, predict, metrics).
 //! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
 //! - [`publish`]: replays the committed real series onto NATS (the local feed).
@@ -22,6 +23,7 @@
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod features;
 pub mod http;
 pub mod inference;
 pub mod pb;
