@@ -15,6 +15,7 @@
 //! - [`bus`]: transports (NATS) and in-process sinks.
 //! - [`service`]: wiring for `serve` and `replay`, callable in-process by tests.
 //! - [`features`]: ta-v1 in Rust (the feed's feature engine), pinned to the Python trainer.
+//! - [`feed`]: `augur feed`, real OHLCV -> ta-v1 -> NATS and/or Kafka at a rate.
 //! - [`http`]: the HTTP actor (health, readiness, config, models, predict, metrics).
 //! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
 //! - [`publish`]: replays the committed real series onto NATS (the local feed).
@@ -24,6 +25,7 @@ pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod features;
+pub mod feed;
 pub mod http;
 pub mod inference;
 pub mod pb;

@@ -57,6 +57,35 @@ enum Command {
         #[arg(long)]
         repeat: bool,
     },
+    /// Compute ta-v1 from the committed real OHLCV data and publish it for N symbols x
+    /// timeframes (NATS and/or Kafka), at a rate, with a progress line.
+    Feed {
+        #[arg(long, default_value = "models/data")]
+        data: PathBuf,
+        /// NATS URL (omit for none).
+        #[arg(long)]
+        nats: Option<String>,
+        #[arg(long, default_value = "features")]
+        prefix: String,
+        /// Kafka bootstrap servers (omit for none).
+        #[arg(long)]
+        kafka: Option<String>,
+        #[arg(long, default_value = "ml-feature-vectors")]
+        topic: String,
+        #[arg(long, default_value_t = 10)]
+        symbols: usize,
+        #[arg(long, default_value = "1m,5m,15m,1h,4h,1d", value_delimiter = ',')]
+        timeframes: Vec<String>,
+        /// Vectors per second over all streams; 0: as fast as possible.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Stop after this many vectors; 0: no limit.
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Stop after this many seconds; 0: no limit.
+        #[arg(long, default_value_t = 0.0)]
+        seconds: f64,
+    },
     /// Load every model of a model repository, check it, and print what was loaded.
     Models {
         #[arg(long, default_value = "models")]
@@ -150,6 +179,42 @@ fn run(command: Command) -> anyhow::Result<()> {
                 augur::publish::run(&bytes, &o, rx).await
             })?;
             eprintln!("publish: {sent} vectors sent");
+        }
+        Command::Feed {
+            data,
+            nats,
+            prefix,
+            kafka,
+            topic,
+            symbols,
+            timeframes,
+            rate,
+            count,
+            seconds,
+        } => {
+            let o = augur::feed::FeedOptions {
+                nats_url: nats,
+                nats_prefix: prefix,
+                kafka_brokers: kafka,
+                kafka_topic: topic,
+                symbols,
+                timeframes,
+                rate,
+                count,
+                duration: (seconds > 0.0).then(|| Duration::from_secs_f64(seconds)),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let sent = rt.block_on(async {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    augur::service::shutdown_signal().await;
+                    let _ = tx.send(true);
+                });
+                augur::feed::run(&data, &o, rx).await
+            })?;
+            eprintln!("feed: {sent} vectors sent");
         }
         Command::Models { root, device } => {
             let spec = DeviceSpec::parse(&device).with_context(|| format!("unknown device {device:?}"))?;

@@ -4,41 +4,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use augur::features::TaV1;
 
 /// (symbol, timeframe) -> OHLCV rows, oldest first, from the committed CSVs.
 fn series() -> BTreeMap<(String, String), Vec<[f64; 5]>> {
-    let mut out = BTreeMap::new();
-    let gz = std::fs::read(common::root().join("models/data/stocks.csv.gz")).unwrap();
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_string(&mut text)
-        .unwrap();
-    let mut rows: BTreeMap<String, Vec<(String, [f64; 5])>> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let p = |i: usize| f[i].parse::<f64>().unwrap();
-        rows.entry(f[0].to_string())
-            .or_default()
-            .push((f[1].to_string(), [p(2), p(3), p(4), p(5), p(6)]));
-    }
-    for (sym, mut r) in rows {
-        r.sort_by(|a, b| a.0.cmp(&b.0));
-        out.insert((sym, "1d".to_string()), r.into_iter().map(|x| x.1).collect());
-    }
-    let fx = std::fs::read_to_string(common::root().join("models/data/FOREX_EURUSD_1H_ASK.csv")).unwrap();
-    let fx_rows = fx
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<f64> = l.split(',').skip(1).map(|x| x.parse().unwrap()).collect();
-            [f[0], f[1], f[2], f[3], f[4]]
-        })
-        .collect();
-    out.insert(("EURUSD".into(), "1h".into()), fx_rows);
-    out
+    augur::feed::load_series(&common::root().join("models/data"))
+        .unwrap()
+        .into_iter()
+        .map(|s| ((s.symbol, s.timeframe), s.rows))
+        .collect()
 }
 
 #[test]
@@ -77,4 +52,19 @@ fn test_rust_ta_v1_equals_the_python_features_on_every_committed_bar() {
     println!("compared {compared} vectors, max |rust - python| = {worst:e}");
     assert_eq!(compared, 18085);
     assert!(worst <= 1e-6, "max difference {worst:e}");
+}
+
+#[test]
+fn test_feed_vectors_equal_the_replay_file_for_a_real_series() {
+    let series = augur::feed::load_series(&common::root().join("models/data")).unwrap();
+    let aapl = series.iter().find(|s| s.symbol == "AAPL").unwrap();
+    let fed = augur::feed::vectors(aapl, "AAPL", "1d");
+    let replay: Vec<_> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .collect();
+    assert_eq!(fed.len(), replay.len());
+    for (a, b) in fed.iter().zip(&replay) {
+        assert_eq!((a.sequence, &a.values), (b.sequence, &b.values));
+    }
 }
