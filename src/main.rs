@@ -110,6 +110,25 @@ fn main() {
     }
 }
 
+/// Runs `job` on a current-thread runtime; its stop flag turns true on SIGINT or SIGTERM.
+fn until_signal<F, Fut, T>(job: F) -> anyhow::Result<T>
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            augur::service::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        job(rx).await
+    })
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config, status_ms } => {
@@ -167,17 +186,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 count,
                 repeat,
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let sent = rt.block_on(async {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(async move {
-                    augur::service::shutdown_signal().await;
-                    let _ = tx.send(true);
-                });
-                augur::publish::run(&bytes, &o, rx).await
-            })?;
+            let sent = until_signal(|stop| async move { augur::publish::run(&bytes, &o, stop).await })?;
             eprintln!("publish: {sent} vectors sent");
         }
         Command::Feed {
@@ -203,17 +212,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 count,
                 duration: (seconds > 0.0).then(|| Duration::from_secs_f64(seconds)),
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let sent = rt.block_on(async {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(async move {
-                    augur::service::shutdown_signal().await;
-                    let _ = tx.send(true);
-                });
-                augur::feed::run(&data, &o, rx).await
-            })?;
+            let sent = until_signal(|stop| async move { augur::feed::run(&data, &o, stop).await })?;
             eprintln!("feed: {sent} vectors sent");
         }
         Command::Models { root, device } => {
