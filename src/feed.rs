@@ -127,109 +127,193 @@ pub struct FeedOptions {
     pub duration: Option<Duration>,
 }
 
-/// Publishes until the count, the duration or `stop`; returns the vectors sent.
+/// The streams of a feed: `symbols` per timeframe, stream k of a timeframe replaying real
+/// series k mod 6 under the symbol `<REAL>_<k>`.
+pub fn streams(data: &Path, symbols: usize, timeframes: &[String]) -> anyhow::Result<Vec<Vec<pb::FeatureVector>>> {
+    let series = load_series(data)?;
+    let mut out = Vec::new();
+    for tf in timeframes {
+        for k in 0..symbols {
+            let s = &series[k % series.len()];
+            out.push(vectors(s, &format!("{}_{k}", s.symbol), tf));
+        }
+    }
+    Ok(out)
+}
+
+/// How one [`Feed::send`] call stops.
+#[derive(Debug, Clone, Default)]
+pub struct Pace {
+    /// Vectors per second over all streams (0: as fast as possible).
+    pub rate: f64,
+    /// Stop after this many vectors (0: no limit).
+    pub count: u64,
+    /// Stop after this long (None: no limit).
+    pub duration: Option<Duration>,
+    /// Print a progress line each second.
+    pub progress: bool,
+}
+
+/// A connected feed that publishes its streams round robin (one vector of every stream, then
+/// the next), re-stamped at publish. Each [`Feed::send`] goes on where the last one stopped,
+/// so sequences keep increasing (a later pass over the data adds 1,000,000 per pass).
+pub struct Feed {
+    streams: Vec<Vec<pb::FeatureVector>>,
+    longest: usize,
+    /// Cursor: round, then stream within the round.
+    round: usize,
+    stream: usize,
+    pass: u64,
+    nats: Option<(async_nats::Client, String)>,
+    kafka: Option<(rdkafka::producer::FutureProducer, String)>,
+}
+
+impl Feed {
+    pub async fn connect(streams: Vec<Vec<pb::FeatureVector>>, o: &FeedOptions) -> anyhow::Result<Feed> {
+        anyhow::ensure!(
+            o.nats_url.is_some() || o.kafka_brokers.is_some(),
+            "feed: give --nats and/or --kafka"
+        );
+        let longest = streams.iter().map(Vec::len).max().unwrap_or(0);
+        anyhow::ensure!(longest > 0, "feed: no vectors to send");
+        let nats = match &o.nats_url {
+            Some(u) => Some((
+                async_nats::connect(u.as_str())
+                    .await
+                    .context("connecting to NATS")?,
+                o.nats_prefix.clone(),
+            )),
+            None => None,
+        };
+        let kafka = match &o.kafka_brokers {
+            Some(b) => Some((
+                rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", b)
+                    .set("linger.ms", "1")
+                    .create()
+                    .context("kafka producer")?,
+                o.kafka_topic.clone(),
+            )),
+            None => None,
+        };
+        Ok(Feed {
+            streams,
+            longest,
+            round: 0,
+            stream: 0,
+            pass: 0,
+            nats,
+            kafka,
+        })
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The next vector in round-robin order, re-stamped now.
+    fn next_vector(&mut self) -> pb::FeatureVector {
+        loop {
+            let found = self.streams[self.stream].get(self.round).cloned();
+            self.stream += 1;
+            if self.stream == self.streams.len() {
+                self.stream = 0;
+                self.round += 1;
+                if self.round == self.longest {
+                    self.round = 0;
+                    self.pass += 1;
+                }
+            }
+            if let Some(mut v) = found {
+                v.sequence += self.pass * 1_000_000;
+                let now = unix_ns();
+                v.event_time_ms = now / 1_000_000;
+                v.published_at_ns = now;
+                return v;
+            }
+        }
+    }
+
+    /// Publishes until the count, the duration or `stop`; returns the vectors sent.
+    pub async fn send(&mut self, p: &Pace, stop: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u64> {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut sent = 0u64;
+        loop {
+            if (p.count > 0 && sent >= p.count)
+                || p.duration.is_some_and(|d| started.elapsed() >= d)
+                || *stop.borrow()
+            {
+                break;
+            }
+            if p.rate > 0.0 {
+                let due = started + Duration::from_secs_f64(sent as f64 / p.rate);
+                let now = Instant::now();
+                if due > now {
+                    tokio::select! {
+                        _ = tokio::time::sleep(due - now) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }
+            let v = self.next_vector();
+            let symbol = v.symbol.clone();
+            let subject = self.nats.as_ref().map(|(_, prefix)| {
+                format!(
+                    "{prefix}.{}.{}",
+                    v.timeframe,
+                    crate::bus::nats::subject_token(&symbol)
+                )
+            });
+            let payload: bytes::Bytes = pb::FeatureVectorBatch { vectors: vec![v] }
+                .encode_to_vec()
+                .into();
+            if let (Some((c, _)), Some(subject)) = (&self.nats, subject) {
+                c.publish(subject, payload.clone())
+                    .await
+                    .context("nats publish")?;
+            }
+            if let Some((p, topic)) = &self.kafka {
+                let rec = rdkafka::producer::FutureRecord::to(topic)
+                    .key(&symbol)
+                    .payload(&payload[..]);
+                p.send(rec, rdkafka::util::Timeout::After(Duration::from_secs(30)))
+                    .await
+                    .map_err(|(e, _)| e)
+                    .context("kafka produce")?;
+            }
+            sent += 1;
+            if p.progress && last_report.elapsed() >= Duration::from_secs(1) {
+                eprintln!(
+                    "feed: {sent} vectors, {:.0}/s, {} streams",
+                    sent as f64 / started.elapsed().as_secs_f64(),
+                    self.streams.len()
+                );
+                last_report = Instant::now();
+            }
+        }
+        if let Some((c, _)) = &self.nats {
+            c.flush().await.context("nats flush")?;
+        }
+        Ok(sent)
+    }
+}
+
+/// `augur feed`: publishes until the count, the duration or `stop`; returns the vectors sent.
 pub async fn run(
     data: &Path,
     o: &FeedOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<u64> {
-    anyhow::ensure!(
-        o.nats_url.is_some() || o.kafka_brokers.is_some(),
-        "feed: give --nats and/or --kafka"
-    );
-    let series = load_series(data)?;
-    let mut streams = Vec::new();
-    for tf in &o.timeframes {
-        for k in 0..o.symbols {
-            let s = &series[k % series.len()];
-            streams.push(vectors(s, &format!("{}_{k}", s.symbol), tf));
-        }
-    }
-    let nats = match &o.nats_url {
-        Some(u) => Some(
-            async_nats::connect(u.as_str())
-                .await
-                .context("connecting to NATS")?,
-        ),
-        None => None,
-    };
-    let kafka: Option<rdkafka::producer::FutureProducer> = match &o.kafka_brokers {
-        Some(b) => Some(
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", b)
-                .set("linger.ms", "1")
-                .create()
-                .context("kafka producer")?,
-        ),
-        None => None,
-    };
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let mut sent = 0u64;
-    let mut pass = 0u64;
-    let longest = streams.iter().map(Vec::len).max().unwrap_or(0);
-    'outer: loop {
-        for i in 0..longest {
-            for s in &streams {
-                let Some(v) = s.get(i) else { continue };
-                if (o.count > 0 && sent >= o.count)
-                    || o.duration.is_some_and(|d| started.elapsed() >= d)
-                    || *stop.borrow()
-                {
-                    break 'outer;
-                }
-                if o.rate > 0.0 {
-                    let due = started + Duration::from_secs_f64(sent as f64 / o.rate);
-                    let now = Instant::now();
-                    if due > now {
-                        tokio::select! {
-                            _ = tokio::time::sleep(due - now) => {}
-                            _ = stop.changed() => break 'outer,
-                        }
-                    }
-                }
-                let mut v = v.clone();
-                v.sequence += pass * 1_000_000;
-                let now = unix_ns();
-                v.event_time_ms = now / 1_000_000;
-                v.published_at_ns = now;
-                let symbol = v.symbol.clone();
-                let subject = format!(
-                    "{}.{}.{}",
-                    o.nats_prefix,
-                    v.timeframe,
-                    crate::bus::nats::subject_token(&symbol)
-                );
-                let payload = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
-                if let Some(c) = &nats {
-                    c.publish(subject, payload.clone().into())
-                        .await
-                        .context("nats publish")?;
-                }
-                if let Some(p) = &kafka {
-                    let rec = rdkafka::producer::FutureRecord::to(&o.kafka_topic)
-                        .key(&symbol)
-                        .payload(&payload);
-                    p.send(rec, rdkafka::util::Timeout::After(Duration::from_secs(30)))
-                        .await
-                        .map_err(|(e, _)| e)
-                        .context("kafka produce")?;
-                }
-                sent += 1;
-                if last_report.elapsed() >= Duration::from_secs(1) {
-                    eprintln!(
-                        "feed: {sent} vectors, {:.0}/s, {} streams",
-                        sent as f64 / started.elapsed().as_secs_f64(),
-                        streams.len()
-                    );
-                    last_report = Instant::now();
-                }
-            }
-        }
-        pass += 1;
-    }
-    if let Some(c) = &nats {
-        c.flush().await.context("nats flush")?;
-    }
-    Ok(sent)
+    let mut feed = Feed::connect(streams(data, o.symbols, &o.timeframes)?, o).await?;
+    feed.send(
+        &Pace {
+            rate: o.rate,
+            count: o.count,
+            duration: o.duration,
+            progress: true,
+        },
+        &mut stop,
+    )
+    .await
 }

@@ -16,11 +16,13 @@
 //! - [`service`]: wiring for `serve` and `replay`, callable in-process by tests.
 //! - [`features`]: ta-v1 in Rust (the feed's feature engine), pinned to the Python trainer.
 //! - [`feed`]: `augur feed`, real OHLCV -> ta-v1 -> NATS and/or Kafka at a rate.
+//! - [`bench`]: `augur bench`, the benchmark harness (scenarios S1-S4, floor, baseline peer).
 //! - [`http`]: the HTTP actor (health, readiness, config, models, predict, metrics).
 //! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
 //! - [`publish`]: replays the committed real series onto NATS (the local feed).
 //! - The actor graph (router, model actors, aggregator, supervisor) lives in the
 //!   `augur-actors` crate, which depends on no framework or bus crate.
+pub mod bench;
 pub mod bus;
 pub mod codec;
 pub mod config;

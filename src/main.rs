@@ -86,6 +86,47 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         seconds: f64,
     },
+    /// The benchmark harness: floor, then scenarios S1-S4 for Augur and the Python asyncio
+    /// baseline, each peer its own process on a fresh nats-server; a table and JSON under --out.
+    Bench {
+        /// Comma-separated: augur, python.
+        #[arg(long, default_value = "augur,python", value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Comma-separated: s1, s2, s3, s4.
+        #[arg(long, default_value = "s1,s2,s3,s4", value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// The repository root (models/, config.toml).
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// cpu or cuda[:N]: where the torch members run (both peers).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+        /// The Python that runs the baseline peer (with torch, xgboost, nats-py, protobuf).
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        #[arg(long, default_value_t = 20.0)]
+        s1_seconds: f64,
+        #[arg(long, default_value_t = 1000.0)]
+        s1_rate: f64,
+        #[arg(long, default_value_t = 10)]
+        s1_symbols: usize,
+        #[arg(long, default_value_t = 100)]
+        s2_symbols: usize,
+        /// S2's rate steps, vectors/s.
+        #[arg(long, value_delimiter = ',')]
+        s2_rates: Option<Vec<f64>>,
+        #[arg(long, default_value_t = 6.0)]
+        s2_step_seconds: f64,
+        #[arg(long, default_value_t = 3)]
+        s4_starts: usize,
+        /// A short smoke run: few seconds per scenario, small S2.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Load every model of a model repository, check it, and print what was loaded.
     Models {
         #[arg(long, default_value = "models")]
@@ -214,6 +255,62 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             let sent = until_signal(|stop| async move { augur::feed::run(&data, &o, stop).await })?;
             eprintln!("feed: {sent} vectors sent");
+        }
+        Command::Bench {
+            peers,
+            scenarios,
+            root,
+            config,
+            device,
+            out,
+            python,
+            s1_seconds,
+            s1_rate,
+            s1_symbols,
+            s2_symbols,
+            s2_rates,
+            s2_step_seconds,
+            s4_starts,
+            quick,
+        } => {
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let mut o = augur::bench::BenchOptions::new(&root);
+            o.config = config;
+            o.device = device;
+            o.out = out;
+            o.python = python;
+            o.s1_seconds = s1_seconds;
+            o.s1_rate = s1_rate;
+            o.s1_symbols = s1_symbols;
+            o.s2_symbols = s2_symbols;
+            o.s2_step_seconds = s2_step_seconds;
+            o.s4_starts = s4_starts;
+            if let Some(r) = s2_rates {
+                o.s2_rates = r;
+            }
+            if quick {
+                o.s1_seconds = o.s1_seconds.min(3.0);
+                o.s2_symbols = o.s2_symbols.min(10);
+                o.s2_rates.truncate(2);
+                o.s2_step_seconds = o.s2_step_seconds.min(2.0);
+                o.s4_starts = 1;
+                o.floor_seconds = 0.2;
+            }
+            o.peers = peers
+                .iter()
+                .map(|p| augur::bench::peer::PeerKind::parse(p).with_context(|| format!("unknown peer {p:?} (augur, python)")))
+                .collect::<anyhow::Result<_>>()?;
+            o.scenarios = scenarios
+                .iter()
+                .map(|s| augur::bench::Scenario::parse(s).with_context(|| format!("unknown scenario {s:?} (s1-s4)")))
+                .collect::<anyhow::Result<_>>()?;
+            let report = until_signal(|stop| async move { augur::bench::run(&o, stop, command).await })?;
+            let failed: Vec<String> = report
+                .peers
+                .iter()
+                .flat_map(|p| p.errors.iter().map(move |e| format!("{}: {e}", p.peer)))
+                .collect();
+            anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join("; "));
         }
         Command::Models { root, device } => {
             let spec = DeviceSpec::parse(&device).with_context(|| format!("unknown device {device:?}"))?;

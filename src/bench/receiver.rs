@@ -1,0 +1,218 @@
+//! The benchmark's consumer: a NATS subscriber on the prediction subjects, on its own thread
+//! (like a separate trading-engine process would be), stamping each prediction on arrival.
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+use augur_actors::clock::unix_ns;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use prost::Message as _;
+use serde::Serialize;
+
+use crate::pb;
+
+/// One prediction as the receiver saw it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The feature's `published_at_ns` (copied by the service): which phase it belongs to.
+    feature_ns: i64,
+    latency_ns: i64,
+    models_used: u32,
+    /// Hash of (symbol, timeframe, sequence), to tell duplicates.
+    key: u64,
+}
+
+pub struct Receiver {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    decode_errors: Arc<Mutex<u64>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What arrived for the features published in a time window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub received: u64,
+    pub unique: u64,
+    /// Predictions with fewer members than expected (a member missed the deadline or failed).
+    pub incomplete: u64,
+    pub latency: Latency,
+}
+
+/// End-to-end latency in milliseconds: feature published by the feed to prediction received.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Latency {
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1e6,
+        }
+    }
+}
+
+/// A histogram of nanoseconds from 1 ns to 10 minutes at 3 significant digits.
+pub fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).context("histogram bounds")
+}
+
+pub fn key(symbol: &str, timeframe: &str, sequence: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (symbol, timeframe, sequence).hash(&mut h);
+    h.finish()
+}
+
+impl Receiver {
+    /// Subscribes to `<prefix>.>`; returns once the subscription is in place at the server.
+    pub fn start(url: &str, prefix: &str) -> anyhow::Result<Receiver> {
+        let seen = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
+        let decode_errors = Arc::new(Mutex::new(0u64));
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        let (url, subject) = (url.to_string(), format!("{prefix}.>"));
+        let (s, e) = (seen.clone(), decode_errors.clone());
+        let thread = std::thread::Builder::new()
+            .name("bench-receiver".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err.into()));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let sub = async {
+                        let c = async_nats::ConnectOptions::new()
+                            .name("augur-bench-receiver")
+                            .subscription_capacity(1 << 20)
+                            .connect(url.as_str())
+                            .await?;
+                        let sub = c.subscribe(subject).await?;
+                        c.flush().await?;
+                        anyhow::Ok((c, sub))
+                    }
+                    .await;
+                    let (_client, mut sub) = match sub {
+                        Ok(x) => {
+                            let _ = ready_tx.send(Ok(()));
+                            x
+                        }
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop_rx => break,
+                            m = sub.next() => {
+                                let Some(m) = m else { break };
+                                let now = unix_ns();
+                                match pb::EnsemblePrediction::decode(m.payload) {
+                                    Ok(p) => {
+                                        let x = Seen {
+                                            feature_ns: p.feature_published_at_ns,
+                                            latency_ns: now - p.feature_published_at_ns,
+                                            models_used: p.models_used,
+                                            key: key(&p.symbol, &p.timeframe, p.sequence),
+                                        };
+                                        if let Ok(mut v) = s.lock() {
+                                            v.push(x);
+                                        }
+                                    }
+                                    Err(_) => {
+                                        if let Ok(mut n) = e.lock() {
+                                            *n += 1;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            })
+            .context("starting the receiver thread")?;
+        ready_rx
+            .recv()
+            .context("the receiver thread ended")?
+            .context("receiver: connecting and subscribing")?;
+        Ok(Receiver {
+            seen,
+            decode_errors,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Predictions received so far for features published in [from_ns, to_ns).
+    pub fn count(&self, from_ns: i64, to_ns: i64) -> u64 {
+        self.seen.lock().map_or(0, |v| {
+            v.iter()
+                .filter(|s| s.feature_ns >= from_ns && s.feature_ns < to_ns)
+                .count() as u64
+        })
+    }
+
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors.lock().map_or(0, |n| *n)
+    }
+
+    /// Everything received for features published in [from_ns, to_ns).
+    pub fn window(&self, from_ns: i64, to_ns: i64, expected_members: u32) -> anyhow::Result<Window> {
+        let mut h = histogram()?;
+        let mut keys = HashSet::new();
+        let (mut received, mut incomplete) = (0, 0);
+        let v = self
+            .seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("receiver state poisoned"))?;
+        for s in v.iter().filter(|s| s.feature_ns >= from_ns && s.feature_ns < to_ns) {
+            received += 1;
+            keys.insert(s.key);
+            if s.models_used < expected_members {
+                incomplete += 1;
+            }
+            h.saturating_record(s.latency_ns.max(1) as u64);
+        }
+        Ok(Window {
+            received,
+            unique: keys.len() as u64,
+            incomplete,
+            latency: Latency::of(&h),
+        })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
