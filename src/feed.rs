@@ -129,7 +129,11 @@ pub struct FeedOptions {
 
 /// The streams of a feed: `symbols` per timeframe, stream k of a timeframe replaying real
 /// series k mod 6 under the symbol `<REAL>_<k>`.
-pub fn streams(data: &Path, symbols: usize, timeframes: &[String]) -> anyhow::Result<Vec<Vec<pb::FeatureVector>>> {
+pub fn streams(
+    data: &Path,
+    symbols: usize,
+    timeframes: &[String],
+) -> anyhow::Result<Vec<Vec<pb::FeatureVector>>> {
     let series = load_series(data)?;
     let mut out = Vec::new();
     for tf in timeframes {
@@ -235,7 +239,11 @@ impl Feed {
     }
 
     /// Publishes until the count, the duration or `stop`; returns the vectors sent.
-    pub async fn send(&mut self, p: &Pace, stop: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u64> {
+    pub async fn send(
+        &mut self,
+        p: &Pace,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<u64> {
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut sent = 0u64;
@@ -265,9 +273,7 @@ impl Feed {
                     crate::bus::nats::subject_token(&symbol)
                 )
             });
-            let payload: bytes::Bytes = pb::FeatureVectorBatch { vectors: vec![v] }
-                .encode_to_vec()
-                .into();
+            let payload: bytes::Bytes = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec().into();
             if let (Some((c, _)), Some(subject)) = (&self.nats, subject) {
                 c.publish(subject, payload.clone())
                     .await

@@ -140,7 +140,8 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -298,11 +299,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             o.peers = peers
                 .iter()
-                .map(|p| augur::bench::peer::PeerKind::parse(p).with_context(|| format!("unknown peer {p:?} (augur, python)")))
+                .map(|p| {
+                    augur::bench::peer::PeerKind::parse(p)
+                        .with_context(|| format!("unknown peer {p:?} (augur, python)"))
+                })
                 .collect::<anyhow::Result<_>>()?;
             o.scenarios = scenarios
                 .iter()
-                .map(|s| augur::bench::Scenario::parse(s).with_context(|| format!("unknown scenario {s:?} (s1-s4)")))
+                .map(|s| {
+                    augur::bench::Scenario::parse(s)
+                        .with_context(|| format!("unknown scenario {s:?} (s1-s4)"))
+                })
                 .collect::<anyhow::Result<_>>()?;
             let report = until_signal(|stop| async move { augur::bench::run(&o, stop, command).await })?;
             let failed: Vec<String> = report

@@ -168,8 +168,20 @@ pub struct Status(Arc<Mutex<StatusInner>>);
 struct StatusInner {
     count: u64,
     latencies_us: Vec<u64>,
-    /// A summary, not the prediction: holding it would hold the input's ack.
-    last: Option<String>,
+    /// A summary, not the prediction: holding it would hold the input's ack. Formatted only
+    /// when a status line is printed (not per prediction).
+    last: Option<LastPrediction>,
+}
+
+struct LastPrediction {
+    symbol: Arc<str>,
+    timeframe: Arc<str>,
+    sequence: u64,
+    direction: augur_actors::types::Direction,
+    confidence: f32,
+    models_used: u32,
+    models_expected: u32,
+    method: &'static str,
 }
 
 impl Actor for Status {
@@ -188,17 +200,16 @@ impl Handler<Publish> for Status {
                     g.latencies_us.push(us);
                 }
             }
-            g.last = Some(format!(
-                "{} {} #{} {:?} {:.2} ({}/{} {})",
-                e.symbol,
-                e.timeframe,
-                e.sequence,
-                e.direction,
-                e.confidence,
-                e.models_used,
-                e.models_expected,
-                e.method
-            ));
+            g.last = Some(LastPrediction {
+                symbol: e.symbol.clone(),
+                timeframe: e.timeframe.clone(),
+                sequence: e.sequence,
+                direction: e.direction,
+                confidence: e.confidence,
+                models_used: e.models_used,
+                models_expected: e.models_expected,
+                method: e.method,
+            });
         }
     }
 }
@@ -223,7 +234,22 @@ impl Status {
                 l[((l.len() - 1) as f64 * p) as usize]
             }
         };
-        let last = g.last.clone().unwrap_or_else(|| "-".into());
+        let last = g.last.as_ref().map_or_else(
+            || "-".to_string(),
+            |e| {
+                format!(
+                    "{} {} #{} {:?} {:.2} ({}/{} {})",
+                    e.symbol,
+                    e.timeframe,
+                    e.sequence,
+                    e.direction,
+                    e.confidence,
+                    e.models_used,
+                    e.models_expected,
+                    e.method
+                )
+            },
+        );
         format!(
             "in {rate_in:>7.0}/s  out {rate_out:>7.0}/s  e2e p50 {:>6} µs p99 {:>6} µs  streams {}  warming {}  deadline misses {}  last: {last}",
             q(0.5),

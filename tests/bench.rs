@@ -58,7 +58,8 @@ fn python_baseline_predicts_what_augur_replays() {
         let c = async_nats::connect(nats.url()).await.unwrap();
         let mut sub = c.subscribe("predictions.>").await.unwrap();
         c.flush().await.unwrap();
-        common::publish(&nats.url(), &vectors, 2000.0);
+        let (url, vs) = (nats.url(), vectors.clone());
+        let publisher = std::thread::spawn(move || common::publish(&url, &vs, 2000.0));
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while got.len() < 57 && Instant::now() < deadline {
@@ -66,6 +67,7 @@ fn python_baseline_predicts_what_augur_replays() {
                 got.push(pb::EnsemblePrediction::decode(m.payload).unwrap());
             }
         }
+        publisher.join().unwrap();
         got
     });
     peer.stop(Duration::from_secs(10)).unwrap();
@@ -102,7 +104,10 @@ fn python_baseline_predicts_what_augur_replays() {
             }
         }
     }
-    assert!(worst <= 1e-5, "python baseline vs augur replay: max |diff| {worst}");
+    assert!(
+        worst <= 1e-5,
+        "python baseline vs augur replay: max |diff| {worst}"
+    );
 }
 
 #[test]
@@ -130,7 +135,11 @@ fn quick_bench_of_both_peers_writes_a_consistent_report() {
     assert_eq!(peers.len(), 2);
     for p in peers {
         let name = p["peer"].as_str().unwrap();
-        assert!(p["errors"].as_array().unwrap().is_empty(), "{name}: {}", p["errors"]);
+        assert!(
+            p["errors"].as_array().unwrap().is_empty(),
+            "{name}: {}",
+            p["errors"]
+        );
         let s1 = &p["s1"];
         let sent = s1["sent"].as_u64().unwrap();
         assert!(sent > 1000, "{name} sent {sent}");

@@ -2,13 +2,14 @@
 //! from every stream into one forward pass.
 //!
 //! Requests arrive over a bounded channel; the thread takes the first, then keeps collecting
-//! until `max_batch` rows or `max_delay_us` have passed, prepares every row, runs one forward
+//! what is already queued (rows that arrived during the last pass) up to `max_batch`; under
+//! load and with `max_delay_us` > 0 it first sleeps that long to fill the batch. It prepares every row, runs one forward
 //! pass inside `catch_unwind`, and answers each request on its own oneshot. A panic in the
 //! model kills only this thread: the handle reports it down and the supervisor starts a fresh
 //! executor with the model reloaded. No model code ever runs on an actor thread.
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,10 @@ pub type BackendFactory = Arc<dyn Fn() -> Result<Box<dyn InferenceBackend>, Stri
 pub struct BatchConfig {
     /// Most rows in one forward pass.
     pub max_batch: usize,
-    /// How long the first row of a batch may wait for company.
+    /// How long a busy executor's batch may wait for company. 0: no wait; the batch is what
+    /// queued up while the previous pass ran (`augur bench`: lower latency at every load than
+    /// waiting). > 0: when the recent arrival rate brings at least `MIN_COMPANY` rows within
+    /// this delay, the executor sleeps for it before the pass; a lone row runs at once.
     pub max_delay_us: u64,
     /// Requests that may wait in the executor's queue; beyond it calls are refused (counted).
     pub queue_capacity: usize,
@@ -48,7 +52,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_batch: 64,
-            max_delay_us: 200,
+            max_delay_us: 0,
             queue_capacity: 8192,
         }
     }
@@ -319,27 +323,24 @@ fn run(
     let (len, classes) = (backend.row_len(), backend.classes());
     let mut jobs: Vec<Job> = Vec::new();
     let mut rows: Vec<f32> = Vec::new();
+    let mut arrivals = Arrivals::new(Instant::now());
     loop {
         let Ok(first) = rx.recv() else { return };
         let cfg = batch.lock().map(|b| b.clone()).unwrap_or_default();
         jobs.clear();
         jobs.push(first);
-        let deadline = Instant::now() + Duration::from_micros(cfg.max_delay_us);
-        while jobs.len() < cfg.max_batch {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match rx.recv_timeout(left) {
-                        Ok(j) => jobs.push(j),
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            }
+        drain(&rx, &mut jobs, cfg.max_batch);
+        // Under load a short sleep lets the batch fill, and the queue is then drained in one
+        // go: one wake-up per batch instead of one per row. It is worth it only when company
+        // is expected: the recent arrival rate must bring at least MIN_COMPANY rows within
+        // max_delay_us. A lightly loaded executor runs each row at once (no batching delay).
+        arrivals.record(jobs.len(), Instant::now());
+        let expected = arrivals.rate() * cfg.max_delay_us as f64 / 1e6;
+        if cfg.max_delay_us > 0 && jobs.len() < cfg.max_batch && expected >= MIN_COMPANY {
+            std::thread::sleep(Duration::from_micros(cfg.max_delay_us));
+            let before = jobs.len();
+            drain(&rx, &mut jobs, cfg.max_batch);
+            arrivals.record(jobs.len() - before, Instant::now());
         }
         state.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
         // Rows that fail preparation are answered at once; the rest go through together.
@@ -408,6 +409,60 @@ fn run(
     }
 }
 
+/// Rows an executor should expect during its wait before it sleeps for company.
+const MIN_COMPANY: f64 = 4.0;
+
+/// The recent arrival rate of rows: counted over windows of 100 ms, the last full window's
+/// rate blended with the one before (a cheap moving average).
+struct Arrivals {
+    start: Instant,
+    count: usize,
+    rate: f64,
+}
+
+impl Arrivals {
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    fn new(now: Instant) -> Arrivals {
+        Arrivals {
+            start: now,
+            count: 0,
+            rate: 0.0,
+        }
+    }
+
+    fn record(&mut self, rows: usize, now: Instant) {
+        self.count += rows;
+        let elapsed = now.duration_since(self.start);
+        if elapsed >= Self::WINDOW {
+            let current = self.count as f64 / elapsed.as_secs_f64();
+            // A long idle gap counts as one window: the rate falls at once, not slowly.
+            self.rate = if elapsed > 2 * Self::WINDOW {
+                current
+            } else {
+                0.5 * self.rate + 0.5 * current
+            };
+            self.start = now;
+            self.count = 0;
+        }
+    }
+
+    /// Rows per second.
+    fn rate(&self) -> f64 {
+        self.rate
+    }
+}
+
+/// Moves what is already queued into `jobs`, up to `max` in all.
+fn drain(rx: &Receiver<Job>, jobs: &mut Vec<Job>, max: usize) {
+    while jobs.len() < max {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -420,6 +475,8 @@ pub(crate) mod tests {
 
     pub const FAIL: f32 = -999.0;
     pub const PANIC: f32 = -666.0;
+    /// A row whose pass takes 50 ms (the executor is busy meanwhile).
+    pub const SLOW: f32 = -555.0;
 
     impl InferenceBackend for SumModel {
         fn row_len(&self) -> usize {
@@ -447,6 +504,9 @@ pub(crate) mod tests {
                 if r[0] == PANIC {
                     panic!("told to panic");
                 }
+                if r[0] == SLOW {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 let s: f32 = r.iter().sum();
                 let p = 1.0 / (1.0 + (-s).exp());
                 out.extend_from_slice(&[1.0 - p, 0.0, p]);
@@ -460,25 +520,78 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn test_rows_are_answered_in_one_batch_when_they_arrive_together() {
+    async fn test_rows_that_queue_while_a_pass_runs_are_answered_in_one_batch() {
         let (h, ready) = spawn(
             "m",
             factory(2),
             BatchConfig {
                 max_batch: 8,
-                max_delay_us: 50_000,
+                max_delay_us: 0,
                 queue_capacity: 64,
             },
             Arc::new(NoObserver),
         );
         ready.await.unwrap().unwrap();
+        let slow = h.submit(vec![SLOW, 0.0]).unwrap();
+        // Let the executor take the slow row before the others arrive.
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let rxs: Vec<_> = (0..5).map(|i| h.submit(vec![i as f32, 0.0]).unwrap()).collect();
+        assert_eq!(slow.await.unwrap().unwrap().batch_size, 1);
         for (i, rx) in rxs.into_iter().enumerate() {
             let out = rx.await.unwrap().unwrap();
             assert_eq!(out.batch_size, 5);
             let p = 1.0 / (1.0 + (-(i as f32)).exp());
             assert_eq!(out.probabilities, vec![1.0 - p, 0.0, p]);
         }
+    }
+
+    #[tokio::test]
+    async fn test_a_lone_row_runs_at_once_and_a_busy_executor_waits_for_company() {
+        let (h, ready) = spawn(
+            "m",
+            factory(2),
+            BatchConfig {
+                max_batch: 8,
+                max_delay_us: 200_000,
+                queue_capacity: 64,
+            },
+            Arc::new(NoObserver),
+        );
+        ready.await.unwrap().unwrap();
+        // Idle: no batching delay.
+        let t = Instant::now();
+        assert_eq!(h.infer(vec![1.0, 0.0]).await.unwrap().batch_size, 1);
+        assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
+        // An open-loop trickle of about 300 rows/s for 400 ms: once the rate is learnt,
+        // company is expected within max_delay and rows are answered in batches.
+        let t = Instant::now();
+        let mut rxs = Vec::new();
+        while t.elapsed() < Duration::from_millis(400) {
+            rxs.push(h.submit(vec![1.0, 0.0]).unwrap());
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let mut sizes = Vec::new();
+        for rx in rxs {
+            sizes.push(rx.await.unwrap().unwrap().batch_size);
+        }
+        assert_eq!(sizes[0], 1, "{sizes:?}");
+        assert!(sizes.iter().any(|&n| n > 4), "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
+    }
+
+    #[test]
+    fn test_arrival_rate_follows_load_and_drops_after_idle() {
+        let t0 = Instant::now();
+        let mut a = Arrivals::new(t0);
+        assert_eq!(a.rate(), 0.0);
+        for i in 1..=20u64 {
+            a.record(10, t0 + Duration::from_millis(10 * i));
+        }
+        // 1,000 rows/s once a window closes; the blend approaches it.
+        assert!(a.rate() > 700.0 && a.rate() <= 1000.0, "{}", a.rate());
+        // One row after a second of silence: the rate falls at once.
+        a.record(1, t0 + Duration::from_millis(1200));
+        assert!(a.rate() < 10.0, "{}", a.rate());
     }
 
     #[tokio::test]

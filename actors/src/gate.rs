@@ -27,6 +27,20 @@ pub struct ModelGate {
     pub last_error: Mutex<Option<String>>,
     /// Recent call latencies (µs), a small ring for quantiles on the health endpoint.
     latencies: Mutex<LatencyRing>,
+    /// Metric handles, registered once (no label strings built per call).
+    metrics: GateMetrics,
+}
+
+struct GateMetrics {
+    calls_ok: metrics::Counter,
+    calls_error: metrics::Counter,
+    slow_calls: metrics::Counter,
+}
+
+impl std::fmt::Debug for GateMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateMetrics")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -39,8 +53,8 @@ const RING: usize = 1024;
 
 impl ModelGate {
     pub fn new(index: usize, info: ModelInfo, cfg: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
-        let gauge_model = info.id.to_string();
-        metrics::gauge!(t::CIRCUIT_STATE, "model" => gauge_model).set(0.0);
+        let info_id = info.id.to_string();
+        metrics::gauge!(t::CIRCUIT_STATE, "model" => info_id.clone()).set(0.0);
         ModelGate {
             index,
             breaker: Mutex::new(CircuitBreaker::new(cfg, 0x5EED ^ index as u64)),
@@ -54,6 +68,11 @@ impl ModelGate {
             restarts: AtomicU64::new(0),
             last_error: Mutex::new(None),
             latencies: Mutex::new(LatencyRing::default()),
+            metrics: GateMetrics {
+                calls_ok: metrics::counter!(t::MODEL_CALLS, "model" => info_id.clone(), "outcome" => "ok"),
+                calls_error: metrics::counter!(t::MODEL_CALLS, "model" => info_id.clone(), "outcome" => "error"),
+                slow_calls: metrics::counter!(t::SLOW_CALLS, "model" => info_id),
+            },
         }
     }
 
@@ -100,13 +119,15 @@ impl ModelGate {
 
     pub fn record(&self, ok: bool, latency: Duration, error: Option<&str>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let model = self.info.id.to_string();
-        metrics::counter!(t::MODEL_CALLS, "model" => model.clone(), "outcome" => if ok { "ok" } else { "error" })
-            .increment(1);
+        if ok {
+            self.metrics.calls_ok.increment(1);
+        } else {
+            self.metrics.calls_error.increment(1);
+        }
         if let Some(slow_ms) = self.breaker.lock().ok().map(|b| b.config().slow_call_ms)
             && latency > Duration::from_millis(slow_ms)
         {
-            metrics::counter!(t::SLOW_CALLS, "model" => model).increment(1);
+            self.metrics.slow_calls.increment(1);
         }
         if !ok {
             self.failures.fetch_add(1, Ordering::Relaxed);

@@ -63,7 +63,13 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Peer {
     /// Starts the peer and waits (up to `timeout`) for its ready line; its output goes to `log`.
-    pub fn start(kind: PeerKind, p: &PeerPaths, nats_url: &str, log: &Path, timeout: Duration) -> anyhow::Result<Peer> {
+    pub fn start(
+        kind: PeerKind,
+        p: &PeerPaths,
+        nats_url: &str,
+        log: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<Peer> {
         let mut cmd;
         let mut http = None;
         let marker;
@@ -98,15 +104,21 @@ impl Peer {
             }
         }
         let mut logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", kind.name()))?;
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", kind.name()))?;
         let (tx, rx) = mpsc::channel::<String>();
         for out in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -216,12 +228,19 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {}", head.lines().next().unwrap_or(""));
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or("")
+    );
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         let mut out = String::new();
         let mut rest = body;

@@ -21,6 +21,10 @@ struct Seen {
     feature_ns: i64,
     latency_ns: i64,
     models_used: u32,
+    /// When the prediction left the peer (its `published_at_ns`).
+    exit_ns: i64,
+    /// The slowest member's forward pass (the batch it ran in), µs.
+    inference_us: u32,
     /// Hash of (symbol, timeframe, sequence), to tell duplicates.
     key: u64,
 }
@@ -40,6 +44,20 @@ pub struct Window {
     /// Predictions with fewer members than expected (a member missed the deadline or failed).
     pub incomplete: u64,
     pub latency: Latency,
+    /// Where the time went, medians in ms: feature published -> prediction left the peer
+    /// (inbound hop + everything inside), of which the slowest member's forward pass; and
+    /// prediction left the peer -> received (outbound hop).
+    pub breakdown: Breakdown,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Breakdown {
+    pub to_exit_p50_ms: f64,
+    pub to_exit_p99_ms: f64,
+    pub forward_p50_ms: f64,
+    pub forward_p99_ms: f64,
+    pub exit_to_receiver_p50_ms: f64,
+    pub exit_to_receiver_p99_ms: f64,
 }
 
 /// End-to-end latency in milliseconds: feature published by the feed to prediction received.
@@ -137,6 +155,8 @@ impl Receiver {
                                             feature_ns: p.feature_published_at_ns,
                                             latency_ns: now - p.feature_published_at_ns,
                                             models_used: p.models_used,
+                                            exit_ns: p.published_at_ns,
+                                            inference_us: p.members.iter().map(|m| m.inference_us).max().unwrap_or(0),
                                             key: key(&p.symbol, &p.timeframe, p.sequence),
                                         };
                                         if let Ok(mut v) = s.lock() {
@@ -183,25 +203,47 @@ impl Receiver {
     /// Everything received for features published in [from_ns, to_ns).
     pub fn window(&self, from_ns: i64, to_ns: i64, expected_members: u32) -> anyhow::Result<Window> {
         let mut h = histogram()?;
+        let (mut to_exit, mut fwd, mut out_hop) = (histogram()?, histogram()?, histogram()?);
         let mut keys = HashSet::new();
         let (mut received, mut incomplete) = (0, 0);
         let v = self
             .seen
             .lock()
             .map_err(|_| anyhow::anyhow!("receiver state poisoned"))?;
-        for s in v.iter().filter(|s| s.feature_ns >= from_ns && s.feature_ns < to_ns) {
+        for s in v
+            .iter()
+            .filter(|s| s.feature_ns >= from_ns && s.feature_ns < to_ns)
+        {
             received += 1;
             keys.insert(s.key);
             if s.models_used < expected_members {
                 incomplete += 1;
             }
             h.saturating_record(s.latency_ns.max(1) as u64);
+            to_exit.saturating_record((s.exit_ns - s.feature_ns).max(1) as u64);
+            out_hop.saturating_record((s.latency_ns - (s.exit_ns - s.feature_ns)).max(1) as u64);
+            fwd.saturating_record(u64::from(s.inference_us).max(1) * 1000);
         }
+        let q = |h: &Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1e6
+            }
+        };
         Ok(Window {
             received,
             unique: keys.len() as u64,
             incomplete,
             latency: Latency::of(&h),
+            breakdown: Breakdown {
+                to_exit_p50_ms: q(&to_exit, 0.5),
+                to_exit_p99_ms: q(&to_exit, 0.99),
+                forward_p50_ms: q(&fwd, 0.5),
+                forward_p99_ms: q(&fwd, 0.99),
+                exit_to_receiver_p50_ms: q(&out_hop, 0.5),
+                exit_to_receiver_p99_ms: q(&out_hop, 0.99),
+            },
         })
     }
 }
