@@ -31,5 +31,7 @@ wait "$BENCH" || true
 grep 'S2' run/profile-bench.log || true
 echo "== CPU samples by thread"
 perf report -i run/perf.data --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+echo "== CPU samples by thread and library"
+perf report -i run/perf.data --no-children --sort comm,dso --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -16
 echo "== hottest symbols"
 perf report -i run/perf.data --no-children --sort comm,dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
