@@ -1,15 +1,13 @@
-//! A small publisher of the committed real series over NATS (the stand-in for the upstream
-//! feature service until `augur feed` computes features itself): streams are interleaved
-//! round-robin, every vector is re-stamped (event time and `published_at_ns` = now) and
-//! sequences keep increasing across loops.
+//! `augur publish`: replays a recorded file of feature vectors (by default the committed real
+//! series) over NATS through the feed's sender: streams interleaved round robin, every vector
+//! re-stamped (event time and `published_at_ns` = now), sequences rising across passes.
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use augur_actors::clock::unix_ns;
 use prost::Message;
 
 use crate::codec::read_length_delimited;
+use crate::feed::{Feed, FeedOptions, Pace};
 use crate::pb;
 
 #[derive(Debug, Clone)]
@@ -23,8 +21,8 @@ pub struct PublishOptions {
     pub repeat: bool,
 }
 
-/// Every vector of the file, interleaved across its streams.
-pub fn interleave(file: &[u8]) -> anyhow::Result<Vec<pb::FeatureVector>> {
+/// The file's vectors grouped by stream, streams in (symbol, timeframe) order.
+pub fn by_stream(file: &[u8]) -> anyhow::Result<Vec<Vec<pb::FeatureVector>>> {
     let mut streams: BTreeMap<(String, String), Vec<pb::FeatureVector>> = BTreeMap::new();
     for payload in read_length_delimited(file).map_err(anyhow::Error::msg)? {
         for v in pb::FeatureVectorBatch::decode(payload)
@@ -37,10 +35,16 @@ pub fn interleave(file: &[u8]) -> anyhow::Result<Vec<pb::FeatureVector>> {
                 .push(v);
         }
     }
-    let longest = streams.values().map(Vec::len).max().unwrap_or(0);
+    Ok(streams.into_values().collect())
+}
+
+/// Every vector of the file, interleaved across its streams (the order a feed sends them).
+pub fn interleave(file: &[u8]) -> anyhow::Result<Vec<pb::FeatureVector>> {
+    let streams = by_stream(file)?;
+    let longest = streams.iter().map(Vec::len).max().unwrap_or(0);
     let mut out = Vec::new();
     for i in 0..longest {
-        for s in streams.values() {
+        for s in &streams {
             if let Some(v) = s.get(i) {
                 out.push(v.clone());
             }
@@ -49,61 +53,37 @@ pub fn interleave(file: &[u8]) -> anyhow::Result<Vec<pb::FeatureVector>> {
     Ok(out)
 }
 
+/// Publishes the file's streams round robin through a [`Feed`] (re-stamped, sequences rising
+/// across passes): one pass, `count` vectors, or forever with `repeat`.
 pub async fn run(
     file: &[u8],
     o: &PublishOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<u64> {
-    let vectors = interleave(file)?;
-    anyhow::ensure!(!vectors.is_empty(), "the input file holds no vectors");
-    let client = async_nats::connect(o.url.as_str())
-        .await
-        .context("connecting to NATS")?;
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut pass = 0u64;
-    'outer: loop {
-        for v in &vectors {
-            if o.count > 0 && sent >= o.count {
-                break 'outer;
-            }
-            if *stop.borrow() {
-                break 'outer;
-            }
-            if o.rate > 0.0 {
-                let due = started + Duration::from_secs_f64(sent as f64 / o.rate);
-                let now = Instant::now();
-                if due > now {
-                    tokio::select! {
-                        _ = tokio::time::sleep(due - now) => {}
-                        _ = stop.changed() => break 'outer,
-                    }
-                }
-            }
-            let mut v = v.clone();
-            // Later passes continue each stream's sequence.
-            v.sequence += pass * 1_000_000;
-            let now_ns = unix_ns();
-            v.event_time_ms = now_ns / 1_000_000;
-            v.published_at_ns = now_ns;
-            let subject = format!(
-                "{}.{}.{}",
-                o.prefix,
-                v.timeframe,
-                crate::bus::nats::subject_token(&v.symbol)
-            );
-            let payload = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
-            client
-                .publish(subject, payload.into())
-                .await
-                .context("publishing")?;
-            sent += 1;
-        }
-        pass += 1;
-        if !o.repeat && o.count == 0 {
-            break;
-        }
-    }
-    client.flush().await.context("flushing")?;
-    Ok(sent)
+    let streams = by_stream(file)?;
+    let total: u64 = streams.iter().map(|s| s.len() as u64).sum();
+    anyhow::ensure!(total > 0, "the input file holds no vectors");
+    let fo = FeedOptions {
+        nats_url: Some(o.url.clone()),
+        nats_prefix: o.prefix.clone(),
+        kafka_brokers: None,
+        kafka_topic: String::new(),
+        symbols: 0,
+        timeframes: Vec::new(),
+        rate: o.rate,
+        count: o.count,
+        duration: None,
+    };
+    let mut feed = Feed::connect(streams, &fo).await?;
+    let count = if o.count == 0 && !o.repeat { total } else { o.count };
+    feed.send(
+        &Pace {
+            rate: o.rate,
+            count,
+            duration: None,
+            progress: false,
+        },
+        &mut stop,
+    )
+    .await
 }

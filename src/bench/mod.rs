@@ -854,11 +854,11 @@ pub fn markdown(r: &Report, o: &BenchOptions) -> String {
             let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "| rate /s | sent /s | predictions/s | lost | p50 ms | p99 ms | p99.9 ms | max ms | service cores | nats cores | bench cores | mean batch | held |"
+                "| rate /s | attempt | sent /s | predictions/s | lost | p50 ms | p99 ms | p99.9 ms | max ms | service cores | nats cores | bench cores | mean batch | held |"
             );
             let _ = writeln!(
                 s,
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
             );
             for x in &t.steps {
                 let _ = writeln!(
