@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use serde::Serialize;
 
+use super::receiver::SubscriberThread;
 use crate::runtime::{DeviceSpec, Golden, Manifest, Model};
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,10 +48,8 @@ pub fn model_batch1(dir: &Path, device: DeviceSpec, time: Duration) -> anyhow::R
         Golden::load(model.manifest())?.with_context(|| format!("{} has no golden windows", model.id()))?;
     let len = model.preprocessor().row_len();
     let mut rows = Vec::with_capacity(len);
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    let mut i = 0usize;
-    while start.elapsed() < time || samples.len() < 200 {
+    // One batch-1 pass on golden window i; its forward time in µs.
+    let mut pass = |i: usize| -> anyhow::Result<f64> {
         rows.clear();
         let w = golden
             .inputs
@@ -60,7 +58,13 @@ pub fn model_batch1(dir: &Path, device: DeviceSpec, time: Duration) -> anyhow::R
         model.prepare_into(w, &mut rows)?;
         let t = Instant::now();
         std::hint::black_box(model.forward(&rows, 1)?);
-        let us = t.elapsed().as_secs_f64() * 1e6;
+        Ok(t.elapsed().as_secs_f64() * 1e6)
+    };
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let mut i = 0usize;
+    while start.elapsed() < time || samples.len() < 200 {
+        let us = pass(i)?;
         // The first passes warm caches and allocators; the service warms before it is ready too.
         if i >= 50 {
             samples.push(us);
@@ -71,15 +75,7 @@ pub fn model_batch1(dir: &Path, device: DeviceSpec, time: Duration) -> anyhow::R
     let mut paced = Vec::new();
     for k in 0..300usize {
         std::thread::sleep(Duration::from_millis(1));
-        rows.clear();
-        let w = golden
-            .inputs
-            .get((k % golden.count) * len..(k % golden.count + 1) * len)
-            .context("golden windows shorter than their count")?;
-        model.prepare_into(w, &mut rows)?;
-        let t = Instant::now();
-        std::hint::black_box(model.forward(&rows, 1)?);
-        paced.push(t.elapsed().as_secs_f64() * 1e6);
+        paced.push(pass(k)?);
     }
     paced.sort_by(f64::total_cmp);
     Ok(MemberFloor {
@@ -94,52 +90,12 @@ pub fn model_batch1(dir: &Path, device: DeviceSpec, time: Duration) -> anyhow::R
 /// Request/reply round trips through nats-server, the responder on its own thread and
 /// connection; p50 and p99 in µs.
 pub async fn nats_rtt(url: &str, rounds: usize) -> anyhow::Result<(f64, f64)> {
-    let responder_url = url.to_string();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("bench-rtt-responder".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.into()));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let setup = async {
-                    let c = async_nats::connect(responder_url.as_str()).await?;
-                    let sub = c.subscribe("augur.bench.rtt").await?;
-                    c.flush().await?;
-                    anyhow::Ok((c, sub))
-                }
-                .await;
-                let (c, mut sub) = match setup {
-                    Ok(x) => {
-                        let _ = ready_tx.send(Ok(()));
-                        x
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                loop {
-                    tokio::select! {
-                        _ = &mut stop_rx => break,
-                        m = sub.next() => {
-                            let Some(m) = m else { break };
-                            if let Some(reply) = m.reply {
-                                let _ = c.publish(reply, m.payload).await;
-                            }
-                        }
-                    }
-                }
-            });
-        })
-        .context("starting the RTT responder")?;
-    ready_rx.await.context("the responder ended")??;
+    let responder =
+        SubscriberThread::start("bench-rtt-responder", url, "augur.bench.rtt", |c, m| async move {
+            if let Some(reply) = m.reply {
+                let _ = c.publish(reply, m.payload).await;
+            }
+        })?;
     let c = async_nats::connect(url).await.context("connecting to NATS")?;
     // A payload the size of a one-vector FeatureVectorBatch.
     let payload = bytes::Bytes::from(vec![7u8; 160]);
@@ -153,8 +109,7 @@ pub async fn nats_rtt(url: &str, rounds: usize) -> anyhow::Result<(f64, f64)> {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    let _ = stop_tx.send(());
-    let _ = thread.join();
+    drop(responder);
     samples.sort_by(f64::total_cmp);
     Ok((quantile(&samples, 0.5), quantile(&samples, 0.99)))
 }

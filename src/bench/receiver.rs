@@ -32,8 +32,7 @@ struct Seen {
 pub struct Receiver {
     seen: Arc<Mutex<Vec<Seen>>>,
     decode_errors: Arc<Mutex<u64>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: SubscriberThread,
 }
 
 /// What arrived for the features published in a time window.
@@ -99,22 +98,33 @@ pub fn key(symbol: &str, timeframe: &str, sequence: u64) -> u64 {
     h.finish()
 }
 
-impl Receiver {
-    /// Subscribes to `<prefix>.>`; returns once the subscription is in place at the server.
-    pub fn start(url: &str, prefix: &str) -> anyhow::Result<Receiver> {
-        let seen = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
-        let decode_errors = Arc::new(Mutex::new(0u64));
+/// A NATS subscription served on its own thread and current-thread runtime (as a separate
+/// process would be): `on_message` gets every message with the thread's client. Stopped and
+/// joined on drop.
+pub struct SubscriberThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SubscriberThread {
+    /// Connects, subscribes and returns once the subscription is in place at the server.
+    pub fn start<F, Fut>(
+        name: &str,
+        url: &str,
+        subject: &str,
+        mut on_message: F,
+    ) -> anyhow::Result<SubscriberThread>
+    where
+        F: FnMut(async_nats::Client, async_nats::Message) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
-        let (url, subject) = (url.to_string(), format!("{prefix}.>"));
-        let (s, e) = (seen.clone(), decode_errors.clone());
+        let (url, subject, client_name) = (url.to_string(), subject.to_string(), format!("augur-{name}"));
         let thread = std::thread::Builder::new()
-            .name("bench-receiver".into())
+            .name(name.to_string())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(err) => {
                         let _ = ready_tx.send(Err(err.into()));
@@ -122,9 +132,9 @@ impl Receiver {
                     }
                 };
                 rt.block_on(async move {
-                    let sub = async {
+                    let setup = async {
                         let c = async_nats::ConnectOptions::new()
-                            .name("augur-bench-receiver")
+                            .name(client_name)
                             .subscription_capacity(1 << 20)
                             .connect(url.as_str())
                             .await?;
@@ -133,7 +143,7 @@ impl Receiver {
                         anyhow::Ok((c, sub))
                     }
                     .await;
-                    let (_client, mut sub) = match sub {
+                    let (client, mut sub) = match setup {
                         Ok(x) => {
                             let _ = ready_tx.send(Ok(()));
                             x
@@ -148,42 +158,69 @@ impl Receiver {
                             _ = &mut stop_rx => break,
                             m = sub.next() => {
                                 let Some(m) = m else { break };
-                                let now = unix_ns();
-                                match pb::EnsemblePrediction::decode(m.payload) {
-                                    Ok(p) => {
-                                        let x = Seen {
-                                            feature_ns: p.feature_published_at_ns,
-                                            latency_ns: now - p.feature_published_at_ns,
-                                            models_used: p.models_used,
-                                            exit_ns: p.published_at_ns,
-                                            inference_us: p.members.iter().map(|m| m.inference_us).max().unwrap_or(0),
-                                            key: key(&p.symbol, &p.timeframe, p.sequence),
-                                        };
-                                        if let Ok(mut v) = s.lock() {
-                                            v.push(x);
-                                        }
-                                    }
-                                    Err(_) => {
-                                        if let Ok(mut n) = e.lock() {
-                                            *n += 1;
-                                        }
-                                    }
-                                }
+                                on_message(client.clone(), m).await;
                             }
                         }
                     }
                 });
             })
-            .context("starting the receiver thread")?;
+            .with_context(|| format!("starting the {name} thread"))?;
         ready_rx
             .recv()
-            .context("the receiver thread ended")?
-            .context("receiver: connecting and subscribing")?;
+            .with_context(|| format!("the {name} thread ended"))?
+            .with_context(|| format!("{name}: connecting and subscribing"))?;
+        Ok(SubscriberThread {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SubscriberThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Receiver {
+    /// Subscribes to `<prefix>.>`; returns once the subscription is in place at the server.
+    pub fn start(url: &str, prefix: &str) -> anyhow::Result<Receiver> {
+        let seen = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
+        let decode_errors = Arc::new(Mutex::new(0u64));
+        let (s, e) = (seen.clone(), decode_errors.clone());
+        let thread = SubscriberThread::start("bench-receiver", url, &format!("{prefix}.>"), move |_, m| {
+            let now = unix_ns();
+            match pb::EnsemblePrediction::decode(m.payload) {
+                Ok(p) => {
+                    let x = Seen {
+                        feature_ns: p.feature_published_at_ns,
+                        latency_ns: now - p.feature_published_at_ns,
+                        models_used: p.models_used,
+                        exit_ns: p.published_at_ns,
+                        inference_us: p.members.iter().map(|m| m.inference_us).max().unwrap_or(0),
+                        key: key(&p.symbol, &p.timeframe, p.sequence),
+                    };
+                    if let Ok(mut v) = s.lock() {
+                        v.push(x);
+                    }
+                }
+                Err(_) => {
+                    if let Ok(mut n) = e.lock() {
+                        *n += 1;
+                    }
+                }
+            }
+            std::future::ready(())
+        })?;
         Ok(Receiver {
             seen,
             decode_errors,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -245,16 +282,5 @@ impl Receiver {
                 exit_to_receiver_p99_ms: q(&out_hop, 0.99),
             },
         })
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
