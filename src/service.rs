@@ -342,10 +342,11 @@ pub async fn serve(
         ))
     });
     let kafka_health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut kafka_health = None;
     let kafka_ingress = match &kafka_producer {
         Some(producer) => {
             let consumer = Arc::new(kafka::consumer(&cfg.kafka).context("kafka consumer")?);
-            kafka::spawn_health(
+            kafka_health = kafka::spawn_health(
                 producer.clone(),
                 Some(consumer.clone()),
                 cfg.kafka.input_topic.clone(),
@@ -484,6 +485,11 @@ pub async fn serve(
         finisher.abort();
     }
     kafka_health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The health thread holds the consumer: joined, so that the consumer has left its group
+    // when serve returns (a later consumer of the group then gets every partition at once).
+    if let Some(h) = kafka_health {
+        let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
     if let Some(h) = http_server {
         h.stop(true).await;
     }

@@ -32,6 +32,9 @@ fn kafka_config(nats: Option<&str>, brokers: &str) -> augur::config::Config {
     cfg.nats.enabled = nats.is_some();
     cfg.kafka.enabled = true;
     cfg.kafka.brokers = brokers.to_string();
+    // One consumer group per broker: a test never shares a group with an earlier test's
+    // consumer that might still be closing.
+    cfg.kafka.group_id = format!("augur-{}", brokers.rsplit(':').next().unwrap_or("0"));
     cfg.kafka.partitions = 3;
     cfg.aggregator.deadline_ms = 10_000;
     cfg

@@ -617,7 +617,7 @@ pub fn spawn_health(
     topic: String,
     stats: Arc<KafkaStats>,
     stop: Arc<AtomicBool>,
-) {
+) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name("kafka-health".into())
         .spawn(move || {
@@ -633,6 +633,9 @@ pub fn spawn_health(
                     let mut lag = 0i64;
                     if let Ok(pos) = c.position() {
                         for e in pos.elements_for_topic(&topic) {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
                             // The producer's connection: the consumer's is held by its long fetch.
                             let high = rdkafka::producer::Producer::client(&producer).fetch_watermarks(
                                 &topic,
@@ -651,8 +654,12 @@ pub fn spawn_health(
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "kafka health thread not started");
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!(error = %e, "kafka health thread not started");
+            None
+        }
     }
 }
 
