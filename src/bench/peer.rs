@@ -246,11 +246,14 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         let mut rest = body;
         while let Some((size, after)) = rest.split_once("\r\n") {
             let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
+            let (Some(chunk), Some(next)) = (after.get(..n), after.get(n..)) else {
+                break;
+            };
+            if n == 0 {
                 break;
             }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
+            out.push_str(chunk);
+            rest = next.trim_start_matches("\r\n");
         }
         return Ok(out);
     }
