@@ -10,7 +10,9 @@
 //!
 //!     scripts/bench-kafka.sh [--rate R] [--seconds S]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-use std::process::{Command, Stdio};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use augur::pb;
@@ -40,51 +42,16 @@ fn main() {
     let rate: f64 = arg("--rate").and_then(|s| s.parse().ok()).unwrap_or(200.0);
     let seconds: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(15.0);
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut broker = Command::new(root.join(".tools/bin/tansu"))
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu (scripts/bootstrap.sh builds it)");
-    let brokers = format!("127.0.0.1:{port}");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&brokers).is_err() && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut cfg = augur::config::Config::default();
-    cfg.service.models_dir = root.join("models");
-    cfg.service.feature_sets_dir = root.join("models/feature_sets");
+    // The integration tests' harness: a tansu broker (memory storage) on a free port, and the
+    // service in-process with Kafka as its only transport.
+    let broker = common::Tansu::start(false);
+    let brokers = broker.brokers();
+    let mut cfg = common::config("nats://127.0.0.1:1");
     cfg.nats.enabled = false;
     cfg.http.enabled = false;
     cfg.kafka.enabled = true;
     cfg.kafka.brokers = brokers.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let svc = std::thread::spawn(move || {
-        actix_rt::System::new().block_on(augur::service::serve(
-            cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            None,
-            Some(ready_tx),
-        ))
-    });
-    ready_rx.blocking_recv().expect("service ready");
+    let svc = common::Service::start(cfg);
     let file = std::fs::read(root.join("models/data/replay/ta-v1.pb")).unwrap();
     let vectors = augur::publish::interleave(&file).unwrap();
     let n = (rate * seconds) as usize;
@@ -171,10 +138,8 @@ fn main() {
         let received = publish.len();
         (acks, publish, full, received)
     });
-    let _ = stop_tx.send(());
-    let _ = svc.join();
-    let _ = broker.kill();
-    let _ = broker.wait();
+    svc.stop();
+    drop(broker);
     println!(
         "Kafka latency: {n} vectors at {rate}/s over 6 real streams, tansu 0.6.0 on loopback, {received} predictions consumed"
     );

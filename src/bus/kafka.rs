@@ -366,48 +366,41 @@ impl KafkaDeadLetters {
                 offset.to_string(),
                 index.map(|i| i.to_string()).unwrap_or_default(),
             );
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "augur-reason",
-                        value: Some(code),
-                    })
-                    .insert(Header {
-                        key: "augur-detail",
-                        value: Some(detail.as_str()),
-                    })
-                    .insert(Header {
-                        key: "augur-source-topic",
-                        value: Some(source.as_str()),
-                    })
-                    .insert(Header {
-                        key: "augur-source-partition",
-                        value: Some(p.as_str()),
-                    })
-                    .insert(Header {
-                        key: "augur-source-offset",
-                        value: Some(o.as_str()),
-                    })
-                    .insert(Header {
-                        key: "augur-vector-index",
-                        value: Some(i.as_str()),
-                    });
-                let mut rec = FutureRecord::to(&this.topic).payload(&payload).headers(headers);
-                if let Some(k) = &key {
-                    rec = rec.key(k);
-                }
-                match this.producer.send(rec, Timeout::Never).await {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        this.stats.produce_errors.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => "dlq").increment(1);
-                        tracing::warn!(error = %e, "kafka dead letter not delivered; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "augur-reason",
+                    value: Some(code),
+                })
+                .insert(Header {
+                    key: "augur-detail",
+                    value: Some(detail.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-source-topic",
+                    value: Some(source.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-source-partition",
+                    value: Some(p.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-source-offset",
+                    value: Some(o.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-vector-index",
+                    value: Some(i.as_str()),
+                });
+            deliver(
+                &this.producer,
+                &this.topic,
+                key.as_deref(),
+                &payload,
+                headers,
+                "dlq",
+                &this.stats,
+            )
+            .await;
             drop(ack);
         });
     }
@@ -528,10 +521,12 @@ impl Actor for KafkaSink {
     type Context = Context<Self>;
 }
 
+/// Produces one record, retrying with backoff (counted, logged) until the broker acknowledges
+/// it; the time to that acknowledgement goes to the produce histogram under `kind`.
 async fn deliver(
     producer: &FutureProducer,
     topic: &str,
-    key: &str,
+    key: Option<&[u8]>,
     payload: &[u8],
     headers: OwnedHeaders,
     kind: &'static str,
@@ -540,10 +535,10 @@ async fn deliver(
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        let rec = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers.clone());
+        let mut rec = FutureRecord::to(topic).payload(payload).headers(headers.clone());
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
         match producer.send(rec, Timeout::Never).await {
             Ok(_) => {
                 metrics::histogram!(t::KAFKA_PRODUCE_SECONDS, "topic" => kind)
@@ -583,7 +578,7 @@ impl Handler<Publish> for KafkaSink {
                     deliver(
                         &producer,
                         &members_topic,
-                        &e.symbol,
+                        Some(e.symbol.as_bytes()),
                         &m.encode_to_vec(),
                         headers.clone(),
                         "members",
@@ -595,7 +590,7 @@ impl Handler<Publish> for KafkaSink {
             deliver(
                 &producer,
                 &topic,
-                &e.symbol,
+                Some(e.symbol.as_bytes()),
                 &encode_prediction(&e),
                 headers,
                 "output",
