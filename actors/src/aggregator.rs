@@ -7,12 +7,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::unix_ns;
-use crate::executor::ExecutorHandle;
+use crate::breaker::Admission;
+use crate::clock::{Clock, unix_ns};
+use crate::events::{CallFailed, DeadlineMissed, EventWarming, EventWithoutMembers, Predicted};
 use crate::gate::ModelGate;
 use crate::messages::{EventMeta, MemberDone, MemberStatus, Publish, StartEvent};
-use crate::telemetry::{self as t, PipelineStats};
-use crate::types::{Direction, Ensemble, MemberPrediction, StreamKey, argmax};
+use crate::telemetry::PipelineStats;
+use crate::types::{Ensemble, MemberPrediction, StreamKey, argmax};
 
 /// How members are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,13 +94,77 @@ impl EnsembleSettings {
     }
 }
 
-/// The stacking model: its executor and, for each of its inputs in order, the member slot.
+/// The stacking model: its gate (breaker, executor; supervised like the members) and the ids
+/// of its input members, in order.
 #[derive(Clone, Debug)]
 pub struct Stacker {
-    pub executor: ExecutorHandle,
-    pub info: crate::types::ModelInfo,
-    /// Model index (in the pipeline's model list) of each stacker input, in order.
-    pub inputs: Vec<usize>,
+    pub gate: Arc<ModelGate>,
+    pub inputs: Vec<Arc<str>>,
+}
+
+/// How an event's members are merged: done at once, or one stacker call away.
+#[derive(Debug)]
+pub enum Plan {
+    Done(Vec<f32>, Method),
+    /// Run the stacker on `input`; if it cannot answer, use `fallback` (the weighted mean).
+    Stack { input: Vec<f32>, fallback: Vec<f32> },
+}
+
+/// The ensemble rule, the one used by the aggregator and by synchronous predict. Stacking
+/// needs the stacker and a real (non-fallback) output of each of its inputs; without them it
+/// falls back to the weighted mean, as it does when the stacker's call fails.
+pub fn combine(members: &[MemberPrediction], settings: &EnsembleSettings, method: Method, stacker: Option<&Stacker>) -> Plan {
+    match method {
+        Method::Majority => Plan::Done(majority(members), Method::Majority),
+        Method::WeightedMean => Plan::Done(weighted_mean(members, settings), Method::WeightedMean),
+        Method::Stacking => {
+            let fallback = weighted_mean(members, settings);
+            match stacker.and_then(|st| stacker_input(st, members)) {
+                Some(input) => Plan::Stack { input, fallback },
+                None => Plan::Done(fallback, Method::WeightedMean),
+            }
+        }
+    }
+}
+
+/// The stacker's input: the probabilities of each of its input members, in its order.
+fn stacker_input(st: &Stacker, members: &[MemberPrediction]) -> Option<Vec<f32>> {
+    let mut input = Vec::with_capacity(st.inputs.len() * 3);
+    for id in &st.inputs {
+        let m = members.iter().find(|m| m.model_id == *id && !m.fallback)?;
+        input.extend_from_slice(&m.probabilities);
+    }
+    Some(input)
+}
+
+impl Stacker {
+    /// One stacker call through its gate: an open circuit or a failure gives `None` (the
+    /// caller falls back), and the outcome counts on the stacker's breaker.
+    pub async fn run(&self, input: Vec<f32>, stats: &PipelineStats) -> Result<Vec<f32>, String> {
+        let g = &self.gate;
+        if g.admit() == Admission::Rejected {
+            return Err(format!("{}: circuit open", g.info.id));
+        }
+        let started = std::time::Instant::now();
+        match g.executor().infer(input).await {
+            Ok(out) => {
+                g.record(true, Duration::from_micros(out.inference_us as u64), None);
+                Ok(out.probabilities)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if e.is_model_fault() {
+                    g.record(false, started.elapsed(), Some(&msg));
+                }
+                stats.emit(CallFailed {
+                    model: &g.info.id,
+                    code: e.code(),
+                    error: &msg,
+                });
+                Err(format!("{}: {msg}", g.info.id))
+            }
+        }
+    }
 }
 
 struct Pending {
@@ -125,6 +190,8 @@ pub struct Aggregator {
     publishers: Arc<[Recipient<Publish>]>,
     pending: HashMap<u64, Pending>,
     stats: Arc<PipelineStats>,
+    /// Deadlines run on this clock.
+    clock: Arc<dyn Clock>,
 }
 
 impl Aggregator {
@@ -135,6 +202,7 @@ impl Aggregator {
         stacker: Option<Stacker>,
         publishers: Arc<[Recipient<Publish>]>,
         stats: Arc<PipelineStats>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Aggregator {
             key,
@@ -144,83 +212,84 @@ impl Aggregator {
             publishers,
             pending: HashMap::new(),
             stats,
+            clock,
         }
+    }
+
+    /// Finalises `sequence` when `deadline` passes on the clock.
+    fn arm(&self, sequence: u64, deadline: Duration, ctx: &mut Context<Self>) -> SpawnHandle {
+        let sleep = self.clock.sleep(deadline);
+        ctx.spawn(
+            sleep
+                .into_actor(self)
+                .map(move |_, act, ctx| act.finalize(sequence, true, ctx)),
+        )
     }
 
     fn finalize(&mut self, sequence: u64, by_deadline: bool, ctx: &mut Context<Self>) {
         let settings = self.settings.read().map(|s| s.clone()).unwrap_or_default();
         if by_deadline
-            && let Some(p) = self.pending.get_mut(&sequence)
+            && let Some(p) = self.pending.get(&sequence)
             && p.filled == 0
             && p.extensions < MAX_EXTENSIONS
         {
-            p.extensions += 1;
-            let deadline = Duration::from_millis(settings.deadline_ms);
-            p.timer = ctx.run_later(deadline, move |act, ctx| act.finalize(sequence, true, ctx));
+            let timer = self.arm(sequence, Duration::from_millis(settings.deadline_ms), ctx);
+            if let Some(p) = self.pending.get_mut(&sequence) {
+                p.extensions += 1;
+                p.timer = timer;
+            }
             return;
         }
         let Some(p) = self.pending.remove(&sequence) else {
             return;
         };
         if by_deadline {
-            PipelineStats::inc(&self.stats.deadline_misses);
-            metrics::counter!(t::AGGREGATOR_DEADLINE_MISSES, "timeframe" => self.key.timeframe.to_string())
-                .increment(1);
+            self.stats.emit(DeadlineMissed {
+                timeframe: &self.key.timeframe,
+            });
         } else {
             ctx.cancel_future(p.timer);
         }
         if p.slots.iter().any(|s| matches!(s, Some(MemberStatus::Warming))) {
-            PipelineStats::inc(&self.stats.warming);
-            metrics::counter!(t::EVENTS_WARMING).increment(1);
-            PipelineStats::inc(&self.stats.events_finished);
+            self.stats.emit(EventWarming);
             return;
         }
-        let mut members: Vec<(usize, MemberPrediction)> = Vec::new();
+        let mut members: Vec<MemberPrediction> = Vec::new();
         for (slot, s) in p.slots.into_iter().enumerate() {
             match s {
-                Some(MemberStatus::Output(m)) => members.push((slot, m)),
+                Some(MemberStatus::Output(m)) => members.push(m),
                 Some(MemberStatus::Rejected) => {
                     if let Some(fb) = self.fallback_for(slot, settings.fallback) {
-                        members.push((slot, fb));
+                        members.push(fb);
                     }
                 }
                 _ => {}
             }
         }
         if members.is_empty() {
-            PipelineStats::inc(&self.stats.no_members);
-            metrics::counter!(t::EVENTS_DROPPED, "reason" => "no_members").increment(1);
-            PipelineStats::inc(&self.stats.events_finished);
+            self.stats.emit(EventWithoutMembers);
             return;
         }
         let expected = self.members.len() as u32;
-        if settings.method == Method::Stacking
-            && let Some(input) = self.stacker_input(&members)
-            && let Some(st) = self.stacker.clone()
-        {
-            let exec = st.executor.clone();
-            let fut = async move { exec.infer(input).await };
-            ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-                let combined = match res {
-                    Ok(out) => (out.probabilities, Method::Stacking),
-                    Err(e) => {
-                        metrics::counter!(t::INFERENCE_ERRORS, "model" => st.info.id.to_string(), "code" => e.code())
-                            .increment(1);
-                        (weighted_mean(&members, &settings), Method::WeightedMean)
+        match combine(&members, &settings, settings.method, self.stacker.as_ref()) {
+            Plan::Done(p_out, method) => self.publish(p.meta, members, expected, (p_out, method)),
+            Plan::Stack { input, fallback } => {
+                let (st, stats) = (self.stacker.clone(), self.stats.clone());
+                let fut = async move {
+                    match st {
+                        Some(st) => st.run(input, &stats).await.ok(),
+                        None => None,
                     }
                 };
-                act.publish(p.meta, members, expected, combined);
-            }));
-            return;
-        }
-        let combined = match settings.method {
-            Method::Majority => (majority(&members), Method::Majority),
-            // Stacking without all real member outputs falls back to the weighted mean.
-            Method::WeightedMean | Method::Stacking => {
-                (weighted_mean(&members, &settings), Method::WeightedMean)
+                ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+                    let combined = match res {
+                        Some(probabilities) => (probabilities, Method::Stacking),
+                        None => (fallback, Method::WeightedMean),
+                    };
+                    act.publish(p.meta, members, expected, combined);
+                }));
             }
-        };
-        self.publish(p.meta, members, expected, combined);
+        }
     }
 
     fn fallback_for(&self, slot: usize, fb: Fallback) -> Option<MemberPrediction> {
@@ -230,82 +299,31 @@ impl Aggregator {
             Fallback::Uniform => vec![1.0 / 3.0; 3],
         };
         let info = &self.members.get(slot)?.info;
-        let (i, confidence) = argmax(&probabilities);
-        Some(MemberPrediction {
-            model_id: info.id.clone(),
-            model_version: info.version.clone(),
-            model_kind: info.family.clone(),
-            probabilities,
-            direction: Direction::from_index(i),
-            confidence,
-            fallback: true,
-            inference_us: 0,
-            batch_size: 0,
-        })
+        Some(MemberPrediction::new(info, probabilities, true, 0, 0))
     }
 
-    /// The stacker's input: every input member present with a real (non-fallback) output.
-    fn stacker_input(&self, members: &[(usize, MemberPrediction)]) -> Option<Vec<f32>> {
-        let st = self.stacker.as_ref()?;
-        let mut input = Vec::with_capacity(st.inputs.len() * 3);
-        for &model in &st.inputs {
-            let (_, m) = members
-                .iter()
-                .find(|(slot, m)| self.members.get(*slot).is_some_and(|g| g.index == model) && !m.fallback)?;
-            input.extend_from_slice(&m.probabilities);
-        }
-        Some(input)
-    }
-
-    fn publish(
-        &mut self,
-        meta: EventMeta,
-        members: Vec<(usize, MemberPrediction)>,
-        expected: u32,
-        combined: (Vec<f32>, Method),
-    ) {
+    fn publish(&mut self, meta: EventMeta, members: Vec<MemberPrediction>, expected: u32, combined: (Vec<f32>, Method)) {
         let (probabilities, method) = combined;
-        let (i, confidence) = argmax(&probabilities);
-        let direction = Direction::from_index(i);
         let published_at_ns = unix_ns();
-        let e = Ensemble {
-            event_id: event_id(&self.key, meta.sequence),
-            symbol: self.key.symbol.clone(),
-            timeframe: self.key.timeframe.clone(),
-            event_time_ms: meta.event_time_ms,
-            sequence: meta.sequence,
-            direction,
-            confidence,
-            probabilities,
-            models_expected: expected,
-            models_used: members.len() as u32,
-            members: members.into_iter().map(|(_, m)| m).collect(),
-            method: method.as_str(),
-            correlation_id: meta.correlation_id,
-            feature_published_at_ns: meta.published_at_ns,
-            published_at_ns,
-            service_version: env!("CARGO_PKG_VERSION"),
-            signal: direction.signal(),
-            ack: meta.ack,
-        };
-        if meta.published_at_ns > 0 && published_at_ns > meta.published_at_ns {
-            metrics::histogram!(t::END_TO_END_SECONDS, "timeframe" => self.key.timeframe.to_string())
-                .record((published_at_ns - meta.published_at_ns) as f64 / 1e9);
-        }
+        let feature_published_at_ns = meta.published_at_ns;
+        let e = Ensemble::new(&self.key, meta, probabilities, members, expected, method.as_str(), published_at_ns);
         let e = Arc::new(e);
         for p in self.publishers.iter() {
             p.do_send(Publish(e.clone()));
         }
-        PipelineStats::inc(&self.stats.predictions);
-        PipelineStats::inc(&self.stats.events_finished);
+        self.stats.emit(Predicted {
+            timeframe: &self.key.timeframe,
+            end_to_end_ns: (feature_published_at_ns > 0 && published_at_ns > feature_published_at_ns)
+                .then_some(published_at_ns - feature_published_at_ns),
+        });
     }
 }
 
 /// Weighted mean of the members' probabilities (weights from the settings).
-pub fn weighted_mean(members: &[(usize, MemberPrediction)], s: &EnsembleSettings) -> Vec<f32> {
+pub fn weighted_mean(members: &[MemberPrediction], s: &EnsembleSettings) -> Vec<f32> {
     let mut out = vec![0.0f32; 3];
     let mut total = 0.0f32;
-    for (_, m) in members {
+    for m in members {
         let w = s.weight(&m.model_id);
         total += w;
         for (o, p) in out.iter_mut().zip(&m.probabilities) {
@@ -323,10 +341,10 @@ pub fn weighted_mean(members: &[(usize, MemberPrediction)], s: &EnsembleSettings
 /// Majority vote: the class most members pick; its share of the votes spread as probabilities
 /// would hide the members' confidence, so the probabilities are the members' mean and the
 /// direction is the vote (ties go to the class with the larger mean probability).
-pub fn majority(members: &[(usize, MemberPrediction)]) -> Vec<f32> {
+pub fn majority(members: &[MemberPrediction]) -> Vec<f32> {
     let mut votes = [0u32; 3];
     let mut mean = vec![0.0f32; 3];
-    for (_, m) in members {
+    for m in members {
         votes[argmax(&m.probabilities).0.min(2)] += 1;
         for (o, p) in mean.iter_mut().zip(&m.probabilities) {
             *o += p / members.len() as f32;
@@ -397,7 +415,7 @@ impl Handler<StartEvent> for Aggregator {
     fn handle(&mut self, StartEvent(meta): StartEvent, ctx: &mut Context<Self>) {
         let deadline = Duration::from_millis(self.settings.read().map(|s| s.deadline_ms).unwrap_or(100));
         let seq = meta.sequence;
-        let timer = ctx.run_later(deadline, move |act, ctx| act.finalize(seq, true, ctx));
+        let timer = self.arm(seq, deadline, ctx);
         let slots = vec![None; self.members.len()];
         if let Some(old) = self.pending.insert(
             seq,
@@ -411,7 +429,7 @@ impl Handler<StartEvent> for Aggregator {
         ) {
             // A repeated sequence cannot reach here (the router drops it); keep accounting exact.
             ctx.cancel_future(old.timer);
-            PipelineStats::inc(&self.stats.events_finished);
+            self.stats.emit(EventWithoutMembers);
         }
     }
 }
@@ -439,23 +457,21 @@ impl Handler<MemberDone> for Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Direction;
 
-    fn member(id: &str, p: [f32; 3]) -> (usize, MemberPrediction) {
+    fn member(id: &str, p: [f32; 3]) -> MemberPrediction {
         let (i, c) = argmax(&p);
-        (
-            0,
-            MemberPrediction {
-                model_id: id.into(),
-                model_version: "1".into(),
-                model_kind: "x".into(),
-                probabilities: p.to_vec(),
-                direction: Direction::from_index(i),
-                confidence: c,
-                fallback: false,
-                inference_us: 0,
-                batch_size: 1,
-            },
-        )
+        MemberPrediction {
+            model_id: id.into(),
+            model_version: "1".into(),
+            model_kind: "x".into(),
+            probabilities: p.to_vec(),
+            direction: Direction::from_index(i),
+            confidence: c,
+            fallback: false,
+            inference_us: 0,
+            batch_size: 1,
+        }
     }
 
     #[test]

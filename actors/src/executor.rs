@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::clock::Clock;
+
 /// What the executor needs from a model; the `augur` crate implements it over the runtime.
 pub trait InferenceBackend: Send {
     /// Values in one raw input row.
@@ -228,6 +230,7 @@ pub fn spawn(
     factory: BackendFactory,
     batch: BatchConfig,
     observer: Arc<dyn BatchObserver>,
+    clock: Arc<dyn Clock>,
 ) -> (ExecutorHandle, oneshot::Receiver<Result<(), String>>) {
     let (tx, rx) = sync_channel::<Job>(batch.queue_capacity.max(1));
     let state = Arc::new(ExecutorState::default());
@@ -250,6 +253,7 @@ pub fn spawn(
                 state.clone(),
                 shared_batch,
                 observer,
+                clock,
                 ready_tx,
             );
             state.ready.store(false, Ordering::Release);
@@ -278,6 +282,7 @@ fn run(
     state: Arc<ExecutorState>,
     batch: Arc<Mutex<BatchConfig>>,
     observer: Arc<dyn BatchObserver>,
+    clock: Arc<dyn Clock>,
     ready: oneshot::Sender<Result<(), String>>,
 ) {
     let set_error = |e: &str| {
@@ -323,7 +328,7 @@ fn run(
     let (len, classes) = (backend.row_len(), backend.classes());
     let mut jobs: Vec<Job> = Vec::new();
     let mut rows: Vec<f32> = Vec::new();
-    let mut arrivals = Arrivals::new(Instant::now());
+    let mut arrivals = Arrivals::new(clock.now());
     loop {
         let Ok(first) = rx.recv() else { return };
         let cfg = batch.lock().map(|b| b.clone()).unwrap_or_default();
@@ -334,13 +339,13 @@ fn run(
         // go: one wake-up per batch instead of one per row. It is worth it only when company
         // is expected: the recent arrival rate must bring at least MIN_COMPANY rows within
         // max_delay_us. A lightly loaded executor runs each row at once (no batching delay).
-        arrivals.record(jobs.len(), Instant::now());
+        arrivals.record(jobs.len(), clock.now());
         let expected = arrivals.rate() * cfg.max_delay_us as f64 / 1e6;
         if cfg.max_delay_us > 0 && jobs.len() < cfg.max_batch && expected >= MIN_COMPANY {
-            std::thread::sleep(Duration::from_micros(cfg.max_delay_us));
+            clock.sleep_blocking(Duration::from_micros(cfg.max_delay_us));
             let before = jobs.len();
             drain(&rx, &mut jobs, cfg.max_batch);
-            arrivals.record(jobs.len() - before, Instant::now());
+            arrivals.record(jobs.len() - before, clock.now());
         }
         state.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
         // Rows that fail preparation are answered at once; the rest go through together.
@@ -415,7 +420,8 @@ const MIN_COMPANY: f64 = 4.0;
 /// The recent arrival rate of rows: counted over windows of 100 ms, the last full window's
 /// rate blended with the one before (a cheap moving average).
 struct Arrivals {
-    start: Instant,
+    /// Start of the current window, on the executor's clock.
+    start: Duration,
     count: usize,
     rate: f64,
 }
@@ -423,7 +429,7 @@ struct Arrivals {
 impl Arrivals {
     const WINDOW: Duration = Duration::from_millis(100);
 
-    fn new(now: Instant) -> Arrivals {
+    fn new(now: Duration) -> Arrivals {
         Arrivals {
             start: now,
             count: 0,
@@ -431,9 +437,9 @@ impl Arrivals {
         }
     }
 
-    fn record(&mut self, rows: usize, now: Instant) {
+    fn record(&mut self, rows: usize, now: Duration) {
         self.count += rows;
-        let elapsed = now.duration_since(self.start);
+        let elapsed = now.saturating_sub(self.start);
         if elapsed >= Self::WINDOW {
             let current = self.count as f64 / elapsed.as_secs_f64();
             // A long idle gap counts as one window: the rate falls at once, not slowly.
@@ -530,6 +536,7 @@ pub(crate) mod tests {
                 queue_capacity: 64,
             },
             Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
         );
         ready.await.unwrap().unwrap();
         let slow = h.submit(vec![SLOW, 0.0]).unwrap();
@@ -556,6 +563,7 @@ pub(crate) mod tests {
                 queue_capacity: 64,
             },
             Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
         );
         ready.await.unwrap().unwrap();
         // Idle: no batching delay.
@@ -581,7 +589,7 @@ pub(crate) mod tests {
 
     #[test]
     fn test_arrival_rate_follows_load_and_drops_after_idle() {
-        let t0 = Instant::now();
+        let t0 = Duration::ZERO;
         let mut a = Arrivals::new(t0);
         assert_eq!(a.rate(), 0.0);
         for i in 1..=20u64 {
@@ -605,6 +613,7 @@ pub(crate) mod tests {
                 queue_capacity: 64,
             },
             Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
         );
         ready.await.unwrap().unwrap();
         let bad = h.submit(vec![f32::NAN, 0.0]).unwrap();
@@ -631,6 +640,7 @@ pub(crate) mod tests {
                 queue_capacity: 64,
             },
             Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
         );
         ready.await.unwrap().unwrap();
         let e = h.infer(vec![PANIC, 0.0]).await.unwrap_err();
@@ -651,7 +661,13 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn test_load_failure_is_reported_on_ready() {
         let f: BackendFactory = Arc::new(|| Err("model.pt is missing".to_string()));
-        let (h, ready) = spawn("m", f, BatchConfig::default(), Arc::new(NoObserver));
+        let (h, ready) = spawn(
+            "m",
+            f,
+            BatchConfig::default(),
+            Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
+        );
         assert_eq!(ready.await.unwrap().unwrap_err(), "model.pt is missing");
         assert!(h.is_down());
     }
@@ -667,6 +683,7 @@ pub(crate) mod tests {
                 queue_capacity: 1,
             },
             Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
         );
         let mut refused = 0;
         let mut pending = Vec::new();

@@ -1,5 +1,7 @@
-//! The gate of one model: its circuit breaker, shared by every model actor of that model, and
-//! the counters the health endpoint reports. Transitions go to the supervisor.
+//! The gate of one model: its circuit breaker, shared by every model actor of that model, the
+//! model's current executor (the one place its handle lives: the supervisor swaps it on a
+//! restart, everyone else reads it here), and the counters the health endpoint reports.
+//! Transitions go to the supervisor.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,8 +10,10 @@ use actix::Recipient;
 
 use crate::breaker::{Admission, BreakerConfig, CircuitBreaker, CircuitState, Transition, TripReason};
 use crate::clock::Clock;
+use crate::events::{CallRejected, CircuitTransition};
+use crate::executor::ExecutorHandle;
 use crate::messages::CircuitChanged;
-use crate::telemetry as t;
+use crate::telemetry::{self as t, PipelineStats};
 use crate::types::ModelInfo;
 
 #[derive(Debug)]
@@ -18,7 +22,10 @@ pub struct ModelGate {
     pub info: ModelInfo,
     breaker: Mutex<CircuitBreaker>,
     clock: Arc<dyn Clock>,
-    supervisor: Mutex<Option<Recipient<CircuitChanged>>>,
+    supervisor: Recipient<CircuitChanged>,
+    /// The model's executor; replaced by the supervisor when it restarts a dead one.
+    executor: std::sync::RwLock<ExecutorHandle>,
+    stats: Arc<PipelineStats>,
     pub enabled: AtomicBool,
     pub calls: AtomicU64,
     pub failures: AtomicU64,
@@ -52,7 +59,16 @@ struct LatencyRing {
 const RING: usize = 1024;
 
 impl ModelGate {
-    pub fn new(index: usize, info: ModelInfo, cfg: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: usize,
+        info: ModelInfo,
+        cfg: BreakerConfig,
+        clock: Arc<dyn Clock>,
+        supervisor: Recipient<CircuitChanged>,
+        executor: ExecutorHandle,
+        stats: Arc<PipelineStats>,
+    ) -> Self {
         let info_id = info.id.to_string();
         metrics::gauge!(t::CIRCUIT_STATE, "model" => info_id.clone()).set(0.0);
         ModelGate {
@@ -60,7 +76,9 @@ impl ModelGate {
             breaker: Mutex::new(CircuitBreaker::new(cfg, 0x5EED ^ index as u64)),
             info,
             clock,
-            supervisor: Mutex::new(None),
+            supervisor,
+            executor: std::sync::RwLock::new(executor),
+            stats,
             enabled: AtomicBool::new(true),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -76,9 +94,19 @@ impl ModelGate {
         }
     }
 
-    pub fn set_supervisor(&self, r: Recipient<CircuitChanged>) {
-        if let Ok(mut g) = self.supervisor.lock() {
-            *g = Some(r);
+    /// The model's current executor.
+    pub fn executor(&self) -> ExecutorHandle {
+        match self.executor.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// A fresh executor (the supervisor, after the old one died).
+    pub fn set_executor(&self, h: ExecutorHandle) {
+        match self.executor.write() {
+            Ok(mut g) => *g = h,
+            Err(p) => *p.into_inner() = h,
         }
     }
 
@@ -111,7 +139,7 @@ impl ModelGate {
         };
         if a == Admission::Rejected {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(t::CALLS_REJECTED, "model" => self.info.id.to_string()).increment(1);
+            self.stats.emit(CallRejected { model: &self.info.id });
         }
         self.notify(tr);
         a
@@ -175,16 +203,30 @@ impl ModelGate {
         self.notify(tr);
     }
 
-    /// Counts a restart; may park the model. Returns the transition, if any (not notified:
-    /// the supervisor is the caller).
+    /// Counts a restart; may park the model. Returns the transition, if any (recorded, not
+    /// sent: the supervisor is the caller).
     pub fn note_restart(&self) -> Option<Transition> {
         self.restarts.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
-        self.breaker.lock().ok().and_then(|mut b| b.note_restart(now))
+        let tr = self.breaker.lock().ok().and_then(|mut b| b.note_restart(now));
+        self.record_transition(tr.as_ref());
+        tr
     }
 
+    /// Operator reset (recorded, not sent: the supervisor is the caller).
     pub fn reset(&self) -> Option<Transition> {
-        self.breaker.lock().ok().and_then(|mut b| b.reset())
+        let tr = self.breaker.lock().ok().and_then(|mut b| b.reset());
+        self.record_transition(tr.as_ref());
+        tr
+    }
+
+    fn record_transition(&self, tr: Option<&Transition>) {
+        if let Some(transition) = tr {
+            self.stats.emit(CircuitTransition {
+                model: &self.info.id,
+                transition,
+            });
+        }
     }
 
     pub fn open_until(&self) -> Option<Duration> {
@@ -193,16 +235,10 @@ impl ModelGate {
 
     fn notify(&self, tr: Option<Transition>) {
         let Some(transition) = tr else { return };
-        metrics::gauge!(t::CIRCUIT_STATE, "model" => self.info.id.to_string()).set(transition.to.gauge());
-        metrics::counter!(t::CIRCUIT_TRANSITIONS, "model" => self.info.id.to_string(), "to" => transition.to.as_str())
-            .increment(1);
-        if let Ok(g) = self.supervisor.lock()
-            && let Some(s) = g.as_ref()
-        {
-            s.do_send(CircuitChanged {
-                model: self.index,
-                transition,
-            });
-        }
+        self.record_transition(Some(&transition));
+        self.supervisor.do_send(CircuitChanged {
+            model: self.index,
+            transition,
+        });
     }
 }

@@ -1,10 +1,10 @@
-//! Every message of the actor graph, in one place.
+//! Every message of the actor graph, in one place. Actors of other layers are reached through
+//! `Recipient<M>` of these messages, never through their concrete addresses.
 use std::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::breaker::Transition;
-use crate::executor::ExecutorHandle;
 use crate::types::{Ensemble, MemberPrediction, Vector};
 
 /// Validated vectors into the router (awaited by the ingress: back-pressure).
@@ -62,7 +62,8 @@ pub struct CircuitChanged {
     pub transition: Transition,
 }
 
-/// A model actor's call failed; it stops itself after sending this.
+/// A model actor's call failed (the supervisor keeps the error for the health view; the
+/// model's gate has already counted it against the breaker).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ModelFailed {
@@ -70,13 +71,12 @@ pub struct ModelFailed {
     pub error: String,
 }
 
-/// The supervisor restarts a model: every stream drops that model's actor (fresh state on the
-/// next vector) and uses the given executor from now on.
+/// The supervisor restarted a model: every stream drops that model's actor (fresh state on
+/// the next vector); new actors take the executor from the model's gate.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RestartModel {
     pub model: usize,
-    pub handle: ExecutorHandle,
 }
 
 /// Stops a model actor.
@@ -96,3 +96,4 @@ pub struct SetEnabled {
     pub model: usize,
     pub enabled: bool,
 }
+

@@ -10,8 +10,9 @@ use crate::breaker::Admission;
 use crate::executor::{ExecError, ExecutorHandle, RowOutput};
 use crate::gate::ModelGate;
 use crate::messages::{MemberDone, MemberStatus, ModelFailed, Stop};
-use crate::telemetry::{self as t, PipelineStats};
-use crate::types::{Direction, MemberPrediction, Vector, argmax};
+use crate::events::CallFailed;
+use crate::telemetry::PipelineStats;
+use crate::types::{MemberPrediction, Vector};
 
 pub struct ModelActor {
     gate: Arc<ModelGate>,
@@ -27,16 +28,17 @@ pub struct ModelActor {
 }
 
 impl ModelActor {
+    /// A fresh actor; it calls the model's current executor (from its gate).
     pub fn new(
         gate: Arc<ModelGate>,
         member: usize,
-        executor: ExecutorHandle,
         aggregator: Recipient<MemberDone>,
         supervisor: Recipient<ModelFailed>,
         mailbox_capacity: usize,
         stats: Arc<PipelineStats>,
     ) -> Self {
         let window = VecDeque::with_capacity(gate.info.window);
+        let executor = gate.executor();
         ModelActor {
             gate,
             member,
@@ -91,32 +93,29 @@ impl Reporter {
                     std::time::Duration::from_micros(out.inference_us as u64),
                     None,
                 );
-                let (i, confidence) = argmax(&out.probabilities);
-                let info = &self.gate.info;
-                MemberStatus::Output(MemberPrediction {
-                    model_id: info.id.clone(),
-                    model_version: info.version.clone(),
-                    model_kind: info.family.clone(),
-                    probabilities: out.probabilities,
-                    direction: Direction::from_index(i),
-                    confidence,
-                    fallback: false,
-                    inference_us: out.inference_us,
-                    batch_size: out.batch_size,
-                })
+                MemberStatus::Output(MemberPrediction::new(
+                    &self.gate.info,
+                    out.probabilities,
+                    false,
+                    out.inference_us,
+                    out.batch_size,
+                ))
             }
             Err(e) => {
+                let error = e.to_string();
                 if e.is_model_fault() {
-                    self.gate.record(false, latency, Some(&e.to_string()));
+                    self.gate.record(false, latency, Some(&error));
                 }
-                PipelineStats::inc(&self.stats.failed_calls);
-                metrics::counter!(t::INFERENCE_ERRORS, "model" => self.gate.info.id.to_string(), "code" => e.code())
-                    .increment(1);
+                self.stats.emit(CallFailed {
+                    model: &self.gate.info.id,
+                    code: e.code(),
+                    error: &error,
+                });
                 // A failed call leaves the window intact (it is not what failed); the report
                 // lets the supervisor act, and its restart gives every actor fresh state.
                 self.supervisor.do_send(ModelFailed {
                     model: self.gate.index,
-                    error: e.to_string(),
+                    error,
                 });
                 MemberStatus::Failed(e.code())
             }
@@ -151,7 +150,6 @@ impl Handler<Vector> for ModelActor {
             return;
         }
         if self.gate.admit() == Admission::Rejected {
-            PipelineStats::inc(&self.stats.rejected_calls);
             self.done(v.sequence, MemberStatus::Rejected);
             return;
         }

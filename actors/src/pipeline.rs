@@ -2,7 +2,7 @@
 //! Everything a bus adapter or the HTTP layer needs is on [`Pipeline`].
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -13,7 +13,7 @@ use crate::executor::{self, BackendFactory, BatchConfig, BatchObserver, Executor
 use crate::gate::ModelGate;
 use crate::messages::{Ingest, Publish, ResetModel, SetEnabled};
 use crate::router::{Router, RouterConfig};
-use crate::supervisor::{GetExecutors, SetRouter, SupervisedModel, Supervisor};
+use crate::supervisor::{SupervisedModel, Supervisor};
 use crate::telemetry::PipelineStats;
 use crate::types::{ModelInfo, Vector};
 
@@ -44,14 +44,17 @@ pub struct Pipeline {
     pub stats: Arc<PipelineStats>,
     pub settings: Arc<RwLock<EnsembleSettings>>,
     pub batch: Arc<RwLock<BatchConfig>>,
+    /// The members' gates, in member order (the stacker's is in `stacker`).
     pub gates: Vec<Arc<ModelGate>>,
     pub stacker: Option<Stacker>,
 }
 
 impl Pipeline {
-    /// Starts every executor and waits until each model is loaded and warmed (every batch size
-    /// up to `max_batch`); any failure is returned, all of them listed. Must run inside an actix
-    /// system.
+    /// Starts every executor (members and stacker) and waits until each model is loaded and
+    /// warmed (every batch size up to `max_batch`); any failure is returned, all of them listed.
+    /// Then wires the actors without loops: the supervisor's address exists before it runs,
+    /// so the gates and the router get it at construction, and it gets the router's.
+    /// Must run inside an actix system.
     pub async fn start(
         cfg: PipelineConfig,
         members: Vec<ModelSpec>,
@@ -61,22 +64,19 @@ impl Pipeline {
         observer: Arc<dyn BatchObserver>,
     ) -> Result<Pipeline, Vec<String>> {
         let mut problems = Vec::new();
-        let mut handles = Vec::new();
-        for m in &members {
-            let (h, ready) =
-                executor::spawn(&m.info.id, m.factory.clone(), cfg.batch.clone(), observer.clone());
-            handles.push((h, ready));
-        }
-        let stacker_exec = stacker.as_ref().map(|s| {
+        let spawn = |m: &ModelSpec| {
             executor::spawn(
-                &s.model.info.id,
-                s.model.factory.clone(),
+                &m.info.id,
+                m.factory.clone(),
                 cfg.batch.clone(),
                 observer.clone(),
+                clock.clone(),
             )
-        });
+        };
+        let models: Vec<&ModelSpec> = members.iter().chain(stacker.as_ref().map(|s| &s.model)).collect();
+        let started: Vec<_> = models.iter().map(|m| spawn(m)).collect();
         let mut executors: Vec<ExecutorHandle> = Vec::new();
-        for (m, (h, ready)) in members.iter().zip(handles) {
+        for (m, (h, ready)) in models.iter().zip(started) {
             match ready.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => problems.push(format!("model {}: {e}", m.info.id)),
@@ -87,83 +87,80 @@ impl Pipeline {
             }
             executors.push(h);
         }
-        let mut stacker_out = None;
-        if let (Some(spec), Some((h, ready))) = (stacker, stacker_exec) {
-            match ready.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => problems.push(format!("model {}: {e}", spec.model.info.id)),
-                Err(_) => problems.push(format!(
-                    "model {}: executor ended before it was ready",
-                    spec.model.info.id
-                )),
-            }
-            let mut inputs = Vec::new();
+        if let Some(spec) = &stacker {
             for id in &spec.inputs {
-                match members.iter().position(|m| *m.info.id == **id) {
-                    Some(i) => inputs.push(i),
-                    None => problems.push(format!(
+                if !members.iter().any(|m| *m.info.id == **id) {
+                    problems.push(format!(
                         "stacking model {} needs member {id:?}, which is not enabled",
                         spec.model.info.id
-                    )),
+                    ));
                 }
             }
-            stacker_out = Some(Stacker {
-                executor: h,
-                info: spec.model.info,
-                inputs,
-            });
         }
         if !problems.is_empty() {
             return Err(problems);
         }
-        let gates: Vec<Arc<ModelGate>> = members
+        let stats = Arc::new(PipelineStats::default());
+        let supervisor_ctx = Context::<Supervisor>::new();
+        let supervisor = supervisor_ctx.address();
+        let gates: Vec<Arc<ModelGate>> = models
             .iter()
+            .zip(executors)
             .enumerate()
-            .map(|(i, m)| {
+            .map(|(i, (m, e))| {
                 Arc::new(ModelGate::new(
                     i,
                     m.info.clone(),
                     cfg.breaker.clone(),
                     clock.clone(),
+                    supervisor.clone().recipient(),
+                    e,
+                    stats.clone(),
                 ))
             })
             .collect();
+        let factories: Vec<BackendFactory> = models.iter().map(|m| m.factory.clone()).collect();
+        let member_gates: Vec<Arc<ModelGate>> = gates[..members.len()].to_vec();
+        let stacker_out = stacker.map(|spec| Stacker {
+            gate: gates[members.len()].clone(),
+            inputs: spec.inputs.iter().map(|s| Arc::from(s.as_str())).collect(),
+        });
         let batch = Arc::new(RwLock::new(cfg.batch.clone()));
-        let supervised = members
-            .into_iter()
-            .zip(&gates)
-            .zip(&executors)
-            .map(|((m, g), e)| SupervisedModel {
-                gate: g.clone(),
-                factory: m.factory,
-                executor: e.clone(),
-            })
-            .collect();
-        let supervisor = Supervisor::new(supervised, batch.clone(), observer).start();
-        for g in &gates {
-            g.set_supervisor(supervisor.clone().recipient());
-        }
         let settings = Arc::new(RwLock::new(cfg.ensemble.clone()));
-        let stats = Arc::new(PipelineStats::default());
         let router = Router::new(
             cfg.router.clone(),
-            gates.clone(),
-            executors,
+            member_gates.clone(),
             settings.clone(),
             stacker_out.clone(),
             publishers.into(),
             supervisor.clone().recipient(),
             stats.clone(),
+            clock.clone(),
         )
         .start();
-        supervisor.do_send(SetRouter(router.clone()));
+        let supervised = gates
+            .iter()
+            .zip(factories)
+            .map(|(g, factory)| SupervisedModel {
+                gate: g.clone(),
+                factory,
+            })
+            .collect();
+        supervisor_ctx.run(Supervisor::new(
+            supervised,
+            router.clone().recipient(),
+            batch.clone(),
+            observer,
+            clock,
+            stats.clone(),
+        ));
         Ok(Pipeline {
             router,
             supervisor,
             stats,
             settings,
             batch,
-            gates,
+            gates: member_gates,
             stacker: stacker_out,
         })
     }
@@ -173,21 +170,22 @@ impl Pipeline {
         self.router.send(Ingest(vectors)).await
     }
 
-    /// Waits until every started event has been finalised, or the timeout passes.
+    /// Waits until every started event has been finalised, or the timeout passes. Woken by
+    /// each finished event, not by polling.
     pub async fn drain(&self, timeout: Duration) -> bool {
-        let start = Instant::now();
-        loop {
+        let wait = async {
             // An ingest in the router's mailbox has not started its events yet: ask the router
             // for a round trip first so that everything before this call is counted.
             let _ = self.router.send(Ingest(Vec::new())).await;
-            if self.stats.idle() {
-                return true;
+            loop {
+                let finished = self.stats.event_finished();
+                if self.stats.idle() {
+                    return;
+                }
+                finished.await;
             }
-            if start.elapsed() >= timeout {
-                return false;
-            }
-            actix_rt::time::sleep(Duration::from_millis(2)).await;
-        }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
     pub fn model_index(&self, id: &str) -> Option<usize> {
@@ -209,30 +207,31 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Applies new batching limits to every executor (from the next batch).
-    pub async fn set_batch(&self, b: BatchConfig) {
+    /// The gates of every model: the members, then the stacker.
+    pub fn all_gates(&self) -> impl Iterator<Item = &Arc<ModelGate>> {
+        self.gates.iter().chain(self.stacker.as_ref().map(|s| &s.gate))
+    }
+
+    /// Applies new batching limits to every executor (from the next batch), and to the ones
+    /// the supervisor starts later.
+    pub fn set_batch(&self, b: BatchConfig) {
         if let Ok(mut g) = self.batch.write() {
             *g = b.clone();
         }
-        if let Ok(execs) = self.supervisor.send(GetExecutors).await {
-            for e in execs {
-                e.set_batch(b.clone());
-            }
-        }
-        if let Some(s) = &self.stacker {
-            s.executor.set_batch(b);
+        for g in self.all_gates() {
+            g.executor().set_batch(b.clone());
         }
     }
 
     pub fn set_breaker(&self, b: BreakerConfig) {
-        for g in &self.gates {
+        for g in self.all_gates() {
             g.set_breaker_config(b.clone());
         }
     }
 
-    /// Every model loaded, warmed and not down.
-    pub async fn executors(&self) -> Vec<ExecutorHandle> {
-        self.supervisor.send(GetExecutors).await.unwrap_or_default()
+    /// The current executor of every model (members, then the stacker).
+    pub fn executors(&self) -> Vec<ExecutorHandle> {
+        self.all_gates().map(|g| g.executor()).collect()
     }
 
     pub fn active_streams(&self) -> u64 {

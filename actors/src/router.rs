@@ -9,14 +9,15 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregator::{Aggregator, EnsembleSettings, Stacker};
-use crate::executor::ExecutorHandle;
+use crate::clock::Clock;
+use crate::events::{ActiveStreams, Duplicate, EventStarted, MailboxFull, StaleSequence, StreamRefused, VectorRouted};
 use crate::gate::ModelGate;
 use crate::messages::{
     EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publish, RestartModel, SetEnabled, StartEvent,
     Stop,
 };
 use crate::model_actor::ModelActor;
-use crate::telemetry::{self as t, PipelineStats};
+use crate::telemetry::PipelineStats;
 use crate::types::{StreamKey, Vector};
 
 /// Router limits.
@@ -68,8 +69,8 @@ struct Stream {
 
 pub struct Router {
     cfg: RouterConfig,
+    /// The members' gates (each holds its model's current executor).
     gates: Vec<Arc<ModelGate>>,
-    executors: Vec<ExecutorHandle>,
     settings: Arc<std::sync::RwLock<EnsembleSettings>>,
     stacker: Option<Stacker>,
     publishers: Arc<[Recipient<Publish>]>,
@@ -78,7 +79,8 @@ pub struct Router {
     /// Recently seen (stream, sequence): drops the same vector arriving again.
     seen: lru::LruCache<(StreamKey, u64), ()>,
     stats: Arc<PipelineStats>,
-    refused_logged: u64,
+    /// Aggregator deadlines run on this clock.
+    clock: Arc<dyn Clock>,
 }
 
 impl Router {
@@ -86,45 +88,42 @@ impl Router {
     pub fn new(
         cfg: RouterConfig,
         gates: Vec<Arc<ModelGate>>,
-        executors: Vec<ExecutorHandle>,
         settings: Arc<std::sync::RwLock<EnsembleSettings>>,
         stacker: Option<Stacker>,
         publishers: Arc<[Recipient<Publish>]>,
         supervisor: Recipient<ModelFailed>,
         stats: Arc<PipelineStats>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let cap = std::num::NonZeroUsize::new(cfg.dedupe_capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         Router {
             seen: lru::LruCache::new(cap),
             cfg,
             gates,
-            executors,
             settings,
             stacker,
             publishers,
             supervisor,
             streams: HashMap::new(),
             stats,
-            refused_logged: 0,
+            clock,
         }
     }
 
     fn route(&mut self, v: Vector) {
-        PipelineStats::inc(&self.stats.vectors_in);
+        self.stats.emit(VectorRouted);
         if self.seen.put((v.key.clone(), v.sequence), ()).is_some() {
-            PipelineStats::inc(&self.stats.duplicates);
-            metrics::counter!(t::FEATURES_DEDUPLICATED, "transport" => v.transport.as_str()).increment(1);
+            self.stats.emit(Duplicate {
+                transport: v.transport,
+            });
             return;
         }
         if !self.streams.contains_key(&v.key) {
             if self.streams.len() >= self.cfg.max_streams {
-                PipelineStats::inc(&self.stats.streams_refused);
-                metrics::counter!(t::STREAMS_REFUSED).increment(1);
-                // Logged with a stride so that a flood of new streams cannot flood the log.
-                if self.refused_logged.is_power_of_two() || self.refused_logged == 0 {
-                    tracing::warn!(stream = %v.key, max_streams = self.cfg.max_streams, refused = self.refused_logged + 1, "stream cap reached; vector refused");
-                }
-                self.refused_logged += 1;
+                self.stats.emit(StreamRefused {
+                    stream: &v.key,
+                    max_streams: self.cfg.max_streams,
+                });
                 return;
             }
             let members: Vec<usize> = self
@@ -141,6 +140,7 @@ impl Router {
                 self.stacker.clone(),
                 self.publishers.clone(),
                 self.stats.clone(),
+                self.clock.clone(),
             )
             .start();
             let actors = vec![None; members.len()];
@@ -153,24 +153,22 @@ impl Router {
                     actors,
                 },
             );
-            self.stats
-                .active_streams
-                .store(self.streams.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            metrics::gauge!(t::ACTIVE_STREAMS).set(self.streams.len() as f64);
+            self.stats.emit(ActiveStreams(self.streams.len()));
         }
         let Some(s) = self.streams.get_mut(&v.key) else {
             return;
         };
         if s.last_sequence.is_some_and(|last| v.sequence <= last) {
-            PipelineStats::inc(&self.stats.stale_sequence);
-            metrics::counter!(t::FEATURES_STALE_SEQUENCE, "transport" => v.transport.as_str()).increment(1);
+            self.stats.emit(StaleSequence {
+                transport: v.transport,
+            });
             return;
         }
         s.last_sequence = Some(v.sequence);
         if s.members.is_empty() {
             return;
         }
-        PipelineStats::inc(&self.stats.events_started);
+        self.stats.emit(EventStarted);
         s.aggregator.do_send(StartEvent(EventMeta {
             sequence: v.sequence,
             event_time_ms: v.event_time_ms,
@@ -196,7 +194,6 @@ impl Router {
                     let a = ModelActor::new(
                         gate.clone(),
                         slot,
-                        self.executors[model].clone(),
                         s.aggregator.clone().recipient(),
                         self.supervisor.clone(),
                         self.cfg.model_mailbox,
@@ -208,8 +205,7 @@ impl Router {
                 }
             };
             if actor.try_send(v.clone()).is_err() {
-                PipelineStats::inc(&self.stats.mailbox_full);
-                metrics::counter!(t::MAILBOX_FULL, "model" => gate.info.id.to_string()).increment(1);
+                self.stats.emit(MailboxFull { model: &gate.info.id });
                 s.aggregator.do_send(MemberDone {
                     sequence: v.sequence,
                     member: slot,
@@ -242,9 +238,6 @@ impl Handler<RestartModel> for Router {
     type Result = ();
 
     fn handle(&mut self, m: RestartModel, _: &mut Context<Self>) {
-        if let Some(e) = self.executors.get_mut(m.model) {
-            *e = m.handle;
-        }
         for s in self.streams.values_mut() {
             for (slot, &model) in s.members.iter().enumerate() {
                 if model == m.model

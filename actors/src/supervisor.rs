@@ -1,90 +1,96 @@
-//! Supervisor: watches every model (its actors and its executor) through the model's gate.
-//! When a circuit opens it waits out the backoff, then restarts the model: a fresh executor
-//! with the model reloaded when the old one died, and fresh model actors in every stream.
-//! The breaker then lets probes through (half-open). Too many restarts park the model as
-//! faulted until an operator resets it. A failing model never stops the others.
+//! Supervisor: watches every model (the members and the stacker: their actors and their
+//! executors) through the model's gate. When a circuit opens it waits out the backoff on the
+//! injected clock, then restarts the model: a fresh executor with the model reloaded when the
+//! old one died (swapped into the gate), and fresh model actors in every stream. The breaker
+//! then lets probes through (half-open). Too many restarts park the model as faulted until an
+//! operator resets it. A failing model never stops the others.
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::breaker::CircuitState;
-use crate::executor::{self, BackendFactory, BatchConfig, BatchObserver, ExecutorHandle};
+use crate::clock::Clock;
+use crate::events::ModelRestarted;
+use crate::executor::{self, BackendFactory, BatchConfig, BatchObserver};
 use crate::gate::ModelGate;
 use crate::messages::{CircuitChanged, ModelFailed, ResetModel, RestartModel};
-use crate::router::Router;
-use crate::telemetry as t;
+use crate::telemetry::PipelineStats;
 
 pub struct SupervisedModel {
     pub gate: Arc<ModelGate>,
+    /// Loads the model again when its executor died.
     pub factory: BackendFactory,
-    pub executor: ExecutorHandle,
 }
 
 pub struct Supervisor {
+    /// Members first (indexed like the gates), then the stacker, if any.
     models: Vec<SupervisedModel>,
-    router: Option<Addr<Router>>,
+    /// Told to give a restarted model fresh actors.
+    router: Recipient<RestartModel>,
+    /// The batching limits in force (a fresh executor starts with them).
     batch: Arc<std::sync::RwLock<BatchConfig>>,
     observer: Arc<dyn BatchObserver>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<PipelineStats>,
     /// A restart already scheduled per model.
     scheduled: Vec<Option<SpawnHandle>>,
 }
 
-/// Hands the supervisor the router once both exist.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetRouter(pub Addr<Router>);
-
-/// Current executor handles (for batching changes and health).
-#[derive(Message)]
-#[rtype(result = "Vec<ExecutorHandle>")]
-pub struct GetExecutors;
-
 impl Supervisor {
     pub fn new(
         models: Vec<SupervisedModel>,
+        router: Recipient<RestartModel>,
         batch: Arc<std::sync::RwLock<BatchConfig>>,
         observer: Arc<dyn BatchObserver>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<PipelineStats>,
     ) -> Self {
         let n = models.len();
         Supervisor {
             models,
-            router: None,
+            router,
             batch,
             observer,
-            scheduled: vec![None; n],
+            clock,
+            stats,
+            scheduled: (0..n).map(|_| None).collect(),
         }
     }
 
-    fn restart(&mut self, model: usize, ctx: &mut Context<Self>) {
-        self.scheduled[model] = None;
-        let Some(m) = self.models.get_mut(model) else {
-            return;
-        };
+    /// A fresh executor when the old one is down; fresh actors in every stream.
+    fn revive(&mut self, i: usize) {
+        let Some(m) = self.models.get(i) else { return };
+        let reloaded = m.gate.executor().is_down();
+        if reloaded {
+            let batch = self.batch.read().map(|b| b.clone()).unwrap_or_default();
+            let (handle, _ready) = executor::spawn(
+                &m.gate.info.id,
+                m.factory.clone(),
+                batch,
+                self.observer.clone(),
+                self.clock.clone(),
+            );
+            m.gate.set_executor(handle);
+        }
+        self.stats.emit(ModelRestarted {
+            model: &m.gate.info.id,
+            reloaded,
+        });
+        self.router.do_send(RestartModel { model: m.gate.index });
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.scheduled[i] = None;
+        let Some(m) = self.models.get(i) else { return };
         if m.gate.state() == CircuitState::Faulted {
             return;
         }
-        if let Some(tr) = m.gate.note_restart() {
-            metrics::gauge!(t::CIRCUIT_STATE, "model" => m.gate.info.id.to_string()).set(tr.to.gauge());
+        if m.gate.note_restart().is_some() {
             tracing::error!(model = %m.gate.info.id, restarts = m.gate.restarts.load(std::sync::atomic::Ordering::Relaxed), "restart intensity exceeded; model parked as faulted until reset");
             return;
         }
-        metrics::counter!(t::MODEL_RESTARTS, "model" => m.gate.info.id.to_string()).increment(1);
-        if m.executor.is_down() {
-            let batch = self.batch.read().map(|b| b.clone()).unwrap_or_default();
-            let (handle, _ready) =
-                executor::spawn(&m.gate.info.id, m.factory.clone(), batch, self.observer.clone());
-            m.executor = handle;
-            tracing::warn!(model = %m.gate.info.id, "executor was down; started a fresh one with the model reloaded");
-        }
-        tracing::info!(model = %m.gate.info.id, "restarting model actors with fresh state");
-        if let Some(r) = &self.router {
-            r.do_send(RestartModel {
-                model,
-                handle: m.executor.clone(),
-            });
-        }
-        let _ = ctx;
+        self.revive(i);
     }
 }
 
@@ -92,45 +98,22 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 }
 
-impl Handler<SetRouter> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, SetRouter(r): SetRouter, _: &mut Context<Self>) {
-        self.router = Some(r);
-    }
-}
-
-impl Handler<GetExecutors> for Supervisor {
-    type Result = MessageResult<GetExecutors>;
-
-    fn handle(&mut self, _: GetExecutors, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.models.iter().map(|m| m.executor.clone()).collect())
-    }
-}
-
 impl Handler<CircuitChanged> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, m: CircuitChanged, ctx: &mut Context<Self>) {
-        let Some(model) = self.models.get(m.model) else {
+        // Members and the stacker have distinct gate indexes (the stacker's is after the
+        // members'), so the index alone finds the model.
+        let Some(i) = self.models.iter().position(|x| x.gate.index == m.model) else {
             return;
         };
-        let tr = m.transition;
-        tracing::warn!(
-            model = %model.gate.info.id,
-            from = tr.from.as_str(),
-            to = tr.to.as_str(),
-            reason = tr.reason.map(|r| r.as_str()).unwrap_or(""),
-            backoff_ms = tr.backoff.map(|b| b.as_millis() as u64).unwrap_or(0),
-            "circuit transition"
-        );
-        if tr.to == CircuitState::Open {
-            let backoff = tr.backoff.unwrap_or(Duration::from_millis(500));
-            if let Some(h) = self.scheduled[m.model].take() {
+        if m.transition.to == CircuitState::Open {
+            let backoff = m.transition.backoff.unwrap_or(Duration::from_millis(500));
+            if let Some(h) = self.scheduled[i].take() {
                 ctx.cancel_future(h);
             }
-            let idx = m.model;
-            self.scheduled[m.model] = Some(ctx.run_later(backoff, move |act, ctx| act.restart(idx, ctx)));
+            let sleep = self.clock.sleep(backoff);
+            self.scheduled[i] = Some(ctx.spawn(sleep.into_actor(self).map(move |_, act, _| act.restart(i))));
         }
     }
 }
@@ -139,11 +122,10 @@ impl Handler<ModelFailed> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, m: ModelFailed, _: &mut Context<Self>) {
-        if let Some(model) = self.models.get(m.model) {
-            tracing::debug!(model = %model.gate.info.id, error = %m.error, "model call failed");
-            if let Ok(mut g) = model.gate.last_error.lock() {
-                *g = Some(m.error);
-            }
+        if let Some(model) = self.models.iter().find(|x| x.gate.index == m.model)
+            && let Ok(mut g) = model.gate.last_error.lock()
+        {
+            *g = Some(m.error);
         }
     }
 }
@@ -152,33 +134,18 @@ impl Handler<ResetModel> for Supervisor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, ResetModel(id): ResetModel, ctx: &mut Context<Self>) -> Self::Result {
-        let idx = self
+        let i = self
             .models
             .iter()
             .position(|m| *m.gate.info.id == *id)
             .ok_or_else(|| format!("unknown model {id:?}"))?;
-        if let Some(h) = self.scheduled[idx].take() {
+        if let Some(h) = self.scheduled[i].take() {
             ctx.cancel_future(h);
         }
-        let m = &self.models[idx];
-        if let Some(tr) = m.gate.reset() {
-            metrics::gauge!(t::CIRCUIT_STATE, "model" => m.gate.info.id.to_string()).set(tr.to.gauge());
-        }
+        self.models[i].gate.reset();
         tracing::info!(model = %id, "model reset by operator");
-        // A reset model starts clean: reload if its executor died, fresh actors.
-        let m = &mut self.models[idx];
-        if m.executor.is_down() {
-            let batch = self.batch.read().map(|b| b.clone()).unwrap_or_default();
-            let (handle, _ready) =
-                executor::spawn(&m.gate.info.id, m.factory.clone(), batch, self.observer.clone());
-            m.executor = handle;
-        }
-        if let Some(r) = &self.router {
-            r.do_send(RestartModel {
-                model: idx,
-                handle: m.executor.clone(),
-            });
-        }
+        // A reset model starts clean: reloaded if its executor died, fresh actors.
+        self.revive(i);
         Ok(())
     }
 }

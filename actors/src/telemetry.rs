@@ -1,7 +1,11 @@
 //! Every metric Augur emits is named here, with its description. Names follow
 //! `augur_<noun>_<unit>[_total]`; histograms are in seconds; labels have low cardinality
 //! (transport, timeframe, model, reason: never a symbol or an error text).
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 
 pub const FEATURES_RECEIVED: &str = "augur_features_received_total";
 pub const FEATURES_INVALID: &str = "augur_features_invalid_total";
@@ -155,21 +159,10 @@ pub fn describe() {
     );
 }
 
-/// Every reason code a dead letter can carry (the codec's `Reject::code`).
-pub const DEAD_LETTER_REASONS: [&str; 8] = [
-    "decode_error",
-    "invalid_field",
-    "unknown_timeframe",
-    "timeframe_mismatch",
-    "unknown_feature_set",
-    "wrong_feature_count",
-    "non_finite_value",
-    "stale",
-];
-
 /// Registers every labelled counter at zero, so that dashboards and alerts see a series
 /// (and `increase()` works) before the first event of its kind.
-pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]) {
+/// `reasons`: every dead-letter reason code (the codec's reject codes).
+pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str], reasons: &[&'static str]) {
     use metrics::counter;
     for m in models {
         let m = m.to_string();
@@ -185,7 +178,7 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
     }
     for tr in transports {
         let tr = tr.to_string();
-        for r in DEAD_LETTER_REASONS {
+        for &r in reasons {
             counter!(DEAD_LETTERS, "transport" => tr.clone(), "reason" => r).increment(0);
             counter!(FEATURES_INVALID, "transport" => tr.clone(), "reason" => r).increment(0);
         }
@@ -208,7 +201,8 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
     counter!(CONFIG_CHANGES).increment(0);
 }
 
-/// In-process counters of the pipeline, read by drain, health and tests.
+/// In-process counters of the pipeline, read by drain, health and tests. Written only by the
+/// typed events of [`crate::events`].
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     pub vectors_in: AtomicU64,
@@ -225,6 +219,10 @@ pub struct PipelineStats {
     pub failed_calls: AtomicU64,
     pub mailbox_full: AtomicU64,
     pub active_streams: AtomicU64,
+    /// Dead letters by "transport:reason".
+    pub dead_letters: Mutex<BTreeMap<String, u64>>,
+    /// Woken whenever an event finishes (drain waits on it instead of polling).
+    finished: Notify,
 }
 
 impl PipelineStats {
@@ -232,12 +230,23 @@ impl PipelineStats {
         c.load(Ordering::Relaxed)
     }
 
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Every started event has been finalised (published or dropped).
     pub fn idle(&self) -> bool {
         Self::get(&self.events_finished) >= Self::get(&self.events_started)
+    }
+
+    pub(crate) fn finish_event(&self) {
+        self.events_finished.fetch_add(1, Ordering::Relaxed);
+        self.finished.notify_waiters();
+    }
+
+    /// Resolves at the next finished event (or at once if one finished since `notified` was
+    /// created): the caller checks `idle()` again.
+    pub fn event_finished(&self) -> tokio::sync::futures::Notified<'_> {
+        self.finished.notified()
+    }
+
+    pub fn dead_letters(&self) -> BTreeMap<String, u64> {
+        self.dead_letters.lock().map(|d| d.clone()).unwrap_or_default()
     }
 }

@@ -25,24 +25,20 @@ impl std::fmt::Display for StreamKey {
     }
 }
 
-/// Which transport a vector came in on.
+/// Which transport a vector came in on: a label for metrics and logs, named by the transport
+/// itself (`bus/<name>/`), so that adding a transport touches nothing here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Nats,
-    Kafka,
-    Replay,
-    Http,
-}
+#[serde(transparent)]
+pub struct Transport(pub &'static str);
 
 impl Transport {
+    /// `augur replay`: the in-process bus over a file.
+    pub const REPLAY: Transport = Transport("replay");
+    /// `POST /api/v1/predict`.
+    pub const HTTP: Transport = Transport("http");
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Nats => "nats",
-            Transport::Kafka => "kafka",
-            Transport::Replay => "replay",
-            Transport::Http => "http",
-        }
+        self.0
     }
 }
 
@@ -162,4 +158,59 @@ pub struct Ensemble {
     /// Held by the sinks until the prediction is delivered; not part of the output.
     #[serde(skip)]
     pub ack: Option<Ack>,
+}
+
+impl MemberPrediction {
+    /// A member's output from its probabilities: direction and confidence are their argmax.
+    pub fn new(info: &ModelInfo, probabilities: Vec<f32>, fallback: bool, inference_us: u32, batch_size: u32) -> Self {
+        let (i, confidence) = argmax(&probabilities);
+        MemberPrediction {
+            model_id: info.id.clone(),
+            model_version: info.version.clone(),
+            model_kind: info.family.clone(),
+            probabilities,
+            direction: Direction::from_index(i),
+            confidence,
+            fallback,
+            inference_us,
+            batch_size,
+        }
+    }
+}
+
+impl Ensemble {
+    /// The prediction of one event from its merged probabilities (direction and confidence are
+    /// their argmax) and the members that went into them.
+    pub fn new(
+        key: &StreamKey,
+        meta: crate::messages::EventMeta,
+        probabilities: Vec<f32>,
+        members: Vec<MemberPrediction>,
+        expected: u32,
+        method: &'static str,
+        published_at_ns: i64,
+    ) -> Self {
+        let (i, confidence) = argmax(&probabilities);
+        let direction = Direction::from_index(i);
+        Ensemble {
+            event_id: crate::aggregator::event_id(key, meta.sequence),
+            symbol: key.symbol.clone(),
+            timeframe: key.timeframe.clone(),
+            event_time_ms: meta.event_time_ms,
+            sequence: meta.sequence,
+            direction,
+            confidence,
+            probabilities,
+            models_expected: expected,
+            models_used: members.len() as u32,
+            members,
+            method,
+            correlation_id: meta.correlation_id,
+            feature_published_at_ns: meta.published_at_ns,
+            published_at_ns,
+            service_version: env!("CARGO_PKG_VERSION"),
+            signal: direction.signal(),
+            ack: meta.ack,
+        }
+    }
 }

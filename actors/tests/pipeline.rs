@@ -1,5 +1,7 @@
 //! The actor graph with test-double models (the real models are exercised by the `augur`
-//! crate's tests): routing, windows, aggregation, and the supervisor's restarts.
+//! crate's tests): routing, windows, aggregation, deadlines, and the supervisor's restarts.
+//! Time is a manual clock: deadlines and backoff pass when a test advances it, never by
+//! sleeping. Only the executors' threads run on their own; tests wait for them by yielding.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use augur_actors::aggregator::{EnsembleSettings, Method};
 use augur_actors::breaker::{BreakerConfig, CircuitState};
-use augur_actors::clock::SystemClock;
+use augur_actors::clock::ManualClock;
 use augur_actors::executor::{BatchConfig, InferenceBackend, NoObserver};
 use augur_actors::messages::Publish;
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig};
@@ -20,6 +22,8 @@ struct Double {
     len: usize,
     fail: Arc<AtomicBool>,
     panic: Arc<AtomicBool>,
+    /// While set, a forward pass waits (a model that does not answer).
+    hold: Arc<AtomicBool>,
 }
 
 impl InferenceBackend for Double {
@@ -34,6 +38,9 @@ impl InferenceBackend for Double {
         Ok(())
     }
     fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
         if self.panic.load(Ordering::SeqCst) {
             panic!("double told to panic");
         }
@@ -53,6 +60,7 @@ impl InferenceBackend for Double {
 struct Flags {
     fail: Arc<AtomicBool>,
     panic: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
     loads: Arc<AtomicUsize>,
 }
 
@@ -60,9 +68,15 @@ fn spec(id: &str, window: usize, timeframes: &[&str]) -> (ModelSpec, Flags) {
     let flags = Flags {
         fail: Arc::default(),
         panic: Arc::default(),
+        hold: Arc::default(),
         loads: Arc::default(),
     };
-    let (f, p, l) = (flags.fail.clone(), flags.panic.clone(), flags.loads.clone());
+    let (f, p, h, l) = (
+        flags.fail.clone(),
+        flags.panic.clone(),
+        flags.hold.clone(),
+        flags.loads.clone(),
+    );
     let features = 2;
     let spec = ModelSpec {
         info: ModelInfo {
@@ -80,6 +94,7 @@ fn spec(id: &str, window: usize, timeframes: &[&str]) -> (ModelSpec, Flags) {
                 len: window * features,
                 fail: f.clone(),
                 panic: p.clone(),
+                hold: h.clone(),
             }) as Box<dyn InferenceBackend>)
         }),
     };
@@ -108,7 +123,7 @@ fn vector(sym: &str, tf: &str, seq: u64, x: f32) -> Vector {
         values: Arc::from(vec![x, -x]),
         correlation_id: format!("{sym}-{tf}-{seq}").into(),
         published_at_ns: 0,
-        transport: Transport::Replay,
+        transport: Transport::REPLAY,
         ack: None,
     }
 }
@@ -143,20 +158,32 @@ fn config() -> PipelineConfig {
     }
 }
 
-async fn start(members: Vec<ModelSpec>, cfg: PipelineConfig) -> (Pipeline, Arc<Mutex<Vec<Arc<Ensemble>>>>) {
+type Out = Arc<Mutex<Vec<Arc<Ensemble>>>>;
+
+async fn start(members: Vec<ModelSpec>, cfg: PipelineConfig) -> (Pipeline, Out, Arc<ManualClock>) {
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = Collector(out.clone()).start();
+    let clock = ManualClock::shared();
     let p = Pipeline::start(
         cfg,
         members,
         None,
         vec![sink.recipient()],
-        SystemClock::shared(),
+        clock.clone(),
         Arc::new(NoObserver),
     )
     .await
     .unwrap();
-    (p, out)
+    (p, out, clock)
+}
+
+/// Yields to the actors (and lets the executor threads work) until `cond` holds; no sleeping.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        actix_rt::task::yield_now().await;
+    }
 }
 
 #[actix_rt::test]
@@ -164,7 +191,7 @@ async fn test_one_prediction_per_vector_once_every_window_is_full() {
     let (a, _) = spec("a", 3, &["1m", "5m"]);
     let (b, _) = spec("b", 5, &["1m", "5m"]);
     let (c, _) = spec("c", 1, &["5m"]);
-    let (p, out) = start(vec![a, b, c], config()).await;
+    let (p, out, _clock) = start(vec![a, b, c], config()).await;
     for seq in 1..=20u64 {
         let mut batch = Vec::new();
         for sym in ["AAA", "BBB"] {
@@ -200,7 +227,7 @@ async fn test_one_prediction_per_vector_once_every_window_is_full() {
 #[actix_rt::test]
 async fn test_repeated_or_older_sequences_are_dropped_and_counted() {
     let (a, _) = spec("a", 1, &["1m"]);
-    let (p, out) = start(vec![a], config()).await;
+    let (p, out, _clock) = start(vec![a], config()).await;
     for seq in [1u64, 2, 2, 1, 5, 3] {
         p.ingest(vec![vector("AAA", "1m", seq, 0.1)]).await.unwrap();
     }
@@ -223,7 +250,7 @@ async fn test_stream_cap_refuses_new_streams_without_crashing() {
     let (a, _) = spec("a", 1, &["1m"]);
     let mut cfg = config();
     cfg.router.max_streams = 2;
-    let (p, out) = start(vec![a], cfg).await;
+    let (p, out, _clock) = start(vec![a], cfg).await;
     for sym in ["A", "B", "C", "D"] {
         p.ingest(vec![vector(sym, "1m", 1, 0.1)]).await.unwrap();
     }
@@ -235,8 +262,8 @@ async fn test_stream_cap_refuses_new_streams_without_crashing() {
 async fn feed(p: &Pipeline, from: u64, to: u64) {
     for seq in from..to {
         p.ingest(vec![vector("AAA", "1m", seq, 0.3)]).await.unwrap();
-        actix_rt::time::sleep(Duration::from_millis(2)).await;
     }
+    assert!(p.drain(Duration::from_secs(10)).await);
 }
 
 #[actix_rt::test]
@@ -244,36 +271,32 @@ async fn test_a_panicking_model_is_restarted_with_a_fresh_executor_while_others_
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let (good, _) = spec("good", 1, &["1m"]);
     let (bad, bad_flags) = spec("bad", 1, &["1m"]);
-    let (p, out) = start(vec![good, bad], config()).await;
+    let (p, out, clock) = start(vec![good, bad], config()).await;
     feed(&p, 1, 6).await;
     bad_flags.panic.store(true, Ordering::SeqCst);
     feed(&p, 6, 20).await;
-    assert!(p.drain(Duration::from_secs(10)).await);
     let bad_gate = &p.gates[1];
-    assert_ne!(
+    assert_eq!(
         bad_gate.state(),
-        CircuitState::Closed,
+        CircuitState::Open,
         "the panic opened the circuit"
     );
     let during = out.lock().unwrap().iter().filter(|e| e.sequence >= 6).count();
     assert_eq!(during, 14, "the good model kept every event going");
-    // heal; after the backoff the supervisor reloads the model, probes close the circuit
+    assert_eq!(bad_gate.restarts.load(Ordering::Relaxed), 0, "no restart before the backoff");
+    // heal; once the backoff has passed on the clock the supervisor reloads the model
     bad_flags.panic.store(false, Ordering::SeqCst);
     let loads_before = bad_flags.loads.load(Ordering::SeqCst);
-    for seq in 20..200 {
-        p.ingest(vec![vector("AAA", "1m", seq, 0.3)]).await.unwrap();
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-        if bad_gate.state() == CircuitState::Closed && seq > 30 {
-            break;
-        }
-    }
-    assert!(p.drain(Duration::from_secs(10)).await);
-    assert_eq!(bad_gate.state(), CircuitState::Closed);
+    clock.advance(Duration::from_millis(200));
+    until("the restart", || bad_gate.restarts.load(Ordering::Relaxed) == 1).await;
+    until("the fresh executor", || bad_gate.executor().is_ready()).await;
     assert!(
         bad_flags.loads.load(Ordering::SeqCst) > loads_before,
         "a fresh executor reloaded the model"
     );
-    assert!(bad_gate.restarts.load(Ordering::Relaxed) >= 1);
+    // probes (half_open_probes = 2) close the circuit
+    feed(&p, 20, 23).await;
+    assert_eq!(bad_gate.state(), CircuitState::Closed);
     let last = out.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.models_used, 2, "both members are back");
 }
@@ -284,18 +307,60 @@ async fn test_restart_intensity_parks_a_failing_model_until_reset() {
     let (bad, bad_flags) = spec("bad", 1, &["1m"]);
     let mut cfg = config();
     cfg.breaker.max_restarts = 1;
-    let (p, _out) = start(vec![good, bad], cfg).await;
+    let (p, _out, clock) = start(vec![good, bad], cfg).await;
     bad_flags.fail.store(true, Ordering::SeqCst);
-    for seq in 1..400 {
-        p.ingest(vec![vector("AAA", "1m", seq, 0.3)]).await.unwrap();
-        actix_rt::time::sleep(Duration::from_millis(3)).await;
-        if p.gates[1].state() == CircuitState::Faulted {
-            break;
+    let gate = &p.gates[1];
+    // fail until open, wait out the backoff, probe and fail again: the second restart parks it
+    let mut seq = 1;
+    for round in 1..=2u64 {
+        while gate.state() != CircuitState::Open {
+            feed(&p, seq, seq + 1).await;
+            seq += 1;
+        }
+        clock.advance(Duration::from_millis(200));
+        until("the supervisor's restart", || {
+            gate.restarts.load(Ordering::Relaxed) == round
+        })
+        .await;
+        if round == 1 {
+            assert_eq!(gate.state(), CircuitState::Open, "restarted, waiting for a probe");
+            feed(&p, seq, seq + 1).await;
+            seq += 1;
         }
     }
-    assert_eq!(p.gates[1].state(), CircuitState::Faulted);
+    assert_eq!(gate.state(), CircuitState::Faulted);
     bad_flags.fail.store(false, Ordering::SeqCst);
     p.reset_model("bad").await.unwrap();
-    assert_eq!(p.gates[1].state(), CircuitState::Closed);
+    assert_eq!(gate.state(), CircuitState::Closed);
     assert!(p.reset_model("nope").await.is_err());
+}
+
+#[actix_rt::test]
+async fn test_an_event_is_published_at_its_deadline_with_the_members_that_answered() {
+    let (fast, _) = spec("fast", 1, &["1m"]);
+    let (stuck, stuck_flags) = spec("stuck", 1, &["1m"]);
+    let (p, out, clock) = start(vec![fast, stuck], config()).await;
+    stuck_flags.hold.store(true, Ordering::SeqCst);
+    p.ingest(vec![vector("AAA", "1m", 1, 0.5)]).await.unwrap();
+    until("the fast member's answer", || p.gates[0].calls.load(Ordering::Relaxed) == 1).await;
+    for _ in 0..1000 {
+        actix_rt::task::yield_now().await;
+    }
+    assert!(
+        out.lock().unwrap().is_empty() && !p.stats.idle(),
+        "the event waits for its second member"
+    );
+    // deadline_ms = 2000: one millisecond short of it nothing happens
+    clock.advance(Duration::from_millis(1_999));
+    for _ in 0..1000 {
+        actix_rt::task::yield_now().await;
+    }
+    assert!(out.lock().unwrap().is_empty() && !p.stats.idle());
+    clock.advance(Duration::from_millis(1));
+    assert!(p.drain(Duration::from_secs(5)).await);
+    let e = out.lock().unwrap()[0].clone();
+    assert_eq!((e.models_expected, e.models_used), (2, 1));
+    assert_eq!(&*e.members[0].model_id, "fast");
+    assert_eq!(p.stats.deadline_misses.load(Ordering::Relaxed), 1);
+    stuck_flags.hold.store(false, Ordering::SeqCst);
 }

@@ -1,0 +1,319 @@
+//! Typed telemetry events (Vector's internal-events pattern): each thing that happens to a
+//! vector, an event or a model is one type here, and its `emit` records the in-process counter
+//! ([`PipelineStats`], read by drain, health and tests), the Prometheus metric and the log line
+//! together, so the three can never drift apart. Call sites say what happened, never how it
+//! is counted: `stats.emit(StaleSequence { transport })`.
+use std::sync::atomic::Ordering;
+
+use crate::breaker::Transition;
+use crate::telemetry::{self as t, PipelineStats};
+use crate::types::{StreamKey, Transport};
+
+/// Something worth counting. `emit` is the one place its counter, metric and log line live.
+pub trait Event {
+    fn emit(self, stats: &PipelineStats);
+}
+
+impl PipelineStats {
+    pub fn emit(&self, e: impl Event) {
+        e.emit(self);
+    }
+}
+
+fn inc(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Valid vectors of one message handed to the router.
+pub struct FeaturesReceived<'a> {
+    pub transport: Transport,
+    pub timeframe: &'a str,
+    pub count: u64,
+}
+
+impl Event for FeaturesReceived<'_> {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::FEATURES_RECEIVED, "transport" => self.transport.as_str(), "timeframe" => self.timeframe.to_string())
+            .increment(self.count);
+    }
+}
+
+/// A message (or one vector of it) refused by validation and sent to the dead letters.
+pub struct DeadLettered<'a> {
+    pub transport: Transport,
+    /// The reject's stable code.
+    pub reason: &'static str,
+    pub detail: &'a str,
+    /// Subject or topic it came from.
+    pub source: &'a str,
+}
+
+impl Event for DeadLettered<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        metrics::counter!(t::DEAD_LETTERS, "transport" => self.transport.as_str(), "reason" => self.reason)
+            .increment(1);
+        metrics::counter!(t::FEATURES_INVALID, "transport" => self.transport.as_str(), "reason" => self.reason)
+            .increment(1);
+        if let Ok(mut c) = stats.dead_letters.lock() {
+            *c.entry(format!("{}:{}", self.transport.as_str(), self.reason))
+                .or_default() += 1;
+        }
+        tracing::debug!(transport = self.transport.as_str(), reason = self.reason, detail = self.detail, source = self.source, "dead letter");
+    }
+}
+
+/// A vector reached the router.
+pub struct VectorRouted;
+
+impl Event for VectorRouted {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.vectors_in);
+    }
+}
+
+/// The same (stream, sequence) seen again (the other transport, or a redelivery): dropped.
+pub struct Duplicate {
+    pub transport: Transport,
+}
+
+impl Event for Duplicate {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.duplicates);
+        metrics::counter!(t::FEATURES_DEDUPLICATED, "transport" => self.transport.as_str()).increment(1);
+    }
+}
+
+/// A sequence not above the stream's last (never seen, but older): dropped.
+pub struct StaleSequence {
+    pub transport: Transport,
+}
+
+impl Event for StaleSequence {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.stale_sequence);
+        metrics::counter!(t::FEATURES_STALE_SEQUENCE, "transport" => self.transport.as_str()).increment(1);
+    }
+}
+
+/// A vector of a new stream refused by the stream cap.
+pub struct StreamRefused<'a> {
+    pub stream: &'a StreamKey,
+    pub max_streams: usize,
+}
+
+impl Event for StreamRefused<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        let n = stats.streams_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!(t::STREAMS_REFUSED).increment(1);
+        // Logged with a stride (1, 2, 4, 8, ...) so that a flood of new streams cannot flood
+        // the log.
+        if n.is_power_of_two() {
+            tracing::warn!(stream = %self.stream, max_streams = self.max_streams, refused = n, "stream cap reached; vector refused");
+        }
+    }
+}
+
+/// The number of live streams changed.
+pub struct ActiveStreams(pub usize);
+
+impl Event for ActiveStreams {
+    fn emit(self, stats: &PipelineStats) {
+        stats.active_streams.store(self.0 as u64, Ordering::Relaxed);
+        metrics::gauge!(t::ACTIVE_STREAMS).set(self.0 as f64);
+    }
+}
+
+/// An event started: the aggregator waits for its members.
+pub struct EventStarted;
+
+impl Event for EventStarted {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.events_started);
+    }
+}
+
+/// A model actor's mailbox was full: that member misses the event.
+pub struct MailboxFull<'a> {
+    pub model: &'a str,
+}
+
+impl Event for MailboxFull<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.mailbox_full);
+        metrics::counter!(t::MAILBOX_FULL, "model" => self.model.to_string()).increment(1);
+    }
+}
+
+/// A call refused by an open circuit.
+pub struct CallRejected<'a> {
+    pub model: &'a str,
+}
+
+impl Event for CallRejected<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.rejected_calls);
+        metrics::counter!(t::CALLS_REJECTED, "model" => self.model.to_string()).increment(1);
+    }
+}
+
+/// A model call failed.
+pub struct CallFailed<'a> {
+    pub model: &'a str,
+    pub code: &'static str,
+    pub error: &'a str,
+}
+
+impl Event for CallFailed<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.failed_calls);
+        metrics::counter!(t::INFERENCE_ERRORS, "model" => self.model.to_string(), "code" => self.code)
+            .increment(1);
+        tracing::debug!(model = self.model, code = self.code, error = self.error, "model call failed");
+    }
+}
+
+/// An event finalised by its deadline with members missing.
+pub struct DeadlineMissed<'a> {
+    pub timeframe: &'a str,
+}
+
+impl Event for DeadlineMissed<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.deadline_misses);
+        metrics::counter!(t::AGGREGATOR_DEADLINE_MISSES, "timeframe" => self.timeframe.to_string())
+            .increment(1);
+    }
+}
+
+/// An event ended without a prediction because a member's window is not full yet.
+pub struct EventWarming;
+
+impl Event for EventWarming {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.warming);
+        metrics::counter!(t::EVENTS_WARMING).increment(1);
+        stats.finish_event();
+    }
+}
+
+/// An event ended without a prediction: no member answered.
+pub struct EventWithoutMembers;
+
+impl Event for EventWithoutMembers {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.no_members);
+        metrics::counter!(t::EVENTS_DROPPED, "reason" => "no_members").increment(1);
+        stats.finish_event();
+    }
+}
+
+/// An ensemble prediction went to the sinks.
+pub struct Predicted<'a> {
+    pub timeframe: &'a str,
+    /// Feature published to prediction published, when the producer stamped the input.
+    pub end_to_end_ns: Option<i64>,
+}
+
+impl Event for Predicted<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        if let Some(ns) = self.end_to_end_ns {
+            metrics::histogram!(t::END_TO_END_SECONDS, "timeframe" => self.timeframe.to_string())
+                .record(ns as f64 / 1e9);
+        }
+        inc(&stats.predictions);
+        stats.finish_event();
+    }
+}
+
+/// A prediction left through a sink.
+pub struct PredictionPublished<'a> {
+    pub sink: &'static str,
+    pub timeframe: &'a str,
+}
+
+impl Event for PredictionPublished<'_> {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::PREDICTIONS_PUBLISHED, "timeframe" => self.timeframe.to_string(), "sink" => self.sink)
+            .increment(1);
+    }
+}
+
+/// A prediction or dead letter could not be handed to its broker.
+pub struct PublishFailed<'a> {
+    pub sink: &'static str,
+    pub error: &'a str,
+}
+
+impl Event for PublishFailed<'_> {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::PUBLISH_ERRORS, "sink" => self.sink).increment(1);
+        tracing::error!(sink = self.sink, error = self.error, "publish failed");
+    }
+}
+
+/// A model's circuit changed state: the one place the state gauge is set.
+pub struct CircuitTransition<'a> {
+    pub model: &'a str,
+    pub transition: &'a Transition,
+}
+
+impl Event for CircuitTransition<'_> {
+    fn emit(self, _: &PipelineStats) {
+        let tr = self.transition;
+        metrics::gauge!(t::CIRCUIT_STATE, "model" => self.model.to_string()).set(tr.to.gauge());
+        metrics::counter!(t::CIRCUIT_TRANSITIONS, "model" => self.model.to_string(), "to" => tr.to.as_str())
+            .increment(1);
+        tracing::warn!(
+            model = self.model,
+            from = tr.from.as_str(),
+            to = tr.to.as_str(),
+            reason = tr.reason.map(|r| r.as_str()).unwrap_or(""),
+            backoff_ms = tr.backoff.map(|b| b.as_millis() as u64).unwrap_or(0),
+            "circuit transition"
+        );
+    }
+}
+
+/// The supervisor restarted a model (fresh actors; a fresh executor when it was down).
+pub struct ModelRestarted<'a> {
+    pub model: &'a str,
+    pub reloaded: bool,
+}
+
+impl Event for ModelRestarted<'_> {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::MODEL_RESTARTS, "model" => self.model.to_string()).increment(1);
+        if self.reloaded {
+            tracing::warn!(model = self.model, "executor was down; restarted with the model reloaded and fresh actors");
+        } else {
+            tracing::info!(model = self.model, "restarting model actors with fresh state");
+        }
+    }
+}
+
+/// A runtime configuration change was applied.
+pub struct ConfigChanged<'a> {
+    pub what: &'a str,
+}
+
+impl Event for ConfigChanged<'_> {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::CONFIG_CHANGES).increment(1);
+        tracing::info!(patch = self.what, "runtime configuration changed");
+    }
+}
+
+/// The NATS client dropped messages on a full subscription buffer.
+pub struct SlowConsumer {
+    pub subscription: u64,
+}
+
+impl Event for SlowConsumer {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::NATS_SLOW_CONSUMER).increment(1);
+        tracing::warn!(
+            sid = self.subscription,
+            "nats slow consumer: the subscription buffer was full, messages dropped"
+        );
+    }
+}
