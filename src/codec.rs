@@ -41,18 +41,59 @@ pub enum Reject {
     Stale { age_ms: i64, max_ms: u64 },
 }
 
-impl Reject {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Reject::Decode(_) => "decode_error",
-            Reject::InvalidField(_) => "invalid_field",
-            Reject::UnknownTimeframe(_) => "unknown_timeframe",
-            Reject::TimeframeMismatch { .. } => "timeframe_mismatch",
-            Reject::UnknownFeatureSet(_) => "unknown_feature_set",
-            Reject::WrongFeatureCount { .. } => "wrong_feature_count",
-            Reject::NonFinite { .. } => "non_finite_value",
-            Reject::Stale { .. } => "stale",
+/// Declares the reject codes once: the enum and the list of all of them come from the same
+/// lines, so the metrics' zero series and the docs can never miss a code.
+macro_rules! reject_codes {
+    ($($variant:ident => $code:literal),* $(,)?) => {
+        /// The stable code of a [`Reject`]: the dead-letter reason and a metric label.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum RejectCode { $($variant),* }
+
+        impl RejectCode {
+            pub const ALL: &'static [RejectCode] = &[$(RejectCode::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(RejectCode::$variant => $code),* }
+            }
         }
+    };
+}
+
+reject_codes! {
+    Decode => "decode_error",
+    InvalidField => "invalid_field",
+    UnknownTimeframe => "unknown_timeframe",
+    TimeframeMismatch => "timeframe_mismatch",
+    UnknownFeatureSet => "unknown_feature_set",
+    WrongFeatureCount => "wrong_feature_count",
+    NonFinite => "non_finite_value",
+    Stale => "stale",
+}
+
+impl RejectCode {
+    /// Every code as text (the dead-letter reasons).
+    pub fn all_str() -> Vec<&'static str> {
+        Self::ALL.iter().map(|c| c.as_str()).collect()
+    }
+}
+
+impl Reject {
+    /// The reason's kind; exhaustive, so a new variant needs a code.
+    pub fn kind(&self) -> RejectCode {
+        match self {
+            Reject::Decode(_) => RejectCode::Decode,
+            Reject::InvalidField(_) => RejectCode::InvalidField,
+            Reject::UnknownTimeframe(_) => RejectCode::UnknownTimeframe,
+            Reject::TimeframeMismatch { .. } => RejectCode::TimeframeMismatch,
+            Reject::UnknownFeatureSet(_) => RejectCode::UnknownFeatureSet,
+            Reject::WrongFeatureCount { .. } => RejectCode::WrongFeatureCount,
+            Reject::NonFinite { .. } => RejectCode::NonFinite,
+            Reject::Stale { .. } => RejectCode::Stale,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.kind().as_str()
     }
 }
 
@@ -244,7 +285,7 @@ pub fn to_proto(e: &Ensemble) -> pb::EnsemblePrediction {
             .map(|m| pb::ModelPrediction {
                 model_id: m.model_id.to_string(),
                 model_version: m.model_version.to_string(),
-                model_kind: m.model_kind.to_string(),
+                model_kind: m.model_family.to_string(),
                 probabilities: m.probabilities.clone(),
                 direction: direction(m.direction),
                 confidence: m.confidence,
@@ -315,7 +356,7 @@ mod tests {
 
     fn one(v: pb::FeatureVector, subject: Option<&str>) -> Result<Vector, Reject> {
         let bytes = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
-        let mut d = validator().decode(&bytes, subject, Transport::Nats, 1_000_500);
+        let mut d = validator().decode(&bytes, subject, Transport("nats"), 1_000_500);
         match d.rejects.pop() {
             Some((_, r)) => Err(r),
             None => Ok(d.vectors.remove(0)),
@@ -363,7 +404,7 @@ mod tests {
 
     #[test]
     fn test_garbage_is_one_decode_error_for_the_whole_message() {
-        let d = validator().decode(&[0xff, 0x00, 0x13], None, Transport::Nats, 0);
+        let d = validator().decode(&[0xff, 0x00, 0x13], None, Transport("nats"), 0);
         assert!(d.vectors.is_empty());
         assert_eq!(d.rejects.len(), 1);
         assert_eq!(d.rejects[0].0, None);
@@ -376,7 +417,7 @@ mod tests {
             vectors: vec![fv(vec![0.1, 0.2, 0.3]), fv(vec![1.0])],
         }
         .encode_to_vec();
-        let d = validator().decode(&bytes, None, Transport::Nats, 1_000_000);
+        let d = validator().decode(&bytes, None, Transport("nats"), 1_000_000);
         assert_eq!(d.vectors.len(), 1);
         assert_eq!(
             d.rejects,

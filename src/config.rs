@@ -7,12 +7,14 @@
 //! every problem listed.
 use std::path::{Path, PathBuf};
 
-use augur_actors::aggregator::EnsembleSettings;
+use augur_actors::aggregator::{AggregatorConfig, Method};
 use augur_actors::breaker::BreakerConfig;
-use augur_actors::executor::BatchConfig;
+use augur_actors::executor::ExecutorConfig;
 use augur_actors::router::RouterConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::bus::kafka::KafkaConfig;
+use crate::bus::nats::NatsConfig;
 use crate::runtime::DeviceSpec;
 
 pub const TIMEFRAMES: [&str; 6] = ["1m", "5m", "15m", "1h", "4h", "1d"];
@@ -74,38 +76,6 @@ impl Default for ValidationConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct NatsConfig {
-    pub enabled: bool,
-    pub url: String,
-    /// Input subjects are `<input_prefix>.<timeframe>.<symbol>`.
-    pub input_prefix: String,
-    /// Output subjects are `<output_prefix>.<timeframe>.<symbol>`.
-    pub output_prefix: String,
-    pub dlq_subject: String,
-    /// Queue group for the input subscriptions ("" for none): instances in one group share.
-    pub queue_group: String,
-    /// Messages buffered per subscription before the client drops (counted as slow consumer).
-    pub subscription_capacity: usize,
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            enabled: true,
-            url: "nats://127.0.0.1:4222".into(),
-            input_prefix: "features".into(),
-            output_prefix: "predictions".into(),
-            dlq_subject: "features.dlq".into(),
-            queue_group: String::new(),
-            subscription_capacity: 65_536,
-            connect_timeout_ms: 5_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub enabled: bool,
     /// host:port; port 0 picks a free one (tests).
@@ -134,11 +104,11 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub nats: NatsConfig,
     pub router: RouterConfig,
-    pub executor: BatchConfig,
-    pub aggregator: EnsembleSettings,
+    pub executor: ExecutorConfig,
+    pub aggregator: AggregatorConfig,
     pub breaker: BreakerConfig,
     pub http: HttpConfig,
-    pub kafka: crate::bus::kafka::KafkaConfig,
+    pub kafka: KafkaConfig,
 }
 
 /// Every problem found, one per line.
@@ -267,42 +237,36 @@ impl Config {
                 p.push(format!("validation.timeframes: {t:?} cannot be a subject token"));
             }
         }
-        let n = &self.nats;
-        if n.enabled {
-            if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) {
-                p.push(format!("nats.url {:?} must start with nats:// or tls://", n.url));
-            }
-            for (k, v) in [
-                ("input_prefix", &n.input_prefix),
-                ("output_prefix", &n.output_prefix),
-                ("dlq_subject", &n.dlq_subject),
-            ] {
-                if v.is_empty() || v.contains(['*', '>', ' ']) {
-                    p.push(format!("nats.{k} {v:?} is not a valid subject"));
-                }
-            }
-            if n.subscription_capacity == 0 {
-                p.push("nats.subscription_capacity must be at least 1".into());
-            }
-        }
         if self.http.enabled && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!("http.bind {:?} is not host:port", self.http.bind));
         }
         if self.http.max_body_bytes < 1024 {
             p.push("http.max_body_bytes must be at least 1024".into());
         }
-        p.extend(self.kafka.problems());
-        if !self.nats.enabled && !self.kafka.enabled {
-            p.push("no transport: enable nats or kafka".into());
-        }
+        p.extend(self.transports().problems());
+        p.extend(self.runtime_problems());
+        p
+    }
+
+    /// Checks of the part that may also change at run time (`PATCH /api/v1/config`).
+    pub fn runtime_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
         p.extend(self.router.problems("router"));
         p.extend(self.executor.problems("executor"));
         p.extend(self.breaker.problems("breaker"));
-        p.extend(self.aggregator.problems("aggregator", &s.members));
-        if self.aggregator.method == augur_actors::aggregator::Method::Stacking && s.stacker.is_empty() {
+        p.extend(self.aggregator.problems("aggregator", &self.service.members));
+        if self.aggregator.method == Method::Stacking && self.service.stacker.is_empty() {
             p.push("aggregator.method = \"stacking\" needs service.stacker".into());
         }
         p
+    }
+
+    /// Every transport's section, for the transport list.
+    pub fn transports(&self) -> crate::bus::Sections<'_> {
+        crate::bus::Sections {
+            nats: &self.nats,
+            kafka: &self.kafka,
+        }
     }
 }
 

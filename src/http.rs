@@ -19,17 +19,20 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
-use augur_actors::aggregator::{EnsembleSettings, Method, majority, weighted_mean};
+use augur_actors::aggregator::{AggregatorConfig, Method, Plan, combine};
 use augur_actors::breaker::{BreakerConfig, CircuitState};
-use augur_actors::executor::{BatchConfig, ExecutorHandle};
+use augur_actors::clock::unix_ns;
+use augur_actors::events::ConfigChanged;
+use augur_actors::executor::ExecutorConfig;
+use augur_actors::messages::EventMeta;
 use augur_actors::pipeline::Pipeline;
-use augur_actors::telemetry as t;
-use augur_actors::types::{Direction, MemberPrediction, argmax};
+use augur_actors::types::{Direction, Ensemble, MemberPrediction, StreamKey, argmax};
 use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::bus::Health;
 use crate::config::Config;
 use crate::pb;
 
@@ -41,8 +44,8 @@ pub struct AppState {
     pub config: Arc<RwLock<Config>>,
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
-    pub nats: Option<async_nats::Client>,
-    pub kafka: Option<Arc<crate::bus::kafka::KafkaStats>>,
+    /// Every transport's health, by name.
+    pub buses: Vec<Arc<dyn Health>>,
 }
 
 impl AppState {
@@ -100,22 +103,17 @@ async fn live() -> HttpResponse {
 /// Reasons the service is not ready; empty when it is.
 async fn not_ready(s: &AppState) -> Vec<String> {
     let mut reasons = Vec::new();
-    for e in s.pipeline.executors().await {
+    for e in s.pipeline.executors() {
         if e.is_down() {
             reasons.push(format!("model {} executor is down", e.model()));
         } else if !e.is_ready() {
             reasons.push(format!("model {} is loading", e.model()));
         }
     }
-    if let Some(c) = &s.nats
-        && !crate::bus::nats::is_connected(c)
-    {
-        reasons.push("nats is not connected".to_string());
-    }
-    if let Some(k) = &s.kafka
-        && !k.connected.load(Ordering::Relaxed)
-    {
-        reasons.push("kafka is not connected".to_string());
+    for b in &s.buses {
+        if !b.connected() {
+            reasons.push(format!("{} is not connected", b.name()));
+        }
     }
     reasons
 }
@@ -133,6 +131,9 @@ async fn ready(s: web::Data<AppState>) -> HttpResponse {
 struct ModelView {
     id: String,
     version: String,
+    /// lstm, cnn, xgboost, stacker
+    family: String,
+    /// The framework: torchscript, xgboost-json.
     kind: String,
     timeframes: Vec<String>,
     device: String,
@@ -154,15 +155,14 @@ struct LatencyView {
     p99: u32,
 }
 
-async fn model_views(s: &AppState) -> Vec<ModelView> {
-    let execs = s.pipeline.executors().await;
+/// Every model: the members, then the stacker.
+fn model_views(s: &AppState) -> Vec<ModelView> {
     s.pipeline
-        .gates
-        .iter()
-        .zip(execs.iter().map(Some).chain(std::iter::repeat(None)))
+        .all_gates()
+        .map(|g| (g, Some(g.executor())))
         .map(|(g, e)| {
             let q = g.latency_quantiles(&[0.5, 0.9, 0.99]);
-            let state = match (e, g.state()) {
+            let state = match (e.as_ref(), g.state()) {
                 (_, CircuitState::Faulted) => "faulted",
                 (Some(e), _) if e.is_down() => "down",
                 (Some(e), _) if !e.is_ready() => "loading",
@@ -172,7 +172,8 @@ async fn model_views(s: &AppState) -> Vec<ModelView> {
             ModelView {
                 id: g.info.id.to_string(),
                 version: g.info.version.to_string(),
-                kind: g.info.family.to_string(),
+                family: g.info.family.to_string(),
+                kind: g.info.kind.to_string(),
                 timeframes: g.info.timeframes.clone(),
                 device: g.info.device.clone(),
                 enabled: g.enabled.load(Ordering::Relaxed),
@@ -194,11 +195,11 @@ async fn model_views(s: &AppState) -> Vec<ModelView> {
 }
 
 async fn models(s: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "models": model_views(&s).await }))
+    HttpResponse::Ok().json(json!({ "models": model_views(&s) }))
 }
 
 async fn health(s: web::Data<AppState>) -> HttpResponse {
-    let views = model_views(&s).await;
+    let views = model_views(&s);
     let reasons = not_ready(&s).await;
     let running = views.iter().filter(|m| m.state == "running").count();
     let status = if running == 0 {
@@ -213,25 +214,16 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
         "Running"
     };
     let st = &s.pipeline.stats;
-    let nats = s
-        .nats
-        .as_ref()
-        .map(|c| json!({"connected": crate::bus::nats::is_connected(c)}));
-    let kafka = s.kafka.as_ref().map(|k| {
-        json!({
-            "connected": k.connected.load(Ordering::Relaxed),
-            "consumed": k.consumed.load(Ordering::Relaxed),
-            "delivered": k.delivered.load(Ordering::Relaxed),
-            "produce_errors": k.produce_errors.load(Ordering::Relaxed),
-            "uncommitted": k.uncommitted.load(Ordering::Relaxed),
-            "lag": k.lag.load(Ordering::Relaxed),
-        })
-    });
+    let buses: serde_json::Map<String, Value> = s
+        .buses
+        .iter()
+        .map(|b| (b.name().to_string(), b.details()))
+        .collect();
     HttpResponse::Ok().json(json!({
         "status": status,
         "version": crate::SERVICE_VERSION,
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
-        "buses": { "nats": nats, "kafka": kafka },
+        "buses": buses,
         "active_streams": s.pipeline.active_streams(),
         "not_ready": reasons,
         "models": views,
@@ -363,7 +355,7 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
     let mut next = current.clone();
     let mut errs = Vec::new();
     if let Some(p) = &patch.aggregator
-        && let Some(a) = merge::<EnsembleSettings>("aggregator", &current.aggregator, p, &mut errs)
+        && let Some(a) = merge::<AggregatorConfig>("aggregator", &current.aggregator, p, &mut errs)
     {
         next.aggregator = a;
     }
@@ -373,7 +365,7 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
         next.breaker = b;
     }
     if let Some(p) = &patch.executor
-        && let Some(e) = merge::<BatchConfig>("executor", &current.executor, p, &mut errs)
+        && let Some(e) = merge::<ExecutorConfig>("executor", &current.executor, p, &mut errs)
     {
         if e.queue_capacity != current.executor.queue_capacity {
             errs.push("executor.queue_capacity cannot change at run time (restart the service)".into());
@@ -388,22 +380,17 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
             }
         }
     }
-    errs.extend(next.aggregator.problems("aggregator", members));
-    errs.extend(next.breaker.problems("breaker"));
-    errs.extend(next.executor.problems("executor"));
-    if next.aggregator.method == Method::Stacking && next.service.stacker.is_empty() {
-        errs.push("aggregator.method = \"stacking\" needs service.stacker".into());
-    }
+    errs.extend(next.runtime_problems());
     if !errs.is_empty() {
         return problems(StatusCode::BAD_REQUEST, errs);
     }
     // Valid as a whole: apply everything.
     let p = &s.pipeline;
-    if let Ok(mut g) = p.settings.write() {
+    if let Ok(mut g) = p.aggregator_config.write() {
         *g = next.aggregator.clone();
     }
     p.set_breaker(next.breaker.clone());
-    p.set_batch(next.executor.clone()).await;
+    p.set_executor_config(next.executor.clone());
     if let Some(m) = &patch.models {
         for (id, on) in &m.enabled {
             let _ = p.set_enabled(id, *on);
@@ -417,8 +404,10 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
     if let Ok(mut g) = s.config.write() {
         *g = next.clone();
     }
-    metrics::counter!(t::CONFIG_CHANGES).increment(1);
-    tracing::info!(patch = ?patch, "runtime configuration changed");
+    ConfigChanged {
+        what: &format!("{patch:?}"),
+    }
+    .emit();
     HttpResponse::Ok().json(masked(&next))
 }
 
@@ -443,16 +432,18 @@ pub struct PredictResult {
     pub members: Vec<MemberPrediction>,
 }
 
+/// One window through every member (batched with the streams' calls in the executors), then
+/// the same ensemble rule as the aggregator ([`combine`]). Asked for stacking, it refuses
+/// rather than silently falling back.
 async fn predict_one(
     s: &AppState,
-    execs: &[ExecutorHandle],
     window: &[Vec<f32>],
     method: Method,
-    settings: &EnsembleSettings,
+    config: &AggregatorConfig,
 ) -> Result<PredictResult, Vec<String>> {
     let mut errs = Vec::new();
     let mut members = Vec::new();
-    for (g, e) in s.pipeline.gates.iter().zip(execs) {
+    for g in &s.pipeline.gates {
         let (w, f) = (g.info.window, g.info.features);
         if window.len() < w {
             errs.push(format!(
@@ -466,54 +457,36 @@ async fn predict_one(
         for v in &window[window.len() - w..] {
             raw.extend_from_slice(v);
         }
-        match e.infer(raw).await {
-            Ok(out) => {
-                let (i, c) = argmax(&out.probabilities);
-                members.push((
-                    members.len(),
-                    MemberPrediction {
-                        model_id: g.info.id.clone(),
-                        model_version: g.info.version.clone(),
-                        model_kind: g.info.family.clone(),
-                        probabilities: out.probabilities,
-                        direction: Direction::from_index(i),
-                        confidence: c,
-                        fallback: false,
-                        inference_us: out.inference_us,
-                        batch_size: out.batch_size,
-                    },
-                ))
-            }
+        match g.executor().infer(raw).await {
+            Ok(out) => members.push(MemberPrediction::new(
+                &g.info,
+                out.probabilities,
+                false,
+                out.inference_us,
+                out.batch_size,
+            )),
             Err(e) => errs.push(format!("{}: {e}", g.info.id)),
         }
     }
     if !errs.is_empty() {
         return Err(errs);
     }
-    let (probabilities, used) = match method {
-        Method::Majority => (majority(&members), Method::Majority),
-        Method::WeightedMean => (weighted_mean(&members, settings), Method::WeightedMean),
-        Method::Stacking => {
-            let st = s
-                .pipeline
-                .stacker
-                .as_ref()
-                .ok_or_else(|| vec!["no stacking model is configured".to_string()])?;
-            let mut input = Vec::new();
-            for &i in &st.inputs {
-                let id = &s.pipeline.gates[i].info.id;
-                match members.iter().find(|(_, m)| m.model_id == *id) {
-                    Some((_, m)) => input.extend_from_slice(&m.probabilities),
-                    None => return Err(vec![format!("stacking needs member {id}")]),
-                }
-            }
-            let out = st
-                .executor
-                .infer(input)
-                .await
-                .map_err(|e| vec![format!("{}: {e}", st.info.id)])?;
-            (out.probabilities, Method::Stacking)
+    let stacker = s.pipeline.stacker.as_ref();
+    let (probabilities, used) = match combine(&members, config, method, stacker) {
+        Plan::Done(_, Method::WeightedMean) if method == Method::Stacking => {
+            return Err(vec![match stacker {
+                None => "no stacking model is configured".to_string(),
+                Some(st) => format!("stacking needs members {:?}", st.inputs),
+            }]);
         }
+        Plan::Done(p, m) => (p, m),
+        Plan::Stack { input, .. } => match stacker {
+            Some(st) => (
+                st.run(input, &s.pipeline.stats).await.map_err(|e| vec![e])?,
+                Method::Stacking,
+            ),
+            None => return Err(vec!["no stacking model is configured".to_string()]),
+        },
     };
     let (i, confidence) = argmax(&probabilities);
     let direction = Direction::from_index(i);
@@ -523,7 +496,7 @@ async fn predict_one(
         confidence,
         probabilities,
         method: used.as_str(),
-        members: members.into_iter().map(|(_, m)| m).collect(),
+        members,
     })
 }
 
@@ -541,9 +514,13 @@ fn check_window(window: &[Vec<f32>], features: usize, w: usize, out: &mut Vec<St
 }
 
 async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    let settings = s.pipeline.settings.read().map(|g| g.clone()).unwrap_or_default();
+    let settings = s
+        .pipeline
+        .aggregator_config
+        .read()
+        .map(|g| g.clone())
+        .unwrap_or_default();
     let features = s.pipeline.gates.first().map(|g| g.info.features).unwrap_or(0);
-    let execs = s.pipeline.executors().await;
     let is_proto = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -569,31 +546,24 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
         if !errs.is_empty() {
             return problems(StatusCode::BAD_REQUEST, errs);
         }
-        return match predict_one(&s, &execs, &window, settings.method, &settings).await {
+        return match predict_one(&s, &window, settings.method, &settings).await {
             Ok(r) => {
-                let e = augur_actors::types::Ensemble {
-                    event_id: augur_actors::aggregator::event_id(
-                        &augur_actors::types::StreamKey::new(&last.symbol, &last.timeframe),
-                        last.sequence,
-                    ),
-                    symbol: last.symbol.as_str().into(),
-                    timeframe: last.timeframe.as_str().into(),
-                    event_time_ms: last.event_time_ms,
+                let meta = EventMeta {
                     sequence: last.sequence,
-                    direction: r.direction,
-                    confidence: r.confidence,
-                    probabilities: r.probabilities,
-                    models_expected: s.pipeline.gates.len() as u32,
-                    models_used: r.members.len() as u32,
-                    members: r.members,
-                    method: r.method,
+                    event_time_ms: last.event_time_ms,
                     correlation_id: last.correlation_id.as_str().into(),
-                    feature_published_at_ns: last.published_at_ns,
-                    published_at_ns: augur_actors::clock::unix_ns(),
-                    service_version: crate::SERVICE_VERSION,
-                    signal: r.signal,
+                    published_at_ns: last.published_at_ns,
                     ack: None,
                 };
+                let e = Ensemble::new(
+                    &StreamKey::new(&last.symbol, &last.timeframe),
+                    meta,
+                    r.probabilities,
+                    r.members,
+                    s.pipeline.gates.len() as u32,
+                    r.method,
+                    unix_ns(),
+                );
                 HttpResponse::Ok()
                     .content_type("application/x-protobuf")
                     .body(crate::codec::encode_prediction(&e))
@@ -618,7 +588,7 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
     let method = req.method.unwrap_or(settings.method);
     let mut results = Vec::new();
     for window in &req.windows {
-        match predict_one(&s, &execs, window, method, &settings).await {
+        match predict_one(&s, window, method, &settings).await {
             Ok(r) => results.push(r),
             Err(e) => return problems(StatusCode::BAD_REQUEST, e),
         }

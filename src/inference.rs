@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use augur_actors::executor::{BackendFactory, InferenceBackend};
+use augur_actors::executor::{BackendFactory, InferenceBackend, ModelError, RowRejected};
 use augur_actors::types::ModelInfo;
 
 use crate::runtime::{DeviceSpec, InputError, Model};
@@ -21,15 +21,20 @@ impl InferenceBackend for RuntimeBackend {
         self.model.classes()
     }
 
-    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), &'static str> {
-        self.model.prepare_into(raw, out).map_err(|e| match e {
-            InputError::NonFinite { .. } => "non_finite_value",
-            InputError::WrongLength { .. } => "wrong_feature_count",
+    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected> {
+        self.model.prepare_into(raw, out).map_err(|e| {
+            RowRejected(match e {
+                InputError::NonFinite { .. } => "non_finite_value",
+                InputError::WrongLength { .. } => "wrong_feature_count",
+            })
         })
     }
 
-    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String> {
-        self.model.forward(rows, n).map_err(|e| e.to_string())
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+        self.model.forward(rows, n).map_err(|e| ModelError {
+            code: e.code(),
+            message: e.to_string(),
+        })
     }
 
     fn init_thread(&self) {
@@ -52,6 +57,7 @@ pub fn model_spec(
         id: m.id.as_str().into(),
         version: m.version.as_str().into(),
         family: m.family.as_str().into(),
+        kind: m.kind.as_str().into(),
         window: m.window,
         features: m.features,
         timeframes: m.timeframes.clone(),

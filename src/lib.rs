@@ -12,8 +12,10 @@
 //! - [`codec`]: the edge. Decodes and validates input (dead-letter reasons), encodes output.
 //! - [`config`]: defaults < file < environment, every problem listed at start-up.
 //! - [`inference`]: the runtime behind the actors' executor trait.
-//! - [`bus`]: transports (NATS) and in-process sinks.
-//! - [`service`]: wiring for `serve` and `replay`, callable in-process by tests.
+//! - [`bus`]: the transports, each a folder of one shape (core NATS, JetStream, Kafka), the
+//!   shared ingest path and the in-process collector.
+//! - [`service`]: the service's lifecycle stages (`serve`) and `replay`, callable in-process.
+//! - [`status`]: the live status line.
 //! - [`features`]: ta-v1 in Rust (the feed's feature engine), pinned to the Python trainer.
 //! - [`feed`]: `augur feed`, real OHLCV -> ta-v1 -> NATS and/or Kafka at a rate.
 //! - [`bench`]: `augur bench`, the benchmark harness (scenarios S1-S4, floor, baseline peer).
@@ -34,6 +36,7 @@ pub mod pb;
 pub mod publish;
 pub mod runtime;
 pub mod service;
+pub mod status;
 pub mod telemetry;
 
 /// The version stamped on every prediction.

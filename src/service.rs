@@ -1,9 +1,23 @@
-//! Wiring: builds the pipeline from the config and runs it as a service (`serve`) or over a
-//! file on the in-process bus (`replay`). `main` is a thin shell over these functions, and the
-//! tests call them in-process.
+//! The service and its lifecycle, and `replay` on the in-process bus. `main` is a thin shell
+//! over these functions, and the tests call them in-process.
+//!
+//! [`Service`] goes through explicit stages, each a method:
+//!
+//! ```text
+//! build   connect the transports (clients, sinks), load, check and warm every model, start the actors
+//! start   the intake of every transport, telemetry upkeep, the HTTP actor  -> Ready
+//! ---- runs until the shutdown signal ----
+//! stop intake   no new message enters                       \
+//! drain         every event in flight finishes               |  one shutdown budget
+//! flush         every sink has handed its predictions over   |  (service.shutdown_timeout_ms),
+//! settle        acks sent / offsets committed, threads joined|  each stage gets what is left
+//! stop HTTP     the last scrape and health check are answered/
+//! ```
+//!
+//! The service knows transports only as `dyn Transport` (see [`crate::bus`]).
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -13,16 +27,16 @@ use augur_actors::executor::BatchObserver;
 use augur_actors::messages::Publish;
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig, StackerSpec};
 use augur_actors::telemetry::{self as t, PipelineStats};
-use augur_actors::types::{Ensemble, Transport};
-use tokio::sync::watch;
+use augur_actors::types::{Ensemble, Transport as Label};
+use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::bus::kafka::{self, KafkaSink};
-use crate::bus::nats::{self, DeadLetters, NatsSink, NatsStats};
-use crate::bus::sink::Collector;
-use crate::codec::{self, Validator};
+use crate::bus::memory::Collector;
+use crate::bus::{Deadline, Health, Intake, Transport};
+use crate::codec::{self, RejectCode, Validator};
 use crate::config::Config;
 use crate::inference;
 use crate::runtime::{DeviceSpec, Manifest};
+use crate::status::Status;
 
 /// Records per-batch inference metrics.
 struct MetricsObserver;
@@ -97,9 +111,9 @@ pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -
     }
     let pcfg = PipelineConfig {
         router: cfg.router.clone(),
-        batch: cfg.executor.clone(),
+        executor: cfg.executor.clone(),
         breaker: cfg.breaker.clone(),
-        ensemble: cfg.aggregator.clone(),
+        aggregator: cfg.aggregator.clone(),
     };
     t::describe();
     Pipeline::start(
@@ -132,7 +146,7 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
         .into_iter()
         .enumerate()
     {
-        let d = validator.decode(payload, None, Transport::Replay, 0);
+        let d = validator.decode(payload, None, Label::REPLAY, 0);
         for (idx, r) in d.rejects {
             rejects.push(format!(
                 "message {i}{}: {} ({r})",
@@ -160,111 +174,10 @@ pub struct ReplayOutput {
     pub stats: Arc<PipelineStats>,
 }
 
-/// Recent predictions for the live status line.
-#[derive(Default, Clone)]
-pub struct Status(Arc<Mutex<StatusInner>>);
-
-#[derive(Default)]
-struct StatusInner {
-    count: u64,
-    latencies_us: Vec<u64>,
-    /// A summary, not the prediction: holding it would hold the input's ack. Formatted only
-    /// when a status line is printed (not per prediction).
-    last: Option<LastPrediction>,
-}
-
-struct LastPrediction {
-    symbol: Arc<str>,
-    timeframe: Arc<str>,
-    sequence: u64,
-    direction: augur_actors::types::Direction,
-    confidence: f32,
-    models_used: u32,
-    models_expected: u32,
-    method: &'static str,
-}
-
-impl Actor for Status {
-    type Context = Context<Self>;
-}
-
-impl Handler<Publish> for Status {
-    type Result = ();
-
-    fn handle(&mut self, Publish(e): Publish, _: &mut Context<Self>) {
-        if let Ok(mut g) = self.0.lock() {
-            g.count += 1;
-            if e.feature_published_at_ns > 0 {
-                let us = (e.published_at_ns - e.feature_published_at_ns).max(0) as u64 / 1000;
-                if g.latencies_us.len() < 100_000 {
-                    g.latencies_us.push(us);
-                }
-            }
-            g.last = Some(LastPrediction {
-                symbol: e.symbol.clone(),
-                timeframe: e.timeframe.clone(),
-                sequence: e.sequence,
-                direction: e.direction,
-                confidence: e.confidence,
-                models_used: e.models_used,
-                models_expected: e.models_expected,
-                method: e.method,
-            });
-        }
-    }
-}
-
-impl Status {
-    /// One line: rates since the last call, latency percentiles, the last prediction.
-    fn line(&self, stats: &PipelineStats, last_in: &mut u64, last_out: &mut u64, secs: f64) -> String {
-        let Ok(mut g) = self.0.lock() else {
-            return String::new();
-        };
-        let vin = PipelineStats::get(&stats.vectors_in);
-        let rate_in = (vin - *last_in) as f64 / secs;
-        let rate_out = (g.count - *last_out) as f64 / secs;
-        *last_in = vin;
-        *last_out = g.count;
-        let mut l = std::mem::take(&mut g.latencies_us);
-        l.sort_unstable();
-        let q = |p: f64| {
-            if l.is_empty() {
-                0
-            } else {
-                l[((l.len() - 1) as f64 * p) as usize]
-            }
-        };
-        let last = g.last.as_ref().map_or_else(
-            || "-".to_string(),
-            |e| {
-                format!(
-                    "{} {} #{} {:?} {:.2} ({}/{} {})",
-                    e.symbol,
-                    e.timeframe,
-                    e.sequence,
-                    e.direction,
-                    e.confidence,
-                    e.models_used,
-                    e.models_expected,
-                    e.method
-                )
-            },
-        );
-        format!(
-            "in {rate_in:>7.0}/s  out {rate_out:>7.0}/s  e2e p50 {:>6} µs p99 {:>6} µs  streams {}  warming {}  deadline misses {}  last: {last}",
-            q(0.5),
-            q(0.99),
-            PipelineStats::get(&stats.active_streams),
-            PipelineStats::get(&stats.warming),
-            PipelineStats::get(&stats.deadline_misses),
-        )
-    }
-}
-
 /// What `serve` did, for the caller and the tests.
 #[derive(Debug, Default)]
 pub struct ServeReport {
-    /// Dead letters by reason.
+    /// Dead letters by "transport:reason".
     pub dead_letters: std::collections::BTreeMap<String, u64>,
     pub vectors_in: u64,
     pub predictions: u64,
@@ -273,8 +186,6 @@ pub struct ServeReport {
     pub drained: bool,
 }
 
-/// `augur serve`: NATS in and out until `shutdown` resolves; then stops intake, drains what
-/// is in flight, flushes the publisher and returns.
 /// What a caller of `serve` gets once the service is ready.
 #[derive(Clone)]
 pub struct Ready {
@@ -283,243 +194,207 @@ pub struct Ready {
     pub http: Option<std::net::SocketAddr>,
 }
 
+/// The running service: its transports, its pipeline, its HTTP actor. Built by
+/// [`Service::build`], then [`Service::start`]ed; [`Service::shutdown`] runs the stopping
+/// stages in order under one budget.
+pub struct Service {
+    cfg: Config,
+    started: Instant,
+    metrics: Option<PrometheusHandle>,
+    transports: Vec<Box<dyn Transport>>,
+    health: Vec<Arc<dyn Health>>,
+    pipeline: Pipeline,
+    status: Status,
+    http: Option<actix_web::dev::ServerHandle>,
+    /// Background tasks aborted when the service stops (telemetry upkeep, status line).
+    tasks: Vec<actix_rt::task::JoinHandle<()>>,
+}
+
+impl Service {
+    /// Connects every transport (clients and sinks; no intake yet), then loads, checks and
+    /// warms every model and starts the actor graph with the transports' sinks.
+    pub async fn build(cfg: Config) -> anyhow::Result<Service> {
+        let started = Instant::now();
+        let metrics = crate::telemetry::install();
+        let transports = crate::bus::connect(cfg.transports(), &cfg.validation.timeframes)
+            .await
+            .context("connecting the transports")?;
+        let health: Vec<Arc<dyn Health>> = transports.iter().map(|t| t.health()).collect();
+        let status = Status::default();
+        let mut publishers: Vec<Recipient<Publish>> = transports.iter().flat_map(|t| t.sinks()).collect();
+        publishers.push(status.clone().start().recipient());
+        let pipeline = build_pipeline(&cfg, publishers).await?;
+        Ok(Service {
+            cfg,
+            started,
+            metrics,
+            transports,
+            health,
+            pipeline,
+            status,
+            http: None,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Starts every transport's intake, telemetry and the HTTP actor; the service is ready.
+    pub async fn start(&mut self, status_every: Option<Duration>) -> anyhow::Result<Ready> {
+        let cfg = &self.cfg;
+        let intake = Intake::new(validator(cfg)?, self.pipeline.clone());
+        for t in &mut self.transports {
+            t.start_intake(intake.clone())
+                .with_context(|| format!("starting the {} intake", t.name()))?;
+        }
+        let ids: Vec<String> = self.pipeline.all_gates().map(|g| g.info.id.to_string()).collect();
+        let names: Vec<&str> = self.transports.iter().map(|t| t.name()).collect();
+        t::register_zeroes(
+            &ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            &cfg.validation
+                .timeframes
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            &names,
+            &RejectCode::all_str(),
+        );
+        self.tasks.push(actix_rt::spawn(crate::telemetry::upkeep(
+            self.metrics.clone(),
+            self.pipeline.clone(),
+            self.health.clone(),
+            Duration::from_secs(1),
+        )));
+        let mut http_addr = None;
+        if cfg.http.enabled {
+            let state = crate::http::AppState {
+                pipeline: self.pipeline.clone(),
+                config: Arc::new(std::sync::RwLock::new(cfg.clone())),
+                metrics: self.metrics.clone(),
+                started: self.started,
+                buses: self.health.clone(),
+            };
+            let limit = cfg.http.max_body_bytes;
+            let server = actix_web::HttpServer::new(move || {
+                actix_web::App::new().configure(|c| crate::http::configure(c, state.clone(), limit))
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(cfg.http.bind.as_str())
+            .with_context(|| format!("binding the HTTP actor to {}", cfg.http.bind))?;
+            http_addr = server.addrs().first().copied();
+            let server = server.run();
+            self.http = Some(server.handle());
+            actix_rt::spawn(server);
+            tracing::info!(addr = ?http_addr, "http listening");
+        }
+        if let Some(every) = status_every {
+            let (status, stats) = (self.status.clone(), self.pipeline.stats.clone());
+            self.tasks.push(actix_rt::spawn(async move {
+                let (mut a, mut b) = (0, 0);
+                let mut tick = actix_rt::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    println!("{}", status.line(&stats, &mut a, &mut b, every.as_secs_f64()));
+                }
+            }));
+        }
+        tracing::info!(
+            models = ?ids,
+            transports = ?names,
+            device = %cfg.service.device,
+            startup_ms = self.started.elapsed().as_millis() as u64,
+            "augur ready: models loaded and warmed"
+        );
+        Ok(Ready {
+            pipeline: self.pipeline.clone(),
+            http: http_addr,
+        })
+    }
+
+    /// Stage 1: no new message enters the pipeline, on any transport.
+    pub async fn stop_intake(&mut self) {
+        tracing::info!("shutting down: stopping intake");
+        for t in &mut self.transports {
+            t.stop_intake().await;
+        }
+    }
+
+    /// Stage 2: every event in flight finishes (published or dropped), or the deadline.
+    pub async fn drain(&mut self, deadline: Deadline) -> bool {
+        let drained = self.pipeline.drain(deadline.remaining()).await;
+        if !drained {
+            tracing::warn!("shutdown timeout: some events were still in flight");
+        }
+        drained
+    }
+
+    /// Stage 3: every sink has handed its predictions to its broker.
+    pub async fn flush(&mut self, deadline: Deadline) {
+        for t in &mut self.transports {
+            t.flush(deadline).await;
+        }
+    }
+
+    /// Stage 4: input settled (acks, offsets), transport threads joined.
+    pub async fn settle(&mut self, deadline: Deadline) {
+        for t in &mut self.transports {
+            t.settle(deadline).await;
+        }
+    }
+
+    /// Stage 5: the HTTP actor stops (gracefully: requests in progress are answered).
+    pub async fn stop_http(&mut self) {
+        if let Some(h) = self.http.take() {
+            h.stop(true).await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Runs every stopping stage in order under one budget (`service.shutdown_timeout_ms`)
+    /// and reports what the service did.
+    pub async fn shutdown(mut self) -> ServeReport {
+        let deadline = Deadline::after(Duration::from_millis(self.cfg.service.shutdown_timeout_ms));
+        self.stop_intake().await;
+        let drained = self.drain(deadline).await;
+        self.flush(deadline).await;
+        self.settle(deadline).await;
+        self.stop_http().await;
+        let stats = &self.pipeline.stats;
+        let report = ServeReport {
+            dead_letters: stats.dead_letters(),
+            vectors_in: PipelineStats::get(&stats.vectors_in),
+            predictions: PipelineStats::get(&stats.predictions),
+            duplicates: PipelineStats::get(&stats.duplicates),
+            drained,
+        };
+        tracing::info!(
+            vectors = report.vectors_in,
+            predictions = report.predictions,
+            duplicates = report.duplicates,
+            drained,
+            "augur stopped"
+        );
+        report
+    }
+}
+
+/// `augur serve`: builds and starts the service, reports ready, runs until `shutdown`
+/// resolves, then stops it stage by stage.
 pub async fn serve(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
     status_every: Option<Duration>,
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> anyhow::Result<ServeReport> {
-    let started = Instant::now();
-    let metrics = crate::telemetry::install();
-    let mut publishers: Vec<Recipient<Publish>> = Vec::new();
-    // Transports: connect (NATS retries in the background; Kafka clients connect lazily).
-    let nats_client = if cfg.nats.enabled {
-        let c = nats::connect(&cfg.nats, Arc::new(NatsStats::default()))
-            .await
-            .context("connecting to NATS")?;
-        Some(c)
-    } else {
-        None
-    };
-    let nats_sink = nats_client
-        .as_ref()
-        .map(|c| NatsSink::new(c.clone(), cfg.nats.output_prefix.clone()).start());
-    if let Some(s) = &nats_sink {
-        publishers.push(s.clone().recipient());
+    let mut service = Service::build(cfg).await?;
+    let r = service.start(status_every).await?;
+    if let Some(tx) = ready {
+        let _ = tx.send(r);
     }
-    let kafka_stats = Arc::new(kafka::KafkaStats::default());
-    let kafka_producer = if cfg.kafka.enabled {
-        Some(kafka::producer(&cfg.kafka).context("kafka producer")?)
-    } else {
-        None
-    };
-    if let Some(p) = &kafka_producer {
-        publishers.push(
-            KafkaSink::new(p.clone(), cfg.kafka.clone(), kafka_stats.clone())
-                .start()
-                .recipient(),
-        );
-    }
-    let status = Status::default();
-    publishers.push(status.clone().start().recipient());
-    let pipeline = build_pipeline(&cfg, publishers).await?;
-    let validator = validator(&cfg)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (finish_tx, finish_rx) = watch::channel(false);
-
-    let mut nats_dlq_counts = None;
-    let nats_ingress = nats_client.as_ref().map(|client| {
-        let dlq = DeadLetters::new(client.clone(), cfg.nats.dlq_subject.clone());
-        nats_dlq_counts = Some(dlq.counts.clone());
-        actix_rt::spawn(nats::run_ingress(
-            client.clone(),
-            cfg.nats.clone(),
-            cfg.validation.timeframes.clone(),
-            validator.clone(),
-            pipeline.clone(),
-            dlq,
-            stop_rx.clone(),
-        ))
-    });
-    let kafka_health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut kafka_health = None;
-    let kafka_ingress = match &kafka_producer {
-        Some(producer) => {
-            let consumer = Arc::new(kafka::consumer(&cfg.kafka).context("kafka consumer")?);
-            kafka_health = kafka::spawn_health(
-                producer.clone(),
-                Some(consumer.clone()),
-                cfg.kafka.input_topic.clone(),
-                kafka_stats.clone(),
-                kafka_health_stop.clone(),
-            );
-            // A restart must re-read enough of each stream to refill the longest window.
-            // ... plus one: the last message whose delivery acknowledgement raced a crash is then
-            // predicted again (a duplicate) rather than falling into the warm-up; the SIGKILL test
-            // against tansu intermittently lost exactly that message without the margin.
-            let rewind = pipeline.gates.iter().map(|g| g.info.window).max().unwrap_or(1);
-            let dlq = kafka::KafkaDeadLetters::new(
-                producer.clone(),
-                cfg.kafka.dlq_topic.clone(),
-                kafka_stats.clone(),
-            );
-            Some(actix_rt::spawn(kafka::run_ingress(
-                consumer,
-                cfg.kafka.clone(),
-                rewind,
-                validator.clone(),
-                pipeline.clone(),
-                dlq,
-                kafka_stats.clone(),
-                stop_rx.clone(),
-                finish_rx,
-            )))
-        }
-        None => None,
-    };
-    let ids: Vec<String> = pipeline.gates.iter().map(|g| g.info.id.to_string()).collect();
-    let tfs: Vec<&str> = cfg.validation.timeframes.iter().map(String::as_str).collect();
-    let mut transports = Vec::new();
-    if cfg.nats.enabled {
-        transports.push("nats");
-    }
-    if cfg.kafka.enabled {
-        transports.push("kafka");
-        metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => "output").increment(0);
-        metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => "dlq").increment(0);
-    }
-    t::register_zeroes(
-        &ids.iter().map(String::as_str).collect::<Vec<_>>(),
-        &tfs,
-        &transports,
-    );
-    let upkeep = actix_rt::spawn(crate::telemetry::upkeep(
-        metrics.clone(),
-        pipeline.clone(),
-        nats_client.clone(),
-        Duration::from_secs(1),
-    ));
-    let mut http_addr = None;
-    let mut http_server = None;
-    if cfg.http.enabled {
-        let state = crate::http::AppState {
-            pipeline: pipeline.clone(),
-            config: Arc::new(std::sync::RwLock::new(cfg.clone())),
-            metrics: metrics.clone(),
-            started,
-            nats: nats_client.clone(),
-            kafka: cfg.kafka.enabled.then(|| kafka_stats.clone()),
-        };
-        let limit = cfg.http.max_body_bytes;
-        let server = actix_web::HttpServer::new(move || {
-            actix_web::App::new().configure(|c| crate::http::configure(c, state.clone(), limit))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(cfg.http.bind.as_str())
-        .with_context(|| format!("binding the HTTP actor to {}", cfg.http.bind))?;
-        http_addr = server.addrs().first().copied();
-        let server = server.run();
-        http_server = Some(server.handle());
-        actix_rt::spawn(server);
-        tracing::info!(addr = ?http_addr, "http listening");
-    }
-    tracing::info!(
-        models = ?ids,
-        transports = ?transports,
-        device = %cfg.service.device,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "augur ready: models loaded and warmed"
-    );
-    if let Some(r) = ready {
-        let _ = r.send(Ready {
-            pipeline: pipeline.clone(),
-            http: http_addr,
-        });
-    }
-    let status_task = status_every.map(|every| {
-        let (status, stats) = (status.clone(), pipeline.stats.clone());
-        actix_rt::spawn(async move {
-            let (mut a, mut b) = (0, 0);
-            let mut tick = actix_rt::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                println!("{}", status.line(&stats, &mut a, &mut b, every.as_secs_f64()));
-            }
-        })
-    });
     shutdown.await;
-    tracing::info!("shutting down: stopping intake");
-    let _ = stop_tx.send(true);
-    if let Some(i) = nats_ingress {
-        match i.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "nats ingress ended with an error"),
-            Err(e) => tracing::error!(error = %e, "nats ingress task failed"),
-        }
-    }
-    let timeout = Duration::from_millis(cfg.service.shutdown_timeout_ms);
-    let drained = pipeline.drain(timeout).await;
-    if !drained {
-        tracing::warn!("shutdown timeout: some events were still in flight");
-    }
-    if let Some(s) = &nats_sink {
-        let _ = s.send(nats::Flush).await;
-    }
-    if let Some(p) = &kafka_producer {
-        // Deliveries in flight finish (and release their offsets) before the final commit.
-        let p = p.clone();
-        let flushed =
-            actix_rt::task::spawn_blocking(move || rdkafka::producer::Producer::flush(&p, timeout)).await;
-        if !matches!(flushed, Ok(Ok(()))) {
-            tracing::warn!("kafka producer flush did not finish");
-        }
-    }
-    if let Some(i) = kafka_ingress {
-        let finisher = actix_rt::spawn(async move {
-            actix_rt::time::sleep(timeout).await;
-            let _ = finish_tx.send(true);
-        });
-        let _ = i.await;
-        finisher.abort();
-    }
-    kafka_health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    // The health thread holds the consumer: joined, so that the consumer has left its group
-    // when serve returns (a later consumer of the group then gets every partition at once).
-    if let Some(h) = kafka_health {
-        let _ = tokio::task::spawn_blocking(move || h.join()).await;
-    }
-    if let Some(h) = http_server {
-        h.stop(true).await;
-    }
-    upkeep.abort();
-    if let Some(t) = status_task {
-        t.abort();
-    }
-    let mut dead_letters = nats_dlq_counts
-        .and_then(|c| c.lock().ok().map(|c| c.clone()))
-        .unwrap_or_default();
-    if let Ok(k) = kafka_stats.dead_letters.lock() {
-        for (r, n) in k.iter() {
-            *dead_letters.entry(format!("kafka:{r}")).or_default() += n;
-        }
-    }
-    let report = ServeReport {
-        dead_letters,
-        vectors_in: PipelineStats::get(&pipeline.stats.vectors_in),
-        predictions: PipelineStats::get(&pipeline.stats.predictions),
-        duplicates: PipelineStats::get(&pipeline.stats.duplicates),
-        drained,
-    };
-    tracing::info!(
-        vectors = report.vectors_in,
-        predictions = report.predictions,
-        duplicates = report.duplicates,
-        drained,
-        "augur stopped"
-    );
-    Ok(report)
+    Ok(service.shutdown().await)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,13 +1,15 @@
 //! The Prometheus exporter: installed once per process, histograms with real buckets (seconds
 //! for latencies, rows for batch sizes), and an upkeep task that also samples the process
-//! (RSS, CPU), the executors' queues and the bus connection. Metric names live in
-//! `augur_actors::telemetry`.
-use std::sync::OnceLock;
+//! (RSS, CPU), the executors' queues and every transport's connection. Metric names live in
+//! `augur_actors::telemetry`, the events that record them in `augur_actors::events`.
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use augur_actors::pipeline::Pipeline;
 use augur_actors::telemetry as t;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::bus::Health;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -56,7 +58,7 @@ pub fn process_sample() -> Option<(u64, f64)> {
 pub async fn upkeep(
     handle: Option<PrometheusHandle>,
     pipeline: Pipeline,
-    nats: Option<async_nats::Client>,
+    buses: Vec<Arc<dyn Health>>,
     every: Duration,
 ) {
     let started = Instant::now();
@@ -79,13 +81,12 @@ pub async fn upkeep(
             last_cpu = Some((now, cpu));
         }
         metrics::gauge!(t::UPTIME_SECONDS).set(started.elapsed().as_secs_f64());
-        for e in pipeline.executors().await {
+        for e in pipeline.executors() {
             metrics::gauge!(t::EXECUTOR_QUEUE_DEPTH, "model" => e.model().to_string())
                 .set(e.queue_depth() as f64);
         }
-        if let Some(c) = &nats {
-            let up = crate::bus::nats::is_connected(c);
-            metrics::gauge!(t::BUS_CONNECTED, "bus" => "nats").set(if up { 1.0 } else { 0.0 });
+        for b in &buses {
+            metrics::gauge!(t::BUS_CONNECTED, "bus" => b.name()).set(if b.connected() { 1.0 } else { 0.0 });
         }
     }
 }

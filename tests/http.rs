@@ -23,8 +23,7 @@ async fn state(token: &str) -> AppState {
         config: Arc::new(RwLock::new(cfg)),
         metrics: augur::telemetry::install(),
         started: Instant::now(),
-        nats: None,
-        kafka: None,
+        buses: Vec::new(),
     }
 }
 
@@ -51,7 +50,17 @@ async fn test_health_and_readiness_report_models_loaded() {
         test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/health").to_request())
             .await;
     assert_eq!(v["status"], "Running");
-    assert_eq!(v["models"].as_array().unwrap().len(), 3);
+    let ids: Vec<&str> = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["lstm-direction", "cnn-pattern", "xgb-direction", "ensemble-meta"],
+        "the members and the stacker"
+    );
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     let v: Value =
         test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/models").to_request())
@@ -60,6 +69,7 @@ async fn test_health_and_readiness_report_models_loaded() {
     for k in [
         "id",
         "version",
+        "family",
         "kind",
         "timeframes",
         "device",
@@ -72,6 +82,15 @@ async fn test_health_and_readiness_report_models_loaded() {
         assert!(!m[k].is_null(), "models[0].{k} missing: {m}");
     }
     assert_eq!(m["circuit"], "closed");
+    assert_eq!(
+        (&m["family"], &m["kind"]),
+        (&json!("lstm"), &json!("torchscript"))
+    );
+    let x = &v["models"][2];
+    assert_eq!(
+        (&x["family"], &x["kind"]),
+        (&json!("xgboost"), &json!("xgboost-json"))
+    );
 }
 
 #[actix_web::test]
@@ -130,10 +149,17 @@ async fn test_config_patch_requires_the_token_and_validates_everything() {
     let problems = v["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 3, "every problem listed: {problems:?}");
     // nothing was applied by the failed patches
-    assert!(st.pipeline.settings.read().unwrap().weights.is_empty());
+    assert!(st.pipeline.aggregator_config.read().unwrap().weights.is_empty());
     let r = test::call_service(&app, patch(ok, Some("s3cret"))).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(st.pipeline.settings.read().unwrap().weight("lstm-direction"), 2.0);
+    assert_eq!(
+        st.pipeline
+            .aggregator_config
+            .read()
+            .unwrap()
+            .weight("lstm-direction"),
+        2.0
+    );
     let r = test::call_service(
         &app,
         patch(

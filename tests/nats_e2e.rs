@@ -225,7 +225,7 @@ fn test_end_to_end_on_nats_with_dead_letters_and_replay_equal_to_serve() {
         assert!(!h.get("Augur-Detail").unwrap().as_str().is_empty());
         assert_eq!(h.get("Augur-Source").unwrap().as_str(), "features.1d.ZZZ");
         assert_eq!(
-            report.dead_letters.get(*reason),
+            report.dead_letters.get(&format!("nats:{reason}")),
             Some(&1),
             "{reason} counted once"
         );

@@ -46,10 +46,11 @@ pub enum Fallback {
     Uniform,
 }
 
-/// Ensemble settings; changeable at run time (read at every finalisation).
+/// The `[aggregator]` section: how members are merged; changeable at run time (read at every
+/// finalisation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct EnsembleSettings {
+pub struct AggregatorConfig {
     pub method: Method,
     /// Weight per model id for `weighted_mean`; a model not named weighs 1.
     pub weights: std::collections::BTreeMap<String, f64>,
@@ -58,9 +59,9 @@ pub struct EnsembleSettings {
     pub fallback: Fallback,
 }
 
-impl Default for EnsembleSettings {
+impl Default for AggregatorConfig {
     fn default() -> Self {
-        EnsembleSettings {
+        AggregatorConfig {
             method: Method::WeightedMean,
             weights: Default::default(),
             deadline_ms: 100,
@@ -69,7 +70,7 @@ impl Default for EnsembleSettings {
     }
 }
 
-impl EnsembleSettings {
+impl AggregatorConfig {
     pub fn problems(&self, prefix: &str, known_models: &[String]) -> Vec<String> {
         let mut p = Vec::new();
         for (m, w) in &self.weights {
@@ -107,13 +108,21 @@ pub struct Stacker {
 pub enum Plan {
     Done(Vec<f32>, Method),
     /// Run the stacker on `input`; if it cannot answer, use `fallback` (the weighted mean).
-    Stack { input: Vec<f32>, fallback: Vec<f32> },
+    Stack {
+        input: Vec<f32>,
+        fallback: Vec<f32>,
+    },
 }
 
 /// The ensemble rule, the one used by the aggregator and by synchronous predict. Stacking
 /// needs the stacker and a real (non-fallback) output of each of its inputs; without them it
 /// falls back to the weighted mean, as it does when the stacker's call fails.
-pub fn combine(members: &[MemberPrediction], settings: &EnsembleSettings, method: Method, stacker: Option<&Stacker>) -> Plan {
+pub fn combine(
+    members: &[MemberPrediction],
+    settings: &AggregatorConfig,
+    method: Method,
+    stacker: Option<&Stacker>,
+) -> Plan {
     match method {
         Method::Majority => Plan::Done(majority(members), Method::Majority),
         Method::WeightedMean => Plan::Done(weighted_mean(members, settings), Method::WeightedMean),
@@ -185,7 +194,7 @@ pub struct Aggregator {
     key: StreamKey,
     /// Gates of this stream's members, in slot order.
     members: Vec<Arc<ModelGate>>,
-    settings: Arc<RwLock<EnsembleSettings>>,
+    config: Arc<RwLock<AggregatorConfig>>,
     stacker: Option<Stacker>,
     publishers: Arc<[Recipient<Publish>]>,
     pending: HashMap<u64, Pending>,
@@ -198,7 +207,7 @@ impl Aggregator {
     pub fn new(
         key: StreamKey,
         members: Vec<Arc<ModelGate>>,
-        settings: Arc<RwLock<EnsembleSettings>>,
+        config: Arc<RwLock<AggregatorConfig>>,
         stacker: Option<Stacker>,
         publishers: Arc<[Recipient<Publish>]>,
         stats: Arc<PipelineStats>,
@@ -207,7 +216,7 @@ impl Aggregator {
         Aggregator {
             key,
             members,
-            settings,
+            config,
             stacker,
             publishers,
             pending: HashMap::new(),
@@ -227,7 +236,7 @@ impl Aggregator {
     }
 
     fn finalize(&mut self, sequence: u64, by_deadline: bool, ctx: &mut Context<Self>) {
-        let settings = self.settings.read().map(|s| s.clone()).unwrap_or_default();
+        let settings = self.config.read().map(|s| s.clone()).unwrap_or_default();
         if by_deadline
             && let Some(p) = self.pending.get(&sequence)
             && p.filled == 0
@@ -302,11 +311,25 @@ impl Aggregator {
         Some(MemberPrediction::new(info, probabilities, true, 0, 0))
     }
 
-    fn publish(&mut self, meta: EventMeta, members: Vec<MemberPrediction>, expected: u32, combined: (Vec<f32>, Method)) {
+    fn publish(
+        &mut self,
+        meta: EventMeta,
+        members: Vec<MemberPrediction>,
+        expected: u32,
+        combined: (Vec<f32>, Method),
+    ) {
         let (probabilities, method) = combined;
         let published_at_ns = unix_ns();
         let feature_published_at_ns = meta.published_at_ns;
-        let e = Ensemble::new(&self.key, meta, probabilities, members, expected, method.as_str(), published_at_ns);
+        let e = Ensemble::new(
+            &self.key,
+            meta,
+            probabilities,
+            members,
+            expected,
+            method.as_str(),
+            published_at_ns,
+        );
         let e = Arc::new(e);
         for p in self.publishers.iter() {
             p.do_send(Publish(e.clone()));
@@ -320,7 +343,7 @@ impl Aggregator {
 }
 
 /// Weighted mean of the members' probabilities (weights from the settings).
-pub fn weighted_mean(members: &[MemberPrediction], s: &EnsembleSettings) -> Vec<f32> {
+pub fn weighted_mean(members: &[MemberPrediction], s: &AggregatorConfig) -> Vec<f32> {
     let mut out = vec![0.0f32; 3];
     let mut total = 0.0f32;
     for m in members {
@@ -413,7 +436,7 @@ impl Handler<StartEvent> for Aggregator {
     type Result = ();
 
     fn handle(&mut self, StartEvent(meta): StartEvent, ctx: &mut Context<Self>) {
-        let deadline = Duration::from_millis(self.settings.read().map(|s| s.deadline_ms).unwrap_or(100));
+        let deadline = Duration::from_millis(self.config.read().map(|s| s.deadline_ms).unwrap_or(100));
         let seq = meta.sequence;
         let timer = self.arm(seq, deadline, ctx);
         let slots = vec![None; self.members.len()];
@@ -464,7 +487,7 @@ mod tests {
         MemberPrediction {
             model_id: id.into(),
             model_version: "1".into(),
-            model_kind: "x".into(),
+            model_family: "x".into(),
             probabilities: p.to_vec(),
             direction: Direction::from_index(i),
             confidence: c,
@@ -476,7 +499,7 @@ mod tests {
 
     #[test]
     fn test_weighted_mean_uses_configured_weights() {
-        let mut s = EnsembleSettings::default();
+        let mut s = AggregatorConfig::default();
         s.weights.insert("a".into(), 3.0);
         let p = weighted_mean(&[member("a", [1.0, 0.0, 0.0]), member("b", [0.0, 0.0, 1.0])], &s);
         assert_eq!(p, vec![0.75, 0.0, 0.25]);
@@ -507,7 +530,7 @@ mod tests {
 
     #[test]
     fn test_settings_problems_name_unknown_models_and_bad_weights() {
-        let mut s = EnsembleSettings::default();
+        let mut s = AggregatorConfig::default();
         s.weights.insert("nope".into(), -1.0);
         s.deadline_ms = 0;
         assert_eq!(s.problems("aggregator", &["a".into()]).len(), 3);

@@ -2,7 +2,8 @@
 //! vector, an event or a model is one type here, and its `emit` records the in-process counter
 //! ([`PipelineStats`], read by drain, health and tests), the Prometheus metric and the log line
 //! together, so the three can never drift apart. Call sites say what happened, never how it
-//! is counted: `stats.emit(StaleSequence { transport })`.
+//! is counted: `stats.emit(StaleSequence { transport })`. Events that feed no in-process
+//! counter (sink and connection events) are emitted on their own: `PublishFailed { .. }.emit()`.
 use std::sync::atomic::Ordering;
 
 use crate::breaker::Transition;
@@ -31,8 +32,8 @@ pub struct FeaturesReceived<'a> {
     pub count: u64,
 }
 
-impl Event for FeaturesReceived<'_> {
-    fn emit(self, _: &PipelineStats) {
+impl FeaturesReceived<'_> {
+    pub fn emit(self) {
         metrics::counter!(t::FEATURES_RECEIVED, "transport" => self.transport.as_str(), "timeframe" => self.timeframe.to_string())
             .increment(self.count);
     }
@@ -58,7 +59,13 @@ impl Event for DeadLettered<'_> {
             *c.entry(format!("{}:{}", self.transport.as_str(), self.reason))
                 .or_default() += 1;
         }
-        tracing::debug!(transport = self.transport.as_str(), reason = self.reason, detail = self.detail, source = self.source, "dead letter");
+        tracing::debug!(
+            transport = self.transport.as_str(),
+            reason = self.reason,
+            detail = self.detail,
+            source = self.source,
+            "dead letter"
+        );
     }
 }
 
@@ -168,7 +175,12 @@ impl Event for CallFailed<'_> {
         inc(&stats.failed_calls);
         metrics::counter!(t::INFERENCE_ERRORS, "model" => self.model.to_string(), "code" => self.code)
             .increment(1);
-        tracing::debug!(model = self.model, code = self.code, error = self.error, "model call failed");
+        tracing::debug!(
+            model = self.model,
+            code = self.code,
+            error = self.error,
+            "model call failed"
+        );
     }
 }
 
@@ -231,8 +243,8 @@ pub struct PredictionPublished<'a> {
     pub timeframe: &'a str,
 }
 
-impl Event for PredictionPublished<'_> {
-    fn emit(self, _: &PipelineStats) {
+impl PredictionPublished<'_> {
+    pub fn emit(self) {
         metrics::counter!(t::PREDICTIONS_PUBLISHED, "timeframe" => self.timeframe.to_string(), "sink" => self.sink)
             .increment(1);
     }
@@ -244,8 +256,8 @@ pub struct PublishFailed<'a> {
     pub error: &'a str,
 }
 
-impl Event for PublishFailed<'_> {
-    fn emit(self, _: &PipelineStats) {
+impl PublishFailed<'_> {
+    pub fn emit(self) {
         metrics::counter!(t::PUBLISH_ERRORS, "sink" => self.sink).increment(1);
         tracing::error!(sink = self.sink, error = self.error, "publish failed");
     }
@@ -284,7 +296,10 @@ impl Event for ModelRestarted<'_> {
     fn emit(self, _: &PipelineStats) {
         metrics::counter!(t::MODEL_RESTARTS, "model" => self.model.to_string()).increment(1);
         if self.reloaded {
-            tracing::warn!(model = self.model, "executor was down; restarted with the model reloaded and fresh actors");
+            tracing::warn!(
+                model = self.model,
+                "executor was down; restarted with the model reloaded and fresh actors"
+            );
         } else {
             tracing::info!(model = self.model, "restarting model actors with fresh state");
         }
@@ -296,8 +311,8 @@ pub struct ConfigChanged<'a> {
     pub what: &'a str,
 }
 
-impl Event for ConfigChanged<'_> {
-    fn emit(self, _: &PipelineStats) {
+impl ConfigChanged<'_> {
+    pub fn emit(self) {
         metrics::counter!(t::CONFIG_CHANGES).increment(1);
         tracing::info!(patch = self.what, "runtime configuration changed");
     }
@@ -308,8 +323,8 @@ pub struct SlowConsumer {
     pub subscription: u64,
 }
 
-impl Event for SlowConsumer {
-    fn emit(self, _: &PipelineStats) {
+impl SlowConsumer {
+    pub fn emit(self) {
         metrics::counter!(t::NATS_SLOW_CONSUMER).increment(1);
         tracing::warn!(
             sid = self.subscription,

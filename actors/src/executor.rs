@@ -24,21 +24,36 @@ pub trait InferenceBackend: Send {
     fn row_len(&self) -> usize;
     /// Probabilities per row.
     fn classes(&self) -> usize;
-    /// Checks and prepares one raw row, appending it to `out`; an error is a short code.
-    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), &'static str>;
+    /// Checks and prepares one raw row, appending it to `out`.
+    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected>;
     /// One forward pass over n prepared rows: n x classes probabilities.
-    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String>;
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError>;
     /// Called once on the executor thread before warm-up (thread-local libtorch settings).
     fn init_thread(&self) {}
 }
 
+/// A model's failure, typed for the executor: a stable code (the metric label) and what the
+/// model said.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ModelError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Why one input row was refused before the model saw it: the caller's fault, not the
+/// model's (it does not count against the breaker). The code is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RowRejected(pub &'static str);
+
 /// Loads a fresh backend (on start and on every restart).
 pub type BackendFactory = Arc<dyn Fn() -> Result<Box<dyn InferenceBackend>, String> + Send + Sync>;
 
-/// Batching limits. Changeable at run time.
+/// The `[executor]` section: batching limits. Changeable at run time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct BatchConfig {
+pub struct ExecutorConfig {
     /// Most rows in one forward pass.
     pub max_batch: usize,
     /// How long a busy executor's batch may wait for company. 0: no wait; the batch is what
@@ -50,9 +65,9 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
 }
 
-impl Default for BatchConfig {
+impl Default for ExecutorConfig {
     fn default() -> Self {
-        BatchConfig {
+        ExecutorConfig {
             max_batch: 64,
             max_delay_us: 0,
             queue_capacity: 8192,
@@ -60,7 +75,7 @@ impl Default for BatchConfig {
     }
 }
 
-impl BatchConfig {
+impl ExecutorConfig {
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut p = Vec::new();
         if !(1..=1024).contains(&self.max_batch) {
@@ -100,7 +115,7 @@ pub enum ExecError {
     #[error("invalid input row: {0}")]
     Input(&'static str),
     #[error("model failed: {0}")]
-    Model(String),
+    Model(ModelError),
     #[error("model panicked: {0}")]
     Panicked(String),
 }
@@ -116,7 +131,7 @@ impl ExecError {
             ExecError::QueueFull => "queue_full",
             ExecError::Down => "executor_down",
             ExecError::Input(c) => c,
-            ExecError::Model(_) => "model_error",
+            ExecError::Model(e) => e.code,
             ExecError::Panicked(_) => "model_panic",
         }
     }
@@ -159,7 +174,7 @@ pub struct ExecutorHandle {
     model: Arc<str>,
     tx: SyncSender<Job>,
     state: Arc<ExecutorState>,
-    batch: Arc<Mutex<BatchConfig>>,
+    batch: Arc<Mutex<ExecutorConfig>>,
 }
 
 impl std::fmt::Debug for ExecutorHandle {
@@ -212,7 +227,7 @@ impl ExecutorHandle {
     }
 
     /// New batching limits apply from the next batch (the queue capacity only on restart).
-    pub fn set_batch(&self, b: BatchConfig) {
+    pub fn set_config(&self, b: ExecutorConfig) {
         if let Ok(mut g) = self.batch.lock() {
             *g = b;
         }
@@ -228,7 +243,7 @@ impl ExecutorHandle {
 pub fn spawn(
     model: &str,
     factory: BackendFactory,
-    batch: BatchConfig,
+    batch: ExecutorConfig,
     observer: Arc<dyn BatchObserver>,
     clock: Arc<dyn Clock>,
 ) -> (ExecutorHandle, oneshot::Receiver<Result<(), String>>) {
@@ -275,12 +290,13 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_string())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &str,
     factory: BackendFactory,
     rx: Receiver<Job>,
     state: Arc<ExecutorState>,
-    batch: Arc<Mutex<BatchConfig>>,
+    batch: Arc<Mutex<ExecutorConfig>>,
     observer: Arc<dyn BatchObserver>,
     clock: Arc<dyn Clock>,
     ready: oneshot::Sender<Result<(), String>>,
@@ -302,7 +318,9 @@ fn run(
                 .map_err(|c| c.to_string())?;
         }
         for n in 1..=max {
-            backend.forward(&rows[..n * backend.row_len()], n)?;
+            backend
+                .forward(&rows[..n * backend.row_len()], n)
+                .map_err(|e| format!("warm-up at batch {n}: {e}"))?;
         }
         Ok::<_, String>(backend)
     }));
@@ -354,7 +372,7 @@ fn run(
         for job in jobs.drain(..) {
             match backend.prepare_into(&job.raw, &mut rows) {
                 Ok(()) => accepted.push(job),
-                Err(code) => {
+                Err(RowRejected(code)) => {
                     let _ = job.reply.send(Err(ExecError::Input(code)));
                 }
             }
@@ -382,15 +400,18 @@ fn run(
             }
             Ok(Ok(out)) => {
                 observer.on_batch(model, n, took, false);
-                let e = format!("{} outputs for {n} rows of {classes} classes", out.len());
-                set_error(&e);
+                let e = ModelError {
+                    code: "output_shape",
+                    message: format!("{} outputs for {n} rows of {classes} classes", out.len()),
+                };
+                set_error(&e.message);
                 for job in accepted {
                     let _ = job.reply.send(Err(ExecError::Model(e.clone())));
                 }
             }
             Ok(Err(e)) => {
                 observer.on_batch(model, n, took, false);
-                set_error(&e);
+                set_error(&e.message);
                 for job in accepted {
                     let _ = job.reply.send(Err(ExecError::Model(e.clone())));
                 }
@@ -491,21 +512,24 @@ pub(crate) mod tests {
         fn classes(&self) -> usize {
             3
         }
-        fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), &'static str> {
+        fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected> {
             if raw.len() != self.len {
-                return Err("wrong_feature_count");
+                return Err(RowRejected("wrong_feature_count"));
             }
             if raw.iter().any(|v| !v.is_finite()) {
-                return Err("non_finite_value");
+                return Err(RowRejected("non_finite_value"));
             }
             out.extend_from_slice(raw);
             Ok(())
         }
-        fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
             let mut out = Vec::with_capacity(n * 3);
             for r in rows.chunks_exact(self.len) {
                 if r[0] == FAIL {
-                    return Err("told to fail".into());
+                    return Err(ModelError {
+                        code: "model_error",
+                        message: "told to fail".into(),
+                    });
                 }
                 if r[0] == PANIC {
                     panic!("told to panic");
@@ -530,7 +554,7 @@ pub(crate) mod tests {
         let (h, ready) = spawn(
             "m",
             factory(2),
-            BatchConfig {
+            ExecutorConfig {
                 max_batch: 8,
                 max_delay_us: 0,
                 queue_capacity: 64,
@@ -557,7 +581,7 @@ pub(crate) mod tests {
         let (h, ready) = spawn(
             "m",
             factory(2),
-            BatchConfig {
+            ExecutorConfig {
                 max_batch: 8,
                 max_delay_us: 200_000,
                 queue_capacity: 64,
@@ -607,7 +631,7 @@ pub(crate) mod tests {
         let (h, ready) = spawn(
             "m",
             factory(2),
-            BatchConfig {
+            ExecutorConfig {
                 max_batch: 8,
                 max_delay_us: 20_000,
                 queue_capacity: 64,
@@ -634,7 +658,7 @@ pub(crate) mod tests {
         let (h, ready) = spawn(
             "m",
             factory(2),
-            BatchConfig {
+            ExecutorConfig {
                 max_batch: 4,
                 max_delay_us: 0,
                 queue_capacity: 64,
@@ -664,7 +688,7 @@ pub(crate) mod tests {
         let (h, ready) = spawn(
             "m",
             f,
-            BatchConfig::default(),
+            ExecutorConfig::default(),
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
         );
@@ -677,7 +701,7 @@ pub(crate) mod tests {
         let (h, _ready) = spawn(
             "m",
             factory(2),
-            BatchConfig {
+            ExecutorConfig {
                 max_batch: 1,
                 max_delay_us: 0,
                 queue_capacity: 1,

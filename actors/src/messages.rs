@@ -96,4 +96,3 @@ pub struct SetEnabled {
     pub model: usize,
     pub enabled: bool,
 }
-

@@ -7,10 +7,10 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::breaker::Admission;
+use crate::events::CallFailed;
 use crate::executor::{ExecError, ExecutorHandle, RowOutput};
 use crate::gate::ModelGate;
 use crate::messages::{MemberDone, MemberStatus, ModelFailed, Stop};
-use crate::events::CallFailed;
 use crate::telemetry::PipelineStats;
 use crate::types::{MemberPrediction, Vector};
 

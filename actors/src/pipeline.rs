@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::aggregator::{EnsembleSettings, Stacker};
+use crate::aggregator::{AggregatorConfig, Stacker};
 use crate::breaker::BreakerConfig;
 use crate::clock::Clock;
-use crate::executor::{self, BackendFactory, BatchConfig, BatchObserver, ExecutorHandle};
+use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig, ExecutorHandle};
 use crate::gate::ModelGate;
 use crate::messages::{Ingest, Publish, ResetModel, SetEnabled};
 use crate::router::{Router, RouterConfig};
@@ -32,18 +32,24 @@ pub struct StackerSpec {
 #[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
     pub router: RouterConfig,
-    pub batch: BatchConfig,
+    pub executor: ExecutorConfig,
     pub breaker: BreakerConfig,
-    pub ensemble: EnsembleSettings,
+    pub aggregator: AggregatorConfig,
 }
 
 #[derive(Clone)]
 pub struct Pipeline {
-    pub router: Addr<Router>,
-    pub supervisor: Addr<Supervisor>,
+    /// The router's intake (awaited: its bounded mailbox is the back-pressure).
+    router: Recipient<Ingest>,
+    /// Enables or disables a member for new events (the router).
+    enable: Recipient<SetEnabled>,
+    /// Operator resets (the supervisor).
+    reset: Recipient<ResetModel>,
     pub stats: Arc<PipelineStats>,
-    pub settings: Arc<RwLock<EnsembleSettings>>,
-    pub batch: Arc<RwLock<BatchConfig>>,
+    /// The `[aggregator]` settings in force (changeable at run time).
+    pub aggregator_config: Arc<RwLock<AggregatorConfig>>,
+    /// The `[executor]` settings in force (changeable at run time).
+    pub executor_config: Arc<RwLock<ExecutorConfig>>,
     /// The members' gates, in member order (the stacker's is in `stacker`).
     pub gates: Vec<Arc<ModelGate>>,
     pub stacker: Option<Stacker>,
@@ -68,7 +74,7 @@ impl Pipeline {
             executor::spawn(
                 &m.info.id,
                 m.factory.clone(),
-                cfg.batch.clone(),
+                cfg.executor.clone(),
                 observer.clone(),
                 clock.clone(),
             )
@@ -125,12 +131,12 @@ impl Pipeline {
             gate: gates[members.len()].clone(),
             inputs: spec.inputs.iter().map(|s| Arc::from(s.as_str())).collect(),
         });
-        let batch = Arc::new(RwLock::new(cfg.batch.clone()));
-        let settings = Arc::new(RwLock::new(cfg.ensemble.clone()));
+        let executor_config = Arc::new(RwLock::new(cfg.executor.clone()));
+        let aggregator_config = Arc::new(RwLock::new(cfg.aggregator.clone()));
         let router = Router::new(
             cfg.router.clone(),
             member_gates.clone(),
-            settings.clone(),
+            aggregator_config.clone(),
             stacker_out.clone(),
             publishers.into(),
             supervisor.clone().recipient(),
@@ -149,17 +155,18 @@ impl Pipeline {
         supervisor_ctx.run(Supervisor::new(
             supervised,
             router.clone().recipient(),
-            batch.clone(),
+            executor_config.clone(),
             observer,
             clock,
             stats.clone(),
         ));
         Ok(Pipeline {
-            router,
-            supervisor,
+            router: router.clone().recipient(),
+            enable: router.recipient(),
+            reset: supervisor.recipient(),
             stats,
-            settings,
-            batch,
+            aggregator_config,
+            executor_config,
             gates: member_gates,
             stacker: stacker_out,
         })
@@ -193,7 +200,7 @@ impl Pipeline {
     }
 
     pub async fn reset_model(&self, id: &str) -> Result<(), String> {
-        self.supervisor
+        self.reset
             .send(ResetModel(id.to_string()))
             .await
             .map_err(|e| e.to_string())?
@@ -203,7 +210,7 @@ impl Pipeline {
         let i = self
             .model_index(id)
             .ok_or_else(|| format!("unknown model {id:?}"))?;
-        self.router.do_send(SetEnabled { model: i, enabled });
+        self.enable.do_send(SetEnabled { model: i, enabled });
         Ok(())
     }
 
@@ -214,12 +221,12 @@ impl Pipeline {
 
     /// Applies new batching limits to every executor (from the next batch), and to the ones
     /// the supervisor starts later.
-    pub fn set_batch(&self, b: BatchConfig) {
-        if let Ok(mut g) = self.batch.write() {
+    pub fn set_executor_config(&self, b: ExecutorConfig) {
+        if let Ok(mut g) = self.executor_config.write() {
             *g = b.clone();
         }
         for g in self.all_gates() {
-            g.executor().set_batch(b.clone());
+            g.executor().set_config(b.clone());
         }
     }
 

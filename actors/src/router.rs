@@ -8,9 +8,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregator::{Aggregator, EnsembleSettings, Stacker};
+use crate::aggregator::{Aggregator, AggregatorConfig, Stacker};
 use crate::clock::Clock;
-use crate::events::{ActiveStreams, Duplicate, EventStarted, MailboxFull, StaleSequence, StreamRefused, VectorRouted};
+use crate::events::{
+    ActiveStreams, Duplicate, EventStarted, MailboxFull, StaleSequence, StreamRefused, VectorRouted,
+};
 use crate::gate::ModelGate;
 use crate::messages::{
     EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publish, RestartModel, SetEnabled, StartEvent,
@@ -71,7 +73,7 @@ pub struct Router {
     cfg: RouterConfig,
     /// The members' gates (each holds its model's current executor).
     gates: Vec<Arc<ModelGate>>,
-    settings: Arc<std::sync::RwLock<EnsembleSettings>>,
+    aggregator_config: Arc<std::sync::RwLock<AggregatorConfig>>,
     stacker: Option<Stacker>,
     publishers: Arc<[Recipient<Publish>]>,
     supervisor: Recipient<ModelFailed>,
@@ -88,7 +90,7 @@ impl Router {
     pub fn new(
         cfg: RouterConfig,
         gates: Vec<Arc<ModelGate>>,
-        settings: Arc<std::sync::RwLock<EnsembleSettings>>,
+        aggregator_config: Arc<std::sync::RwLock<AggregatorConfig>>,
         stacker: Option<Stacker>,
         publishers: Arc<[Recipient<Publish>]>,
         supervisor: Recipient<ModelFailed>,
@@ -100,7 +102,7 @@ impl Router {
             seen: lru::LruCache::new(cap),
             cfg,
             gates,
-            settings,
+            aggregator_config,
             stacker,
             publishers,
             supervisor,
@@ -136,7 +138,7 @@ impl Router {
             let aggregator = Aggregator::new(
                 v.key.clone(),
                 member_gates,
-                self.settings.clone(),
+                self.aggregator_config.clone(),
                 self.stacker.clone(),
                 self.publishers.clone(),
                 self.stats.clone(),

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use crate::breaker::CircuitState;
 use crate::clock::Clock;
 use crate::events::ModelRestarted;
-use crate::executor::{self, BackendFactory, BatchConfig, BatchObserver};
+use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig};
 use crate::gate::ModelGate;
 use crate::messages::{CircuitChanged, ModelFailed, ResetModel, RestartModel};
 use crate::telemetry::PipelineStats;
@@ -29,7 +29,7 @@ pub struct Supervisor {
     /// Told to give a restarted model fresh actors.
     router: Recipient<RestartModel>,
     /// The batching limits in force (a fresh executor starts with them).
-    batch: Arc<std::sync::RwLock<BatchConfig>>,
+    executor_config: Arc<std::sync::RwLock<ExecutorConfig>>,
     observer: Arc<dyn BatchObserver>,
     clock: Arc<dyn Clock>,
     stats: Arc<PipelineStats>,
@@ -41,7 +41,7 @@ impl Supervisor {
     pub fn new(
         models: Vec<SupervisedModel>,
         router: Recipient<RestartModel>,
-        batch: Arc<std::sync::RwLock<BatchConfig>>,
+        executor_config: Arc<std::sync::RwLock<ExecutorConfig>>,
         observer: Arc<dyn BatchObserver>,
         clock: Arc<dyn Clock>,
         stats: Arc<PipelineStats>,
@@ -50,7 +50,7 @@ impl Supervisor {
         Supervisor {
             models,
             router,
-            batch,
+            executor_config,
             observer,
             clock,
             stats,
@@ -63,11 +63,11 @@ impl Supervisor {
         let Some(m) = self.models.get(i) else { return };
         let reloaded = m.gate.executor().is_down();
         if reloaded {
-            let batch = self.batch.read().map(|b| b.clone()).unwrap_or_default();
+            let config = self.executor_config.read().map(|b| b.clone()).unwrap_or_default();
             let (handle, _ready) = executor::spawn(
                 &m.gate.info.id,
                 m.factory.clone(),
-                batch,
+                config,
                 self.observer.clone(),
                 self.clock.clone(),
             );

@@ -112,8 +112,10 @@ pub fn argmax(p: &[f32]) -> (usize, f32) {
 pub struct ModelInfo {
     pub id: Arc<str>,
     pub version: Arc<str>,
-    /// "lstm", "cnn", "xgboost", ...
+    /// What the model is: "lstm", "cnn", "xgboost", "stacker" (the contract's `model_kind`).
     pub family: Arc<str>,
+    /// The framework that runs it: "torchscript", "xgboost-json".
+    pub kind: Arc<str>,
     /// Feature vectors in one input window.
     pub window: usize,
     pub features: usize,
@@ -126,7 +128,10 @@ pub struct ModelInfo {
 pub struct MemberPrediction {
     pub model_id: Arc<str>,
     pub model_version: Arc<str>,
-    pub model_kind: Arc<str>,
+    /// The model's family ("lstm", "cnn", ...); on the wire and in JSON the contract's
+    /// `model_kind`.
+    #[serde(rename = "model_kind")]
+    pub model_family: Arc<str>,
     pub probabilities: Vec<f32>,
     pub direction: Direction,
     pub confidence: f32,
@@ -162,12 +167,18 @@ pub struct Ensemble {
 
 impl MemberPrediction {
     /// A member's output from its probabilities: direction and confidence are their argmax.
-    pub fn new(info: &ModelInfo, probabilities: Vec<f32>, fallback: bool, inference_us: u32, batch_size: u32) -> Self {
+    pub fn new(
+        info: &ModelInfo,
+        probabilities: Vec<f32>,
+        fallback: bool,
+        inference_us: u32,
+        batch_size: u32,
+    ) -> Self {
         let (i, confidence) = argmax(&probabilities);
         MemberPrediction {
             model_id: info.id.clone(),
             model_version: info.version.clone(),
-            model_kind: info.family.clone(),
+            model_family: info.family.clone(),
             probabilities,
             direction: Direction::from_index(i),
             confidence,

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use augur_actors::aggregator::{EnsembleSettings, Method};
+use augur_actors::aggregator::{AggregatorConfig, Method};
 use augur_actors::breaker::{BreakerConfig, CircuitState};
 use augur_actors::clock::ManualClock;
-use augur_actors::executor::{BatchConfig, InferenceBackend, NoObserver};
+use augur_actors::executor::{ExecutorConfig, InferenceBackend, ModelError, NoObserver, RowRejected};
 use augur_actors::messages::Publish;
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig};
 use augur_actors::router::RouterConfig;
@@ -33,11 +33,11 @@ impl InferenceBackend for Double {
     fn classes(&self) -> usize {
         3
     }
-    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), &'static str> {
+    fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected> {
         out.extend_from_slice(raw);
         Ok(())
     }
-    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, String> {
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
         while self.hold.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
@@ -45,7 +45,10 @@ impl InferenceBackend for Double {
             panic!("double told to panic");
         }
         if self.fail.load(Ordering::SeqCst) {
-            return Err("double told to fail".into());
+            return Err(ModelError {
+                code: "model_error",
+                message: "double told to fail".into(),
+            });
         }
         let mut out = Vec::new();
         for r in rows.chunks_exact(self.len).take(n) {
@@ -83,6 +86,7 @@ fn spec(id: &str, window: usize, timeframes: &[&str]) -> (ModelSpec, Flags) {
             id: id.into(),
             version: "1".into(),
             family: "double".into(),
+            kind: "test-double".into(),
             window,
             features,
             timeframes: timeframes.iter().map(|s| s.to_string()).collect(),
@@ -135,7 +139,7 @@ fn config() -> PipelineConfig {
             max_streams: 100,
             model_mailbox: 1024,
         },
-        batch: BatchConfig {
+        executor: ExecutorConfig {
             max_batch: 16,
             max_delay_us: 100,
             queue_capacity: 4096,
@@ -150,7 +154,7 @@ fn config() -> PipelineConfig {
             restart_window_ms: 60_000,
             ..Default::default()
         },
-        ensemble: EnsembleSettings {
+        aggregator: AggregatorConfig {
             deadline_ms: 2_000,
             method: Method::WeightedMean,
             ..Default::default()
@@ -181,7 +185,10 @@ async fn start(members: Vec<ModelSpec>, cfg: PipelineConfig) -> (Pipeline, Out, 
 async fn until(what: &str, cond: impl Fn() -> bool) {
     let start = std::time::Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         actix_rt::task::yield_now().await;
     }
 }
@@ -283,7 +290,11 @@ async fn test_a_panicking_model_is_restarted_with_a_fresh_executor_while_others_
     );
     let during = out.lock().unwrap().iter().filter(|e| e.sequence >= 6).count();
     assert_eq!(during, 14, "the good model kept every event going");
-    assert_eq!(bad_gate.restarts.load(Ordering::Relaxed), 0, "no restart before the backoff");
+    assert_eq!(
+        bad_gate.restarts.load(Ordering::Relaxed),
+        0,
+        "no restart before the backoff"
+    );
     // heal; once the backoff has passed on the clock the supervisor reloads the model
     bad_flags.panic.store(false, Ordering::SeqCst);
     let loads_before = bad_flags.loads.load(Ordering::SeqCst);
@@ -342,7 +353,10 @@ async fn test_an_event_is_published_at_its_deadline_with_the_members_that_answer
     let (p, out, clock) = start(vec![fast, stuck], config()).await;
     stuck_flags.hold.store(true, Ordering::SeqCst);
     p.ingest(vec![vector("AAA", "1m", 1, 0.5)]).await.unwrap();
-    until("the fast member's answer", || p.gates[0].calls.load(Ordering::Relaxed) == 1).await;
+    until("the fast member's answer", || {
+        p.gates[0].calls.load(Ordering::Relaxed) == 1
+    })
+    .await;
     for _ in 0..1000 {
         actix_rt::task::yield_now().await;
     }

@@ -1,5 +1,107 @@
-//! Transports. Each adapter turns its bus into validated vectors for the pipeline and
-//! predictions back into messages; nothing past this module knows a bus exists.
+//! Transports: the brokers that vectors come in on and predictions go out on. Every transport
+//! is a folder of one shape (roles as in Vector's connectors):
+//!
+//! | file | role |
+//! | --- | --- |
+//! | `config.rs` | its config section, defaults and checks (`problems`) |
+//! | `mod.rs` | `connect` (clients, sinks) and its [`Transport`] impl (lifecycle stages) |
+//! | `ingress.rs` | broker messages into the shared [`ingest::Intake`], acknowledgements out |
+//! | `sink.rs` | predictions out (`Recipient<Publish>`) |
+//! | `dead_letters.rs` | refused input, payload kept, reason in headers ([`ingest::DeadLetterSink`]) |
+//! | `health.rs` | connection state and figures ([`Health`]) |
+//!
+//! [`connect`] is the transport list: the one place that names them. The service, readiness
+//! and telemetry see only `dyn Transport` and `dyn Health`. No transport imports the service's
+//! config: each gets its own section, and the codec's validator through the intake.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Recipient;
+use augur_actors::messages::Publish;
+use futures::future::BoxFuture;
+
+pub mod ingest;
 pub mod kafka;
+pub mod memory;
 pub mod nats;
-pub mod sink;
+
+pub use ingest::{DeadLetter, DeadLetterSink, Intake};
+
+/// A transport's view for readiness, `/api/v1/health` and the `augur_bus_connected` gauge.
+pub trait Health: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn connected(&self) -> bool;
+    /// Figures for `/api/v1/health` (counters, lag), a JSON object.
+    fn details(&self) -> serde_json::Value {
+        serde_json::json!({ "connected": self.connected() })
+    }
+}
+
+/// A point in time by which a lifecycle stage must finish (one shutdown budget, shared).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn after(d: Duration) -> Deadline {
+        Deadline(Instant::now() + d)
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+}
+
+/// A connected transport. Built in two steps because the pipeline needs the sinks before it
+/// starts, and the intake needs the pipeline. Shutdown runs the stages in order, every
+/// transport's stage before the next stage: stop intake, (the pipeline drains), flush, settle.
+pub trait Transport: Send {
+    fn name(&self) -> &'static str;
+    /// Where predictions go on this transport (empty for an input-only transport).
+    fn sinks(&self) -> Vec<Recipient<Publish>>;
+    fn health(&self) -> Arc<dyn Health>;
+    /// Starts taking input: broker messages through `intake` into the pipeline.
+    fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()>;
+    /// Stops taking new input; returns once no new message can enter the pipeline.
+    fn stop_intake(&mut self) -> BoxFuture<'_, ()>;
+    /// Returns once everything handed to this transport's sinks has left (or at `deadline`).
+    fn flush(&mut self, deadline: Deadline) -> BoxFuture<'_, ()>;
+    /// Settles the input: acknowledgements sent or offsets committed for what finished,
+    /// background threads joined (or at `deadline`).
+    fn settle(&mut self, deadline: Deadline) -> BoxFuture<'_, ()>;
+}
+
+/// The configuration sections of every transport, borrowed from the service's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Sections<'a> {
+    pub nats: &'a nats::NatsConfig,
+    pub kafka: &'a kafka::KafkaConfig,
+}
+
+impl Sections<'_> {
+    /// Every problem of every enabled transport's section.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = self.nats.problems();
+        p.extend(self.kafka.problems());
+        if !(self.nats.enabled || self.kafka.enabled) {
+            p.push("no transport: enable nats or kafka".into());
+        }
+        p
+    }
+}
+
+/// The transport list: connects every enabled transport (clients and sinks; no intake yet).
+/// `timeframes`: the served timeframes (subjects to subscribe).
+pub async fn connect(s: Sections<'_>, timeframes: &[String]) -> anyhow::Result<Vec<Box<dyn Transport>>> {
+    let mut out: Vec<Box<dyn Transport>> = Vec::new();
+    if s.nats.enabled {
+        out.push(Box::new(nats::NatsTransport::connect(s.nats, timeframes).await?));
+    }
+    if s.kafka.enabled {
+        out.push(Box::new(kafka::KafkaTransport::connect(s.kafka)?));
+    }
+    Ok(out)
+}
+
+/// Dead letters by "transport:reason", from the pipeline's counters.
+pub type DeadLetterCounts = BTreeMap<String, u64>;

@@ -15,6 +15,16 @@ pub enum ModelKind {
     XgboostJson,
 }
 
+impl ModelKind {
+    /// As written in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::TorchScript => "torchscript",
+            ModelKind::XgboostJson => "xgboost-json",
+        }
+    }
+}
+
 /// How a window of `window` x `features` values is laid out for the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

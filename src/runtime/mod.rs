@@ -16,21 +16,33 @@ pub use manifest::{InputSource, Layout, Manifest, ModelKind};
 pub use preprocess::Preprocessor;
 pub use torch::DeviceSpec;
 
-use self::torch::TorchModel;
-use self::xgboost::XgbModel;
-
-#[derive(Debug)]
-enum Backend {
-    Torch(TorchModel),
-    Xgb(XgbModel),
+/// One model kind's engine: each `kind` of the manifest has its module here, which loads the
+/// model file into something that implements this. [`Model`] wraps it with the manifest, the
+/// preprocessing, the shape check and the golden self-test, the same for every kind.
+///
+/// To add a kind: a variant of [`ModelKind`], a module with a type implementing `Backend` and
+/// a `load(&Manifest, DeviceSpec)` function, and one arm in [`load_backend`].
+pub trait Backend: Send + std::fmt::Debug {
+    /// One forward pass over `n` prepared rows (the layout the manifest names): n x classes
+    /// probabilities.
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError>;
+    /// Where it runs: "cpu", "cuda:0".
+    fn device_name(&self) -> String;
 }
 
-/// A loaded, checked model.
+/// The kind's loader: the manifest names the kind, the kind's module loads the file.
+fn load_backend(manifest: &Manifest, device: DeviceSpec) -> Result<Box<dyn Backend>, RuntimeError> {
+    match manifest.kind {
+        ModelKind::TorchScript => torch::load(manifest, device),
+        ModelKind::XgboostJson => xgboost::load(manifest),
+    }
+}
+
 #[derive(Debug)]
 pub struct Model {
     manifest: Manifest,
     pre: Preprocessor,
-    backend: Backend,
+    backend: Box<dyn Backend>,
 }
 
 /// Golden rows checked at load: enough to catch a wrong window, layout or normalisation.
@@ -42,46 +54,7 @@ impl Model {
     /// the reference outputs of a few golden windows.
     pub fn load(dir: &Path, device: DeviceSpec) -> Result<Model, RuntimeError> {
         let manifest = Manifest::load(dir)?;
-        let path = manifest.model_path();
-        let classes = manifest.classes.len();
-        let backend = match manifest.kind {
-            ModelKind::TorchScript => {
-                let (t, f) = (manifest.window as i64, manifest.features as i64);
-                let row_shape = match manifest.layout {
-                    Layout::Sequence => vec![t, f],
-                    Layout::Channels => vec![f, t],
-                    Layout::Flat => vec![t * f],
-                };
-                Backend::Torch(TorchModel::load(&path, device.resolve()?, row_shape, classes)?)
-            }
-            ModelKind::XgboostJson => {
-                if manifest.layout != Layout::Flat {
-                    return Err(RuntimeError::Mismatch {
-                        path,
-                        message: format!(
-                            "xgboost needs layout = \"flat\", manifest says {:?}",
-                            manifest.layout
-                        ),
-                    });
-                }
-                let m = XgbModel::load(&path)?;
-                if m.num_feature() != manifest.row_len() || m.num_class() != classes {
-                    return Err(RuntimeError::Mismatch {
-                        path,
-                        message: format!(
-                            "model has {} features and {} classes; manifest window {} x features {} = {} and {} classes",
-                            m.num_feature(),
-                            m.num_class(),
-                            manifest.window,
-                            manifest.features,
-                            manifest.row_len(),
-                            classes
-                        ),
-                    });
-                }
-                Backend::Xgb(m)
-            }
-        };
+        let backend = load_backend(&manifest, device)?;
         let model = Model {
             pre: Preprocessor::new(&manifest),
             manifest,
@@ -107,10 +80,7 @@ impl Model {
 
     /// "cpu" or "cuda:N".
     pub fn device_name(&self) -> String {
-        match &self.backend {
-            Backend::Torch(t) => torch::device_name(t.device()),
-            Backend::Xgb(_) => "cpu".to_string(),
-        }
+        self.backend.device_name()
     }
 
     pub fn preprocessor(&self) -> &Preprocessor {
@@ -124,10 +94,7 @@ impl Model {
 
     /// One forward pass over n prepared rows; n x classes probabilities.
     pub fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
-        match &self.backend {
-            Backend::Torch(t) => t.forward(rows, n),
-            Backend::Xgb(x) => x.predict(rows, n),
-        }
+        self.backend.forward(rows, n)
     }
 
     /// The batch API: n raw windows, concatenated, in; n x classes probabilities out.

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use tch::{CModule, Device, Kind, Tensor};
 
 use super::error::RuntimeError;
+use super::manifest::{Layout, Manifest};
 
 /// Where a model runs, as the config names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +131,33 @@ impl TorchModel {
         out.f_copy_data(&mut v, n * self.classes).map_err(err)?;
         Ok(v)
     }
+}
+
+impl super::Backend for TorchModel {
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        TorchModel::forward(self, rows, n)
+    }
+
+    fn device_name(&self) -> String {
+        device_name(self.device)
+    }
+}
+
+/// Loads the manifest's TorchScript file on the device, its row shape from the layout.
+pub fn load(manifest: &Manifest, device: DeviceSpec) -> Result<Box<dyn super::Backend>, RuntimeError> {
+    let (t, f) = (manifest.window as i64, manifest.features as i64);
+    let row_shape = match manifest.layout {
+        Layout::Sequence => vec![t, f],
+        Layout::Channels => vec![f, t],
+        Layout::Flat => vec![t * f],
+    };
+    let classes = manifest.classes.len();
+    Ok(Box::new(TorchModel::load(
+        &manifest.model_path(),
+        device.resolve()?,
+        row_shape,
+        classes,
+    )?))
 }
 
 /// libtorch errors carry a TorchScript traceback and a C++ backtrace: keep the line that says

@@ -265,6 +265,48 @@ fn leaf(nodes: &[Node], row: &[f32]) -> f32 {
 }
 
 /// XGBoost's softmax: subtract the max, exponentiate, divide by the sum, in float32.
+impl super::Backend for XgbModel {
+    fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        self.predict(rows, n)
+    }
+
+    fn device_name(&self) -> String {
+        "cpu".to_string()
+    }
+}
+
+/// Loads the manifest's XGBoost JSON file; its feature and class counts must match the
+/// manifest's flat window.
+pub fn load(manifest: &super::Manifest) -> Result<Box<dyn super::Backend>, RuntimeError> {
+    let path = manifest.model_path();
+    let classes = manifest.classes.len();
+    if manifest.layout != super::Layout::Flat {
+        return Err(RuntimeError::Mismatch {
+            path,
+            message: format!(
+                "xgboost needs layout = \"flat\", manifest says {:?}",
+                manifest.layout
+            ),
+        });
+    }
+    let m = XgbModel::load(&path)?;
+    if m.num_feature() != manifest.row_len() || m.num_class() != classes {
+        return Err(RuntimeError::Mismatch {
+            path,
+            message: format!(
+                "model has {} features and {} classes; manifest window {} x features {} = {} and {} classes",
+                m.num_feature(),
+                m.num_class(),
+                manifest.window,
+                manifest.features,
+                manifest.row_len(),
+                classes
+            ),
+        });
+    }
+    Ok(Box::new(m))
+}
+
 pub fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;

@@ -1,0 +1,155 @@
+//! The one ingest path every transport uses: decode and validate (the codec), send each
+//! refusal to the transport's dead letters, count, and hand the valid vectors to the router
+//! with the message's acknowledgement. A transport supplies only what is its own: where the
+//! message came from, its acknowledgement, and where dead letters go.
+use augur_actors::clock::unix_ns;
+use augur_actors::events::{DeadLettered, FeaturesReceived};
+use augur_actors::pipeline::Pipeline;
+use augur_actors::types::{Ack, Transport, Vector};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::codec::{Reject, Validator};
+
+/// One refused message (or vector of one), for a dead-letter sink.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// The original payload, byte for byte.
+    pub payload: Bytes,
+    /// The message key, on transports that have one.
+    pub key: Option<Bytes>,
+    /// The subject or topic it came from.
+    pub source: String,
+    /// Where in the source: (partition, offset) on Kafka, (0, stream sequence) on JetStream.
+    pub position: Option<(i32, i64)>,
+    /// The vector's index in its batch; None when the whole message was refused.
+    pub index: Option<usize>,
+    pub reason: Reject,
+    /// The input's acknowledgement: held until the dead letter is stored (at-least-once
+    /// transports), so that a crash before then reads the message again.
+    pub ack: Option<Ack>,
+}
+
+impl DeadLetter {
+    /// Header values are single lines.
+    pub fn detail(&self) -> String {
+        self.reason.to_string().replace(['\r', '\n'], " ")
+    }
+}
+
+/// Where a transport's dead letters go. The returned future finishes when the dead letter has
+/// been handed over; a sink that delivers in the background keeps `ack` until it is stored.
+pub trait DeadLetterSink: Send + Sync {
+    fn send(&self, letter: DeadLetter) -> BoxFuture<'static, ()>;
+}
+
+/// One message as a transport received it.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    pub payload: Bytes,
+    pub key: Option<Bytes>,
+    /// The subject or topic.
+    pub source: &'a str,
+    /// The timeframe the subject names, when the transport's subjects name one.
+    pub subject_timeframe: Option<&'a str>,
+    pub position: Option<(i32, i64)>,
+    /// Completion of this message (at-least-once transports).
+    pub ack: Option<Ack>,
+}
+
+/// The router is gone: the transport stops taking input.
+#[derive(Debug, thiserror::Error)]
+#[error("the pipeline's router is gone")]
+pub struct PipelineClosed;
+
+/// The shared ingest path, one per service, cloned into every transport's ingress.
+#[derive(Clone)]
+pub struct Intake {
+    validator: Validator,
+    pipeline: Pipeline,
+}
+
+impl Intake {
+    pub fn new(validator: Validator, pipeline: Pipeline) -> Self {
+        Intake { validator, pipeline }
+    }
+
+    /// The longest window of any member: how much of a stream a restart must read again to
+    /// predict its next vector.
+    pub fn stats(&self) -> &std::sync::Arc<augur_actors::telemetry::PipelineStats> {
+        &self.pipeline.stats
+    }
+
+    pub fn longest_window(&self) -> usize {
+        self.pipeline
+            .gates
+            .iter()
+            .map(|g| g.info.window)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Decodes one message, dead-letters its refusals, counts, and hands its valid vectors to
+    /// the router (awaited: back-pressure). `on_valid` sees the valid vectors first (a
+    /// transport's offset bookkeeping). The message's ack travels with its vectors and dead
+    /// letters and is released when the last of them is done.
+    pub async fn accept(
+        &self,
+        transport: Transport,
+        m: Incoming<'_>,
+        dead_letters: &dyn DeadLetterSink,
+        on_valid: impl FnOnce(&[Vector]),
+    ) -> Result<usize, PipelineClosed> {
+        let now_ms = unix_ns() / 1_000_000;
+        let decoded = self
+            .validator
+            .decode(&m.payload, m.subject_timeframe, transport, now_ms);
+        on_valid(&decoded.vectors);
+        let stats = &self.pipeline.stats;
+        for (index, reason) in decoded.rejects {
+            stats.emit(DeadLettered {
+                transport,
+                reason: reason.code(),
+                detail: &reason.to_string(),
+                source: m.source,
+            });
+            dead_letters
+                .send(DeadLetter {
+                    payload: m.payload.clone(),
+                    key: m.key.clone(),
+                    source: m.source.to_string(),
+                    position: m.position,
+                    index,
+                    reason,
+                    ack: m.ack.clone(),
+                })
+                .await;
+        }
+        let mut vectors = decoded.vectors;
+        let n = vectors.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        // Counted per timeframe; a batch is almost always one stream, so one increment.
+        let mut i = 0;
+        while i < n {
+            let tf = vectors[i].key.timeframe.clone();
+            let run = vectors[i..].iter().take_while(|v| v.key.timeframe == tf).count();
+            FeaturesReceived {
+                transport,
+                timeframe: &tf,
+                count: run as u64,
+            }
+            .emit();
+            i += run;
+        }
+        if let Some(ack) = &m.ack {
+            for v in &mut vectors {
+                v.ack = Some(ack.clone());
+            }
+        }
+        drop(m.ack);
+        self.pipeline.ingest(vectors).await.map_err(|_| PipelineClosed)?;
+        Ok(n)
+    }
+}

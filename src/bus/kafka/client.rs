@@ -1,0 +1,95 @@
+//! librdkafka clients from the section: the producer (predictions, dead letters), the group
+//! consumer (input), and topic creation.
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+
+use super::KafkaConfig;
+
+pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", "augur")
+        .set(
+            "enable.idempotence",
+            if cfg.idempotent_producer { "true" } else { "false" },
+        )
+        .set("acks", "all")
+        .set("linger.ms", cfg.linger_ms.to_string())
+        .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
+        .create()
+}
+
+pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let mut c = ClientConfig::new();
+    if !cfg.instance_id.is_empty() {
+        c.set("group.instance.id", &cfg.instance_id);
+    }
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", "augur")
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", cfg.commit_interval_ms.to_string())
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .create()
+}
+
+/// Creates the topics, retrying while the broker is unreachable, until done or `stop`.
+pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
+    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "kafka admin client");
+            return;
+        }
+    };
+    let mut names = vec![
+        cfg.input_topic.clone(),
+        cfg.output_topic.clone(),
+        cfg.dlq_topic.clone(),
+    ];
+    if !cfg.members_topic.is_empty() {
+        names.push(cfg.members_topic.clone());
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    loop {
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, cfg.partitions, TopicReplication::Fixed(1)))
+            .collect();
+        match admin.create_topics(&topics, &opts).await {
+            Ok(results) => {
+                let failed: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Ok(_) => None,
+                        Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                        Err((topic, code)) => Some(format!("{topic}: {code}")),
+                    })
+                    .collect();
+                if failed.is_empty() {
+                    tracing::info!(topics = ?names, "kafka topics ready");
+                    return;
+                }
+                tracing::warn!(?failed, "kafka topics not created; retrying");
+            }
+            Err(e) => tracing::warn!(error = %e, "kafka unreachable for topic creation; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The `[kafka]` section: brokers, group, topics, producer and consumer settings.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub enabled: bool,
+    /// bootstrap.servers
+    pub brokers: String,
+    pub group_id: String,
+    /// Static group membership (`group.instance.id`, unique per instance; "" for dynamic): a
+    /// restarted instance takes its partitions back at once instead of waiting for the
+    /// broker to expire the old member.
+    pub instance_id: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub dlq_topic: String,
+    /// Per-member predictions (training-data capture); "" for off.
+    pub members_topic: String,
+    /// Create the topics at start-up (retried while the broker is down).
+    pub create_topics: bool,
+    /// Partitions of topics the service creates.
+    pub partitions: i32,
+    /// librdkafka's idempotent producer. Off by default: against tansu 0.6.0 (the broker the
+    /// project runs) a restarted instance's re-sent predictions were silently dropped by the
+    /// broker, losing the ones the killed instance never delivered (the SIGKILL test found
+    /// it). Turn it on against a real Kafka cluster. Either way every prediction carries a
+    /// stable `augur-event-id` header, so consumers deduplicate at-least-once delivery.
+    pub idempotent_producer: bool,
+    /// Producer linger (0-1 for low latency).
+    pub linger_ms: u64,
+    /// librdkafka's delivery timeout; a delivery that times out is retried by the service.
+    pub delivery_timeout_ms: u64,
+    pub commit_interval_ms: u64,
+    pub session_timeout_ms: u64,
+    /// Longest a fetch waits for data (librdkafka `fetch.wait.max.ms`). tansu answers a fetch
+    /// only when this passes, so it is the consumer's latency floor: keep it small.
+    pub fetch_wait_max_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            enabled: false,
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "augur".into(),
+            instance_id: String::new(),
+            input_topic: "ml-feature-vectors".into(),
+            output_topic: "ml-predictions-output".into(),
+            dlq_topic: "ml-feature-vectors-dlq".into(),
+            members_topic: String::new(),
+            create_topics: true,
+            partitions: 6,
+            idempotent_producer: false,
+            linger_ms: 1,
+            delivery_timeout_ms: 30_000,
+            commit_interval_ms: 1_000,
+            session_timeout_ms: 10_000,
+            fetch_wait_max_ms: 5,
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.enabled {
+            return p;
+        }
+        if self.brokers.trim().is_empty() {
+            p.push("kafka.brokers is empty".into());
+        }
+        for (k, v) in [
+            ("group_id", &self.group_id),
+            ("input_topic", &self.input_topic),
+            ("output_topic", &self.output_topic),
+            ("dlq_topic", &self.dlq_topic),
+        ] {
+            if v.trim().is_empty() {
+                p.push(format!("kafka.{k} is empty"));
+            }
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            p.push(format!(
+                "kafka.partitions must be in 1..=1024, got {}",
+                self.partitions
+            ));
+        }
+        if self.linger_ms > 1000 {
+            p.push(format!(
+                "kafka.linger_ms must be at most 1000, got {}",
+                self.linger_ms
+            ));
+        }
+        if self.delivery_timeout_ms < 1000 {
+            p.push("kafka.delivery_timeout_ms must be at least 1000".into());
+        }
+        if self.commit_interval_ms == 0 {
+            p.push("kafka.commit_interval_ms must be at least 1".into());
+        }
+        p
+    }
+}

@@ -1,0 +1,112 @@
+//! Kafka input: a group consumer on `input_topic` (key = symbol) through the shared intake.
+//! Completions come back as (partition, offset) when a message's last ack is dropped; the
+//! tracker decides what offset may be stored, and auto-commit commits it.
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use augur_actors::types::Ack;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use tokio::sync::{mpsc, watch};
+
+use super::offsets::{OffsetDone, Tracker};
+use super::{KafkaConfig, KafkaDeadLetters, KafkaStats, TRANSPORT, ensure_topics};
+use crate::bus::ingest::{Incoming, Intake};
+
+/// Consumes `input_topic` until `stop`; then keeps settling completions (while the caller
+/// drains the pipeline and flushes the sinks) until nothing is pending or `finish` fires,
+/// stores what finished and commits synchronously.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    consumer: Arc<StreamConsumer>,
+    cfg: KafkaConfig,
+    rewind: usize,
+    intake: Intake,
+    dlq: KafkaDeadLetters,
+    stats: Arc<KafkaStats>,
+    mut stop: watch::Receiver<bool>,
+    mut finish: watch::Receiver<bool>,
+) {
+    // Subscribing before the topic exists would leave the consumer waiting for its next
+    // metadata refresh: create (or wait for) the topics first.
+    if cfg.create_topics {
+        ensure_topics(cfg.clone(), stop.clone()).await;
+    }
+    if let Err(e) = consumer.subscribe(&[cfg.input_topic.as_str()]) {
+        tracing::error!(error = %e, topic = %cfg.input_topic, "kafka subscribe failed");
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<(i32, i64)>();
+    let mut tracker = Tracker::new(rewind);
+    let topic = cfg.input_topic.clone();
+    let store = |tracker: &mut Tracker, partition: i32| {
+        if let Some(off) = tracker.advance(partition)
+            && let Err(e) = consumer.store_offset(&topic, partition, off)
+        {
+            tracing::debug!(error = %e, partition, off, "offset not stored");
+        }
+    };
+    let mut consuming = true;
+    loop {
+        if !consuming && tracker.pending() == 0 {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed(), if consuming => {
+                consuming = false;
+                tracing::info!(pending = tracker.pending(), "kafka intake stopped; settling offsets");
+            }
+            _ = finish.changed(), if !consuming => break,
+            done = rx.recv() => {
+                if let Some((p, o)) = done {
+                    tracker.complete(p, o);
+                    store(&mut tracker, p);
+                    stats.uncommitted.store(tracker.pending() as u64, Ordering::Relaxed);
+                }
+            }
+            m = consumer.recv(), if consuming => match m {
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consume error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(m) => {
+                    let (partition, offset) = (m.partition(), m.offset());
+                    let payload = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+                    let key = m.key().map(bytes::Bytes::copy_from_slice);
+                    drop(m);
+                    stats.consumed.fetch_add(1, Ordering::Relaxed);
+                    let ack = Ack(Arc::new(OffsetDone { partition, offset, tx: tx.clone() }));
+                    let incoming = Incoming {
+                        payload,
+                        key,
+                        source: &topic,
+                        subject_timeframe: None,
+                        position: Some((partition, offset)),
+                        ack: Some(ack),
+                    };
+                    // Tracked before any completion can come back (a dead letter or an event
+                    // may finish at once).
+                    let track = |vs: &[augur_actors::types::Vector]| {
+                        tracker.consumed(partition, offset, vs.iter().map(|v| v.key.clone()))
+                    };
+                    if intake.accept(TRANSPORT, incoming, &dlq, track).await.is_err() {
+                        tracing::error!("the router is gone; stopping Kafka intake");
+                        consuming = false;
+                    }
+                }
+            }
+        }
+    }
+    for p in tracker.partitions() {
+        store(&mut tracker, p);
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(pending = tracker.pending(), "kafka offsets committed"),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+            tracing::info!("kafka offsets already committed")
+        }
+        Err(e) => tracing::warn!(error = %e, "kafka final commit failed"),
+    }
+}

@@ -1,0 +1,123 @@
+//! Predictions to `output_topic` (and each member's to `members_topic`), key = symbol, with a
+//! stable `augur-event-id` header for consumers' deduplication.
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use augur_actors::events::PredictionPublished;
+use augur_actors::messages::Publish;
+use augur_actors::telemetry as t;
+use prost::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use super::{KafkaConfig, KafkaStats};
+use crate::codec::{encode_prediction, to_proto};
+
+/// Publishes predictions to `output_topic` (and members to `members_topic`), retrying
+/// failed deliveries; the prediction (and the input's ack inside it) is released only once
+/// the broker acknowledged it.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    cfg: KafkaConfig,
+    stats: Arc<KafkaStats>,
+}
+
+impl KafkaSink {
+    pub fn new(producer: FutureProducer, cfg: KafkaConfig, stats: Arc<KafkaStats>) -> Self {
+        KafkaSink { producer, cfg, stats }
+    }
+}
+
+impl Actor for KafkaSink {
+    type Context = Context<Self>;
+}
+
+/// Produces one record, retrying with backoff (counted, logged) until the broker acknowledges
+/// it; the time to that acknowledgement goes to the produce histogram under `kind`.
+pub(super) async fn deliver(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    headers: OwnedHeaders,
+    kind: &'static str,
+    stats: &KafkaStats,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let mut rec = FutureRecord::to(topic).payload(payload).headers(headers.clone());
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        match producer.send(rec, Timeout::Never).await {
+            Ok(_) => {
+                metrics::histogram!(t::KAFKA_PRODUCE_SECONDS, "topic" => kind)
+                    .record(started.elapsed().as_secs_f64());
+                return;
+            }
+            Err((e, _)) => {
+                stats.produce_errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => kind).increment(1);
+                tracing::warn!(error = %e, topic, "kafka delivery failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Handler<Publish> for KafkaSink {
+    type Result = ();
+
+    fn handle(&mut self, Publish(e): Publish, _: &mut Context<Self>) {
+        let producer = self.producer.clone();
+        let (topic, members_topic) = (self.cfg.output_topic.clone(), self.cfg.members_topic.clone());
+        let stats = self.stats.clone();
+        actix::spawn(async move {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "augur-event-id",
+                    value: Some(e.event_id.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-correlation-id",
+                    value: Some(&*e.correlation_id),
+                });
+            if !members_topic.is_empty() {
+                for m in to_proto(&e).members {
+                    deliver(
+                        &producer,
+                        &members_topic,
+                        Some(e.symbol.as_bytes()),
+                        &m.encode_to_vec(),
+                        headers.clone(),
+                        "members",
+                        &stats,
+                    )
+                    .await;
+                }
+            }
+            deliver(
+                &producer,
+                &topic,
+                Some(e.symbol.as_bytes()),
+                &encode_prediction(&e),
+                headers,
+                "output",
+                &stats,
+            )
+            .await;
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            PredictionPublished {
+                sink: "kafka",
+                timeframe: &e.timeframe,
+            }
+            .emit();
+            drop(e);
+        });
+    }
+}

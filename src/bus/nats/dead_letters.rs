@@ -1,0 +1,57 @@
+//! Dead letters on a NATS subject: the original payload, byte for byte, with the reason in
+//! headers (`Augur-Reason`, `Augur-Detail`, `Augur-Source`, `Augur-Vector-Index`, and
+//! `Augur-Source-Sequence` for JetStream input).
+use async_nats::{Client, HeaderMap};
+use augur_actors::events::PublishFailed;
+use futures::future::BoxFuture;
+
+use crate::bus::ingest::{DeadLetter, DeadLetterSink};
+
+#[derive(Clone)]
+pub struct NatsDeadLetters {
+    client: Client,
+    subject: String,
+    /// The sink's name in the publish-error metric.
+    sink: &'static str,
+}
+
+impl NatsDeadLetters {
+    pub fn new(client: Client, subject: String, sink: &'static str) -> Self {
+        NatsDeadLetters {
+            client,
+            subject,
+            sink,
+        }
+    }
+}
+
+impl DeadLetterSink for NatsDeadLetters {
+    fn send(&self, d: DeadLetter) -> BoxFuture<'static, ()> {
+        let mut h = HeaderMap::new();
+        h.insert("Augur-Reason", d.reason.code());
+        h.insert("Augur-Detail", d.detail().as_str());
+        h.insert("Augur-Source", d.source.as_str());
+        if let Some(i) = d.index {
+            h.insert("Augur-Vector-Index", i.to_string().as_str());
+        }
+        if let Some((_, seq)) = d.position {
+            h.insert("Augur-Source-Sequence", seq.to_string().as_str());
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            if let Err(e) = this
+                .client
+                .publish_with_headers(this.subject.clone(), h, d.payload)
+                .await
+            {
+                PublishFailed {
+                    sink: this.sink,
+                    error: &e.to_string(),
+                }
+                .emit();
+            }
+            // The ack (if any) is released once the dead letter is with the client.
+            drop(d.ack);
+        })
+    }
+}

@@ -1,0 +1,62 @@
+//! Core NATS input: one subscription per served timeframe, `<prefix>.<tf>.>`, into the shared
+//! intake until told to stop; then unsubscribes (intake stops) and returns. Core NATS has no
+//! acknowledgements: a message is done once it is in the pipeline.
+use async_nats::Client;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::{NatsConfig, TRANSPORT};
+use crate::bus::ingest::{Incoming, Intake};
+use crate::bus::nats::dead_letters::NatsDeadLetters;
+
+pub async fn run(
+    client: Client,
+    cfg: NatsConfig,
+    timeframes: Vec<String>,
+    intake: Intake,
+    dlq: NatsDeadLetters,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut subs = Vec::new();
+    for tf in &timeframes {
+        let subject = format!("{}.{}.>", cfg.input_prefix, tf);
+        let sub = if cfg.queue_group.is_empty() {
+            client.subscribe(subject.clone()).await?
+        } else {
+            client
+                .queue_subscribe(subject.clone(), cfg.queue_group.clone())
+                .await?
+        };
+        tracing::info!(%subject, queue_group = %cfg.queue_group, "subscribed");
+        subs.push(sub);
+    }
+    let prefix_len = cfg.input_prefix.len() + 1;
+    let mut all = futures::stream::select_all(subs);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            msg = all.next() => {
+                let Some(msg) = msg else { break };
+                let subject = msg.subject.as_str();
+                let tf = subject.get(prefix_len..).and_then(|s| s.split('.').next());
+                let incoming = Incoming {
+                    payload: msg.payload.clone(),
+                    key: None,
+                    source: subject,
+                    subject_timeframe: tf,
+                    position: None,
+                    ack: None,
+                };
+                if intake.accept(TRANSPORT, incoming, &dlq, |_| {}).await.is_err() {
+                    tracing::error!("the router is gone; stopping NATS intake");
+                    break;
+                }
+            }
+        }
+    }
+    for mut s in all.into_iter() {
+        let _ = s.unsubscribe().await;
+    }
+    Ok(())
+}

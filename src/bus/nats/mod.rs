@@ -1,0 +1,172 @@
+//! Core NATS: the input subscriptions (one per served timeframe), the prediction publisher
+//! and the dead-letter publisher.
+//!
+//! The client reconnects forever (a broker restart is not a reason to exit) and retries the
+//! initial connection, so the service starts, reports NATS as down, and catches up.
+//! Slow-consumer drops (the subscription buffer was full) are counted, never silent.
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use async_nats::Client;
+use augur_actors::events::SlowConsumer;
+use augur_actors::messages::Publish;
+use augur_actors::types::Transport as Label;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+mod config;
+pub mod dead_letters;
+mod health;
+mod ingress;
+mod sink;
+
+pub use config::{NatsConfig, subject_problem, url_problem};
+pub use dead_letters::NatsDeadLetters;
+pub use health::{NatsHealth, NatsStats, is_connected};
+pub use sink::{Flush, NatsSink, subject_token};
+
+use crate::bus::{Deadline, Health, Intake, Transport};
+
+/// The label of vectors that came in on core NATS.
+pub const TRANSPORT: Label = Label("nats");
+
+/// Connects a client that retries its first connection and reconnects forever, counting
+/// slow-consumer drops and disconnects into `stats`.
+pub async fn connect_client(
+    url: &str,
+    name: &str,
+    subscription_capacity: usize,
+    connect_timeout_ms: u64,
+    stats: Arc<NatsStats>,
+) -> Result<Client, async_nats::ConnectError> {
+    let cb_stats = stats.clone();
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .subscription_capacity(subscription_capacity)
+        .connection_timeout(Duration::from_millis(connect_timeout_ms))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let stats = cb_stats.clone();
+            async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        stats.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+                        SlowConsumer { subscription: sid }.emit();
+                    }
+                    async_nats::Event::Disconnected => {
+                        stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("nats disconnected; reconnecting");
+                    }
+                    async_nats::Event::Connected => tracing::info!("nats connected"),
+                    other => tracing::info!(event = %other, "nats event"),
+                }
+            }
+        })
+        .connect(url)
+        .await
+}
+
+/// Core NATS, connected: its sink runs; its intake starts with the pipeline.
+pub struct NatsTransport {
+    cfg: NatsConfig,
+    timeframes: Vec<String>,
+    client: Client,
+    stats: Arc<NatsStats>,
+    sink: Addr<NatsSink>,
+    stop: watch::Sender<bool>,
+    ingress: Option<actix_rt::task::JoinHandle<Result<(), async_nats::SubscribeError>>>,
+}
+
+impl NatsTransport {
+    pub async fn connect(cfg: &NatsConfig, timeframes: &[String]) -> anyhow::Result<Self> {
+        let stats = Arc::new(NatsStats::default());
+        let client = connect_client(
+            &cfg.url,
+            "augur",
+            cfg.subscription_capacity,
+            cfg.connect_timeout_ms,
+            stats.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", cfg.url))?;
+        let sink = NatsSink::new(client.clone(), cfg.output_prefix.clone()).start();
+        Ok(NatsTransport {
+            cfg: cfg.clone(),
+            timeframes: timeframes.to_vec(),
+            client,
+            stats,
+            sink,
+            stop: watch::channel(false).0,
+            ingress: None,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Transport for NatsTransport {
+    fn name(&self) -> &'static str {
+        TRANSPORT.as_str()
+    }
+
+    fn sinks(&self) -> Vec<Recipient<Publish>> {
+        vec![self.sink.clone().recipient()]
+    }
+
+    fn health(&self) -> Arc<dyn Health> {
+        Arc::new(NatsHealth {
+            name: TRANSPORT.as_str(),
+            client: self.client.clone(),
+            stats: self.stats.clone(),
+        })
+    }
+
+    fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()> {
+        let dlq = NatsDeadLetters::new(self.client.clone(), self.cfg.dlq_subject.clone(), "nats_dlq");
+        self.ingress = Some(actix_rt::spawn(ingress::run(
+            self.client.clone(),
+            self.cfg.clone(),
+            self.timeframes.clone(),
+            intake,
+            dlq,
+            self.stop.subscribe(),
+        )));
+        Ok(())
+    }
+
+    fn stop_intake(&mut self) -> BoxFuture<'_, ()> {
+        let _ = self.stop.send(true);
+        let ingress = self.ingress.take();
+        Box::pin(async move {
+            if let Some(i) = ingress {
+                match i.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "nats ingress ended with an error"),
+                    Err(e) => tracing::error!(error = %e, "nats ingress task failed"),
+                }
+            }
+        })
+    }
+
+    fn flush(&mut self, deadline: Deadline) -> BoxFuture<'_, ()> {
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            if tokio::time::timeout(deadline.remaining(), sink.send(Flush))
+                .await
+                .is_err()
+            {
+                tracing::warn!("nats flush did not finish before the shutdown deadline");
+            }
+        })
+    }
+
+    fn settle(&mut self, _: Deadline) -> BoxFuture<'_, ()> {
+        // No acknowledgements on core NATS.
+        Box::pin(async {})
+    }
+}
