@@ -13,6 +13,7 @@ use augur_actors::executor::ExecutorConfig;
 use augur_actors::router::RouterConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::bus::jetstream::JetStreamConfig;
 use crate::bus::kafka::KafkaConfig;
 use crate::bus::nats::NatsConfig;
 use crate::runtime::DeviceSpec;
@@ -109,6 +110,7 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub http: HttpConfig,
     pub kafka: KafkaConfig,
+    pub jetstream: JetStreamConfig,
 }
 
 /// Every problem found, one per line.
@@ -184,6 +186,7 @@ impl Config {
         section!("breaker", breaker);
         section!("http", http);
         section!("kafka", kafka);
+        section!("jetstream", jetstream);
         problems.extend(cfg.problems());
         if problems.is_empty() {
             Ok(cfg)
@@ -265,6 +268,7 @@ impl Config {
     pub fn transports(&self) -> crate::bus::Sections<'_> {
         crate::bus::Sections {
             nats: &self.nats,
+            jetstream: &self.jetstream,
             kafka: &self.kafka,
         }
     }

@@ -22,6 +22,7 @@ use augur_actors::messages::Publish;
 use futures::future::BoxFuture;
 
 pub mod ingest;
+pub mod jetstream;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
@@ -75,6 +76,7 @@ pub trait Transport: Send {
 #[derive(Debug, Clone, Copy)]
 pub struct Sections<'a> {
     pub nats: &'a nats::NatsConfig,
+    pub jetstream: &'a jetstream::JetStreamConfig,
     pub kafka: &'a kafka::KafkaConfig,
 }
 
@@ -82,9 +84,10 @@ impl Sections<'_> {
     /// Every problem of every enabled transport's section.
     pub fn problems(&self) -> Vec<String> {
         let mut p = self.nats.problems();
+        p.extend(self.jetstream.problems());
         p.extend(self.kafka.problems());
-        if !(self.nats.enabled || self.kafka.enabled) {
-            p.push("no transport: enable nats or kafka".into());
+        if !(self.nats.enabled || self.jetstream.enabled || self.kafka.enabled) {
+            p.push("no transport: enable nats, jetstream or kafka".into());
         }
         p
     }
@@ -96,6 +99,11 @@ pub async fn connect(s: Sections<'_>, timeframes: &[String]) -> anyhow::Result<V
     let mut out: Vec<Box<dyn Transport>> = Vec::new();
     if s.nats.enabled {
         out.push(Box::new(nats::NatsTransport::connect(s.nats, timeframes).await?));
+    }
+    if s.jetstream.enabled {
+        out.push(Box::new(
+            jetstream::JetStreamTransport::connect(s.jetstream, timeframes).await?,
+        ));
     }
     if s.kafka.enabled {
         out.push(Box::new(kafka::KafkaTransport::connect(s.kafka)?));

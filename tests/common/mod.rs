@@ -48,12 +48,30 @@ pub fn wait_port(port: u16, up: bool, timeout: Duration) {
 pub struct NatsServer {
     pub port: u16,
     child: Option<Child>,
+    /// JetStream's store, when started with JetStream.
+    js: Option<tempfile::TempDir>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
         let port = free_port();
-        let mut s = NatsServer { port, child: None };
+        let mut s = NatsServer {
+            port,
+            child: None,
+            js: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// With JetStream enabled (`-js`), its store in a temporary folder.
+    pub fn start_jetstream() -> NatsServer {
+        let port = free_port();
+        let mut s = NatsServer {
+            port,
+            child: None,
+            js: Some(tempfile::tempdir().unwrap()),
+        };
         s.restart();
         s
     }
@@ -71,8 +89,12 @@ impl NatsServer {
     }
 
     pub fn restart(&mut self) {
-        let child = Command::new(find("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new(find("nats-server"));
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(dir) = &self.js {
+            cmd.arg("-js").arg("-sd").arg(dir.path());
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

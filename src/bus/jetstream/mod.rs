@@ -1,0 +1,159 @@
+//! NATS JetStream: a durable input. A stream keeps every feature message published on
+//! `<input_prefix>.<timeframe>.<symbol>`; a durable pull consumer reads it with explicit
+//! acknowledgements, sent only once a message's predictions are safe with every sink (or its
+//! dead letter is published). `max_ack_pending` is the back-pressure: the server delivers no
+//! more than that many unacknowledged messages. What was not acknowledged when the service
+//! stopped or died is delivered again; the router drops what it already saw.
+//!
+//! Dead letters go to a core NATS subject (`dlq_subject`), like core NATS input's. Predictions
+//! go out through the other transports' sinks (JetStream output is not built).
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Recipient;
+use async_nats::Client;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::Acker;
+use augur_actors::messages::Publish;
+use augur_actors::types::Transport as Label;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+
+mod config;
+mod health;
+mod ingress;
+
+pub use config::JetStreamConfig;
+pub use health::{JetStreamHealth, JetStreamState};
+
+use crate::bus::nats::{NatsDeadLetters, NatsStats, connect_client};
+use crate::bus::{Deadline, Health, Intake, Transport};
+
+/// The label of vectors that came in through JetStream.
+pub const TRANSPORT: Label = Label("jetstream");
+
+pub struct JetStreamTransport {
+    cfg: JetStreamConfig,
+    timeframes: Vec<String>,
+    client: Client,
+    /// The stream and consumer, when they could be ensured at connect time.
+    consumer: Option<PullConsumer>,
+    state: Arc<JetStreamState>,
+    stop: watch::Sender<bool>,
+    ingress: Option<actix_rt::task::JoinHandle<()>>,
+    /// The ingress's sender of acknowledgements; dropped at settle so the acker can finish.
+    acks: Option<mpsc::UnboundedSender<Acker>>,
+    acker: Option<actix_rt::task::JoinHandle<()>>,
+}
+
+impl JetStreamTransport {
+    pub async fn connect(cfg: &JetStreamConfig, timeframes: &[String]) -> anyhow::Result<Self> {
+        let client = connect_client(
+            &cfg.url,
+            "augur-jetstream",
+            65_536,
+            cfg.connect_timeout_ms,
+            Arc::new(NatsStats::default()),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS (JetStream) at {}: {e}", cfg.url))?;
+        // Ensured now when the server answers, so that input published once the service is
+        // ready is kept; otherwise the ingress keeps trying.
+        let js = async_nats::jetstream::new(client.clone());
+        let wait = Duration::from_millis(cfg.connect_timeout_ms);
+        let consumer = match tokio::time::timeout(wait, ingress::ensure(&js, cfg, timeframes)).await {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "jetstream stream or consumer not ready; retrying in the background");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("jetstream did not answer; retrying in the background");
+                None
+            }
+        };
+        Ok(JetStreamTransport {
+            cfg: cfg.clone(),
+            timeframes: timeframes.to_vec(),
+            client,
+            consumer,
+            state: Arc::default(),
+            stop: watch::channel(false).0,
+            ingress: None,
+            acks: None,
+            acker: None,
+        })
+    }
+}
+
+impl Transport for JetStreamTransport {
+    fn name(&self) -> &'static str {
+        TRANSPORT.as_str()
+    }
+
+    fn sinks(&self) -> Vec<Recipient<Publish>> {
+        Vec::new()
+    }
+
+    fn health(&self) -> Arc<dyn Health> {
+        Arc::new(JetStreamHealth {
+            client: self.client.clone(),
+            state: self.state.clone(),
+        })
+    }
+
+    fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.acker = Some(actix_rt::spawn(ingress::run_acker(rx, self.state.clone())));
+        let dlq = NatsDeadLetters::new(self.client.clone(), self.cfg.dlq_subject.clone(), "jetstream_dlq");
+        self.ingress = Some(actix_rt::spawn(ingress::run(
+            async_nats::jetstream::new(self.client.clone()),
+            self.consumer.take(),
+            self.cfg.clone(),
+            self.timeframes.clone(),
+            intake,
+            dlq,
+            self.state.clone(),
+            tx.clone(),
+            self.stop.subscribe(),
+        )));
+        self.acks = Some(tx);
+        Ok(())
+    }
+
+    fn stop_intake(&mut self) -> BoxFuture<'_, ()> {
+        let _ = self.stop.send(true);
+        let ingress = self.ingress.take();
+        Box::pin(async move {
+            if let Some(i) = ingress {
+                let _ = i.await;
+            }
+        })
+    }
+
+    fn flush(&mut self, _: Deadline) -> BoxFuture<'_, ()> {
+        // No sink of its own.
+        Box::pin(async {})
+    }
+
+    fn settle(&mut self, deadline: Deadline) -> BoxFuture<'_, ()> {
+        // Every finished message's ack is queued by now; the acker ends when the last
+        // AckOnDrop is gone. Events still in flight at the deadline stay unacknowledged and
+        // are delivered again after a restart.
+        self.acks = None;
+        let acker = self.acker.take();
+        let client = self.client.clone();
+        Box::pin(async move {
+            if let Some(a) = acker
+                && tokio::time::timeout(deadline.remaining(), a).await.is_err()
+            {
+                tracing::warn!(
+                    "jetstream: some messages were still in flight at shutdown; they will be redelivered"
+                );
+            }
+            if let Err(e) = client.flush().await {
+                tracing::warn!(error = %e, "jetstream acks not flushed");
+            }
+        })
+    }
+}

@@ -1,0 +1,269 @@
+//! The JetStream transport against a real nats-server with JetStream (`-js`): input kept by a
+//! stream is predicted and acknowledged, nothing is skipped across a service restart (what was
+//! pulled and not finished is delivered again), invalid input is dead-lettered and
+//! acknowledged, and the consumer ends with nothing pending.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use augur::pb;
+use futures::StreamExt;
+use prost::Message;
+
+/// The longest member window: a stream's first prediction is its 32nd vector.
+const WINDOW: usize = 32;
+
+fn config(url: &str) -> augur::config::Config {
+    let mut cfg = common::config(url);
+    // Core NATS publishes the predictions; its input listens elsewhere, so that only
+    // JetStream delivers the features.
+    cfg.nats.input_prefix = "core-features".into();
+    cfg.jetstream.enabled = true;
+    cfg.jetstream.url = url.to_string();
+    cfg.jetstream.ack_wait_ms = 1_000;
+    cfg.jetstream.fetch_batch = 64;
+    cfg.validation.max_event_age_ms = 0;
+    cfg.aggregator.deadline_ms = 10_000;
+    cfg
+}
+
+/// `per_stream` vectors of each of three real series.
+fn vectors(per_stream: usize) -> Vec<pb::FeatureVector> {
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    common::real_vectors()
+        .into_iter()
+        .filter(|v| {
+            let c = per.entry(v.symbol.clone()).or_default();
+            let keep = ["AAPL", "IBM", "MSFT"].contains(&v.symbol.as_str()) && *c < per_stream;
+            *c += keep as usize;
+            keep
+        })
+        .collect()
+}
+
+type Key = (String, String, u64);
+
+fn key(v: &pb::FeatureVector) -> Key {
+    (v.symbol.clone(), v.timeframe.clone(), v.sequence)
+}
+
+/// Publishes into the stream, each message acknowledged by JetStream (stored).
+async fn publish(js: &jetstream::Context, vs: &[pb::FeatureVector]) {
+    let mut acks = Vec::new();
+    for v in vs {
+        let subject = format!("features.{}.{}", v.timeframe, v.symbol);
+        let payload = pb::FeatureVectorBatch {
+            vectors: vec![v.clone()],
+        }
+        .encode_to_vec();
+        acks.push(js.publish(subject, payload.into()).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+/// Predictions seen on `predictions.>` until `done` or the timeout.
+async fn collect(
+    sub: &mut async_nats::Subscriber,
+    into: &mut Vec<pb::EnsemblePrediction>,
+    timeout: Duration,
+    done: impl Fn(&[pb::EnsemblePrediction]) -> bool,
+) {
+    let end = Instant::now() + timeout;
+    while !done(into) {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Ok(Some(m)) => into.push(pb::EnsemblePrediction::decode(m.payload.as_ref()).unwrap()),
+            _ => break,
+        }
+    }
+}
+
+async fn consumer_info(js: &jetstream::Context) -> jetstream::consumer::Info {
+    let stream = js.get_stream("AUGUR_FEATURES").await.unwrap();
+    let c: jetstream::consumer::PullConsumer = stream.get_consumer("augur").await.unwrap();
+    c.get_info().await.unwrap()
+}
+
+#[test]
+fn test_jetstream_input_is_predicted_acknowledged_and_nothing_is_skipped_across_a_restart() {
+    let nats = common::NatsServer::start_jetstream();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async_nats::connect(nats.url())).unwrap();
+    let js = rt.block_on(async { jetstream::new(client.clone()) });
+    let mut preds_sub = rt.block_on(client.subscribe("predictions.>")).unwrap();
+    let mut dlq_sub = rt.block_on(client.subscribe("features.dlq")).unwrap();
+    rt.block_on(client.flush()).unwrap();
+    let vs = vectors(300);
+    let (first, second) = vs.split_at(vs.len() / 2);
+
+    // Run 1: the service creates the stream and the durable consumer; input arrives live.
+    let svc = common::Service::start(config(&nats.url()));
+    rt.block_on(publish(&js, first));
+    let mut run1 = Vec::new();
+    rt.block_on(collect(&mut preds_sub, &mut run1, Duration::from_secs(60), |p| {
+        p.len() >= 3 * (150 - (WINDOW - 1))
+    }));
+    let report1 = svc.stop();
+    assert_eq!(
+        report1.vectors_in,
+        first.len() as u64,
+        "every stored message delivered once"
+    );
+    assert_eq!(
+        run1.len(),
+        3 * (150 - (WINDOW - 1)),
+        "one prediction per vector past warm-up"
+    );
+    let info = rt.block_on(consumer_info(&js));
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "everything delivered and acknowledged after a clean stop"
+    );
+
+    // While the service is down the producer goes on: JetStream keeps it.
+    rt.block_on(publish(&js, second));
+    let mut bad = pb::FeatureVectorBatch {
+        vectors: vec![second[0].clone()],
+    };
+    bad.vectors[0].values.pop();
+    let bad_payload = bad.encode_to_vec();
+    rt.block_on(async {
+        js.publish("features.1d.AAPL", bad_payload.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+
+    // Run 2: the durable consumer resumes where run 1 acknowledged.
+    let svc = common::Service::start(config(&nats.url()));
+    let mut run2 = Vec::new();
+    rt.block_on(collect(&mut preds_sub, &mut run2, Duration::from_secs(60), |p| {
+        p.len() >= 3 * (150 - (WINDOW - 1))
+    }));
+    let dead = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), dlq_sub.next()).await });
+    let report2 = svc.stop();
+    assert_eq!(
+        report2.vectors_in,
+        second.len() as u64,
+        "run 2 got exactly what was published while the service was down"
+    );
+    let dead = dead.expect("a dead letter").expect("a dead letter");
+    assert_eq!(&dead.payload[..], &bad_payload[..], "payload kept byte for byte");
+    let h = dead.headers.as_ref().unwrap();
+    assert_eq!(h.get("Augur-Reason").unwrap().as_str(), "wrong_feature_count");
+    assert!(h.get("Augur-Source-Sequence").is_some());
+    assert_eq!(
+        report2.dead_letters.get("jetstream:wrong_feature_count"),
+        Some(&1)
+    );
+    let info = rt.block_on(consumer_info(&js));
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "the dead letter was acknowledged too"
+    );
+
+    // Nothing skipped: every vector past each run's warm-up was predicted, exactly once.
+    // (Windows start empty after a restart; rebuilding them from the stream is #12.)
+    let expected: BTreeSet<Key> = [first, second]
+        .iter()
+        .flat_map(|part| {
+            let mut per: BTreeMap<(String, String), Vec<Key>> = BTreeMap::new();
+            for v in part.iter() {
+                per.entry((v.symbol.clone(), v.timeframe.clone()))
+                    .or_default()
+                    .push(key(v));
+            }
+            per.into_values().flat_map(|ks| ks.into_iter().skip(WINDOW - 1))
+        })
+        .collect();
+    let got: Vec<Key> = run1
+        .iter()
+        .chain(&run2)
+        .map(|p| (p.symbol.clone(), p.timeframe.clone(), p.sequence))
+        .collect();
+    let unique: BTreeSet<Key> = got.iter().cloned().collect();
+    assert_eq!(got.len(), unique.len(), "no duplicates");
+    assert_eq!(unique, expected);
+}
+
+#[test]
+fn test_messages_pulled_but_unfinished_at_a_stop_are_delivered_again() {
+    let nats = common::NatsServer::start_jetstream();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async_nats::connect(nats.url())).unwrap();
+    let js = rt.block_on(async { jetstream::new(client.clone()) });
+    let vs = vectors(700);
+    // The stream exists before the service: created by the first run, which we stop at once.
+    let mut cfg = config(&nats.url());
+    cfg.jetstream.fetch_batch = 500;
+    common::Service::start(cfg.clone()).stop();
+    rt.block_on(publish(&js, &vs));
+    // Run 1 pulls batches of 500 and is stopped after the first predictions: what it pulled
+    // and had not finished stays unacknowledged.
+    let mut sub = rt.block_on(client.subscribe("predictions.>")).unwrap();
+    rt.block_on(client.flush()).unwrap();
+    let svc = common::Service::start(cfg.clone());
+    let mut seen = Vec::new();
+    rt.block_on(collect(&mut sub, &mut seen, Duration::from_secs(60), |p| {
+        !p.is_empty()
+    }));
+    let r1 = svc.stop();
+    assert!(
+        (r1.vectors_in as usize) < vs.len(),
+        "stopped midway: {} of {}",
+        r1.vectors_in,
+        vs.len()
+    );
+    // Run 2 gets the rest, including what run 1 pulled without finishing (after ack_wait).
+    let svc = common::Service::start(cfg);
+    let start = Instant::now();
+    loop {
+        let info = rt.block_on(consumer_info(&js));
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still pending: {} undelivered, {} unacknowledged",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, health) = common::get_json(&svc.http(), "/api/v1/health");
+    let r2 = svc.stop();
+    let js_health = &health["buses"]["jetstream"];
+    assert_eq!(js_health["connected"], true, "{health}");
+    let redelivered = js_health["redelivered"].as_u64().unwrap();
+    println!(
+        "run 1 routed {}, run 2 routed {} ({redelivered} redelivered) of {}",
+        r1.vectors_in,
+        r2.vectors_in,
+        vs.len()
+    );
+    assert!(
+        redelivered > 0,
+        "run 2 got messages that run 1 had pulled: {health}"
+    );
+    assert!(
+        r1.vectors_in + r2.vectors_in >= vs.len() as u64,
+        "every message reached the pipeline: {} + {} of {}",
+        r1.vectors_in,
+        r2.vectors_in,
+        vs.len()
+    );
+}
