@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use augur::runtime::{DeviceSpec, Golden, Manifest, Model};
+use augur_runtime::{DeviceSpec, Golden, Manifest, Model};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use augur::pb;
+use augur_service::pb;
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -53,7 +53,7 @@ fn main() {
     cfg.kafka.brokers = brokers.clone();
     let svc = common::Service::start(cfg);
     let file = std::fs::read(root.join("models/data/replay/ta-v1.pb")).unwrap();
-    let vectors = augur::publish::interleave(&file).unwrap();
+    let vectors = augur_tools::publish::interleave(&file).unwrap();
     let n = (rate * seconds) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

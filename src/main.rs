@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use augur::config::Config;
-use augur::runtime::{DeviceSpec, Manifest, Model};
+use augur_runtime::{DeviceSpec, Manifest, Model};
+use augur_service::config::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -164,7 +164,7 @@ where
     rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            augur::service::shutdown_signal().await;
+            augur_service::service::shutdown_signal().await;
             let _ = tx.send(true);
         });
         job(rx).await
@@ -176,9 +176,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config, status_ms } => {
             let cfg = Config::load(Some(&config))?;
             let every = (status_ms > 0).then(|| Duration::from_millis(status_ms));
-            actix_rt::System::new().block_on(augur::service::serve(
+            actix_rt::System::new().block_on(augur_service::service::serve(
                 cfg,
-                augur::service::shutdown_signal(),
+                augur_service::service::shutdown_signal(),
                 every,
                 None,
             ))?;
@@ -190,7 +190,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let cfg = Config::load(Some(&config))?;
             let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
-            let out = actix_rt::System::new().block_on(augur::service::replay(&cfg, &bytes))?;
+            let out = actix_rt::System::new().block_on(augur_service::service::replay(&cfg, &bytes))?;
             for r in &out.rejects {
                 eprintln!("rejected: {r}");
             }
@@ -221,14 +221,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             repeat,
         } => {
             let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
-            let o = augur::publish::PublishOptions {
+            let o = augur_tools::publish::PublishOptions {
                 url,
                 prefix,
                 rate,
                 count,
                 repeat,
             };
-            let sent = until_signal(|stop| async move { augur::publish::run(&bytes, &o, stop).await })?;
+            let sent = until_signal(|stop| async move { augur_tools::publish::run(&bytes, &o, stop).await })?;
             eprintln!("publish: {sent} vectors sent");
         }
         Command::Feed {
@@ -243,7 +243,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             count,
             seconds,
         } => {
-            let o = augur::feed::FeedOptions {
+            let o = augur_tools::feed::FeedOptions {
                 nats_url: nats,
                 nats_prefix: prefix,
                 kafka_brokers: kafka,
@@ -254,7 +254,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 count,
                 duration: (seconds > 0.0).then(|| Duration::from_secs_f64(seconds)),
             };
-            let sent = until_signal(|stop| async move { augur::feed::run(&data, &o, stop).await })?;
+            let sent = until_signal(|stop| async move { augur_tools::feed::run(&data, &o, stop).await })?;
             eprintln!("feed: {sent} vectors sent");
         }
         Command::Bench {
@@ -275,7 +275,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             quick,
         } => {
             let command = std::env::args().collect::<Vec<_>>().join(" ");
-            let mut o = augur::bench::BenchOptions::new(&root);
+            let mut o = augur_tools::bench::BenchOptions::new(&root);
             o.config = config;
             o.device = device;
             o.out = out;
@@ -300,18 +300,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             o.peers = peers
                 .iter()
                 .map(|p| {
-                    augur::bench::peer::PeerKind::parse(p)
+                    augur_tools::bench::peer::PeerKind::parse(p)
                         .with_context(|| format!("unknown peer {p:?} (augur, python)"))
                 })
                 .collect::<anyhow::Result<_>>()?;
             o.scenarios = scenarios
                 .iter()
                 .map(|s| {
-                    augur::bench::Scenario::parse(s)
+                    augur_tools::bench::Scenario::parse(s)
                         .with_context(|| format!("unknown scenario {s:?} (s1-s4)"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let report = until_signal(|stop| async move { augur::bench::run(&o, stop, command).await })?;
+            let report =
+                until_signal(|stop| async move { augur_tools::bench::run(&o, stop, command).await })?;
             let failed: Vec<String> = report
                 .peers
                 .iter()

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::{Path, PathBuf};
 
-use augur::runtime::{DeviceSpec, InputError, Model, RuntimeError};
+use augur_runtime::{DeviceSpec, InputError, Model, RuntimeError};
 
 /// A scratch copy of one model folder that a test may damage.
 fn copy_model(id: &str) -> (tempfile::TempDir, PathBuf) {

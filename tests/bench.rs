@@ -7,14 +7,14 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use augur::bench::peer::{Peer, PeerKind, PeerPaths};
-use augur::pb;
+use augur_service::pb;
+use augur_tools::bench::peer::{Peer, PeerKind, PeerPaths};
 use futures::StreamExt;
 use prost::Message;
 
 fn paths(dir: &std::path::Path) -> PeerPaths {
     let fds = dir.join("augur.fds");
-    std::fs::write(&fds, augur::bench::DESCRIPTOR_SET).unwrap();
+    std::fs::write(&fds, augur_service::pb::DESCRIPTOR_SET).unwrap();
     PeerPaths {
         augur_bin: env!("CARGO_BIN_EXE_augur").into(),
         config: common::root().join("config.toml"),
@@ -83,7 +83,7 @@ fn python_baseline_predicts_what_augur_replays() {
     }
     let cfg = common::config(&nats.url());
     let out = actix_rt::System::new()
-        .block_on(augur::service::replay(&cfg, &file))
+        .block_on(augur_service::service::replay(&cfg, &file))
         .unwrap();
     assert_eq!(out.predictions.len(), 57);
     let mut worst = 0f32;

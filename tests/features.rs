@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use augur::features::TaV1;
+use augur_tools::features::TaV1;
 
 /// (symbol, timeframe) -> OHLCV rows, oldest first, from the committed CSVs.
 fn series() -> BTreeMap<(String, String), Vec<[f64; 5]>> {
-    augur::feed::load_series(&common::root().join("models/data"))
+    augur_tools::feed::load_series(&common::root().join("models/data"))
         .unwrap()
         .into_iter()
         .map(|s| ((s.symbol, s.timeframe), s.rows))
@@ -18,7 +18,7 @@ fn series() -> BTreeMap<(String, String), Vec<[f64; 5]>> {
 
 #[test]
 fn test_rust_ta_v1_equals_the_python_features_on_every_committed_bar() {
-    let python: Vec<augur::pb::FeatureVector> = common::real_vectors();
+    let python: Vec<augur_service::pb::FeatureVector> = common::real_vectors();
     let mut by: BTreeMap<(String, String), BTreeMap<u64, Vec<f32>>> = BTreeMap::new();
     for v in python {
         by.entry((v.symbol, v.timeframe))
@@ -56,9 +56,9 @@ fn test_rust_ta_v1_equals_the_python_features_on_every_committed_bar() {
 
 #[test]
 fn test_feed_vectors_equal_the_replay_file_for_a_real_series() {
-    let series = augur::feed::load_series(&common::root().join("models/data")).unwrap();
+    let series = augur_tools::feed::load_series(&common::root().join("models/data")).unwrap();
     let aapl = series.iter().find(|s| s.symbol == "AAPL").unwrap();
-    let fed = augur::feed::vectors(aapl, "AAPL", "1d");
+    let fed = augur_tools::feed::vectors(aapl, "AAPL", "1d");
     let replay: Vec<_> = common::real_vectors()
         .into_iter()
         .filter(|v| v.symbol == "AAPL")

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::{Path, PathBuf};
 
-use augur::runtime::{DeviceSpec, Golden, Manifest, Model, ModelKind};
+use augur_runtime::{DeviceSpec, Golden, Manifest, Model, ModelKind};
 
 fn models_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")

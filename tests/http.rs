@@ -8,20 +8,22 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use actix_web::{App, test};
-use augur::config::Config;
-use augur::http::{AppState, configure};
-use augur::pb;
+use augur_service::config::Config;
+use augur_service::http::{AppState, configure};
+use augur_service::pb;
 use prost::Message;
 use serde_json::{Value, json};
 
 async fn state(token: &str) -> AppState {
     let mut cfg = common::config("nats://unused:4222");
     cfg.http.token = token.into();
-    let pipeline = augur::service::build_pipeline(&cfg, vec![]).await.unwrap();
+    let pipeline = augur_service::service::build_pipeline(&cfg, vec![])
+        .await
+        .unwrap();
     AppState {
         pipeline,
         config: Arc::new(RwLock::new(cfg)),
-        metrics: augur::telemetry::install(),
+        metrics: augur_service::telemetry::install(),
         started: Instant::now(),
         buses: Vec::new(),
     }
@@ -222,7 +224,7 @@ async fn test_predict_json_and_protobuf_agree_with_replay() {
         .unwrap();
     }
     let cfg: Config = st.config.read().unwrap().clone();
-    let want = augur::service::replay(&cfg, &file).await.unwrap();
+    let want = augur_service::service::replay(&cfg, &file).await.unwrap();
     let last = want.predictions.last().unwrap().clone();
     assert_eq!(last.sequence, aapl.last().unwrap().sequence);
 

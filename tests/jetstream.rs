@@ -9,14 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use augur::pb;
+use augur_service::pb;
 use futures::StreamExt;
 use prost::Message;
 
 /// The longest member window: a stream's first prediction is its 32nd vector.
 const WINDOW: usize = 32;
 
-fn config(url: &str) -> augur::config::Config {
+fn config(url: &str) -> augur_service::config::Config {
     let mut cfg = common::config(url);
     // Core NATS publishes the predictions; its input listens elsewhere, so that only
     // JetStream delivers the features.

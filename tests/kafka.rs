@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use augur::pb;
+use augur_service::pb;
 use futures::StreamExt;
 use prost::Message as _;
 use rdkafka::ClientConfig;
@@ -27,7 +27,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const OUTPUT: &str = "ml-predictions-output";
 const DLQ: &str = "ml-feature-vectors-dlq";
 
-fn kafka_config(nats: Option<&str>, brokers: &str) -> augur::config::Config {
+fn kafka_config(nats: Option<&str>, brokers: &str) -> augur_service::config::Config {
     let mut cfg = common::config(nats.unwrap_or("nats://127.0.0.1:1"));
     cfg.nats.enabled = nats.is_some();
     cfg.kafka.enabled = true;
@@ -336,7 +336,7 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
         .unwrap();
     // the input is in the log before the service first starts: create the topics first
     let (_keep, stop) = tokio::sync::watch::channel(false);
-    rt.block_on(augur::bus::kafka::ensure_topics(
+    rt.block_on(augur_service::bus::kafka::ensure_topics(
         kafka_config(None, &broker.brokers()).kafka,
         stop,
     ));

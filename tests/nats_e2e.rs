@@ -7,8 +7,8 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use augur::pb;
-use augur::service::{ServeReport, replay, serve};
+use augur_service::pb;
+use augur_service::service::{ServeReport, replay, serve};
 use futures::StreamExt;
 use prost::Message;
 
@@ -16,7 +16,7 @@ use prost::Message;
 /// streams over three timeframes.
 fn vectors(n: usize) -> Vec<pb::FeatureVector> {
     let file = std::fs::read(common::root().join("models/data/replay/ta-v1.pb")).unwrap();
-    let all = augur::publish::interleave(&file).unwrap();
+    let all = augur_tools::publish::interleave(&file).unwrap();
     let mut per: BTreeMap<(String, String), Vec<pb::FeatureVector>> = BTreeMap::new();
     for v in all {
         per.entry((v.symbol.clone(), v.timeframe.clone()))
@@ -67,7 +67,7 @@ struct Running {
     thread: std::thread::JoinHandle<anyhow::Result<ServeReport>>,
 }
 
-fn start_service(cfg: augur::config::Config) -> Running {
+fn start_service(cfg: augur_service::config::Config) -> Running {
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::spawn(move || {

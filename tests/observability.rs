@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use augur::pb;
+use augur_service::pb;
 use futures::StreamExt;
 use prost::Message;
 

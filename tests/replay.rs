@@ -5,10 +5,10 @@ mod common;
 
 use std::collections::HashMap;
 
-use augur::codec::read_length_delimited;
-use augur::pb;
-use augur::runtime::{DeviceSpec, Model, read_f32};
-use augur::service::{ReplayOutput, replay};
+use augur_runtime::{DeviceSpec, Model, read_f32};
+use augur_service::codec::read_length_delimited;
+use augur_service::pb;
+use augur_service::service::{ReplayOutput, replay};
 use prost::Message;
 
 const MEMBERS: [&str; 3] = ["lstm-direction", "cnn-pattern", "xgb-direction"];
@@ -27,7 +27,7 @@ fn keys(file: &[u8]) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn run(cfg: &augur::config::Config, bytes: &[u8]) -> ReplayOutput {
+fn run(cfg: &augur_service::config::Config, bytes: &[u8]) -> ReplayOutput {
     actix_rt::System::new().block_on(replay(cfg, bytes)).unwrap()
 }
 

@@ -96,3 +96,10 @@ pub struct SetEnabled {
     pub model: usize,
     pub enabled: bool,
 }
+
+/// Answered once every message sent to the actor before it has been handled: after
+/// `Pipeline::drain`, a round trip of this to an in-process sink means it holds every
+/// prediction (the aggregators hand predictions over with `do_send`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;

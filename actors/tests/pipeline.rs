@@ -12,7 +12,7 @@ use augur_actors::aggregator::{AggregatorConfig, Method};
 use augur_actors::breaker::{BreakerConfig, CircuitState};
 use augur_actors::clock::ManualClock;
 use augur_actors::executor::{ExecutorConfig, InferenceBackend, ModelError, NoObserver, RowRejected};
-use augur_actors::messages::Publish;
+use augur_actors::messages::{Barrier, Publish};
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig};
 use augur_actors::router::RouterConfig;
 use augur_actors::types::{Ensemble, ModelInfo, StreamKey, Transport, Vector};
@@ -119,6 +119,11 @@ impl Handler<Publish> for Collector {
     }
 }
 
+impl Handler<Barrier> for Collector {
+    type Result = ();
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) {}
+}
+
 fn vector(sym: &str, tf: &str, seq: u64, x: f32) -> Vector {
     Vector {
         key: StreamKey::new(sym, tf),
@@ -162,23 +167,35 @@ fn config() -> PipelineConfig {
     }
 }
 
-type Out = Arc<Mutex<Vec<Arc<Ensemble>>>>;
+/// What the sink received.
+struct Out {
+    items: Arc<Mutex<Vec<Arc<Ensemble>>>>,
+    sink: Addr<Collector>,
+}
+
+impl Out {
+    /// Every prediction published so far (the sink has handled its mailbox).
+    async fn get(&self) -> Vec<Arc<Ensemble>> {
+        self.sink.send(Barrier).await.unwrap();
+        self.items.lock().unwrap().clone()
+    }
+}
 
 async fn start(members: Vec<ModelSpec>, cfg: PipelineConfig) -> (Pipeline, Out, Arc<ManualClock>) {
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = Collector(out.clone()).start();
+    let items = Arc::new(Mutex::new(Vec::new()));
+    let sink = Collector(items.clone()).start();
     let clock = ManualClock::shared();
     let p = Pipeline::start(
         cfg,
         members,
         None,
-        vec![sink.recipient()],
+        vec![sink.clone().recipient()],
         clock.clone(),
         Arc::new(NoObserver),
     )
     .await
     .unwrap();
-    (p, out, clock)
+    (p, Out { items, sink }, clock)
 }
 
 /// Yields to the actors (and lets the executor threads work) until `cond` holds; no sleeping.
@@ -209,7 +226,7 @@ async fn test_one_prediction_per_vector_once_every_window_is_full() {
         p.ingest(batch).await.unwrap();
     }
     assert!(p.drain(Duration::from_secs(10)).await);
-    let out = out.lock().unwrap();
+    let out = out.get().await;
     // windows: 5 is the longest, so sequences 5..=20 give predictions: 16 per stream, 4 streams
     assert_eq!(out.len(), 64);
     for e in out.iter() {
@@ -239,7 +256,7 @@ async fn test_repeated_or_older_sequences_are_dropped_and_counted() {
         p.ingest(vec![vector("AAA", "1m", seq, 0.1)]).await.unwrap();
     }
     assert!(p.drain(Duration::from_secs(5)).await);
-    assert_eq!(out.lock().unwrap().len(), 3, "1, 2 and 5");
+    assert_eq!(out.get().await.len(), 3, "1, 2 and 5");
     assert_eq!(
         p.stats.duplicates.load(Ordering::Relaxed),
         2,
@@ -262,7 +279,7 @@ async fn test_stream_cap_refuses_new_streams_without_crashing() {
         p.ingest(vec![vector(sym, "1m", 1, 0.1)]).await.unwrap();
     }
     assert!(p.drain(Duration::from_secs(5)).await);
-    assert_eq!(out.lock().unwrap().len(), 2);
+    assert_eq!(out.get().await.len(), 2);
     assert_eq!(p.stats.streams_refused.load(Ordering::Relaxed), 2);
 }
 
@@ -288,7 +305,7 @@ async fn test_a_panicking_model_is_restarted_with_a_fresh_executor_while_others_
         CircuitState::Open,
         "the panic opened the circuit"
     );
-    let during = out.lock().unwrap().iter().filter(|e| e.sequence >= 6).count();
+    let during = out.get().await.iter().filter(|e| e.sequence >= 6).count();
     assert_eq!(during, 14, "the good model kept every event going");
     assert_eq!(
         bad_gate.restarts.load(Ordering::Relaxed),
@@ -305,10 +322,12 @@ async fn test_a_panicking_model_is_restarted_with_a_fresh_executor_while_others_
         bad_flags.loads.load(Ordering::SeqCst) > loads_before,
         "a fresh executor reloaded the model"
     );
-    // probes (half_open_probes = 2) close the circuit
-    feed(&p, 20, 23).await;
+    // probes (half_open_probes = 2), one event at a time, close the circuit
+    for seq in 20..23 {
+        feed(&p, seq, seq + 1).await;
+    }
     assert_eq!(bad_gate.state(), CircuitState::Closed);
-    let last = out.lock().unwrap().last().cloned().unwrap();
+    let last = out.get().await.last().cloned().unwrap();
     assert_eq!(last.models_used, 2, "both members are back");
 }
 
@@ -361,7 +380,7 @@ async fn test_an_event_is_published_at_its_deadline_with_the_members_that_answer
         actix_rt::task::yield_now().await;
     }
     assert!(
-        out.lock().unwrap().is_empty() && !p.stats.idle(),
+        out.get().await.is_empty() && !p.stats.idle(),
         "the event waits for its second member"
     );
     // deadline_ms = 2000: one millisecond short of it nothing happens
@@ -369,10 +388,10 @@ async fn test_an_event_is_published_at_its_deadline_with_the_members_that_answer
     for _ in 0..1000 {
         actix_rt::task::yield_now().await;
     }
-    assert!(out.lock().unwrap().is_empty() && !p.stats.idle());
+    assert!(out.get().await.is_empty() && !p.stats.idle());
     clock.advance(Duration::from_millis(1));
     assert!(p.drain(Duration::from_secs(5)).await);
-    let e = out.lock().unwrap()[0].clone();
+    let e = out.get().await[0].clone();
     assert_eq!((e.models_expected, e.models_used), (2, 1));
     assert_eq!(&*e.members[0].model_id, "fast");
     assert_eq!(p.stats.deadline_misses.load(Ordering::Relaxed), 1);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use augur::config::Config;
+use augur_service::config::Config;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -174,9 +174,9 @@ pub fn get_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
 
 /// `augur serve` in its own thread and actix system; stopped by `stop()`.
 pub struct Service {
-    pub ready: augur::service::Ready,
+    pub ready: augur_service::service::Ready,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<augur::service::ServeReport>>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<augur_service::service::ServeReport>>>,
 }
 
 impl Service {
@@ -184,7 +184,7 @@ impl Service {
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(augur::service::serve(
+            actix_rt::System::new().block_on(augur_service::service::serve(
                 cfg,
                 async {
                     let _ = stop_rx.await;
@@ -205,14 +205,14 @@ impl Service {
         self.ready.http.expect("http enabled").to_string()
     }
 
-    pub fn stop(mut self) -> augur::service::ServeReport {
+    pub fn stop(mut self) -> augur_service::service::ServeReport {
         let _ = self.stop.take().unwrap().send(());
         self.thread.take().unwrap().join().unwrap().unwrap()
     }
 }
 
 /// Publishes the given vectors on features.<tf>.<symbol>, re-stamped, at `rate` per second.
-pub fn publish(url: &str, vectors: &[augur::pb::FeatureVector], rate: f64) {
+pub fn publish(url: &str, vectors: &[augur_service::pb::FeatureVector], rate: f64) {
     use prost::Message;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,7 +231,7 @@ pub fn publish(url: &str, vectors: &[augur::pb::FeatureVector], rate: f64) {
             v.event_time_ms = now / 1_000_000;
             v.published_at_ns = now;
             let subject = format!("features.{}.{}", v.timeframe, v.symbol);
-            let payload = augur::pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
+            let payload = augur_service::pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
             client.publish(subject, payload.into()).await.unwrap();
         }
         client.flush().await.unwrap();
@@ -239,9 +239,9 @@ pub fn publish(url: &str, vectors: &[augur::pb::FeatureVector], rate: f64) {
 }
 
 /// The committed real series, interleaved across streams.
-pub fn real_vectors() -> Vec<augur::pb::FeatureVector> {
+pub fn real_vectors() -> Vec<augur_service::pb::FeatureVector> {
     let file = std::fs::read(root().join("models/data/replay/ta-v1.pb")).unwrap();
-    augur::publish::interleave(&file).unwrap()
+    augur_tools::publish::interleave(&file).unwrap()
 }
 
 /// A real Kafka-compatible broker (tansu, built by scripts/bootstrap.sh) on a free loopback

@@ -2,7 +2,7 @@
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use augur_actors::messages::Publish;
+use augur_actors::messages::{Barrier, Publish};
 use augur_actors::types::Ensemble;
 
 /// Keeps every prediction in memory.
@@ -21,6 +21,12 @@ impl Handler<Publish> for Collector {
             g.push(e);
         }
     }
+}
+
+impl Handler<Barrier> for Collector {
+    type Result = ();
+
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) {}
 }
 
 impl Collector {

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use prost::Message;
 
-use crate::codec::read_length_delimited;
 use crate::feed::{Feed, FeedOptions, Pace};
-use crate::pb;
+use augur_service::codec::read_length_delimited;
+use augur_service::pb;
 
 #[derive(Debug, Clone)]
 pub struct PublishOptions {

@@ -13,7 +13,7 @@ use augur_actors::clock::unix_ns;
 use prost::Message as _;
 
 use crate::features::TaV1;
-use crate::pb;
+use augur_service::pb;
 
 /// One real series: name, native timeframe, OHLCV rows oldest first.
 pub struct Series {
@@ -270,7 +270,7 @@ impl Feed {
                 format!(
                     "{prefix}.{}.{}",
                     v.timeframe,
-                    crate::bus::nats::subject_token(&symbol)
+                    augur_service::bus::nats::subject_token(&symbol)
                 )
             });
             let payload: bytes::Bytes = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec().into();

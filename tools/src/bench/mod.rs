@@ -24,12 +24,11 @@ use augur_actors::clock::unix_ns;
 use serde::Serialize;
 
 use crate::feed::{Feed, FeedOptions, Pace};
-use crate::runtime::DeviceSpec;
+use augur_runtime::DeviceSpec;
 use peer::{Peer, PeerKind, PeerPaths};
 use receiver::{Latency, Receiver};
 
-/// The wire contract as a serialized FileDescriptorSet (built by build.rs with protox).
-pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/augur.fds"));
+pub use augur_service::pb::DESCRIPTOR_SET;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scenario {
@@ -540,7 +539,7 @@ pub async fn run(
     stop: tokio::sync::watch::Receiver<bool>,
     command: String,
 ) -> anyhow::Result<Report> {
-    let cfg = crate::config::Config::load(Some(&o.config))?;
+    let cfg = augur_service::config::Config::load(Some(&o.config))?;
     let device = DeviceSpec::parse(&o.device).with_context(|| format!("unknown device {:?}", o.device))?;
     let models = if cfg.service.models_dir.is_absolute() {
         cfg.service.models_dir.clone()

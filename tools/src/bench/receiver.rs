@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use prost::Message as _;
 use serde::Serialize;
 
-use crate::pb;
+use augur_service::pb;
 
 /// One prediction as the receiver saw it.
 #[derive(Debug, Clone, Copy)]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::jetstream::JetStreamConfig;
 use crate::bus::kafka::KafkaConfig;
 use crate::bus::nats::NatsConfig;
-use crate::runtime::DeviceSpec;
+use augur_runtime::DeviceSpec;
 
 pub const TIMEFRAMES: [&str; 6] = ["1m", "5m", "15m", "1h", "4h", "1d"];
 
@@ -306,7 +306,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let root = env!("CARGO_MANIFEST_DIR");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let text = format!(
             "[service]\nmodels_dir = \"{root}/models\"\nfeature_sets_dir = \"{root}/models/feature_sets\"\n{text}"
         );
@@ -315,9 +315,24 @@ mod tests {
 
     #[test]
     fn test_the_shipped_config_file_is_valid_and_equals_the_defaults() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+        // The file's paths are relative to the workspace root (where `augur serve` runs);
+        // tests run in this crate's folder.
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let text = std::fs::read_to_string(format!("{root}/config.toml"))
+            .unwrap()
+            .replace(
+                "models_dir = \"models\"",
+                &format!("models_dir = \"{root}/models\""),
+            )
+            .replace(
+                "feature_sets_dir = \"models/feature_sets\"",
+                &format!("feature_sets_dir = \"{root}/models/feature_sets\""),
+            );
         let from_file = Config::from_sources(&text, std::iter::empty()).unwrap();
-        assert_eq!(from_file, Config::default(), "config.toml documents the defaults");
+        let mut want = Config::default();
+        want.service.models_dir = format!("{root}/models").into();
+        want.service.feature_sets_dir = format!("{root}/models/feature_sets").into();
+        assert_eq!(from_file, want, "config.toml documents the defaults");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use augur_actors::executor::{BackendFactory, InferenceBackend, ModelError, RowRejected};
 use augur_actors::types::ModelInfo;
 
-use crate::runtime::{DeviceSpec, InputError, Model};
+use crate::{DeviceSpec, InputError, Model};
 
 struct RuntimeBackend {
     model: Model,

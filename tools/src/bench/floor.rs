@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::receiver::SubscriberThread;
-use crate::runtime::{DeviceSpec, Golden, Manifest, Model};
+use augur_runtime::{DeviceSpec, Golden, Manifest, Model};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberFloor {

@@ -1,8 +1,20 @@
-//! The model runtime: loads a model folder from its manifest (nothing about a model is
-//! hard-coded here) and answers batches: N raw windows in, N probability rows out.
+//! # augur-runtime
 //!
-//! This module owns the frameworks (libtorch through tch, our XGBoost evaluator). It knows
-//! nothing of actors, buses or config files: the executor threads call it.
+//! The model runtime: loads a model folder (`models/<id>/<version>/manifest.toml` and its
+//! file) from its manifest (nothing about a model is hard-coded here) and answers batches:
+//! N raw windows in, N probability rows out.
+//!
+//! - [`manifest`]: what the runtime needs to know of a model, every problem listed.
+//! - [`preprocess`]: normalisation and layout of a raw window into a model row.
+//! - [`Backend`]: one per model kind ([`torch`]: TorchScript through tch/libtorch, CPU or
+//!   CUDA; [`xgboost`]: XGBoost JSON through our own evaluator).
+//! - [`Model`]: a backend with its manifest, shape check and golden self-test.
+//! - [`backend`]: a model as the executors' `InferenceBackend`, errors typed for them.
+//! - [`error`]: typed errors, each naming the file and the problem.
+//!
+//! This crate owns the frameworks. It knows nothing of buses or config files: the executor
+//! threads of `augur-actors` call it through [`backend::model_spec`].
+pub mod backend;
 pub mod error;
 pub mod manifest;
 pub mod preprocess;

@@ -2,6 +2,10 @@
 #![allow(clippy::all, missing_docs)]
 include!(concat!(env!("OUT_DIR"), "/augur.v1.rs"));
 
+/// The wire contract as a serialized FileDescriptorSet (built by build.rs with protox), for
+/// peers in other languages (the Python benchmark baseline builds its classes from it).
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/augur.fds"));
+
 #[cfg(test)]
 mod tests {
     use super::*;

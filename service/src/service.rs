@@ -24,7 +24,7 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use augur_actors::clock::SystemClock;
 use augur_actors::executor::BatchObserver;
-use augur_actors::messages::Publish;
+use augur_actors::messages::{Barrier, Publish};
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig, StackerSpec};
 use augur_actors::telemetry::{self as t, PipelineStats};
 use augur_actors::types::{Ensemble, Transport as Label};
@@ -34,9 +34,9 @@ use crate::bus::memory::Collector;
 use crate::bus::{Deadline, Health, Intake, Transport};
 use crate::codec::{self, RejectCode, Validator};
 use crate::config::Config;
-use crate::inference;
-use crate::runtime::{DeviceSpec, Manifest};
 use crate::status::Status;
+use augur_runtime::backend as inference;
+use augur_runtime::{DeviceSpec, Manifest};
 
 /// Records per-batch inference metrics.
 struct MetricsObserver;
@@ -138,7 +138,7 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
     let mut cfg = cfg.clone();
     // Replay waits for every member: completeness over latency.
     cfg.aggregator.deadline_ms = cfg.aggregator.deadline_ms.max(60_000);
-    let pipeline = build_pipeline(&cfg, vec![sink.recipient()]).await?;
+    let pipeline = build_pipeline(&cfg, vec![sink.clone().recipient()]).await?;
     let validator = validator(&cfg)?.with_max_age(0);
     let mut rejects = Vec::new();
     for (i, payload) in codec::read_length_delimited(input)
@@ -161,6 +161,8 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
     if !pipeline.drain(Duration::from_secs(120)).await {
         anyhow::bail!("replay did not finish within 120 s");
     }
+    // The collector has every prediction once its mailbox is handled.
+    sink.send(Barrier).await?;
     Ok(ReplayOutput {
         predictions: collector.sorted(),
         rejects,

@@ -1,0 +1,6 @@
+//! Links libtorch for this crate's tests.
+include!("../build/link_libtorch.rs");
+
+fn main() {
+    link_libtorch();
+}
