@@ -211,30 +211,35 @@ impl Service {
     }
 }
 
-/// Publishes the given vectors on features.<tf>.<symbol>, re-stamped, at `rate` per second.
+/// Publishes the given vectors in order on features.<tf>.<symbol>, re-stamped, at `rate` per
+/// second: the tools' [`Feed`](augur_tools::feed::Feed) with the vectors as one stream.
 pub fn publish(url: &str, vectors: &[augur_service::pb::FeatureVector], rate: f64) {
-    use prost::Message;
+    use augur_tools::feed::{Feed, FeedOptions, Pace};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let start = Instant::now();
-        for (i, v) in vectors.iter().enumerate() {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            if due > Instant::now() {
-                tokio::time::sleep(due - Instant::now()).await;
-            }
-            let mut v = v.clone();
-            let now = augur_actors::clock::unix_ns();
-            v.event_time_ms = now / 1_000_000;
-            v.published_at_ns = now;
-            let subject = format!("features.{}.{}", v.timeframe, v.symbol);
-            let payload = augur_service::pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
-            client.publish(subject, payload.into()).await.unwrap();
-        }
-        client.flush().await.unwrap();
+        let o = FeedOptions {
+            nats_url: Some(url.to_string()),
+            nats_prefix: "features".into(),
+            kafka_brokers: None,
+            kafka_topic: String::new(),
+            symbols: 0,
+            timeframes: Vec::new(),
+            rate,
+            count: 0,
+            duration: None,
+        };
+        let mut feed = Feed::connect(vec![vectors.to_vec()], &o).await.unwrap();
+        let pace = Pace {
+            rate,
+            count: vectors.len() as u64,
+            ..Default::default()
+        };
+        let (_keep, mut stop) = tokio::sync::watch::channel(false);
+        let sent = feed.send(&pace, &mut stop).await.unwrap();
+        assert_eq!(sent, vectors.len() as u64);
     });
 }
 

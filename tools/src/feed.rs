@@ -219,6 +219,8 @@ impl Feed {
     fn next_vector(&mut self) -> pb::FeatureVector {
         loop {
             let found = self.streams[self.stream].get(self.round).cloned();
+            // The pass this vector belongs to, before the cursor moves past the pass's end.
+            let pass = self.pass;
             self.stream += 1;
             if self.stream == self.streams.len() {
                 self.stream = 0;
@@ -229,7 +231,7 @@ impl Feed {
                 }
             }
             if let Some(mut v) = found {
-                v.sequence += self.pass * 1_000_000;
+                v.sequence += pass * 1_000_000;
                 let now = unix_ns();
                 v.event_time_ms = now / 1_000_000;
                 v.published_at_ns = now;
@@ -322,4 +324,53 @@ pub async fn run(
         &mut stop,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(symbol: &str, n: u64) -> Vec<pb::FeatureVector> {
+        (1..=n)
+            .map(|sequence| pb::FeatureVector {
+                symbol: symbol.into(),
+                timeframe: "1m".into(),
+                sequence,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_a_pass_keeps_every_sequence_and_the_next_pass_rises_above_it() {
+        let mut feed = Feed {
+            // The last stream is the longest: its last vector ends the pass.
+            streams: vec![stream("A", 2), stream("B", 3)],
+            longest: 3,
+            round: 0,
+            stream: 0,
+            pass: 0,
+            nats: None,
+            kafka: None,
+        };
+        let got: Vec<(String, u64)> = (0..7)
+            .map(|_| {
+                let v = feed.next_vector();
+                (v.symbol, v.sequence)
+            })
+            .collect();
+        let want: Vec<(String, u64)> = [
+            ("A", 1),
+            ("B", 1),
+            ("A", 2),
+            ("B", 2),
+            ("B", 3),
+            ("A", 1_000_001),
+            ("B", 1_000_001),
+        ]
+        .iter()
+        .map(|(s, q)| (s.to_string(), *q))
+        .collect();
+        assert_eq!(got, want, "the last vector of a pass keeps its sequence");
+    }
 }
