@@ -316,3 +316,72 @@ fn test_a_bad_config_fails_at_start_up_listing_every_problem() {
     assert!(err.contains("executor.max_batch"), "{err}");
     assert!(err.contains("breaker.failure_rate"), "{err}");
 }
+
+#[test]
+fn test_a_batch_of_many_bad_vectors_is_one_dead_letter_and_its_good_vectors_go_on() {
+    let nats = common::NatsServer::start();
+    let svc = common::Service::start(common::config(&nats.url()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One message: 20,000 empty vectors (each refused), 3 good ones, one without a symbol.
+    let good = |seq: u64| {
+        stamp(pb::FeatureVector {
+            symbol: "GOOD".into(),
+            timeframe: "1m".into(),
+            sequence: seq,
+            feature_set: "ta-v1".into(),
+            values: vectors(1)[0].values.clone(),
+            ..Default::default()
+        })
+    };
+    let empty = stamp(pb::FeatureVector {
+        symbol: "ZZZ".into(),
+        timeframe: "1m".into(),
+        sequence: 1,
+        feature_set: "ta-v1".into(),
+        ..Default::default()
+    });
+    let mut batch = vec![good(1)];
+    batch.extend(std::iter::repeat_n(empty, 20_000));
+    batch.push(good(2));
+    batch.push(pb::FeatureVector {
+        symbol: String::new(),
+        ..good(3)
+    });
+    batch.push(good(3));
+    let payload = pb::FeatureVectorBatch { vectors: batch }.encode_to_vec();
+    let letters = rt.block_on(async {
+        let c = async_nats::connect(nats.url()).await.unwrap();
+        let mut dlq = c.subscribe("features.dlq").await.unwrap();
+        c.flush().await.unwrap();
+        c.publish("features.1m.GOOD", payload.clone().into())
+            .await
+            .unwrap();
+        c.flush().await.unwrap();
+        let mut letters = Vec::new();
+        // Everything the service sends for it arrives well within this.
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), dlq.next()).await {
+            letters.push(m);
+        }
+        letters
+    });
+    let report = svc.stop();
+    assert_eq!(
+        letters.len(),
+        1,
+        "one dead letter for the message, not one per vector"
+    );
+    let m = &letters[0];
+    assert_eq!(&m.payload[..], &payload[..], "the payload once, byte for byte");
+    let h = m.headers.as_ref().unwrap();
+    let get = |k: &str| h.get(k).map(|v| v.as_str().to_string()).unwrap_or_default();
+    assert_eq!(get("Augur-Reason"), "wrong_feature_count");
+    assert_eq!(get("Augur-Reasons"), "invalid_field=1,wrong_feature_count=20000");
+    assert_eq!(get("Augur-Refused"), "20001/20004");
+    assert_eq!(get("Augur-Vector-Index"), "1");
+    assert_eq!(get("Augur-Vector-Indices"), "1,2,3,4,5,6,7,8,9,10");
+    assert_eq!(report.dead_letters.get("nats:wrong_feature_count"), Some(&1));
+    assert_eq!(report.vectors_in, 3, "the good vectors of the batch went on");
+}

@@ -78,9 +78,13 @@ impl ManualClock {
         self.moved.notify_all();
     }
 
-    /// Sleepers not yet woken (tests wait for a timer to be armed before advancing).
+    /// Sleepers not yet woken and still waited for (a cancelled sleep does not count): tests
+    /// wait for a timer to be armed before they advance the clock.
     pub fn pending_timers(&self) -> usize {
-        self.timers.lock().map(|t| t.len()).unwrap_or(0)
+        self.timers
+            .lock()
+            .map(|t| t.iter().filter(|(_, w)| !w.is_closed()).count())
+            .unwrap_or(0)
     }
 }
 

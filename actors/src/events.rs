@@ -39,22 +39,27 @@ impl FeaturesReceived<'_> {
     }
 }
 
-/// A message (or one vector of it) refused by validation and sent to the dead letters.
+/// A message with refused vectors (or refused whole) sent to the dead letters: one dead letter
+/// per message, whatever it held.
 pub struct DeadLettered<'a> {
     pub transport: Transport,
-    /// The reject's stable code.
+    /// The first refusal's stable code: the dead letter's reason.
     pub reason: &'static str,
     pub detail: &'a str,
     /// Subject or topic it came from.
     pub source: &'a str,
+    /// Refused vectors per reason code (a whole-message refusal counts one).
+    pub refused: &'a std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Event for DeadLettered<'_> {
     fn emit(self, stats: &PipelineStats) {
         metrics::counter!(t::DEAD_LETTERS, "transport" => self.transport.as_str(), "reason" => self.reason)
             .increment(1);
-        metrics::counter!(t::FEATURES_INVALID, "transport" => self.transport.as_str(), "reason" => self.reason)
-            .increment(1);
+        for (&code, &n) in self.refused {
+            metrics::counter!(t::FEATURES_INVALID, "transport" => self.transport.as_str(), "reason" => code)
+                .increment(n);
+        }
         if let Ok(mut c) = stats.dead_letters.lock() {
             *c.entry(format!("{}:{}", self.transport.as_str(), self.reason))
                 .or_default() += 1;

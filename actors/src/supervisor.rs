@@ -58,8 +58,9 @@ impl Supervisor {
         }
     }
 
-    /// A fresh executor when the old one is down; fresh actors in every stream.
-    fn revive(&mut self, i: usize) {
+    /// A fresh executor when the old one is down; fresh actors in every stream. `restart`:
+    /// counted as a restart (an operator reset is not one).
+    fn revive(&mut self, i: usize, restart: bool) {
         let Some(m) = self.models.get(i) else { return };
         let reloaded = m.gate.executor().is_down();
         if reloaded {
@@ -73,10 +74,12 @@ impl Supervisor {
             );
             m.gate.set_executor(handle);
         }
-        self.stats.emit(ModelRestarted {
-            model: &m.gate.info.id,
-            reloaded,
-        });
+        if restart {
+            self.stats.emit(ModelRestarted {
+                model: &m.gate.info.id,
+                reloaded,
+            });
+        }
         self.router.do_send(RestartModel { model: m.gate.index });
     }
 
@@ -90,7 +93,7 @@ impl Supervisor {
             tracing::error!(model = %m.gate.info.id, restarts = m.gate.restarts.load(std::sync::atomic::Ordering::Relaxed), "restart intensity exceeded; model parked as faulted until reset");
             return;
         }
-        self.revive(i);
+        self.revive(i, true);
     }
 }
 
@@ -145,7 +148,7 @@ impl Handler<ResetModel> for Supervisor {
         self.models[i].gate.reset();
         tracing::info!(model = %id, "model reset by operator");
         // A reset model starts clean: reloaded if its executor died, fresh actors.
-        self.revive(i);
+        self.revive(i, false);
         Ok(())
     }
 }

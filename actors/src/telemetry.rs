@@ -51,7 +51,7 @@ pub fn describe() {
     );
     describe_counter!(
         FEATURES_INVALID,
-        "Feature messages refused by validation, by transport and reason"
+        "Feature vectors (or undecodable messages) refused by validation, by transport and reason"
     );
     describe_counter!(
         FEATURES_STALE_SEQUENCE,
@@ -59,7 +59,7 @@ pub fn describe() {
     );
     describe_counter!(
         DEAD_LETTERS,
-        "Messages sent to a dead-letter subject or topic, by reason"
+        "Messages sent to a dead-letter subject or topic (one per message), by its first reason"
     );
     describe_counter!(
         PREDICTIONS_PUBLISHED,
@@ -198,6 +198,8 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
     counter!(NATS_SLOW_CONSUMER).increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "nats").increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "nats_dlq").increment(0);
+    counter!(PUBLISH_ERRORS, "sink" => "kafka").increment(0);
+    counter!(PUBLISH_ERRORS, "sink" => "kafka_dlq").increment(0);
     counter!(CONFIG_CHANGES).increment(0);
 }
 

@@ -46,8 +46,24 @@ impl Transport {
 /// value whose `Drop` reports completion; the pipeline carries clones of it with the vector,
 /// the event and the prediction, and drops them when the event ends (prediction delivered,
 /// or no prediction by design). When the last clone is gone, the input may be committed.
+/// A sink that could not deliver marks it failed first: the input is then not committed but
+/// given back to its broker for redelivery, where the transport can.
 #[derive(Clone)]
-pub struct Ack(pub Arc<dyn Send + Sync>);
+pub struct Ack(pub Arc<dyn Completion>);
+
+/// What a transport does when the last clone of an [`Ack`] is dropped (in its `Drop`).
+pub trait Completion: Send + Sync {
+    /// An output of this input failed; at the drop, give the input back instead of
+    /// acknowledging it. Transports that cannot (Kafka retries its outputs until delivered)
+    /// keep the default.
+    fn fail(&self) {}
+}
+
+impl Ack {
+    pub fn fail(&self) {
+        self.0.fail();
+    }
+}
 
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -315,6 +315,7 @@ async fn test_a_panicking_model_is_restarted_with_a_fresh_executor_while_others_
     // heal; once the backoff has passed on the clock the supervisor reloads the model
     bad_flags.panic.store(false, Ordering::SeqCst);
     let loads_before = bad_flags.loads.load(Ordering::SeqCst);
+    until("the supervisor's backoff timer", || clock.pending_timers() == 1).await;
     clock.advance(Duration::from_millis(200));
     until("the restart", || bad_gate.restarts.load(Ordering::Relaxed) == 1).await;
     until("the fresh executor", || bad_gate.executor().is_ready()).await;
@@ -347,6 +348,7 @@ async fn test_restart_intensity_parks_a_failing_model_until_reset() {
             feed(&p, seq, seq + 1).await;
             seq += 1;
         }
+        until("the supervisor's backoff timer", || clock.pending_timers() == 1).await;
         clock.advance(Duration::from_millis(200));
         until("the supervisor's restart", || {
             gate.restarts.load(Ordering::Relaxed) == round

@@ -120,12 +120,93 @@ pub struct Validator {
     max_age_ms: u64,
 }
 
-/// The outcome of one message: good vectors go on, each refusal is dead-lettered.
+/// The outcome of one message: good vectors go on; whatever was refused becomes one dead
+/// letter, however many of its vectors were refused.
 #[derive(Debug, Default)]
 pub struct Decoded {
     pub vectors: Vec<Vector>,
-    /// (index of the vector in the batch, or None for the whole message; the reason)
-    pub rejects: Vec<(Option<usize>, Reject)>,
+    pub refusal: Option<Refusal>,
+}
+
+/// Indices of refused vectors kept per message (the dead letter's headers stay small).
+pub const MAX_INDICES: usize = 10;
+
+/// Every refusal of one message, in bounded form: the first reason in full, counts per reason,
+/// and the first few indices. A batch of 100,000 bad vectors is one dead letter with one copy
+/// of its payload, not 100,000.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The first reason met (the dead letter's reason and detail).
+    pub first: Reject,
+    /// Refused vectors per reason code, in code order (a whole-message refusal counts one).
+    pub counts: std::collections::BTreeMap<&'static str, u64>,
+    /// Indices of the first refused vectors, at most [`MAX_INDICES`]; empty when the whole
+    /// message was refused.
+    pub indices: Vec<usize>,
+    /// Vectors in the message (0 when it did not decode).
+    pub total: usize,
+}
+
+impl Refusal {
+    fn new(first: Reject, index: Option<usize>, total: usize) -> Refusal {
+        let mut r = Refusal {
+            counts: Default::default(),
+            indices: Vec::new(),
+            total,
+            first: first.clone(),
+        };
+        r.count(&first, index);
+        r
+    }
+
+    fn count(&mut self, reason: &Reject, index: Option<usize>) {
+        *self.counts.entry(reason.code()).or_default() += 1;
+        if let Some(i) = index
+            && self.indices.len() < MAX_INDICES
+        {
+            self.indices.push(i);
+        }
+    }
+
+    fn add(this: &mut Option<Refusal>, reason: Reject, index: usize, total: usize) {
+        match this {
+            Some(r) => r.count(&reason, Some(index)),
+            None => *this = Some(Refusal::new(reason, Some(index), total)),
+        }
+    }
+
+    /// The first reason's code: the dead letter's `reason`.
+    pub fn code(&self) -> &'static str {
+        self.first.code()
+    }
+
+    /// Refused vectors (or 1 for a whole message).
+    pub fn refused(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// `code=n,code=n`, in code order.
+    pub fn reasons(&self) -> String {
+        let v: Vec<String> = self.counts.iter().map(|(c, n)| format!("{c}={n}")).collect();
+        v.join(",")
+    }
+
+    /// The first refused indices, comma-separated (empty for a whole message).
+    pub fn indices_text(&self) -> String {
+        let v: Vec<String> = self.indices.iter().map(usize::to_string).collect();
+        v.join(",")
+    }
+
+    /// One line: the first reason, and how many more there were.
+    pub fn detail(&self) -> String {
+        let first = self.first.to_string().replace(['\r', '\n'], " ");
+        let more = self.refused().saturating_sub(1);
+        match (self.indices.first(), more) {
+            (None, _) => first,
+            (Some(i), 0) => format!("vector {i}: {first}"),
+            (Some(i), n) => format!("vector {i}: {first} (and {n} more refused of {})", self.total),
+        }
+    }
 }
 
 impl Validator {
@@ -175,21 +256,22 @@ impl Validator {
             Err(e) => {
                 return Decoded {
                     vectors: Vec::new(),
-                    rejects: vec![(None, Reject::Decode(e.to_string()))],
+                    refusal: Some(Refusal::new(Reject::Decode(e.to_string()), None, 0)),
                 };
             }
         };
+        let total = batch.vectors.len();
         let mut out = Decoded {
-            vectors: Vec::with_capacity(batch.vectors.len()),
-            rejects: Vec::new(),
+            vectors: Vec::with_capacity(total),
+            refusal: None,
         };
-        if batch.vectors.is_empty() {
-            out.rejects.push((None, Reject::InvalidField("vectors")));
+        if total == 0 {
+            out.refusal = Some(Refusal::new(Reject::InvalidField("vectors"), None, 0));
         }
         for (i, v) in batch.vectors.into_iter().enumerate() {
             match self.check(v, subject_timeframe, transport, now_ms) {
                 Ok(v) => out.vectors.push(v),
-                Err(r) => out.rejects.push((Some(i), r)),
+                Err(r) => Refusal::add(&mut out.refusal, r, i, total),
             }
         }
         out
@@ -357,8 +439,8 @@ mod tests {
     fn one(v: pb::FeatureVector, subject: Option<&str>) -> Result<Vector, Reject> {
         let bytes = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
         let mut d = validator().decode(&bytes, subject, Transport("nats"), 1_000_500);
-        match d.rejects.pop() {
-            Some((_, r)) => Err(r),
+        match d.refusal.take() {
+            Some(r) => Err(r.first),
             None => Ok(d.vectors.remove(0)),
         }
     }
@@ -406,9 +488,8 @@ mod tests {
     fn test_garbage_is_one_decode_error_for_the_whole_message() {
         let d = validator().decode(&[0xff, 0x00, 0x13], None, Transport("nats"), 0);
         assert!(d.vectors.is_empty());
-        assert_eq!(d.rejects.len(), 1);
-        assert_eq!(d.rejects[0].0, None);
-        assert_eq!(d.rejects[0].1.code(), "decode_error");
+        let r = d.refusal.unwrap();
+        assert_eq!((r.code(), r.refused(), r.indices.len()), ("decode_error", 1, 0));
     }
 
     #[test]
@@ -419,16 +500,37 @@ mod tests {
         .encode_to_vec();
         let d = validator().decode(&bytes, None, Transport("nats"), 1_000_000);
         assert_eq!(d.vectors.len(), 1);
+        let r = d.refusal.unwrap();
         assert_eq!(
-            d.rejects,
-            vec![(
-                Some(1),
-                Reject::WrongFeatureCount {
-                    set: "ta-v1".into(),
-                    expected: 3,
-                    got: 1
-                }
-            )]
+            r.first,
+            Reject::WrongFeatureCount {
+                set: "ta-v1".into(),
+                expected: 3,
+                got: 1
+            }
+        );
+        assert_eq!((r.indices.clone(), r.refused(), r.total), (vec![1], 1, 2));
+    }
+
+    #[test]
+    fn test_a_batch_of_many_bad_vectors_is_one_bounded_refusal() {
+        let mut vectors = vec![fv(vec![0.1, 0.2, 0.3])];
+        vectors.extend((0..100_000).map(|_| fv(vec![])));
+        let mut odd = fv(vec![0.1, 0.2, 0.3]);
+        odd.symbol = String::new();
+        vectors.push(odd);
+        let bytes = pb::FeatureVectorBatch { vectors }.encode_to_vec();
+        let d = validator().decode(&bytes, None, Transport("nats"), 1_000_000);
+        assert_eq!(d.vectors.len(), 1, "the valid vector goes on");
+        let r = d.refusal.unwrap();
+        assert_eq!(r.code(), "wrong_feature_count");
+        assert_eq!(r.reasons(), "invalid_field=1,wrong_feature_count=100000");
+        assert_eq!(r.indices, (1..=MAX_INDICES).collect::<Vec<_>>());
+        assert_eq!(r.total, 100_002);
+        assert!(
+            r.detail().contains("and 100000 more refused of 100002"),
+            "{}",
+            r.detail()
         );
     }
 

@@ -377,6 +377,31 @@ mod tests {
     }
 
     #[test]
+    fn test_jetstream_needs_a_sink_and_its_own_input_prefix() {
+        let err = load("[jetstream]\nenabled = true\n", &[]).unwrap_err();
+        assert!(
+            err.0.iter().any(|p| p.contains("input_prefix are both")),
+            "core NATS and JetStream on one prefix: {:?}",
+            err.0
+        );
+        let err = load("[nats]\nenabled = false\n[jetstream]\nenabled = true\n", &[]).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.contains("no transport publishes predictions")),
+            "{:?}",
+            err.0
+        );
+        let ok = load(
+            "[nats]\ninput_prefix = \"core\"\n[jetstream]\nenabled = true\nstorage = \"memory\"\n",
+            &[],
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let err = load("[jetstream]\nenabled = true\nstorage = \"tape\"\nack_wait_ms = 5\nstream = \"a.b\"\n[nats]\ninput_prefix = \"core\"\n", &[]).unwrap_err();
+        assert_eq!(err.0.len(), 3, "every problem listed: {:?}", err.0);
+    }
+
+    #[test]
     fn test_weights_may_name_members_only() {
         let err = load(
             "[aggregator.weights]\n\"lstm-direction\" = 2.0\nnobody = 1.0\n",

@@ -373,10 +373,18 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
         next.executor = e;
     }
     let members = &current.service.members;
+    let stacker = &current.service.stacker;
     if let Some(m) = &patch.models {
-        for id in m.enabled.keys().chain(&m.reset) {
+        for id in m.enabled.keys() {
             if !members.contains(id) {
-                errs.push(format!("models: unknown model {id:?}"));
+                errs.push(format!("models.enabled: unknown member {id:?}"));
+            }
+        }
+        // The stacker is supervised like a member: it can be parked, so it can be reset.
+        for id in &m.reset {
+            let is_stacker = !stacker.is_empty() && id == stacker;
+            if !members.contains(id) && !is_stacker {
+                errs.push(format!("models.reset: unknown model {id:?}"));
             }
         }
     }

@@ -147,12 +147,8 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
         .enumerate()
     {
         let d = validator.decode(payload, None, Label::REPLAY, 0);
-        for (idx, r) in d.rejects {
-            rejects.push(format!(
-                "message {i}{}: {} ({r})",
-                idx.map(|x| format!(" vector {x}")).unwrap_or_default(),
-                r.code()
-            ));
+        if let Some(r) = d.refusal {
+            rejects.push(format!("message {i}: {} [{}]", r.detail(), r.reasons()));
         }
         if !d.vectors.is_empty() {
             pipeline.ingest(d.vectors).await?;
@@ -314,10 +310,10 @@ impl Service {
     }
 
     /// Stage 1: no new message enters the pipeline, on any transport.
-    pub async fn stop_intake(&mut self) {
+    pub async fn stop_intake(&mut self, deadline: Deadline) {
         tracing::info!("shutting down: stopping intake");
         for t in &mut self.transports {
-            t.stop_intake().await;
+            t.stop_intake(deadline).await;
         }
     }
 
@@ -358,7 +354,7 @@ impl Service {
     /// and reports what the service did.
     pub async fn shutdown(mut self) -> ServeReport {
         let deadline = Deadline::after(Duration::from_millis(self.cfg.service.shutdown_timeout_ms));
-        self.stop_intake().await;
+        self.stop_intake(deadline).await;
         let drained = self.drain(deadline).await;
         self.flush(deadline).await;
         self.settle(deadline).await;

@@ -9,7 +9,7 @@ use augur_actors::types::{Ack, Transport, Vector};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::codec::{Reject, Validator};
+use crate::codec::{Refusal, Validator};
 
 /// One refused message (or vector of one), for a dead-letter sink.
 #[derive(Debug)]
@@ -22,9 +22,8 @@ pub struct DeadLetter {
     pub source: String,
     /// Where in the source: (partition, offset) on Kafka, (0, stream sequence) on JetStream.
     pub position: Option<(i32, i64)>,
-    /// The vector's index in its batch; None when the whole message was refused.
-    pub index: Option<usize>,
-    pub reason: Reject,
+    /// What was refused: the first reason, counts per reason, the first indices.
+    pub refusal: Refusal,
     /// The input's acknowledgement: held until the dead letter is stored (at-least-once
     /// transports), so that a crash before then reads the message again.
     pub ack: Option<Ack>,
@@ -33,7 +32,7 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// Header values are single lines.
     pub fn detail(&self) -> String {
-        self.reason.to_string().replace(['\r', '\n'], " ")
+        self.refusal.detail()
     }
 }
 
@@ -55,6 +54,9 @@ pub struct Incoming<'a> {
     pub position: Option<(i32, i64)>,
     /// Completion of this message (at-least-once transports).
     pub ack: Option<Ack>,
+    /// Whether vectors older than `validation.max_event_age_ms` are refused as stale. Off for
+    /// a durable history (JetStream): a backlog kept while the service was away is predicted.
+    pub check_age: bool,
 }
 
 /// The router is gone: the transport stops taking input.
@@ -66,12 +68,19 @@ pub struct PipelineClosed;
 #[derive(Clone)]
 pub struct Intake {
     validator: Validator,
+    /// The same rules without the age check (durable history).
+    history: Validator,
     pipeline: Pipeline,
 }
 
 impl Intake {
     pub fn new(validator: Validator, pipeline: Pipeline) -> Self {
-        Intake { validator, pipeline }
+        let history = validator.clone().with_max_age(0);
+        Intake {
+            validator,
+            history,
+            pipeline,
+        }
     }
 
     /// The longest window of any member: how much of a stream a restart must read again to
@@ -101,17 +110,22 @@ impl Intake {
         on_valid: impl FnOnce(&[Vector]),
     ) -> Result<usize, PipelineClosed> {
         let now_ms = unix_ns() / 1_000_000;
-        let decoded = self
-            .validator
-            .decode(&m.payload, m.subject_timeframe, transport, now_ms);
+        let validator = if m.check_age {
+            &self.validator
+        } else {
+            &self.history
+        };
+        let decoded = validator.decode(&m.payload, m.subject_timeframe, transport, now_ms);
         on_valid(&decoded.vectors);
         let stats = &self.pipeline.stats;
-        for (index, reason) in decoded.rejects {
+        // One dead letter per message, the payload once, however many vectors were refused.
+        if let Some(refusal) = decoded.refusal {
             stats.emit(DeadLettered {
                 transport,
-                reason: reason.code(),
-                detail: &reason.to_string(),
+                reason: refusal.code(),
+                detail: &refusal.detail(),
                 source: m.source,
+                refused: &refusal.counts,
             });
             dead_letters
                 .send(DeadLetter {
@@ -119,8 +133,7 @@ impl Intake {
                     key: m.key.clone(),
                     source: m.source.to_string(),
                     position: m.position,
-                    index,
-                    reason,
+                    refusal,
                     ack: m.ack.clone(),
                 })
                 .await;

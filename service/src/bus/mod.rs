@@ -63,8 +63,9 @@ pub trait Transport: Send {
     fn health(&self) -> Arc<dyn Health>;
     /// Starts taking input: broker messages through `intake` into the pipeline.
     fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()>;
-    /// Stops taking new input; returns once no new message can enter the pipeline.
-    fn stop_intake(&mut self) -> BoxFuture<'_, ()>;
+    /// Stops taking new input; returns once no new message can enter the pipeline (or at
+    /// `deadline`).
+    fn stop_intake(&mut self, deadline: Deadline) -> BoxFuture<'_, ()>;
     /// Returns once everything handed to this transport's sinks has left (or at `deadline`).
     fn flush(&mut self, deadline: Deadline) -> BoxFuture<'_, ()>;
     /// Settles the input: acknowledgements sent or offsets committed for what finished,
@@ -88,6 +89,20 @@ impl Sections<'_> {
         p.extend(self.kafka.problems());
         if !(self.nats.enabled || self.jetstream.enabled || self.kafka.enabled) {
             p.push("no transport: enable nats, jetstream or kafka".into());
+        } else if !(self.nats.enabled || self.kafka.enabled) {
+            // JetStream has no sink: its input would be acknowledged and the predictions lost.
+            p.push("no transport publishes predictions: enable nats or kafka beside jetstream".into());
+        }
+        if self.nats.enabled
+            && self.jetstream.enabled
+            && self.nats.input_prefix == self.jetstream.input_prefix
+        {
+            // The core NATS copy would usually win the router's dedupe, and the JetStream copy
+            // would be acknowledged as a duplicate before that prediction is safe.
+            p.push(format!(
+                "nats.input_prefix and jetstream.input_prefix are both {:?}: give core NATS another prefix (or disable its input) so that JetStream input is acknowledged only once predicted",
+                self.nats.input_prefix
+            ));
         }
         p
     }
@@ -97,12 +112,18 @@ impl Sections<'_> {
 /// `timeframes`: the served timeframes (subjects to subscribe).
 pub async fn connect(s: Sections<'_>, timeframes: &[String]) -> anyhow::Result<Vec<Box<dyn Transport>>> {
     let mut out: Vec<Box<dyn Transport>> = Vec::new();
+    // JetStream shares core NATS's connection to the same server (see its `connect`).
+    let mut nats_client = None;
     if s.nats.enabled {
-        out.push(Box::new(nats::NatsTransport::connect(s.nats, timeframes).await?));
+        let t = nats::NatsTransport::connect(s.nats, timeframes).await?;
+        if s.nats.url == s.jetstream.url {
+            nats_client = Some(t.client().clone());
+        }
+        out.push(Box::new(t));
     }
     if s.jetstream.enabled {
         out.push(Box::new(
-            jetstream::JetStreamTransport::connect(s.jetstream, timeframes).await?,
+            jetstream::JetStreamTransport::connect(s.jetstream, timeframes, nats_client).await?,
         ));
     }
     if s.kafka.enabled {

@@ -15,6 +15,8 @@ pub struct JetStreamState {
     pub received: AtomicU64,
     pub redelivered: AtomicU64,
     pub acked: AtomicU64,
+    /// Given back (nak) because an output of the message failed.
+    pub nacked: AtomicU64,
 }
 
 pub struct JetStreamHealth {
@@ -39,6 +41,7 @@ impl Health for JetStreamHealth {
             "received": s.received.load(Ordering::Relaxed),
             "redelivered": s.redelivered.load(Ordering::Relaxed),
             "acked": s.acked.load(Ordering::Relaxed),
+            "nacked": s.nacked.load(Ordering::Relaxed),
         })
     }
 }

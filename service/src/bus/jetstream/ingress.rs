@@ -3,15 +3,16 @@
 //! dropped, that is, once its predictions are with every sink (or its dead letter was
 //! published, or it ended without a prediction by design). Unacknowledged messages are
 //! delivered again after `ack_wait_ms` or a restart; the router drops what it already saw.
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
-use augur_actors::types::Ack;
+use async_nats::jetstream::{AckKind, Context};
+use augur_actors::types::{Ack, Completion};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
@@ -19,28 +20,50 @@ use super::{JetStreamConfig, JetStreamState, TRANSPORT};
 use crate::bus::ingest::{Incoming, Intake};
 use crate::bus::nats::NatsDeadLetters;
 
-/// Sends its message's acknowledgement when the last clone of the [`Ack`] is dropped.
+/// Messages in the pipeline, by stream sequence: a redelivery of one of them (its ack wait ran
+/// out while its prediction was still on its way) is not ingested again, only told to wait.
+pub type InFlight = Arc<Mutex<HashSet<u64>>>;
+
+/// Acknowledges its message when the last clone of the [`Ack`] is dropped, or gives it back
+/// (a nak: redelivered at once) when an output of it failed.
 struct AckOnDrop {
     acker: Option<Acker>,
-    tx: mpsc::UnboundedSender<Acker>,
+    sequence: u64,
+    failed: AtomicBool,
+    in_flight: InFlight,
+    tx: mpsc::UnboundedSender<(Acker, bool)>,
+}
+
+impl Completion for AckOnDrop {
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for AckOnDrop {
     fn drop(&mut self) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.remove(&self.sequence);
+        }
         if let Some(a) = self.acker.take() {
-            let _ = self.tx.send(a);
+            let _ = self.tx.send((a, self.failed.load(Ordering::Relaxed)));
         }
     }
 }
 
-/// Sends queued acknowledgements until every [`AckOnDrop`] (and the ingress) is gone.
-pub async fn run_acker(mut rx: mpsc::UnboundedReceiver<Acker>, state: Arc<JetStreamState>) {
-    while let Some(a) = rx.recv().await {
-        match a.ack().await {
-            Ok(()) => {
+/// Sends queued acknowledgements (or naks) until every [`AckOnDrop`] and the ingress are gone.
+pub async fn run_acker(mut rx: mpsc::UnboundedReceiver<(Acker, bool)>, state: Arc<JetStreamState>) {
+    while let Some((a, failed)) = rx.recv().await {
+        let sent = if failed {
+            state.nacked.fetch_add(1, Ordering::Relaxed);
+            a.ack_with(AckKind::Nak(None)).await
+        } else {
+            a.ack().await.map(|()| {
                 state.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(error = %e, "jetstream ack not sent; the message will be redelivered"),
+            })
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "jetstream ack not sent; the message will be redelivered");
         }
     }
 }
@@ -72,6 +95,20 @@ pub async fn ensure(
             .await
             .map_err(|e| format!("stream {}: {e}", cfg.stream))?
     };
+    // A stream that also keeps the dead letters would feed each one back in, forever.
+    let subjects = &stream.cached_info().config.subjects;
+    if let Some(s) = subjects.iter().find(|s| subject_matches(s, &cfg.dlq_subject)) {
+        return Err(format!(
+            "stream {} captures {s:?}, which holds the dead-letter subject {:?}: refused dead letters would come back as input",
+            cfg.stream, cfg.dlq_subject
+        ));
+    }
+    for tf in timeframes {
+        let wanted = format!("{}.{tf}.x", cfg.input_prefix);
+        if !subjects.iter().any(|s| subject_matches(s, &wanted)) {
+            tracing::warn!(stream = %cfg.stream, timeframe = %tf, "the existing stream does not capture this timeframe's subjects");
+        }
+    }
     stream
         .get_or_create_consumer(
             &cfg.durable,
@@ -88,91 +125,164 @@ pub async fn ensure(
         .map_err(|e| format!("consumer {}: {e}", cfg.durable))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    js: Context,
-    ready: Option<PullConsumer>,
-    cfg: JetStreamConfig,
-    timeframes: Vec<String>,
-    intake: Intake,
-    dlq: NatsDeadLetters,
-    state: Arc<JetStreamState>,
-    acks: mpsc::UnboundedSender<Acker>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let consumer = loop {
-        if let Some(c) = &ready {
-            break c.clone();
+/// NATS subject matching: `*` is one token, `>` the rest (one or more tokens).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut s = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, s.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
         }
-        match ensure(&js, &cfg, &timeframes).await {
-            Ok(c) => break c,
-            Err(e) => tracing::warn!(error = %e, "jetstream not ready; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stop.changed() => return,
-        }
-    };
-    let mut messages = loop {
-        match consumer
-            .stream()
-            .max_messages_per_batch(cfg.fetch_batch)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await
-        {
-            Ok(m) => break m,
-            Err(e) => tracing::warn!(error = %e, "jetstream pull not started; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stop.changed() => return,
-        }
-    };
-    state.consuming.store(true, Ordering::Relaxed);
-    tracing::info!(stream = %cfg.stream, durable = %cfg.durable, "jetstream consuming");
+    }
+    s.next().is_none()
+}
+
+/// What the ingress needs besides the intake.
+pub struct Ingress {
+    pub js: Context,
+    /// The consumer, when `connect` could ensure it.
+    pub ready: Option<PullConsumer>,
+    pub cfg: JetStreamConfig,
+    pub timeframes: Vec<String>,
+    pub dlq: NatsDeadLetters,
+    pub state: Arc<JetStreamState>,
+    pub acks: mpsc::UnboundedSender<(Acker, bool)>,
+}
+
+/// Ensures the consumer and pulls from it, one batch (`fetch_batch`, at most one second
+/// idle) at a time, until `stop`. A stop takes effect between batches: every message the
+/// server delivered is taken in, so nothing is left to come back later behind newer ones (the
+/// router would drop it as an older sequence). When the consumer goes away (deleted,
+/// replaced) or the server is unreachable, it ensures the consumer again.
+pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) {
+    let Ingress {
+        js,
+        mut ready,
+        cfg,
+        timeframes,
+        dlq,
+        state,
+        acks,
+    } = ingress;
+    let in_flight: InFlight = Arc::default();
     let prefix_len = cfg.input_prefix.len() + 1;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            m = messages.next() => {
-                let Some(m) = m else {
-                    tracing::error!("jetstream message stream ended");
-                    break;
-                };
+    let mut stop = stop;
+    let pause = |stop: &mut watch::Receiver<bool>| {
+        let mut stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+                _ = stop.changed() => true,
+            }
+        }
+    };
+    'consumer: loop {
+        let consumer = match ready.take() {
+            Some(c) => c,
+            None => match ensure(&js, &cfg, &timeframes).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "jetstream not ready; retrying");
+                    if *stop.borrow() || pause(&mut stop).await {
+                        return;
+                    }
+                    continue 'consumer;
+                }
+            },
+        };
+        tracing::info!(stream = %cfg.stream, durable = %cfg.durable, "jetstream consuming");
+        while !*stop.borrow() {
+            let batch = consumer
+                .fetch()
+                .max_messages(cfg.fetch_batch)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    // The server is away, or the consumer is gone: ensure it again.
+                    state.consuming.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "jetstream pull failed");
+                    if pause(&mut stop).await {
+                        return;
+                    }
+                    continue 'consumer;
+                }
+            };
+            state.consuming.store(true, Ordering::Relaxed);
+            while let Some(m) = batch.next().await {
                 let m = match m {
                     Ok(m) => m,
                     Err(e) => {
-                        // Missed heartbeats and failed pulls while the server is away: the
-                        // stream resumes by itself after the reconnect.
                         tracing::warn!(error = %e, "jetstream pull");
-                        continue;
+                        break;
                     }
                 };
-                let position = m.info().ok().map(|i| (0, i.stream_sequence as i64));
-                if m.info().is_ok_and(|i| i.delivered > 1) {
-                    state.redelivered.fetch_add(1, Ordering::Relaxed);
-                }
+                let Ok((sequence, delivered)) = m.info().map(|i| (i.stream_sequence, i.delivered)) else {
+                    tracing::warn!(subject = %m.subject, "jetstream message without metadata; not acknowledged");
+                    continue;
+                };
                 let (msg, acker) = m.split();
                 state.received.fetch_add(1, Ordering::Relaxed);
+                if delivered > 1 {
+                    state.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                let fresh = in_flight.lock().map(|mut f| f.insert(sequence)).unwrap_or(true);
+                if !fresh {
+                    // Its first delivery is still in the pipeline: ask for more time.
+                    if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "jetstream progress not sent");
+                    }
+                    continue;
+                }
                 let subject = msg.subject.as_str();
                 let tf = subject.get(prefix_len..).and_then(|s| s.split('.').next());
-                let ack = Ack(Arc::new(AckOnDrop { acker: Some(acker), tx: acks.clone() }));
+                let ack = Ack(Arc::new(AckOnDrop {
+                    acker: Some(acker),
+                    sequence,
+                    failed: AtomicBool::new(false),
+                    in_flight: in_flight.clone(),
+                    tx: acks.clone(),
+                }));
                 let incoming = Incoming {
                     payload: msg.payload.clone(),
                     key: None,
                     source: subject,
                     subject_timeframe: tf,
-                    position,
+                    position: Some((0, sequence as i64)),
                     ack: Some(ack),
+                    // The stream's history is not stale: a backlog kept while the service was
+                    // down is predicted, not dead-lettered for its age.
+                    check_age: false,
                 };
                 if intake.accept(TRANSPORT, incoming, &dlq, |_| {}).await.is_err() {
                     tracing::error!("the router is gone; stopping JetStream intake");
-                    break;
+                    state.consuming.store(false, Ordering::Relaxed);
+                    return;
                 }
             }
         }
+        state.consuming.store(false, Ordering::Relaxed);
+        return;
     }
-    state.consuming.store(false, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn test_subject_patterns_match_as_nats_does() {
+        assert!(subject_matches("features.>", "features.dlq"));
+        assert!(subject_matches("features.*", "features.dlq"));
+        assert!(subject_matches("features.1m.>", "features.1m.AAPL"));
+        assert!(!subject_matches("features.1m.>", "features.dlq"));
+        assert!(!subject_matches("features.1m.>", "features.1m"));
+        assert!(!subject_matches("features.*", "features.1m.AAPL"));
+        assert!(subject_matches("features.dlq", "features.dlq"));
+        assert!(!subject_matches("features.dlq.x", "features.dlq"));
+    }
 }

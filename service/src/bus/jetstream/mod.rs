@@ -42,21 +42,31 @@ pub struct JetStreamTransport {
     stop: watch::Sender<bool>,
     ingress: Option<actix_rt::task::JoinHandle<()>>,
     /// The ingress's sender of acknowledgements; dropped at settle so the acker can finish.
-    acks: Option<mpsc::UnboundedSender<Acker>>,
+    acks: Option<mpsc::UnboundedSender<(Acker, bool)>>,
     acker: Option<actix_rt::task::JoinHandle<()>>,
 }
 
 impl JetStreamTransport {
-    pub async fn connect(cfg: &JetStreamConfig, timeframes: &[String]) -> anyhow::Result<Self> {
-        let client = connect_client(
-            &cfg.url,
-            "augur-jetstream",
-            65_536,
-            cfg.connect_timeout_ms,
-            Arc::new(NatsStats::default()),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS (JetStream) at {}: {e}", cfg.url))?;
+    /// `shared`: core NATS's client when it connects to the same server. Acks then travel on
+    /// the connection that carries the predictions, after them: a server that has an ack has
+    /// the prediction it waited for.
+    pub async fn connect(
+        cfg: &JetStreamConfig,
+        timeframes: &[String],
+        shared: Option<Client>,
+    ) -> anyhow::Result<Self> {
+        let client = match shared {
+            Some(c) => c,
+            None => connect_client(
+                &cfg.url,
+                "augur-jetstream",
+                65_536,
+                cfg.connect_timeout_ms,
+                Arc::new(NatsStats::default()),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to NATS (JetStream) at {}: {e}", cfg.url))?,
+        };
         // Ensured now when the server answers, so that input published once the service is
         // ready is kept; otherwise the ingress keeps trying.
         let js = async_nats::jetstream::new(client.clone());
@@ -106,27 +116,32 @@ impl Transport for JetStreamTransport {
         let (tx, rx) = mpsc::unbounded_channel();
         self.acker = Some(actix_rt::spawn(ingress::run_acker(rx, self.state.clone())));
         let dlq = NatsDeadLetters::new(self.client.clone(), self.cfg.dlq_subject.clone(), "jetstream_dlq");
-        self.ingress = Some(actix_rt::spawn(ingress::run(
-            async_nats::jetstream::new(self.client.clone()),
-            self.consumer.take(),
-            self.cfg.clone(),
-            self.timeframes.clone(),
-            intake,
+        let ingress = ingress::Ingress {
+            js: async_nats::jetstream::new(self.client.clone()),
+            ready: self.consumer.take(),
+            cfg: self.cfg.clone(),
+            timeframes: self.timeframes.clone(),
             dlq,
-            self.state.clone(),
-            tx.clone(),
+            state: self.state.clone(),
+            acks: tx.clone(),
+        };
+        self.ingress = Some(actix_rt::spawn(ingress::run(
+            ingress,
+            intake,
             self.stop.subscribe(),
         )));
         self.acks = Some(tx);
         Ok(())
     }
 
-    fn stop_intake(&mut self) -> BoxFuture<'_, ()> {
+    fn stop_intake(&mut self, deadline: Deadline) -> BoxFuture<'_, ()> {
         let _ = self.stop.send(true);
         let ingress = self.ingress.take();
         Box::pin(async move {
-            if let Some(i) = ingress {
-                let _ = i.await;
+            if let Some(i) = ingress
+                && tokio::time::timeout(deadline.remaining(), i).await.is_err()
+            {
+                tracing::warn!("jetstream intake did not stop before the shutdown deadline");
             }
         })
     }
@@ -151,8 +166,10 @@ impl Transport for JetStreamTransport {
                     "jetstream: some messages were still in flight at shutdown; they will be redelivered"
                 );
             }
-            if let Err(e) = client.flush().await {
-                tracing::warn!(error = %e, "jetstream acks not flushed");
+            match tokio::time::timeout(deadline.remaining(), client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "jetstream acks not flushed"),
+                Err(_) => tracing::warn!("jetstream acks not flushed before the shutdown deadline"),
             }
         })
     }

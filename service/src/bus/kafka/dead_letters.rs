@@ -1,7 +1,9 @@
-//! Dead letters on `dlq_topic`: the original payload and key, headers `augur-reason`,
-//! `augur-detail`, `augur-source-topic`, `augur-source-partition`, `augur-source-offset`,
-//! `augur-vector-index`. Delivered in the background with retries; the input's ack is held
-//! until the broker has the dead letter.
+//! Dead letters on `dlq_topic`: one per refused message, the original payload and key,
+//! headers `augur-reason` (the first reason), `augur-detail`, `augur-reasons`
+//! (`code=count,...`), `augur-refused` (`refused/total`), `augur-source-topic`,
+//! `augur-source-partition`, `augur-source-offset`, `augur-vector-index` (the first refused
+//! vector) and `augur-vector-indices` (the first few). Delivered in the background with
+//! retries; the input's ack is held until the broker has the dead letter.
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -39,12 +41,26 @@ impl DeadLetterSink for KafkaDeadLetters {
                 .position
                 .map(|(p, o)| (p.to_string(), o.to_string()))
                 .unwrap_or_default();
-            let i = d.index.map(|i| i.to_string()).unwrap_or_default();
-            let detail = d.detail();
+            let r = &d.refusal;
+            let i = r.indices.first().map(|i| i.to_string()).unwrap_or_default();
+            let (detail, reasons, indices) = (d.detail(), r.reasons(), r.indices_text());
+            let refused = format!("{}/{}", r.refused(), r.total);
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "augur-reason",
-                    value: Some(d.reason.code()),
+                    value: Some(r.code()),
+                })
+                .insert(Header {
+                    key: "augur-reasons",
+                    value: Some(reasons.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-refused",
+                    value: Some(refused.as_str()),
+                })
+                .insert(Header {
+                    key: "augur-vector-indices",
+                    value: Some(indices.as_str()),
                 })
                 .insert(Header {
                     key: "augur-detail",
@@ -66,7 +82,7 @@ impl DeadLetterSink for KafkaDeadLetters {
                     key: "augur-vector-index",
                     value: Some(i.as_str()),
                 });
-            deliver(
+            let _ = deliver(
                 &this.producer,
                 &this.topic,
                 d.key.as_deref(),

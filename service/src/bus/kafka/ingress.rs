@@ -85,6 +85,7 @@ pub async fn run(
                         subject_timeframe: None,
                         position: Some((partition, offset)),
                         ack: Some(ack),
+                        check_age: true,
                     };
                     // Tracked before any completion can come back (a dead letter or an event
                     // may finish at once).

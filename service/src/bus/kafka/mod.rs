@@ -128,7 +128,7 @@ impl Transport for KafkaTransport {
         Ok(())
     }
 
-    fn stop_intake(&mut self) -> BoxFuture<'_, ()> {
+    fn stop_intake(&mut self, _: Deadline) -> BoxFuture<'_, ()> {
         // The ingress stops consuming at once and keeps settling completions until `settle`.
         let _ = self.stop.send(true);
         Box::pin(async {})

@@ -15,6 +15,10 @@ pub(super) struct OffsetDone {
     pub(super) tx: mpsc::UnboundedSender<(i32, i64)>,
 }
 
+/// Kafka's outputs retry until delivered (or give up on a permanent error, which must release
+/// the offset), so a completion never fails here.
+impl augur_actors::types::Completion for OffsetDone {}
+
 impl Drop for OffsetDone {
     fn drop(&mut self) {
         let _ = self.tx.send((self.partition, self.offset));

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use augur_actors::events::PredictionPublished;
+use augur_actors::events::{PredictionPublished, PublishFailed};
 use augur_actors::messages::Publish;
 use augur_actors::telemetry as t;
 use prost::Message as _;
@@ -45,7 +45,7 @@ pub(super) async fn deliver(
     headers: OwnedHeaders,
     kind: &'static str,
     stats: &KafkaStats,
-) {
+) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
@@ -57,17 +57,44 @@ pub(super) async fn deliver(
             Ok(_) => {
                 metrics::histogram!(t::KAFKA_PRODUCE_SECONDS, "topic" => kind)
                     .record(started.elapsed().as_secs_f64());
-                return;
+                return true;
             }
             Err((e, _)) => {
                 stats.produce_errors.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => kind).increment(1);
+                if is_permanent(&e) {
+                    // Retrying cannot help (too large, not allowed): counted, given up, and
+                    // the caller releases the input's ack, so the offset is not stuck on it.
+                    PublishFailed {
+                        sink: if kind == "dlq" { "kafka_dlq" } else { "kafka" },
+                        error: &format!("{e} (permanent; not retried)"),
+                    }
+                    .emit();
+                    return false;
+                }
                 tracing::warn!(error = %e, topic, "kafka delivery failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
+}
+
+/// Errors no retry can fix: the record is too large for the broker, or the broker refuses it
+/// for good.
+fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidRecord
+                | C::InvalidMessage
+                | C::TopicAuthorizationFailed
+                | C::InvalidTopic
+        )
+    )
 }
 
 impl Handler<Publish> for KafkaSink {
@@ -89,7 +116,7 @@ impl Handler<Publish> for KafkaSink {
                 });
             if !members_topic.is_empty() {
                 for m in to_proto(&e).members {
-                    deliver(
+                    let _ = deliver(
                         &producer,
                         &members_topic,
                         Some(e.symbol.as_bytes()),
@@ -101,7 +128,7 @@ impl Handler<Publish> for KafkaSink {
                     .await;
                 }
             }
-            deliver(
+            let delivered = deliver(
                 &producer,
                 &topic,
                 Some(e.symbol.as_bytes()),
@@ -111,12 +138,14 @@ impl Handler<Publish> for KafkaSink {
                 &stats,
             )
             .await;
-            stats.delivered.fetch_add(1, Ordering::Relaxed);
-            PredictionPublished {
-                sink: "kafka",
-                timeframe: &e.timeframe,
+            if delivered {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                PredictionPublished {
+                    sink: "kafka",
+                    timeframe: &e.timeframe,
+                }
+                .emit();
             }
-            .emit();
             drop(e);
         });
     }

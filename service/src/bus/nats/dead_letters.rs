@@ -1,6 +1,8 @@
-//! Dead letters on a NATS subject: the original payload, byte for byte, with the reason in
-//! headers (`Augur-Reason`, `Augur-Detail`, `Augur-Source`, `Augur-Vector-Index`, and
-//! `Augur-Source-Sequence` for JetStream input).
+//! Dead letters on a NATS subject: one per refused message, the original payload byte for
+//! byte, the reasons in headers: `Augur-Reason` (the first reason's code), `Augur-Detail`,
+//! `Augur-Source` (the subject), `Augur-Reasons` (`code=count,...`), `Augur-Refused`
+//! (`refused/total` vectors), `Augur-Vector-Index` (the first refused vector) and
+//! `Augur-Vector-Indices` (the first few), and `Augur-Source-Sequence` for JetStream input.
 use async_nats::{Client, HeaderMap};
 use augur_actors::events::PublishFailed;
 use futures::future::BoxFuture;
@@ -28,11 +30,15 @@ impl NatsDeadLetters {
 impl DeadLetterSink for NatsDeadLetters {
     fn send(&self, d: DeadLetter) -> BoxFuture<'static, ()> {
         let mut h = HeaderMap::new();
-        h.insert("Augur-Reason", d.reason.code());
+        let r = &d.refusal;
+        h.insert("Augur-Reason", r.code());
         h.insert("Augur-Detail", d.detail().as_str());
         h.insert("Augur-Source", d.source.as_str());
-        if let Some(i) = d.index {
+        h.insert("Augur-Reasons", r.reasons().as_str());
+        h.insert("Augur-Refused", format!("{}/{}", r.refused(), r.total).as_str());
+        if let Some(i) = r.indices.first() {
             h.insert("Augur-Vector-Index", i.to_string().as_str());
+            h.insert("Augur-Vector-Indices", r.indices_text().as_str());
         }
         if let Some((_, seq)) = d.position {
             h.insert("Augur-Source-Sequence", seq.to_string().as_str());
@@ -49,6 +55,10 @@ impl DeadLetterSink for NatsDeadLetters {
                     error: &e.to_string(),
                 }
                 .emit();
+                // Not delivered: the input is given back where its transport can.
+                if let Some(a) = &d.ack {
+                    a.fail();
+                }
             }
             // The ack (if any) is released once the dead letter is with the client.
             drop(d.ack);

@@ -47,6 +47,7 @@ pub async fn run(
                     subject_timeframe: tf,
                     position: None,
                     ack: None,
+                    check_age: true,
                 };
                 if intake.accept(TRANSPORT, incoming, &dlq, |_| {}).await.is_err() {
                     tracing::error!("the router is gone; stopping NATS intake");

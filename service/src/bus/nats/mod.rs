@@ -139,15 +139,16 @@ impl Transport for NatsTransport {
         Ok(())
     }
 
-    fn stop_intake(&mut self) -> BoxFuture<'_, ()> {
+    fn stop_intake(&mut self, deadline: Deadline) -> BoxFuture<'_, ()> {
         let _ = self.stop.send(true);
         let ingress = self.ingress.take();
         Box::pin(async move {
             if let Some(i) = ingress {
-                match i.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "nats ingress ended with an error"),
-                    Err(e) => tracing::error!(error = %e, "nats ingress task failed"),
+                match tokio::time::timeout(deadline.remaining(), i).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => tracing::error!(error = %e, "nats ingress ended with an error"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "nats ingress task failed"),
+                    Err(_) => tracing::warn!("nats intake did not stop before the shutdown deadline"),
                 }
             }
         })

@@ -68,11 +68,17 @@ impl Handler<Publish> for NatsSink {
                         }
                         .emit();
                     }
-                    Err(err) => PublishFailed {
-                        sink: "nats",
-                        error: &err.to_string(),
+                    Err(err) => {
+                        PublishFailed {
+                            sink: "nats",
+                            error: &err.to_string(),
+                        }
+                        .emit();
+                        // Not delivered: the input is given back where its transport can.
+                        if let Some(a) = &e.ack {
+                            a.fail();
+                        }
                     }
-                    .emit(),
                 }
                 drop(e);
             }
