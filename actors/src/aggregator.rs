@@ -77,8 +77,12 @@ impl AggregatorConfig {
             if !known_models.iter().any(|k| k == m) {
                 p.push(format!("{prefix}.weights names unknown model {m:?}"));
             }
-            if !(w.is_finite() && *w >= 0.0) {
-                p.push(format!("{prefix}.weights.{m} must be finite and >= 0, got {w}"));
+            // Weights are applied in f32: one that overflows it would make every mean NaN.
+            if !(w.is_finite() && *w >= 0.0 && *w <= f32::MAX as f64) {
+                p.push(format!(
+                    "{prefix}.weights.{m} must be finite, >= 0 and at most {:e}, got {w}",
+                    f32::MAX
+                ));
             }
         }
         if self.deadline_ms == 0 || self.deadline_ms > 600_000 {
@@ -526,6 +530,15 @@ mod tests {
         let id = event_id(&k, 7);
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "8", "version 8");
+    }
+
+    #[test]
+    fn test_a_weight_that_overflows_f32_is_refused() {
+        let mut s = AggregatorConfig::default();
+        s.weights.insert("a".into(), 1e300);
+        let p = s.problems("aggregator", &["a".into()]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("aggregator.weights.a"), "{p:?}");
     }
 
     #[test]

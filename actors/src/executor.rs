@@ -389,13 +389,29 @@ fn run(
         let us = took.as_micros().min(u32::MAX as u128) as u32;
         match result {
             Ok(Ok(out)) if out.len() == n * classes => {
-                observer.on_batch(model, n, took, true);
+                let mut all_valid = true;
                 for (job, p) in accepted.into_iter().zip(out.chunks_exact(classes)) {
-                    let _ = job.reply.send(Ok(RowOutput {
-                        probabilities: p.to_vec(),
-                        inference_us: us,
-                        batch_size: n as u32,
-                    }));
+                    // A NaN would become a SHORT signal with confidence -inf downstream: an
+                    // answer that is not a distribution is the model's fault, never published.
+                    let reply = match output_problem(p) {
+                        None => Ok(RowOutput {
+                            probabilities: p.to_vec(),
+                            inference_us: us,
+                            batch_size: n as u32,
+                        }),
+                        Some(why) => {
+                            all_valid = false;
+                            Err(ExecError::Model(ModelError {
+                                code: "invalid_output",
+                                message: format!("{why}: {p:?}"),
+                            }))
+                        }
+                    };
+                    let _ = job.reply.send(reply);
+                }
+                observer.on_batch(model, n, took, all_valid);
+                if !all_valid {
+                    set_error("the model answered with a value that is not a probability distribution");
                 }
             }
             Ok(Ok(out)) => {
@@ -433,6 +449,22 @@ fn run(
             }
         }
     }
+}
+
+/// Why a row of outputs is not a probability distribution, if it is not: every value finite
+/// and in [0, 1] (a little rounding allowed), summing to 1 within 1e-3.
+fn output_problem(p: &[f32]) -> Option<&'static str> {
+    if p.iter().any(|v| !v.is_finite()) {
+        return Some("non-finite probability");
+    }
+    if p.iter().any(|&v| !(-1e-6..=1.0 + 1e-6).contains(&v)) {
+        return Some("probability outside [0, 1]");
+    }
+    let sum: f32 = p.iter().sum();
+    if (sum - 1.0).abs() > 1e-3 {
+        return Some("probabilities do not sum to 1");
+    }
+    None
 }
 
 /// Rows an executor should expect during its wait before it sleeps for company.
@@ -504,6 +536,9 @@ pub(crate) mod tests {
     pub const PANIC: f32 = -666.0;
     /// A row whose pass takes 50 ms (the executor is busy meanwhile).
     pub const SLOW: f32 = -555.0;
+    /// A row answered with NaN probabilities; and one whose answer is not a distribution.
+    pub const NAN_OUT: f32 = -444.0;
+    pub const NOT_DIST: f32 = -333.0;
 
     impl InferenceBackend for SumModel {
         fn row_len(&self) -> usize {
@@ -536,6 +571,14 @@ pub(crate) mod tests {
                 }
                 if r[0] == SLOW {
                     std::thread::sleep(Duration::from_millis(50));
+                }
+                if r[0] == NAN_OUT {
+                    out.extend_from_slice(&[f32::NAN, 0.5, 0.5]);
+                    continue;
+                }
+                if r[0] == NOT_DIST {
+                    out.extend_from_slice(&[0.9, 0.9, 0.9]);
+                    continue;
                 }
                 let s: f32 = r.iter().sum();
                 let p = 1.0 / (1.0 + (-s).exp());
@@ -651,6 +694,28 @@ pub(crate) mod tests {
         assert!(matches!(e, ExecError::Model(_)));
         assert!(!h.is_down(), "a model error does not kill the executor");
         assert!(h.infer(vec![0.0, 0.0]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn test_a_non_finite_or_non_distribution_output_is_a_model_fault_not_an_answer() {
+        let (h, ready) = spawn(
+            "m",
+            factory(2),
+            ExecutorConfig {
+                max_batch: 8,
+                max_delay_us: 0,
+                queue_capacity: 64,
+            },
+            Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
+        );
+        ready.await.unwrap().unwrap();
+        let e = h.infer(vec![NAN_OUT, 0.0]).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_output", "{e:?}");
+        assert!(e.is_model_fault());
+        let e = h.infer(vec![NOT_DIST, 0.0]).await.unwrap_err();
+        assert_eq!(e.code(), "invalid_output", "{e:?}");
+        assert!(h.infer(vec![0.5, 0.0]).await.is_ok(), "the executor goes on");
     }
 
     #[tokio::test]
