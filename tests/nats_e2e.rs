@@ -337,7 +337,7 @@ fn test_a_batch_of_many_bad_vectors_is_one_dead_letter_and_its_good_vectors_go_o
         })
     };
     let empty = stamp(pb::FeatureVector {
-        symbol: "ZZZ".into(),
+        symbol: "GOOD".into(),
         timeframe: "1m".into(),
         sequence: 1,
         feature_set: "ta-v1".into(),

@@ -27,6 +27,20 @@ pub enum Reject {
     UnknownTimeframe(String),
     #[error("vector timeframe {vector:?} does not match subject timeframe {subject:?}")]
     TimeframeMismatch { subject: String, vector: String },
+    #[error("vector symbol {vector:?} does not match subject symbol {subject:?}")]
+    SymbolMismatch { subject: String, vector: String },
+    #[error("{field} is {len} bytes, the most is {max}")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} {value:?} holds '.', '*', '>', whitespace or a control character")]
+    InvalidToken { field: &'static str, value: String },
+    #[error("event time {0} ms is before 1970")]
+    InvalidEventTime(i64),
+    #[error("sequence {0} is above 2^53 (it would not round-trip through JSON and would silence its stream)")]
+    InvalidSequence(u64),
     #[error("feature set {0:?} is unknown")]
     UnknownFeatureSet(String),
     #[error("feature set {set} has {expected} values, got {got}")]
@@ -64,6 +78,11 @@ reject_codes! {
     InvalidField => "invalid_field",
     UnknownTimeframe => "unknown_timeframe",
     TimeframeMismatch => "timeframe_mismatch",
+    SymbolMismatch => "symbol_mismatch",
+    FieldTooLong => "field_too_long",
+    InvalidToken => "invalid_token",
+    InvalidEventTime => "invalid_event_time",
+    InvalidSequence => "invalid_sequence",
     UnknownFeatureSet => "unknown_feature_set",
     WrongFeatureCount => "wrong_feature_count",
     NonFinite => "non_finite_value",
@@ -85,6 +104,11 @@ impl Reject {
             Reject::InvalidField(_) => RejectCode::InvalidField,
             Reject::UnknownTimeframe(_) => RejectCode::UnknownTimeframe,
             Reject::TimeframeMismatch { .. } => RejectCode::TimeframeMismatch,
+            Reject::SymbolMismatch { .. } => RejectCode::SymbolMismatch,
+            Reject::FieldTooLong { .. } => RejectCode::FieldTooLong,
+            Reject::InvalidToken { .. } => RejectCode::InvalidToken,
+            Reject::InvalidEventTime(_) => RejectCode::InvalidEventTime,
+            Reject::InvalidSequence(_) => RejectCode::InvalidSequence,
             Reject::UnknownFeatureSet(_) => RejectCode::UnknownFeatureSet,
             Reject::WrongFeatureCount { .. } => RejectCode::WrongFeatureCount,
             Reject::NonFinite { .. } => RejectCode::NonFinite,
@@ -127,6 +151,15 @@ pub struct Decoded {
     pub vectors: Vec<Vector>,
     pub refusal: Option<Refusal>,
 }
+
+/// Longest symbol, in bytes.
+pub const MAX_SYMBOL: usize = 64;
+/// Longest timeframe, feature-set name or exchange, in bytes.
+pub const MAX_TOKEN: usize = 32;
+/// Longest correlation id, in bytes.
+pub const MAX_CORRELATION_ID: usize = 256;
+/// Highest sequence: 2^53, the largest integer every JSON consumer reads exactly.
+pub const MAX_SEQUENCE: u64 = 1 << 53;
 
 /// Indices of refused vectors kept per message (the dead letter's headers stay small).
 pub const MAX_INDICES: usize = 10;
@@ -242,12 +275,13 @@ impl Validator {
         self
     }
 
-    /// Decodes one message and checks each vector. `subject_timeframe`: the timeframe named by
-    /// the subject it arrived on, when the transport has one.
+    /// Decodes one message and checks each vector. `subject`: what the subject it arrived on
+    /// names after the prefix, `<timeframe>[.<symbol>]`, when the transport has subjects; a
+    /// vector must match it.
     pub fn decode(
         &self,
         payload: &[u8],
-        subject_timeframe: Option<&str>,
+        subject: Option<&str>,
         transport: Transport,
         now_ms: i64,
     ) -> Decoded {
@@ -268,8 +302,12 @@ impl Validator {
         if total == 0 {
             out.refusal = Some(Refusal::new(Reject::InvalidField("vectors"), None, 0));
         }
+        let subject = subject.map(|s| match s.split_once('.') {
+            Some((tf, symbol)) => (tf, Some(symbol)),
+            None => (s, None),
+        });
         for (i, v) in batch.vectors.into_iter().enumerate() {
-            match self.check(v, subject_timeframe, transport, now_ms) {
+            match self.check(v, subject, transport, now_ms) {
                 Ok(v) => out.vectors.push(v),
                 Err(r) => Refusal::add(&mut out.refusal, r, i, total),
             }
@@ -280,7 +318,7 @@ impl Validator {
     fn check(
         &self,
         v: pb::FeatureVector,
-        subject_tf: Option<&str>,
+        subject: Option<(&str, Option<&str>)>,
         transport: Transport,
         now_ms: i64,
     ) -> Result<Vector, Reject> {
@@ -290,13 +328,55 @@ impl Validator {
         if v.timeframe.is_empty() {
             return Err(Reject::InvalidField("timeframe"));
         }
-        if let Some(s) = subject_tf
-            && s != v.timeframe
-        {
-            return Err(Reject::TimeframeMismatch {
-                subject: s.to_string(),
-                vector: v.timeframe,
-            });
+        // Identities become subject tokens, metric-free log fields and map keys: bounded and
+        // subject-safe (a 10 KB symbol made a prediction subject the server refused, closing
+        // the connection).
+        for (field, value, max) in [
+            ("symbol", &v.symbol, MAX_SYMBOL),
+            ("timeframe", &v.timeframe, MAX_TOKEN),
+            ("feature_set", &v.feature_set, MAX_TOKEN),
+            ("exchange", &v.exchange, MAX_TOKEN),
+            ("correlation_id", &v.correlation_id, MAX_CORRELATION_ID),
+        ] {
+            if value.len() > max {
+                return Err(Reject::FieldTooLong {
+                    field,
+                    len: value.len(),
+                    max,
+                });
+            }
+            let token = field != "correlation_id";
+            if value
+                .chars()
+                .any(|c| c.is_control() || (token && (c == '.' || c == '*' || c == '>' || c.is_whitespace())))
+            {
+                return Err(Reject::InvalidToken {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        if let Some((tf, symbol)) = subject {
+            if tf != v.timeframe {
+                return Err(Reject::TimeframeMismatch {
+                    subject: tf.to_string(),
+                    vector: v.timeframe,
+                });
+            }
+            if let Some(s) = symbol
+                && s != v.symbol
+            {
+                return Err(Reject::SymbolMismatch {
+                    subject: s.to_string(),
+                    vector: v.symbol,
+                });
+            }
+        }
+        if v.event_time_ms < 0 {
+            return Err(Reject::InvalidEventTime(v.event_time_ms));
+        }
+        if v.sequence > MAX_SEQUENCE {
+            return Err(Reject::InvalidSequence(v.sequence));
         }
         if !self.timeframes.contains(&v.timeframe) {
             return Err(Reject::UnknownTimeframe(v.timeframe));
@@ -315,7 +395,7 @@ impl Validator {
             return Err(Reject::NonFinite { index, value });
         }
         if self.max_age_ms > 0 {
-            let age_ms = now_ms - v.event_time_ms;
+            let age_ms = now_ms.saturating_sub(v.event_time_ms);
             if age_ms > self.max_age_ms as i64 {
                 return Err(Reject::Stale {
                     age_ms,
@@ -482,6 +562,32 @@ mod tests {
         let mut v = fv(vec![0.1, 0.2, 0.3]);
         v.symbol = String::new();
         assert_eq!(one(v, None).unwrap_err().code(), "invalid_field");
+    }
+
+    #[test]
+    fn test_hostile_identities_get_their_own_codes_and_never_overflow() {
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.symbol = "A".repeat(10_000);
+        assert_eq!(one(v, None).unwrap_err().code(), "field_too_long");
+        for bad in ["A.B", "A*", "A>", "A B", "A\u{0}"] {
+            let mut v = fv(vec![0.1, 0.2, 0.3]);
+            v.symbol = bad.into();
+            assert_eq!(one(v, None).unwrap_err().code(), "invalid_token", "{bad:?}");
+        }
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.event_time_ms = i64::MIN;
+        assert_eq!(one(v, None).unwrap_err().code(), "invalid_event_time");
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.sequence = u64::MAX;
+        assert_eq!(one(v, None).unwrap_err().code(), "invalid_sequence");
+        assert_eq!(
+            one(fv(vec![0.1, 0.2, 0.3]), Some("1m.MSFT")).unwrap_err().code(),
+            "symbol_mismatch"
+        );
+        assert!(one(fv(vec![0.1, 0.2, 0.3]), Some("1m.AAPL")).is_ok());
+        let mut v = fv(vec![0.1, 0.2, 0.3]);
+        v.correlation_id = "order 42 / desk A".into();
+        assert!(one(v, None).is_ok(), "a correlation id may hold spaces");
     }
 
     #[test]

@@ -49,8 +49,9 @@ pub struct Incoming<'a> {
     pub key: Option<Bytes>,
     /// The subject or topic.
     pub source: &'a str,
-    /// The timeframe the subject names, when the transport's subjects name one.
-    pub subject_timeframe: Option<&'a str>,
+    /// What the subject names after the prefix, `<timeframe>.<symbol>`, when the transport's
+    /// subjects name them: every vector of the message must match.
+    pub subject_names: Option<&'a str>,
     pub position: Option<(i32, i64)>,
     /// Completion of this message (at-least-once transports).
     pub ack: Option<Ack>,
@@ -115,7 +116,7 @@ impl Intake {
         } else {
             &self.history
         };
-        let decoded = validator.decode(&m.payload, m.subject_timeframe, transport, now_ms);
+        let decoded = validator.decode(&m.payload, m.subject_names, transport, now_ms);
         on_valid(&decoded.vectors);
         let stats = &self.pipeline.stats;
         // One dead letter per message, the payload once, however many vectors were refused.

@@ -239,7 +239,7 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                     continue;
                 }
                 let subject = msg.subject.as_str();
-                let tf = subject.get(prefix_len..).and_then(|s| s.split('.').next());
+                let names = subject.get(prefix_len..);
                 let ack = Ack(Arc::new(AckOnDrop {
                     acker: Some(acker),
                     sequence,
@@ -251,7 +251,7 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                     payload: msg.payload.clone(),
                     key: None,
                     source: subject,
-                    subject_timeframe: tf,
+                    subject_names: names,
                     position: Some((0, sequence as i64)),
                     ack: Some(ack),
                     // The stream's history is not stale: a backlog kept while the service was

@@ -82,7 +82,7 @@ pub async fn run(
                         payload,
                         key,
                         source: &topic,
-                        subject_timeframe: None,
+                        subject_names: None,
                         position: Some((partition, offset)),
                         ack: Some(ack),
                         check_age: true,

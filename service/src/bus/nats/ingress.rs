@@ -39,12 +39,12 @@ pub async fn run(
             msg = all.next() => {
                 let Some(msg) = msg else { break };
                 let subject = msg.subject.as_str();
-                let tf = subject.get(prefix_len..).and_then(|s| s.split('.').next());
+                let names = subject.get(prefix_len..);
                 let incoming = Incoming {
                     payload: msg.payload.clone(),
                     key: None,
                     source: subject,
-                    subject_timeframe: tf,
+                    subject_names: names,
                     position: None,
                     ack: None,
                     check_age: true,
