@@ -1,9 +1,14 @@
 //! The edge: protobuf in, checked domain vectors out (and back to protobuf for predictions).
 //!
-//! Validation, each failure with a short stable code (the dead-letter reason):
-//! `decode_error` (not a FeatureVectorBatch), `invalid_field` (empty symbol or timeframe),
-//! `unknown_timeframe`, `timeframe_mismatch` (vector vs subject), `unknown_feature_set`,
-//! `wrong_feature_count`, `non_finite_value`, `stale` (event time older than the maximum age).
+//! Validation, each failure with a short stable code (the dead-letter reason; the list is
+//! [`RejectCode::ALL`]): `decode_error` (not a FeatureVectorBatch), `invalid_field` (empty
+//! symbol or timeframe, or no vectors), `field_too_long` and `invalid_token` (identities are
+//! bounded, subject-safe tokens), `timeframe_mismatch` and `symbol_mismatch` (vector vs
+//! subject), `invalid_event_time` (before 1970), `invalid_sequence` (above 2^53),
+//! `unknown_timeframe`, `unknown_feature_set`, `wrong_feature_count`, `non_finite_value`,
+//! `stale` (event time older than the maximum age). A message becomes at most one dead
+//! letter, whatever it held ([`Refusal`]: the first reason, counts per reason, the first
+//! indices).
 //! A repeated or older sequence is not an invalid message (it is what at-least-once delivery
 //! and a second transport produce): the router drops and counts it, it is not dead-lettered.
 use std::collections::HashMap;
