@@ -1,5 +1,5 @@
 //! Bad models and bad inputs: each gives its own clear error, never a panic.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::path::{Path, PathBuf};
 
 use augur_runtime::{DeviceSpec, InputError, Model, RuntimeError};
@@ -180,4 +180,19 @@ fn test_cuda_asked_for_without_a_gpu_is_device_unavailable() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cnn-pattern/1");
     let err = Model::load(&dir, DeviceSpec::Cuda(0)).unwrap_err();
     assert!(matches!(err, RuntimeError::DeviceUnavailable(_)), "{err}");
+}
+
+#[test]
+fn test_a_served_timeframe_no_model_serves_fails_at_start_up() {
+    let mut cfg = augur_service::config::Config::default();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    cfg.service.models_dir = models.clone();
+    cfg.service.feature_sets_dir = models.join("feature_sets");
+    cfg.validation.timeframes = vec!["1m".into(), "7m".into()];
+    let built = actix_rt::System::new().block_on(augur_service::service::build_pipeline(&cfg, vec![]));
+    let err = match built {
+        Ok(_) => panic!("a timeframe no model serves was accepted: its vectors would be dropped in silence"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("\"7m\"") && err.contains("no model serves"), "{err}");
 }

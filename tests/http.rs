@@ -279,6 +279,7 @@ async fn test_predict_json_and_protobuf_agree_with_replay() {
         &app,
         test::TestRequest::post()
             .uri("/api/v1/predict")
+            .insert_header(("content-type", "application/json"))
             .set_payload(short)
             .to_request(),
     )
@@ -288,6 +289,7 @@ async fn test_predict_json_and_protobuf_agree_with_replay() {
         &app,
         test::TestRequest::post()
             .uri("/api/v1/predict")
+            .insert_header(("content-type", "application/json"))
             .set_payload(r#"{"windows": [[[1.0, 2.0]]]}"#)
             .to_request(),
     )
@@ -303,4 +305,72 @@ async fn test_predict_json_and_protobuf_agree_with_replay() {
     )
     .await;
     assert_eq!(r.status(), 400);
+}
+
+fn window_body() -> String {
+    let aapl: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(40)
+        .collect();
+    let windows: Vec<Vec<Vec<f32>>> = vec![aapl.iter().map(|v| v.values.clone()).collect()];
+    json!({ "windows": windows }).to_string()
+}
+
+#[actix_web::test]
+async fn test_predict_spends_model_time_only_with_the_token_when_one_is_set() {
+    let st = state("s3cret").await;
+    let app = app!(st);
+    let post = |auth: Option<&str>| {
+        let mut r = test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(window_body());
+        if let Some(t) = auth {
+            r = r.insert_header(("authorization", format!("Bearer {t}")));
+        }
+        r.to_request()
+    };
+    assert_eq!(test::call_service(&app, post(None)).await.status(), 401);
+    assert_eq!(test::call_service(&app, post(Some("wrong"))).await.status(), 401);
+    assert_eq!(test::call_service(&app, post(Some("s3cret"))).await.status(), 200);
+}
+
+#[actix_web::test]
+async fn test_a_cross_site_text_plain_post_is_not_taken_as_json() {
+    let st = state("").await;
+    let app = app!(st);
+    let r = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/api/v1/predict")
+            .insert_header(("content-type", "text/plain"))
+            .set_payload(window_body())
+            .to_request(),
+    )
+    .await;
+    assert_eq!(r.status(), 415, "only application/json or protobuf");
+}
+
+#[actix_web::test]
+async fn test_credentials_inside_urls_are_masked_in_the_config_view() {
+    let mut cfg = common::config("nats://augur:hunter2@127.0.0.1:4222");
+    cfg.jetstream.url = "tls://svc:pa55@broker.internal:4222".into();
+    let pipeline = augur_service::service::build_pipeline(&cfg, vec![])
+        .await
+        .unwrap();
+    let st = AppState {
+        pipeline,
+        config: Arc::new(RwLock::new(cfg)),
+        metrics: augur_service::telemetry::install(),
+        started: Instant::now(),
+        buses: Vec::new(),
+    };
+    let app = app!(st);
+    let r = test::call_service(&app, test::TestRequest::get().uri("/api/v1/config").to_request()).await;
+    let text = String::from_utf8(test::read_body(r).await.to_vec()).unwrap();
+    assert!(!text.contains("hunter2") && !text.contains("pa55"), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["nats"]["url"], "nats://***@127.0.0.1:4222");
+    assert_eq!(v["jetstream"]["url"], "tls://***@broker.internal:4222");
 }

@@ -10,7 +10,7 @@
 //! | `GET /api/v1/config` | the effective config, secrets masked |
 //! | `PATCH /api/v1/config` | the run-time part (aggregator, breaker, executor batching, models enabled/reset); all or nothing; bearer token when one is set |
 //! | `GET /api/v1/models` | per model: id, version, kind, timeframes, device, state, circuit, calls, failures, latency quantiles |
-//! | `POST /api/v1/predict` | synchronous prediction for feature windows, JSON or protobuf |
+//! | `POST /api/v1/predict` | synchronous prediction for feature windows, JSON or protobuf (by content type); bearer token when one is set |
 //! | `GET /metrics` | Prometheus text |
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -239,14 +239,33 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
+/// The config as shown: the token masked, and the credentials of every URL
+/// (`scheme://user:pass@host` -> `scheme://***@host`).
 fn masked(c: &Config) -> Value {
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    mask_url_credentials(&mut v);
     if let Some(tok) = v.pointer_mut("/http/token")
         && tok.as_str().is_some_and(|s| !s.is_empty())
     {
         *tok = Value::String("***".into());
     }
     v
+}
+
+fn mask_url_credentials(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let Some((scheme, rest)) = s.split_once("://")
+                && let Some((_, host)) = rest.split_once('@')
+                && !rest[..rest.len() - host.len() - 1].contains('/')
+            {
+                *s = format!("{scheme}://***@{host}");
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(mask_url_credentials),
+        Value::Object(o) => o.values_mut().for_each(mask_url_credentials),
+        _ => {}
+    }
 }
 
 async fn get_config(s: web::Data<AppState>) -> HttpResponse {
@@ -278,8 +297,22 @@ fn authorized(req: &HttpRequest, s: &AppState) -> Result<(), Box<HttpResponse>> 
     }
 }
 
+/// Compares keyed hashes (SipHash with this process's random keys) of both sides in constant
+/// time: neither the position of the first difference nor the token's length shows in the
+/// time taken.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(std::collections::hash_map::RandomState::new);
+    let digest = |x: &[u8], salt: u8| {
+        let mut h = keys.build_hasher();
+        h.write_u8(salt);
+        h.write(x);
+        h.finish()
+    };
+    // Two independent 64-bit digests: a false match needs a 128-bit collision.
+    let (a1, a2, b1, b2) = (digest(a, 1), digest(a, 2), digest(b, 1), digest(b, 2));
+    ((a1 ^ b1) | (a2 ^ b2)) == 0
 }
 
 /// The part of the config that may change at run time.
@@ -522,6 +555,27 @@ fn check_window(window: &[Vec<f32>], features: usize, w: usize, out: &mut Vec<St
 }
 
 async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    // Predict spends model time: with a token set, it needs it too.
+    if let Err(r) = authorized(&req, &s) {
+        return *r;
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let json = content_type.starts_with("application/json");
+    let proto = content_type.starts_with("application/x-protobuf")
+        || content_type.starts_with("application/protobuf");
+    if !json && !proto {
+        // A browser's cross-site form post (text/plain) must not be taken as JSON.
+        return problems(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            vec![format!(
+                "content-type {content_type:?}: send application/json or application/x-protobuf"
+            )],
+        );
+    }
     let settings = s
         .pipeline
         .aggregator_config
@@ -529,12 +583,7 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
         .map(|g| g.clone())
         .unwrap_or_default();
     let features = s.pipeline.gates.first().map(|g| g.info.features).unwrap_or(0);
-    let is_proto = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/x-protobuf") || c.starts_with("application/protobuf"));
-    if is_proto {
+    if proto {
         // One window: the vectors of a FeatureVectorBatch, oldest first; answers an EnsemblePrediction.
         let batch = match pb::FeatureVectorBatch::decode(body.as_ref()) {
             Ok(b) => b,

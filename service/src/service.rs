@@ -106,6 +106,16 @@ pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
+    // A served timeframe with no member would take vectors in and drop them in silence.
+    if problems.is_empty() {
+        for tf in &cfg.validation.timeframes {
+            if !members.iter().any(|m: &ModelSpec| m.info.timeframes.contains(tf)) {
+                problems.push(format!(
+                    "validation.timeframes: {tf:?} is served, but no model serves it (their manifests' timeframes)"
+                ));
+            }
+        }
+    }
     if !problems.is_empty() {
         anyhow::bail!("models failed to load:\n  - {}", problems.join("\n  - "));
     }
