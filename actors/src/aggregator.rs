@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::Admission;
 use crate::clock::{Clock, unix_ns};
-use crate::events::{CallFailed, DeadlineMissed, EventWarming, EventWithoutMembers, Predicted};
+use crate::events::{CallFailed, DeadlineMissed, EventEvicted, EventWarming, EventWithoutMembers, Predicted};
 use crate::gate::ModelGate;
-use crate::messages::{EventMeta, MemberDone, MemberStatus, Publish, StartEvent};
+use crate::messages::{EventMeta, MemberDone, MemberStatus, Publish, StartEvent, Stop};
 use crate::telemetry::PipelineStats;
 use crate::types::{Ensemble, MemberPrediction, StreamKey, argmax};
 
@@ -458,6 +458,19 @@ impl Handler<StartEvent> for Aggregator {
             ctx.cancel_future(old.timer);
             self.stats.emit(EventWithoutMembers);
         }
+    }
+}
+
+/// Evicted: the pending events end without a prediction (counted), and the aggregator stops.
+impl Handler<Stop> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        for (_, p) in self.pending.drain() {
+            ctx.cancel_future(p.timer);
+            self.stats.emit(EventEvicted);
+        }
+        ctx.stop();
     }
 }
 

@@ -107,21 +107,31 @@ impl Event for StaleSequence {
     }
 }
 
-/// A vector of a new stream refused by the stream cap.
-pub struct StreamRefused<'a> {
+/// The least recently active stream was dropped to make room for a new one at the cap.
+pub struct StreamEvicted<'a> {
     pub stream: &'a StreamKey,
     pub max_streams: usize,
 }
 
-impl Event for StreamRefused<'_> {
+impl Event for StreamEvicted<'_> {
     fn emit(self, stats: &PipelineStats) {
-        let n = stats.streams_refused.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::counter!(t::STREAMS_REFUSED).increment(1);
+        let n = stats.streams_evicted.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!(t::STREAMS_EVICTED).increment(1);
         // Logged with a stride (1, 2, 4, 8, ...) so that a flood of new streams cannot flood
         // the log.
         if n.is_power_of_two() {
-            tracing::warn!(stream = %self.stream, max_streams = self.max_streams, refused = n, "stream cap reached; vector refused");
+            tracing::warn!(stream = %self.stream, max_streams = self.max_streams, evicted = n, "stream cap reached; least recently active stream evicted");
         }
+    }
+}
+
+/// An event still pending when its stream was evicted: ended without a prediction.
+pub struct EventEvicted;
+
+impl Event for EventEvicted {
+    fn emit(self, stats: &PipelineStats) {
+        metrics::counter!(t::EVENTS_DROPPED, "reason" => "evicted").increment(1);
+        stats.finish_event();
     }
 }
 

@@ -79,7 +79,8 @@ pub struct RestartModel {
     pub model: usize,
 }
 
-/// Stops a model actor.
+/// Stops a model actor, or an evicted stream's aggregator (which first ends its pending
+/// events, counted).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Stop;

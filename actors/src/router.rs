@@ -2,7 +2,6 @@
 //! that serves the timeframe, spawned on first sight, and tells the stream's aggregator an
 //! event is coming. It also drops repeated or older sequences (counted): a stream's state
 //! lives here, in one process.
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -11,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregator::{Aggregator, AggregatorConfig, Stacker};
 use crate::clock::Clock;
 use crate::events::{
-    ActiveStreams, Duplicate, EventStarted, MailboxFull, StaleSequence, StreamRefused, VectorRouted,
+    ActiveStreams, Duplicate, EventStarted, MailboxFull, StaleSequence, StreamEvicted, VectorRouted,
 };
 use crate::gate::ModelGate;
 use crate::messages::{
@@ -26,7 +25,9 @@ use crate::types::{StreamKey, Vector};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
-    /// Most (symbol, timeframe) streams; vectors of further streams are refused (counted).
+    /// Most (symbol, timeframe) streams kept; a new stream beyond it evicts the least recently
+    /// active one (counted; its window is rebuilt if it comes back), so that a flood of new
+    /// symbols cannot lock out a real one.
     pub max_streams: usize,
     /// Mailbox capacity of each model actor; a full mailbox drops that member for the event.
     pub model_mailbox: usize,
@@ -77,7 +78,8 @@ pub struct Router {
     stacker: Option<Stacker>,
     publishers: Arc<[Recipient<Publish>]>,
     supervisor: Recipient<ModelFailed>,
-    streams: HashMap<StreamKey, Stream>,
+    /// Every stream's state, least recently active first out.
+    streams: lru::LruCache<StreamKey, Stream>,
     /// Recently seen (stream, sequence): drops the same vector arriving again.
     seen: lru::LruCache<(StreamKey, u64), ()>,
     stats: Arc<PipelineStats>,
@@ -106,7 +108,7 @@ impl Router {
             stacker,
             publishers,
             supervisor,
-            streams: HashMap::new(),
+            streams: lru::LruCache::unbounded(),
             stats,
             clock,
         }
@@ -120,13 +122,20 @@ impl Router {
             });
             return;
         }
-        if !self.streams.contains_key(&v.key) {
-            if self.streams.len() >= self.cfg.max_streams {
-                self.stats.emit(StreamRefused {
-                    stream: &v.key,
+        if !self.streams.contains(&v.key) {
+            while self.streams.len() >= self.cfg.max_streams {
+                let Some((key, old)) = self.streams.pop_lru() else {
+                    break;
+                };
+                // Its actors stop; its aggregator ends its pending events (counted) and stops.
+                for a in old.actors.into_iter().flatten() {
+                    a.do_send(Stop);
+                }
+                old.aggregator.do_send(Stop);
+                self.stats.emit(StreamEvicted {
+                    stream: &key,
                     max_streams: self.cfg.max_streams,
                 });
-                return;
             }
             let members: Vec<usize> = self
                 .gates
@@ -146,7 +155,7 @@ impl Router {
             )
             .start();
             let actors = vec![None; members.len()];
-            self.streams.insert(
+            self.streams.put(
                 v.key.clone(),
                 Stream {
                     last_sequence: None,
@@ -240,7 +249,7 @@ impl Handler<RestartModel> for Router {
     type Result = ();
 
     fn handle(&mut self, m: RestartModel, _: &mut Context<Self>) {
-        for s in self.streams.values_mut() {
+        for (_, s) in self.streams.iter_mut() {
             for (slot, &model) in s.members.iter().enumerate() {
                 if model == m.model
                     && let Some(a) = s.actors[slot].take()

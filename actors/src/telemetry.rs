@@ -34,6 +34,7 @@ pub const MODEL_CALLS: &str = "augur_model_calls_total";
 pub const EXECUTOR_QUEUE_DEPTH: &str = "augur_executor_queue_depth";
 pub const ACTIVE_STREAMS: &str = "augur_active_streams";
 pub const STREAMS_REFUSED: &str = "augur_streams_refused_total";
+pub const STREAMS_EVICTED: &str = "augur_streams_evicted_total";
 pub const MAILBOX_FULL: &str = "augur_mailbox_full_total";
 pub const NATS_SLOW_CONSUMER: &str = "augur_nats_slow_consumer_drops_total";
 pub const BUS_CONNECTED: &str = "augur_bus_connected";
@@ -110,7 +111,11 @@ pub fn describe() {
     describe_gauge!(ACTIVE_STREAMS, "(symbol, timeframe) streams with live actors");
     describe_counter!(
         STREAMS_REFUSED,
-        "Vectors of new streams refused by the stream cap"
+        "Vectors of new streams refused by the stream cap (0 since streams are evicted instead)"
+    );
+    describe_counter!(
+        STREAMS_EVICTED,
+        "Least recently active streams evicted to make room for new ones at the stream cap"
     );
     describe_counter!(
         MAILBOX_FULL,
@@ -195,6 +200,8 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
     counter!(EVENTS_WARMING).increment(0);
     counter!(EVENTS_DROPPED, "reason" => "no_members").increment(0);
     counter!(STREAMS_REFUSED).increment(0);
+    counter!(STREAMS_EVICTED).increment(0);
+    counter!(EVENTS_DROPPED, "reason" => "evicted").increment(0);
     counter!(NATS_SLOW_CONSUMER).increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "nats").increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "nats_dlq").increment(0);
@@ -215,6 +222,8 @@ pub struct PipelineStats {
     pub stale_sequence: AtomicU64,
     pub duplicates: AtomicU64,
     pub streams_refused: AtomicU64,
+    /// Least recently active streams dropped to make room at the cap.
+    pub streams_evicted: AtomicU64,
     pub deadline_misses: AtomicU64,
     pub no_members: AtomicU64,
     pub rejected_calls: AtomicU64,

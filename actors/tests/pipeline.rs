@@ -270,17 +270,42 @@ async fn test_repeated_or_older_sequences_are_dropped_and_counted() {
 }
 
 #[actix_rt::test]
-async fn test_stream_cap_refuses_new_streams_without_crashing() {
+async fn test_at_the_stream_cap_the_least_recently_active_stream_makes_room() {
     let (a, _) = spec("a", 1, &["1m"]);
     let mut cfg = config();
     cfg.router.max_streams = 2;
     let (p, out, _clock) = start(vec![a], cfg).await;
-    for sym in ["A", "B", "C", "D"] {
-        p.ingest(vec![vector(sym, "1m", 1, 0.1)]).await.unwrap();
+    // A, B; A again (B is now the least recent); C evicts B; B comes back and evicts A.
+    for (sym, seq) in [("A", 1), ("B", 1), ("A", 2), ("C", 1), ("B", 2)] {
+        p.ingest(vec![vector(sym, "1m", seq, 0.1)]).await.unwrap();
+        assert!(p.drain(Duration::from_secs(5)).await);
     }
-    assert!(p.drain(Duration::from_secs(5)).await);
-    assert_eq!(out.get().await.len(), 2);
-    assert_eq!(p.stats.streams_refused.load(Ordering::Relaxed), 2);
+    let got: Vec<(String, u64)> = out
+        .get()
+        .await
+        .iter()
+        .map(|e| (e.symbol.to_string(), e.sequence))
+        .collect();
+    assert_eq!(got.len(), 5, "a new stream is never locked out: {got:?}");
+    assert_eq!(p.stats.streams_evicted.load(Ordering::Relaxed), 2);
+    assert_eq!(p.stats.active_streams.load(Ordering::Relaxed), 2);
+}
+
+#[actix_rt::test]
+async fn test_a_flood_of_one_vector_streams_cannot_lock_out_a_real_one() {
+    let (a, _) = spec("a", 1, &["1m"]);
+    let mut cfg = config();
+    cfg.router.max_streams = 100;
+    let (p, out, _clock) = start(vec![a], cfg).await;
+    for i in 0..1_000 {
+        p.ingest(vec![vector(&format!("RND{i}"), "1m", 1, 0.1)])
+            .await
+            .unwrap();
+    }
+    p.ingest(vec![vector("REAL", "1m", 1, 0.1)]).await.unwrap();
+    assert!(p.drain(Duration::from_secs(10)).await);
+    assert!(out.get().await.iter().any(|e| &*e.symbol == "REAL"));
+    assert_eq!(p.stats.active_streams.load(Ordering::Relaxed), 100);
 }
 
 async fn feed(p: &Pipeline, from: u64, to: u64) {
