@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::Admission;
 use crate::clock::{Clock, unix_ns};
-use crate::events::{CallFailed, DeadlineMissed, EventEvicted, EventWarming, EventWithoutMembers, Predicted};
+use crate::events::{
+    CallFailed, CallShed, DeadlineMissed, EventEvicted, EventWarming, EventWithoutMembers, Predicted,
+};
+use crate::executor::ExecError;
 use crate::gate::ModelGate;
 use crate::messages::{EventMeta, MemberDone, MemberStatus, Publish, StartEvent, Stop};
 use crate::telemetry::PipelineStats;
@@ -169,11 +172,15 @@ impl Stacker {
                 if e.is_model_fault() {
                     g.record(false, started.elapsed(), Some(&msg));
                 }
-                stats.emit(CallFailed {
-                    model: &g.info.id,
-                    code: e.code(),
-                    error: &msg,
-                });
+                if e == ExecError::QueueFull {
+                    stats.emit(CallShed { model: &g.info.id });
+                } else {
+                    stats.emit(CallFailed {
+                        model: &g.info.id,
+                        code: e.code(),
+                        error: &msg,
+                    });
+                }
                 Err(format!("{}: {msg}", g.info.id))
             }
         }

@@ -178,6 +178,20 @@ impl Event for CallRejected<'_> {
     }
 }
 
+/// A call refused by a full executor queue: load shed, not a model fault (no breaker, no
+/// supervisor).
+pub struct CallShed<'a> {
+    pub model: &'a str,
+}
+
+impl Event for CallShed<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        inc(&stats.shed_calls);
+        metrics::counter!(t::INFERENCE_ERRORS, "model" => self.model.to_string(), "code" => "queue_full")
+            .increment(1);
+    }
+}
+
 /// A model call failed.
 pub struct CallFailed<'a> {
     pub model: &'a str,
@@ -301,7 +315,7 @@ impl Event for CircuitTransition<'_> {
     }
 }
 
-/// The supervisor restarted a model (fresh actors; a fresh executor when it was down).
+/// The supervisor restarted a model (a fresh executor when it was down; windows kept).
 pub struct ModelRestarted<'a> {
     pub model: &'a str,
     pub reloaded: bool,
@@ -313,10 +327,10 @@ impl Event for ModelRestarted<'_> {
         if self.reloaded {
             tracing::warn!(
                 model = self.model,
-                "executor was down; restarted with the model reloaded and fresh actors"
+                "executor was down; restarted with the model reloaded"
             );
         } else {
-            tracing::info!(model = self.model, "restarting model actors with fresh state");
+            tracing::info!(model = self.model, "model restarted; probes decide whether its circuit closes");
         }
     }
 }

@@ -121,9 +121,10 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    /// Whether the model (not the caller's row) is at fault: counts against the breaker.
+    /// Whether the model (not the caller's row, not the load) is at fault: counts against
+    /// the breaker. A full queue is load shed under a burst from a healthy model.
     pub fn is_model_fault(&self) -> bool {
-        !matches!(self, ExecError::Input(_))
+        !matches!(self, ExecError::Input(_) | ExecError::QueueFull)
     }
 
     pub fn code(&self) -> &'static str {

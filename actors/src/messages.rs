@@ -71,14 +71,6 @@ pub struct ModelFailed {
     pub error: String,
 }
 
-/// The supervisor restarted a model: every stream drops that model's actor (fresh state on
-/// the next vector); new actors take the executor from the model's gate.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RestartModel {
-    pub model: usize,
-}
-
 /// Stops a model actor, or an evicted stream's aggregator (which first ends its pending
 /// events, counted).
 #[derive(Message)]

@@ -7,8 +7,8 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::breaker::Admission;
-use crate::events::CallFailed;
-use crate::executor::{ExecError, ExecutorHandle, RowOutput};
+use crate::events::{CallFailed, CallShed};
+use crate::executor::{ExecError, RowOutput};
 use crate::gate::ModelGate;
 use crate::messages::{MemberDone, MemberStatus, ModelFailed, Stop};
 use crate::telemetry::PipelineStats;
@@ -18,7 +18,6 @@ pub struct ModelActor {
     gate: Arc<ModelGate>,
     /// This model's position in the stream's member list (the aggregator's slot).
     member: usize,
-    executor: ExecutorHandle,
     aggregator: Recipient<MemberDone>,
     supervisor: Recipient<ModelFailed>,
     /// The last `window` vectors of the stream, oldest first.
@@ -28,7 +27,7 @@ pub struct ModelActor {
 }
 
 impl ModelActor {
-    /// A fresh actor; it calls the model's current executor (from its gate).
+    /// A fresh actor; each call goes to the model's current executor (from its gate).
     pub fn new(
         gate: Arc<ModelGate>,
         member: usize,
@@ -38,11 +37,9 @@ impl ModelActor {
         stats: Arc<PipelineStats>,
     ) -> Self {
         let window = VecDeque::with_capacity(gate.info.window);
-        let executor = gate.executor();
         ModelActor {
             gate,
             member,
-            executor,
             aggregator,
             supervisor,
             window,
@@ -100,6 +97,13 @@ impl Reporter {
                     out.inference_us,
                     out.batch_size,
                 ))
+            }
+            Err(ExecError::QueueFull) => {
+                // Shed under load: counted, the member misses this event, nobody is at fault.
+                self.stats.emit(CallShed {
+                    model: &self.gate.info.id,
+                });
+                MemberStatus::Failed("queue_full")
             }
             Err(e) => {
                 let error = e.to_string();
@@ -160,7 +164,8 @@ impl Handler<Vector> for ModelActor {
         let started = Instant::now();
         let reporter = self.reporter();
         let sequence = v.sequence;
-        match self.executor.submit(raw) {
+        // The model's current executor: a restart swaps it in the gate, the window stays.
+        match self.gate.executor().submit(raw) {
             Ok(rx) => {
                 actix::spawn(async move {
                     let res = rx.await.unwrap_or(Err(ExecError::Down));

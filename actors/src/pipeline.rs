@@ -154,7 +154,6 @@ impl Pipeline {
             .collect();
         supervisor_ctx.run(Supervisor::new(
             supervised,
-            router.clone().recipient(),
             executor_config.clone(),
             observer,
             clock,

@@ -14,8 +14,7 @@ use crate::events::{
 };
 use crate::gate::ModelGate;
 use crate::messages::{
-    EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publish, RestartModel, SetEnabled, StartEvent,
-    Stop,
+    EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publish, SetEnabled, StartEvent, Stop,
 };
 use crate::model_actor::ModelActor;
 use crate::telemetry::PipelineStats;
@@ -241,22 +240,6 @@ impl Handler<Ingest> for Router {
     fn handle(&mut self, Ingest(vs): Ingest, _: &mut Context<Self>) {
         for v in vs {
             self.route(v);
-        }
-    }
-}
-
-impl Handler<RestartModel> for Router {
-    type Result = ();
-
-    fn handle(&mut self, m: RestartModel, _: &mut Context<Self>) {
-        for (_, s) in self.streams.iter_mut() {
-            for (slot, &model) in s.members.iter().enumerate() {
-                if model == m.model
-                    && let Some(a) = s.actors[slot].take()
-                {
-                    a.do_send(Stop);
-                }
-            }
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Supervisor: watches every model (the members and the stacker: their actors and their
-//! executors) through the model's gate. When a circuit opens it waits out the backoff on the
-//! injected clock, then restarts the model: a fresh executor with the model reloaded when the
-//! old one died (swapped into the gate), and fresh model actors in every stream. The breaker
-//! then lets probes through (half-open). Too many restarts park the model as faulted until an
-//! operator resets it. A failing model never stops the others.
+//! Supervisor: watches every model (the members and the stacker) through the model's gate.
+//! When a circuit opens it waits out the backoff on the injected clock, then restarts the
+//! model: a fresh executor with the model reloaded when the old one died, swapped into the
+//! gate, where every model actor takes it from on its next call. The streams' windows are
+//! kept: they are the streams' features, not the model's state. The breaker then lets probes
+//! through (half-open). Too many restarts park the model as faulted until an operator resets
+//! it. A failing model never stops the others.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::clock::Clock;
 use crate::events::ModelRestarted;
 use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig};
 use crate::gate::ModelGate;
-use crate::messages::{CircuitChanged, ModelFailed, ResetModel, RestartModel};
+use crate::messages::{CircuitChanged, ModelFailed, ResetModel};
 use crate::telemetry::PipelineStats;
 
 pub struct SupervisedModel {
@@ -26,8 +27,6 @@ pub struct SupervisedModel {
 pub struct Supervisor {
     /// Members first (indexed like the gates), then the stacker, if any.
     models: Vec<SupervisedModel>,
-    /// Told to give a restarted model fresh actors.
-    router: Recipient<RestartModel>,
     /// The batching limits in force (a fresh executor starts with them).
     executor_config: Arc<std::sync::RwLock<ExecutorConfig>>,
     observer: Arc<dyn BatchObserver>,
@@ -40,7 +39,6 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         models: Vec<SupervisedModel>,
-        router: Recipient<RestartModel>,
         executor_config: Arc<std::sync::RwLock<ExecutorConfig>>,
         observer: Arc<dyn BatchObserver>,
         clock: Arc<dyn Clock>,
@@ -49,7 +47,6 @@ impl Supervisor {
         let n = models.len();
         Supervisor {
             models,
-            router,
             executor_config,
             observer,
             clock,
@@ -58,7 +55,7 @@ impl Supervisor {
         }
     }
 
-    /// A fresh executor when the old one is down; fresh actors in every stream. `restart`:
+    /// A fresh executor when the old one is down (the actors take it from the gate). `restart`:
     /// counted as a restart (an operator reset is not one).
     fn revive(&mut self, i: usize, restart: bool) {
         let Some(m) = self.models.get(i) else { return };
@@ -80,7 +77,6 @@ impl Supervisor {
                 reloaded,
             });
         }
-        self.router.do_send(RestartModel { model: m.gate.index });
     }
 
     fn restart(&mut self, i: usize) {

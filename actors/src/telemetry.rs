@@ -228,6 +228,8 @@ pub struct PipelineStats {
     pub no_members: AtomicU64,
     pub rejected_calls: AtomicU64,
     pub failed_calls: AtomicU64,
+    /// Calls refused by a full executor queue: load shed, not a model fault.
+    pub shed_calls: AtomicU64,
     pub mailbox_full: AtomicU64,
     pub active_streams: AtomicU64,
     /// Dead letters by "transport:reason".

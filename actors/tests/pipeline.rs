@@ -424,3 +424,57 @@ async fn test_an_event_is_published_at_its_deadline_with_the_members_that_answer
     assert_eq!(p.stats.deadline_misses.load(Ordering::Relaxed), 1);
     stuck_flags.hold.store(false, Ordering::SeqCst);
 }
+
+#[actix_rt::test]
+async fn test_a_full_executor_queue_sheds_load_without_tripping_the_breaker() {
+    let (m, flags) = spec("m", 1, &["1m"]);
+    let mut cfg = config();
+    cfg.executor.queue_capacity = 1;
+    cfg.executor.max_batch = 1;
+    let (p, _out, _clock) = start(vec![m], cfg).await;
+    flags.hold.store(true, Ordering::SeqCst);
+    for i in 0..20 {
+        p.ingest(vec![vector(&format!("S{i}"), "1m", 1, 0.1)])
+            .await
+            .unwrap();
+    }
+    until("calls shed by the full queue", || {
+        p.stats.shed_calls.load(Ordering::Relaxed) >= 10
+    })
+    .await;
+    flags.hold.store(false, Ordering::SeqCst);
+    assert!(p.drain(Duration::from_secs(10)).await);
+    assert_eq!(
+        p.gates[0].state(),
+        CircuitState::Closed,
+        "shedding under load is not a model fault"
+    );
+    assert_eq!(p.stats.failed_calls.load(Ordering::Relaxed), 0);
+}
+
+#[actix_rt::test]
+async fn test_a_restart_keeps_the_streams_windows() {
+    let (good, _) = spec("good", 3, &["1m"]);
+    let (bad, bad_flags) = spec("bad", 3, &["1m"]);
+    let (p, out, clock) = start(vec![good, bad], config()).await;
+    feed(&p, 1, 6).await;
+    bad_flags.fail.store(true, Ordering::SeqCst);
+    let mut seq = 6;
+    while p.gates[1].state() != CircuitState::Open {
+        feed(&p, seq, seq + 1).await;
+        seq += 1;
+    }
+    bad_flags.fail.store(false, Ordering::SeqCst);
+    until("the supervisor's backoff timer", || clock.pending_timers() == 1).await;
+    clock.advance(Duration::from_millis(200));
+    until("the restart", || p.gates[1].restarts.load(Ordering::Relaxed) == 1).await;
+    let before = out.get().await.len();
+    // The windows are the stream's features, not the model's state: the next event after
+    // the restart is predicted by both members at once, none of them warming up again.
+    for s in seq..seq + 3 {
+        feed(&p, s, s + 1).await;
+    }
+    let after = out.get().await;
+    assert_eq!(after.len() - before, 3, "no event warming after the restart");
+    assert_eq!(after.last().unwrap().models_used, 2);
+}
