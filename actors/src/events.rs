@@ -330,7 +330,10 @@ impl Event for ModelRestarted<'_> {
                 "executor was down; restarted with the model reloaded"
             );
         } else {
-            tracing::info!(model = self.model, "model restarted; probes decide whether its circuit closes");
+            tracing::info!(
+                model = self.model,
+                "model restarted; probes decide whether its circuit closes"
+            );
         }
     }
 }
