@@ -90,15 +90,27 @@ async fn consumer_info(js: &jetstream::Context) -> jetstream::consumer::Info {
     c.get_info().await.unwrap()
 }
 
-#[test]
-fn test_jetstream_input_is_predicted_acknowledged_and_nothing_is_skipped_across_a_restart() {
+/// A nats-server with JetStream, a runtime for the test's side, a client and its context.
+fn server() -> (
+    common::NatsServer,
+    tokio::runtime::Runtime,
+    async_nats::Client,
+    jetstream::Context,
+) {
     let nats = common::NatsServer::start_jetstream();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let client = rt.block_on(async_nats::connect(nats.url())).unwrap();
+    // jetstream::new spawns its acker: inside the runtime.
     let js = rt.block_on(async { jetstream::new(client.clone()) });
+    (nats, rt, client, js)
+}
+
+#[test]
+fn test_jetstream_input_is_predicted_acknowledged_and_nothing_is_skipped_across_a_restart() {
+    let (nats, rt, client, js) = server();
     let mut preds_sub = rt.block_on(client.subscribe("predictions.>")).unwrap();
     let mut dlq_sub = rt.block_on(client.subscribe("features.dlq")).unwrap();
     rt.block_on(client.flush()).unwrap();
@@ -200,13 +212,7 @@ fn test_jetstream_input_is_predicted_acknowledged_and_nothing_is_skipped_across_
 
 #[test]
 fn test_a_stop_mid_backlog_skips_nothing_and_the_next_start_resumes_in_order() {
-    let nats = common::NatsServer::start_jetstream();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt.block_on(async_nats::connect(nats.url())).unwrap();
-    let js = rt.block_on(async { jetstream::new(client.clone()) });
+    let (nats, rt, client, js) = server();
     let vs = vectors(700);
     // The stream exists before the service: created by the first run, which we stop at once.
     let mut cfg = config(&nats.url());

@@ -367,6 +367,9 @@ fn test_a_batch_of_many_bad_vectors_is_one_dead_letter_and_its_good_vectors_go_o
         }
         letters
     });
+    // The bomb left the service ready.
+    let (status, body) = common::get_json(&svc.http(), "/health/ready");
+    assert_eq!(status, 200, "{body}");
     let report = svc.stop();
     assert_eq!(
         letters.len(),

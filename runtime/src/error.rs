@@ -41,6 +41,19 @@ pub enum InputError {
     WrongLength { expected: usize, got: usize },
 }
 
+/// Reads a model's file: a missing one is `FileMissing`, any other failure `Io`.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, RuntimeError> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => RuntimeError::FileMissing {
+            path: path.to_path_buf(),
+        },
+        _ => RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
 impl RuntimeError {
     /// A short, stable code for metrics labels and dead-letter headers.
     pub fn code(&self) -> &'static str {

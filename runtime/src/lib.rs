@@ -206,15 +206,7 @@ impl Golden {
 
 /// Reads a file of little-endian float32 values.
 pub fn read_f32(path: &Path) -> Result<Vec<f32>, RuntimeError> {
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => RuntimeError::FileMissing {
-            path: path.to_path_buf(),
-        },
-        _ => RuntimeError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
+    let bytes = error::read_file(path)?;
     if bytes.len() % 4 != 0 {
         return Err(RuntimeError::Io {
             path: path.to_path_buf(),

@@ -107,15 +107,7 @@ pub struct XgbModel {
 
 impl XgbModel {
     pub fn load(path: &Path) -> Result<XgbModel, RuntimeError> {
-        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => RuntimeError::FileMissing {
-                path: path.to_path_buf(),
-            },
-            _ => RuntimeError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let bytes = super::error::read_file(path)?;
         Self::from_slice(&bytes, path)
     }
 
