@@ -15,6 +15,7 @@ pub const KAFKA_PRODUCE_ERRORS: &str = "augur_kafka_produce_errors_total";
 pub const KAFKA_PRODUCE_SECONDS: &str = "augur_kafka_produce_duration_seconds";
 pub const KAFKA_CONSUMER_LAG: &str = "augur_kafka_consumer_lag_messages";
 pub const KAFKA_UNCOMMITTED: &str = "augur_kafka_uncommitted_messages";
+pub const KAFKA_REWIND_STREAMS: &str = "augur_kafka_rewind_streams";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
 pub const PREDICTIONS_PUBLISHED: &str = "augur_predictions_published_total";
 pub const PUBLISH_ERRORS: &str = "augur_publish_errors_total";
@@ -150,6 +151,10 @@ pub fn describe() {
     describe_gauge!(
         KAFKA_UNCOMMITTED,
         "Consumed input messages whose offset is not yet stored for commit"
+    );
+    describe_gauge!(
+        KAFKA_REWIND_STREAMS,
+        "Streams whose recent input offsets hold the committed offset back (window rebuild after a restart)"
     );
     describe_gauge!(BUS_CONNECTED, "1 when the bus connection is up, by bus");
     describe_gauge!(PROCESS_RSS_BYTES, Unit::Bytes, "Resident memory of the process");

@@ -36,6 +36,12 @@ pub struct KafkaConfig {
     /// Longest a fetch waits for data (librdkafka `fetch.wait.max.ms`). tansu answers a fetch
     /// only when this passes, so it is the consumer's latency floor: keep it small.
     pub fetch_wait_max_ms: u64,
+    /// The committed offset trails the consumed one so that a restart re-reads each stream's
+    /// window from the log, but never by more than this many messages per partition.
+    pub rewind_max_messages: i64,
+    /// A stream with no input for this long stops holding the committed offset back (after a
+    /// restart its window refills from live data).
+    pub rewind_quiet_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -57,6 +63,8 @@ impl Default for KafkaConfig {
             commit_interval_ms: 1_000,
             session_timeout_ms: 10_000,
             fetch_wait_max_ms: 5,
+            rewind_max_messages: 50_000,
+            rewind_quiet_ms: 6 * 3600 * 1000,
         }
     }
 }
@@ -94,6 +102,12 @@ impl KafkaConfig {
         }
         if self.delivery_timeout_ms < 1000 {
             p.push("kafka.delivery_timeout_ms must be at least 1000".into());
+        }
+        if self.rewind_max_messages < 1 {
+            p.push("kafka.rewind_max_messages must be at least 1".into());
+        }
+        if self.rewind_quiet_ms == 0 {
+            p.push("kafka.rewind_quiet_ms must be at least 1".into());
         }
         if self.commit_interval_ms == 0 {
             p.push("kafka.commit_interval_ms must be at least 1".into());

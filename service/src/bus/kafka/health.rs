@@ -19,6 +19,9 @@ pub struct KafkaStats {
     pub produce_errors: AtomicU64,
     pub consumed: AtomicU64,
     pub uncommitted: AtomicU64,
+    /// Streams whose recent offsets hold the committed offset back (bounded by the rewind
+    /// limits).
+    pub rewind_streams: AtomicU64,
     pub lag: AtomicU64,
 }
 
@@ -63,6 +66,8 @@ pub fn spawn_health(
                     metrics::gauge!(t::KAFKA_CONSUMER_LAG).set(lag as f64);
                 }
                 metrics::gauge!(t::KAFKA_UNCOMMITTED).set(stats.uncommitted.load(Ordering::Relaxed) as f64);
+                metrics::gauge!(t::KAFKA_REWIND_STREAMS)
+                    .set(stats.rewind_streams.load(Ordering::Relaxed) as f64);
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
@@ -91,6 +96,7 @@ impl Health for KafkaStats {
             "delivered": self.delivered.load(Ordering::Relaxed),
             "produce_errors": self.produce_errors.load(Ordering::Relaxed),
             "uncommitted": self.uncommitted.load(Ordering::Relaxed),
+            "rewind_streams": self.rewind_streams.load(Ordering::Relaxed),
             "lag": self.lag.load(Ordering::Relaxed),
         })
     }

@@ -3,14 +3,14 @@
 //! tracker decides what offset may be stored, and auto-commit commits it.
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use augur_actors::types::Ack;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use tokio::sync::{mpsc, watch};
 
-use super::offsets::{OffsetDone, Tracker};
+use super::offsets::{OffsetDone, Rewind, Tracker};
 use super::{KafkaConfig, KafkaDeadLetters, KafkaStats, TRANSPORT, ensure_topics};
 use crate::bus::ingest::{Incoming, Intake};
 
@@ -38,10 +38,14 @@ pub async fn run(
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<(i32, i64)>();
-    let mut tracker = Tracker::new(rewind);
+    let mut tracker = Tracker::new(Rewind {
+        per_stream: rewind,
+        max_messages: cfg.rewind_max_messages,
+        quiet: Duration::from_millis(cfg.rewind_quiet_ms),
+    });
     let topic = cfg.input_topic.clone();
     let store = |tracker: &mut Tracker, partition: i32| {
-        if let Some(off) = tracker.advance(partition)
+        if let Some(off) = tracker.advance(partition, Instant::now())
             && let Err(e) = consumer.store_offset(&topic, partition, off)
         {
             tracing::debug!(error = %e, partition, off, "offset not stored");
@@ -64,6 +68,7 @@ pub async fn run(
                     tracker.complete(p, o);
                     store(&mut tracker, p);
                     stats.uncommitted.store(tracker.pending() as u64, Ordering::Relaxed);
+                    stats.rewind_streams.store(tracker.streams_held() as u64, Ordering::Relaxed);
                 }
             }
             m = consumer.recv(), if consuming => match m {
@@ -90,7 +95,7 @@ pub async fn run(
                     // Tracked before any completion can come back (a dead letter or an event
                     // may finish at once).
                     let track = |vs: &[augur_actors::types::Vector]| {
-                        tracker.consumed(partition, offset, vs.iter().map(|v| v.key.clone()))
+                        tracker.consumed(partition, offset, vs.iter().map(|v| v.key.clone()), Instant::now())
                     };
                     if intake.accept(TRANSPORT, incoming, &dlq, track).await.is_err() {
                         tracing::error!("the router is gone; stopping Kafka intake");

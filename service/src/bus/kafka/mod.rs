@@ -38,7 +38,7 @@ pub use client::{consumer, ensure_topics, producer};
 pub use config::KafkaConfig;
 pub use dead_letters::KafkaDeadLetters;
 pub use health::{KafkaStats, spawn_health};
-pub use offsets::Tracker;
+pub use offsets::{Rewind, Tracker};
 pub use sink::KafkaSink;
 
 use crate::bus::{Deadline, Health, Intake, Transport};

@@ -2,8 +2,11 @@
 //! only once every message before it has finished (its prediction delivered, its dead letter
 //! stored, or no prediction by design), and it trails far enough for a restart to rebuild
 //! every stream's window from the log: for each stream of a partition, the offsets of the last
-//! `rewind` vectors before its first unfinished one are kept.
-use std::collections::{BTreeSet, HashMap, VecDeque};
+//! `rewind` vectors before its first unfinished one are kept. That hold is bounded: never more
+//! than `max_messages` behind the partition's newest offset, and released by a stream quiet
+//! for `quiet` (a stream that stopped, or never filled its window, cannot pin the partition).
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use augur_actors::types::StreamKey;
 use tokio::sync::mpsc;
@@ -25,13 +28,46 @@ impl Drop for OffsetDone {
     }
 }
 
+/// How far the stored offset may trail the consumed one to refill windows after a restart.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewind {
+    /// Finished messages kept per stream before its first unfinished one (the longest window
+    /// plus one).
+    pub per_stream: usize,
+    /// Offsets: a finished message more than this far behind the partition's newest is never
+    /// held (a restart re-reads at most this much history per partition).
+    pub max_messages: i64,
+    /// A stream with no message for this long releases its hold (its window is rebuilt live
+    /// after a restart).
+    pub quiet: Duration,
+}
+
+impl Rewind {
+    pub fn per_stream(n: usize) -> Self {
+        Rewind {
+            per_stream: n,
+            max_messages: 50_000,
+            quiet: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// A stream's hold on its partition.
+#[derive(Debug)]
+struct Held {
+    /// Offsets of a stream's messages: the last `per_stream` before its first unfinished one,
+    /// and every one after it.
+    offsets: VecDeque<i64>,
+    last_seen: Instant,
+}
+
 /// Per partition: what was consumed and not finished, and the recent offsets of each stream.
 #[derive(Debug, Default)]
 struct PartitionTrack {
-    pending: BTreeSet<i64>,
-    /// Offsets of a stream's messages: the last `rewind` before its first unfinished one, and
-    /// every one after it.
-    streams: HashMap<StreamKey, VecDeque<i64>>,
+    /// Unfinished copies per offset: the same offset consumed again (a rebalance re-delivers
+    /// it while its first copy is in flight) is finished only when every copy is.
+    pending: BTreeMap<i64, u32>,
+    streams: HashMap<StreamKey, Held>,
     next: i64,
     stored: i64,
 }
@@ -39,52 +75,83 @@ struct PartitionTrack {
 /// Decides which offset may be stored for commit.
 #[derive(Debug)]
 pub struct Tracker {
-    rewind: usize,
+    rewind: Rewind,
     parts: HashMap<i32, PartitionTrack>,
 }
 
 impl Tracker {
-    pub fn new(rewind: usize) -> Self {
+    pub fn new(rewind: Rewind) -> Self {
         Tracker {
             rewind,
             parts: HashMap::new(),
         }
     }
 
-    pub fn consumed(&mut self, partition: i32, offset: i64, keys: impl Iterator<Item = StreamKey>) {
+    pub fn consumed(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        keys: impl Iterator<Item = StreamKey>,
+        now: Instant,
+    ) {
         let p = self.parts.entry(partition).or_default();
-        p.pending.insert(offset);
+        *p.pending.entry(offset).or_default() += 1;
         p.next = p.next.max(offset + 1);
         for k in keys {
-            let q = p.streams.entry(k).or_default();
-            if q.back() != Some(&offset) {
-                q.push_back(offset);
+            let h = p.streams.entry(k).or_insert_with(|| Held {
+                offsets: VecDeque::new(),
+                last_seen: now,
+            });
+            h.last_seen = now;
+            if h.offsets.back() != Some(&offset) {
+                h.offsets.push_back(offset);
             }
         }
     }
 
     pub fn complete(&mut self, partition: i32, offset: i64) {
-        if let Some(p) = self.parts.get_mut(&partition) {
-            p.pending.remove(&offset);
+        if let Some(p) = self.parts.get_mut(&partition)
+            && let Some(n) = p.pending.get_mut(&offset)
+        {
+            *n -= 1;
+            if *n == 0 {
+                p.pending.remove(&offset);
+            }
         }
     }
 
     /// The offset to store for `partition` (the next message a restart reads), if it advanced.
-    pub fn advance(&mut self, partition: i32) -> Option<i64> {
+    pub fn advance(&mut self, partition: i32, now: Instant) -> Option<i64> {
         let rewind = self.rewind;
         let p = self.parts.get_mut(&partition)?;
-        for q in p.streams.values_mut() {
-            let first_pending = q.iter().position(|o| p.pending.contains(o)).unwrap_or(q.len());
-            let drop = first_pending.saturating_sub(rewind);
-            q.drain(..drop);
+        let horizon = p.next.saturating_sub(rewind.max_messages);
+        for h in p.streams.values_mut() {
+            let first_pending = h
+                .offsets
+                .iter()
+                .position(|o| p.pending.contains_key(o))
+                .unwrap_or(h.offsets.len());
+            let quiet = now.saturating_duration_since(h.last_seen) >= rewind.quiet;
+            let beyond = h
+                .offsets
+                .iter()
+                .take(first_pending)
+                .take_while(|&&o| o < horizon)
+                .count();
+            let drop = if quiet {
+                first_pending
+            } else {
+                first_pending.saturating_sub(rewind.per_stream).max(beyond)
+            };
+            h.offsets.drain(..drop);
         }
-        p.streams.retain(|_, q| !q.is_empty());
+        p.streams.retain(|_, h| !h.offsets.is_empty());
         let safe = p
             .pending
-            .first()
-            .copied()
+            .first_key_value()
+            .map(|(&o, _)| o)
             .into_iter()
-            .chain(p.streams.values().filter_map(|q| q.front().copied()))
+            .chain(p.streams.values().filter_map(|h| h.offsets.front().copied()))
             .min()
             .unwrap_or(p.next);
         (safe > p.stored).then(|| {
@@ -94,7 +161,15 @@ impl Tracker {
     }
 
     pub fn pending(&self) -> usize {
-        self.parts.values().map(|p| p.pending.len()).sum()
+        self.parts
+            .values()
+            .map(|p| p.pending.values().map(|&n| n as usize).sum::<usize>())
+            .sum()
+    }
+
+    /// Streams holding a rewind, over every partition (a gauge: it must not grow without bound).
+    pub fn streams_held(&self) -> usize {
+        self.parts.values().map(|p| p.streams.len()).sum()
     }
 
     pub fn partitions(&self) -> Vec<i32> {
@@ -107,55 +182,147 @@ mod tests {
 
     use super::*;
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     fn k(s: &str) -> StreamKey {
         StreamKey::new(s, "1m")
     }
 
     #[test]
     fn test_offset_advances_over_finished_messages_only() {
-        let mut t = Tracker::new(0);
+        let mut t = Tracker::new(Rewind::per_stream(0));
         for o in 0..3 {
-            t.consumed(0, o, std::iter::empty());
+            t.consumed(0, o, std::iter::empty(), now());
         }
         t.complete(0, 1);
-        assert_eq!(t.advance(0), None, "0 is unfinished");
+        assert_eq!(t.advance(0, now()), None, "0 is unfinished");
         t.complete(0, 0);
-        assert_eq!(t.advance(0), Some(2), "0 and 1 done: a restart reads from 2");
+        assert_eq!(
+            t.advance(0, now()),
+            Some(2),
+            "0 and 1 done: a restart reads from 2"
+        );
         t.complete(0, 2);
-        assert_eq!(t.advance(0), Some(3));
+        assert_eq!(t.advance(0, now()), Some(3));
     }
 
     #[test]
     fn test_stored_offset_trails_by_each_streams_window() {
-        let mut t = Tracker::new(2);
+        let mut t = Tracker::new(Rewind::per_stream(2));
         // two streams interleaved on one partition: A at even offsets, B at odd
         for o in 0..10 {
-            t.consumed(0, o, std::iter::once(k(if o % 2 == 0 { "A" } else { "B" })));
+            t.consumed(
+                0,
+                o,
+                std::iter::once(k(if o % 2 == 0 { "A" } else { "B" })),
+                now(),
+            );
         }
         for o in 0..10 {
             t.complete(0, o);
         }
         // all done: keep the last 2 of each stream (A: 6, 8; B: 7, 9): restart at 6
-        assert_eq!(t.advance(0), Some(6));
+        assert_eq!(t.advance(0, now()), Some(6));
         // B's 11 unfinished: keep B's 2 before it (7, 9) and it; A keeps 6, 8 (then 10 done)
-        t.consumed(0, 10, std::iter::once(k("A")));
-        t.consumed(0, 11, std::iter::once(k("B")));
+        t.consumed(0, 10, std::iter::once(k("A")), now());
+        t.consumed(0, 11, std::iter::once(k("B")), now());
         t.complete(0, 10);
-        assert_eq!(t.advance(0), Some(7));
+        assert_eq!(t.advance(0, now()), Some(7));
     }
 
     #[test]
     fn test_rejected_messages_without_vectors_still_hold_the_offset_until_finished() {
-        let mut t = Tracker::new(5);
-        t.consumed(3, 40, std::iter::empty());
+        let mut t = Tracker::new(Rewind::per_stream(5));
+        t.consumed(3, 40, std::iter::empty(), now());
         assert_eq!(
-            t.advance(3),
+            t.advance(3, now()),
             Some(40),
             "a restart reads the unfinished message again"
         );
-        assert_eq!(t.advance(3), None, "nothing new");
+        assert_eq!(t.advance(3, now()), None, "nothing new");
         t.complete(3, 40);
-        assert_eq!(t.advance(3), Some(41));
+        assert_eq!(t.advance(3, now()), Some(41));
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn test_a_quiet_short_stream_does_not_pin_the_stored_offset() {
+        // A stream of 10 vectors that never reached its window, then 100,000 finished
+        // messages of another stream: the stored offset must move past the short one.
+        let mut t = Tracker::new(Rewind::per_stream(32));
+        for o in 0..10 {
+            t.consumed(0, o, std::iter::once(k("SHORT")), now());
+            t.complete(0, o);
+        }
+        for o in 10..100_010 {
+            t.consumed(0, o, std::iter::once(k("BUSY")), now());
+            t.complete(0, o);
+        }
+        let stored = t.advance(0, now());
+        assert!(
+            stored.is_some_and(|s| s > 10),
+            "stored offset {stored:?}: the quiet stream pinned the partition"
+        );
+        assert_eq!(t.streams_held(), 1, "the short stream no longer holds anything");
+    }
+
+    #[test]
+    fn test_a_stream_quiet_past_the_limit_releases_its_hold() {
+        let rewind = Rewind {
+            per_stream: 32,
+            max_messages: 1_000_000,
+            quiet: Duration::from_secs(60),
+        };
+        let mut t = Tracker::new(rewind);
+        let start = now();
+        for o in 0..5 {
+            t.consumed(0, o, std::iter::once(k("DAILY")), start);
+            t.complete(0, o);
+        }
+        t.consumed(0, 5, std::iter::once(k("BUSY")), start);
+        t.complete(0, 5);
+        assert_eq!(
+            t.advance(0, start),
+            None,
+            "within the limit the quiet stream's window is kept"
+        );
+        let later = start + Duration::from_secs(61);
+        t.consumed(0, 6, std::iter::once(k("BUSY")), later);
+        t.complete(0, 6);
+        assert_eq!(t.advance(0, later), Some(5), "DAILY released; BUSY keeps its own");
+    }
+
+    #[test]
+    fn test_streams_ever_seen_do_not_accumulate() {
+        let mut t = Tracker::new(Rewind {
+            per_stream: 32,
+            max_messages: 1_000,
+            quiet: Duration::from_secs(3600),
+        });
+        for o in 0..20_000 {
+            t.consumed(0, o, std::iter::once(k(&format!("S{o}"))), now());
+            t.complete(0, o);
+        }
+        t.advance(0, now());
+        assert!(t.streams_held() <= 1_000, "{} streams held", t.streams_held());
+    }
+
+    #[test]
+    fn test_a_redelivered_offset_is_finished_only_when_every_copy_is() {
+        // After a rebalance the same offset can be consumed again while its first copy is
+        // still in flight: one completion must not finish both.
+        let mut t = Tracker::new(Rewind::per_stream(0));
+        t.consumed(0, 0, std::iter::empty(), now());
+        t.consumed(0, 0, std::iter::empty(), now());
+        t.complete(0, 0);
+        assert_eq!(
+            t.advance(0, now()),
+            None,
+            "one copy of offset 0 is still in flight"
+        );
+        t.complete(0, 0);
+        assert_eq!(t.advance(0, now()), Some(1));
     }
 }
