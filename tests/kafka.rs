@@ -133,6 +133,42 @@ fn expected_keys(vs: &[pb::FeatureVector]) -> HashSet<(String, String, u64)> {
         .collect()
 }
 
+/// A consumer group's committed offsets and the topic's high watermarks, per partition,
+/// read by an outside client (it does not join the group).
+fn group_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
+    use rdkafka::consumer::BaseConsumer;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let mut committed = HashMap::new();
+    if let Ok(got) = c.committed_offsets(tpl, Duration::from_secs(5)) {
+        for e in got.elements() {
+            if let rdkafka::Offset::Offset(o) = e.offset() {
+                committed.insert(e.partition(), o);
+            }
+        }
+    }
+    let high = (0..partitions)
+        .map(|p| {
+            let (_, h) = c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap();
+            (p, h)
+        })
+        .collect();
+    (committed, high)
+}
+
 fn key_of(p: &pb::EnsemblePrediction) -> (String, String, u64) {
     (p.symbol.clone(), p.timeframe.clone(), p.sequence)
 }
@@ -222,6 +258,59 @@ fn test_poison_messages_land_on_the_kafka_dlq_once_each_without_stalling_their_p
         9,
         "the partition went on past the poison: 40 - 31 predictions"
     );
+}
+
+#[test]
+fn test_a_backlog_older_than_the_maximum_age_is_predicted_and_marked_late_not_dead_lettered() {
+    // Kafka is durable history: vectors kept while the service was away (or re-read to
+    // rebuild windows after a restart) are older than validation.max_event_age_ms.
+    let _serial = serial();
+    let broker = common::Tansu::start(false);
+    let mut cfg = kafka_config(None, &broker.brokers());
+    cfg.validation.max_event_age_ms = 300_000;
+    let hour_ago = augur_actors::clock::unix_ns() / 1_000_000 - 3_600_000;
+    let msgs: Vec<(String, Vec<u8>)> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(40)
+        .enumerate()
+        .map(|(i, mut v)| {
+            v.event_time_ms = hour_ago + i as i64;
+            (
+                "AAPL".to_string(),
+                pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec(),
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    rt.block_on(augur_service::bus::kafka::ensure_topics(cfg.kafka.clone(), stop));
+    rt.block_on(produce(&producer(&broker.brokers()), &msgs));
+    let svc = common::Service::start(cfg);
+    let out = rt.block_on(read_topic(
+        &broker.brokers(),
+        OUTPUT,
+        Duration::from_secs(30),
+        |m| m.len() >= 9,
+    ));
+    let report = svc.stop();
+    assert_eq!(
+        report.dead_letters.get("kafka:stale"),
+        None,
+        "history is not stale"
+    );
+    assert_eq!(out.len(), 9, "40 - 31 predictions from the backlog");
+    for m in &out {
+        let p = pb::EnsemblePrediction::decode(m.payload().unwrap()).unwrap();
+        assert!(
+            p.late_ms >= 3_600_000 && p.late_ms < 3_700_000,
+            "marked late by the input's age: {}",
+            p.late_ms
+        );
+    }
 }
 
 #[test]
@@ -353,7 +442,6 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
             .env("AUGUR_KAFKA__BROKERS", broker.brokers())
             .env("AUGUR_KAFKA__PARTITIONS", "3")
             .env("AUGUR_KAFKA__INSTANCE_ID", "augur-test-1")
-            .env("AUGUR_VALIDATION__MAX_EVENT_AGE_MS", "0")
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(std::process::Stdio::null())
             .stderr(
@@ -395,54 +483,58 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
         "the first instance delivered {} predictions",
         seen.len()
     );
+    // and once its offsets have been committed at least once (a restart then re-reads only
+    // what the documented rewind keeps, plus what finished after the last commit)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let at_kill = loop {
+        let (committed, high) = group_offsets(&broker.brokers(), "augur", INPUT, 3);
+        if committed.len() == 3 || Instant::now() > deadline {
+            break (committed, high);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(!feeder.is_finished(), "the kill must land mid-stream");
     first.kill().unwrap(); // SIGKILL
+    let (committed, high) = at_kill;
+    assert_eq!(
+        committed.len(),
+        3,
+        "every partition has a committed offset while the stream runs: {committed:?}"
+    );
+    let reread: i64 = (0..3).map(|p| high[&p] - committed[&p]).sum();
     let _ = first.wait();
     let mut second = spawn();
-    let out = rt.block_on(read_topic(
+    // wait until the second instance has predicted everything, then stop it and judge one
+    // complete read of the topic made after every producer has stopped
+    let caught_up = |m: &[rdkafka::message::OwnedMessage]| {
+        let keys: HashSet<_> = m
+            .iter()
+            .map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap()))
+            .collect();
+        expected.is_subset(&keys)
+    };
+    rt.block_on(read_topic(
         &broker.brokers(),
         OUTPUT,
         Duration::from_secs(120),
-        |m| {
-            let keys: HashSet<_> = m
-                .iter()
-                .map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap()))
-                .collect();
-            expected.is_subset(&keys)
-        },
+        caught_up,
     ));
     feeder.join().unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &second.id().to_string()])
         .status();
     let _ = second.wait();
-    let decode_keys = |m: &[rdkafka::message::OwnedMessage]| -> Vec<(String, String, u64)> {
-        m.iter()
-            .map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap()))
-            .collect()
-    };
-    let mut keys = decode_keys(&out);
-    let mut unique: HashSet<_> = keys.iter().cloned().collect();
-    if !expected.is_subset(&unique) {
-        // Read the topic once more with a fresh consumer: against tansu a reader racing a
-        // producer restart has been seen to skip records that are in the log. Only records
-        // actually in the topic count; a prediction that was never written still fails.
-        let again = decode_keys(&rt.block_on(read_topic(
-            &broker.brokers(),
-            OUTPUT,
-            Duration::from_secs(30),
-            |m| m.len() > keys.len(),
-        )));
-        eprintln!(
-            "second read of the output topic: {} records (first read {})",
-            again.len(),
-            keys.len()
-        );
-        if again.len() > keys.len() {
-            keys = again;
-            unique = keys.iter().cloned().collect();
-        }
-    }
+    let out = rt.block_on(read_topic(
+        &broker.brokers(),
+        OUTPUT,
+        Duration::from_secs(60),
+        caught_up,
+    ));
+    let keys: Vec<_> = out
+        .iter()
+        .map(|x| key_of(&pb::EnsemblePrediction::decode(x.payload().unwrap()).unwrap()))
+        .collect();
+    let unique: HashSet<_> = keys.iter().cloned().collect();
     let mut missing: Vec<_> = expected.difference(&unique).cloned().collect();
     missing.sort();
     if !missing.is_empty() {
@@ -456,14 +548,26 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
     }
     assert!(missing.is_empty(), "lost {} predictions", missing.len());
     let duplicates = keys.len() - unique.len();
+    // The documented bound (docs/RELIABILITY.md): a restart re-reads from the committed
+    // offsets, which trail each stream's window plus one message (rewind) behind its first
+    // unfinished message; what finished after the last commit (auto-commit every second) is
+    // read again too. Only what was in the log at the kill can come out twice.
+    let streams = per.len() as i64;
+    let bound = reread;
+    println!("at the kill: committed {committed:?}, high watermarks {high:?}, {reread} messages to re-read");
+    assert!(
+        reread <= streams * 33 + 1_000,
+        "the committed offsets trail by {reread} messages: more than {streams} streams' rewind plus a second of input"
+    );
+    let bound = bound as usize;
     println!(
-        "after SIGKILL and restart: {} predictions, {} unique, {duplicates} duplicates",
+        "after SIGKILL and restart: {} predictions, {} unique, {duplicates} duplicates (bound {bound})",
         keys.len(),
         unique.len()
     );
     assert!(
-        duplicates < expected.len(),
-        "duplicates stay within the uncommitted window"
+        duplicates <= bound,
+        "{duplicates} duplicates, over the documented bound of {bound}"
     );
 }
 

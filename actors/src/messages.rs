@@ -19,6 +19,7 @@ pub struct EventMeta {
     pub event_time_ms: i64,
     pub correlation_id: Arc<str>,
     pub published_at_ns: i64,
+    pub late_ms: u64,
     /// Completion of the input (dropped when the event ends without a prediction).
     pub ack: Option<crate::types::Ack>,
 }

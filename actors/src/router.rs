@@ -18,7 +18,7 @@ use crate::messages::{
 };
 use crate::model_actor::ModelActor;
 use crate::telemetry::PipelineStats;
-use crate::types::{StreamKey, Vector};
+use crate::types::{Ack, Joined, StreamKey, Vector};
 
 /// Router limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,8 +61,14 @@ impl RouterConfig {
     }
 }
 
+/// Events of a stream kept to tie a later duplicate to (their completions, while alive).
+const IN_FLIGHT_KEPT: usize = 4096;
+
 struct Stream {
     last_sequence: Option<u64>,
+    /// Recent events whose prediction may still be on its way, oldest first: a duplicate of
+    /// one is released only with it.
+    in_flight: std::collections::VecDeque<(u64, std::sync::Weak<Joined>)>,
     aggregator: Addr<Aggregator>,
     /// Model index (into the pipeline's model list) per member slot.
     members: Vec<usize>,
@@ -119,6 +125,19 @@ impl Router {
             self.stats.emit(Duplicate {
                 transport: v.transport,
             });
+            // Its input is finished when the first copy's prediction is delivered (else a
+            // crash in between loses that prediction on this copy's transport).
+            if let Some(ack) = v.ack
+                && let Some(s) = self.streams.peek(&v.key)
+                && let Some(event) = s
+                    .in_flight
+                    .iter()
+                    .rev()
+                    .find(|(q, _)| *q == v.sequence)
+                    .and_then(|(_, w)| w.upgrade())
+            {
+                event.join(ack);
+            }
             return;
         }
         if !self.streams.contains(&v.key) {
@@ -158,6 +177,7 @@ impl Router {
                 v.key.clone(),
                 Stream {
                     last_sequence: None,
+                    in_flight: Default::default(),
                     aggregator,
                     members,
                     actors,
@@ -179,12 +199,20 @@ impl Router {
             return;
         }
         self.stats.emit(EventStarted);
+        let joined = Arc::new(Joined::new(v.ack.clone()));
+        while s.in_flight.front().is_some_and(|(_, w)| w.strong_count() == 0)
+            || s.in_flight.len() >= IN_FLIGHT_KEPT
+        {
+            s.in_flight.pop_front();
+        }
+        s.in_flight.push_back((v.sequence, Arc::downgrade(&joined)));
         s.aggregator.do_send(StartEvent(EventMeta {
             sequence: v.sequence,
             event_time_ms: v.event_time_ms,
             correlation_id: v.correlation_id.clone(),
             published_at_ns: v.published_at_ns,
-            ack: v.ack.clone(),
+            late_ms: v.late_ms,
+            ack: Some(Ack(joined)),
         }));
         // Model actors keep values, not completions: only the event (aggregator) holds the ack.
         let v = Vector { ack: None, ..v };

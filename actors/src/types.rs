@@ -65,6 +65,41 @@ impl Ack {
     }
 }
 
+/// The completions of one event: its own input's, and those of later copies of the same vector
+/// (the other transport's, or a redelivery) that were dropped as duplicates. All are released
+/// together when the event's last clone drops, so a duplicate is finished only once the
+/// prediction its first copy made has been delivered; a failed output fails them all.
+#[derive(Default)]
+pub struct Joined {
+    first: Option<Ack>,
+    later: std::sync::Mutex<Vec<Ack>>,
+}
+
+impl Joined {
+    pub fn new(first: Option<Ack>) -> Self {
+        Joined {
+            first,
+            later: Default::default(),
+        }
+    }
+
+    /// Ties a duplicate's completion to this event.
+    pub fn join(&self, ack: Ack) {
+        self.later.lock().unwrap_or_else(|e| e.into_inner()).push(ack);
+    }
+}
+
+impl Completion for Joined {
+    fn fail(&self) {
+        if let Some(a) = &self.first {
+            a.fail();
+        }
+        for a in self.later.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            a.fail();
+        }
+    }
+}
+
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Ack")
@@ -83,6 +118,9 @@ pub struct Vector {
     pub correlation_id: Arc<str>,
     pub published_at_ns: i64,
     pub transport: Transport,
+    /// 0, or the vector's age on arrival when it was older than the maximum age (a backlog
+    /// from a durable transport, predicted and marked late).
+    pub late_ms: u64,
     /// Completion of the input message, when its transport needs one.
     pub ack: Option<Ack>,
 }
@@ -176,6 +214,8 @@ pub struct Ensemble {
     pub published_at_ns: i64,
     pub service_version: &'static str,
     pub signal: i32,
+    /// 0, or how late its input arrived (see [`Vector::late_ms`]).
+    pub late_ms: u64,
     /// Held by the sinks until the prediction is delivered; not part of the output.
     #[serde(skip)]
     pub ack: Option<Ack>,
@@ -237,6 +277,7 @@ impl Ensemble {
             published_at_ns,
             service_version: env!("CARGO_PKG_VERSION"),
             signal: direction.signal(),
+            late_ms: meta.late_ms,
             ack: meta.ack,
         }
     }

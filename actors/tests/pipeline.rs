@@ -133,6 +133,7 @@ fn vector(sym: &str, tf: &str, seq: u64, x: f32) -> Vector {
         correlation_id: format!("{sym}-{tf}-{seq}").into(),
         published_at_ns: 0,
         transport: Transport::REPLAY,
+        late_ms: 0,
         ack: None,
     }
 }
@@ -477,4 +478,38 @@ async fn test_a_restart_keeps_the_streams_windows() {
     let after = out.get().await;
     assert_eq!(after.len() - before, 3, "no event warming after the restart");
     assert_eq!(after.last().unwrap().models_used, 2);
+}
+
+/// A transport's completion that records when it was released.
+struct Released(Arc<AtomicBool>);
+
+impl augur_actors::types::Completion for Released {}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[actix_rt::test]
+async fn test_a_duplicate_is_released_only_once_the_first_copys_prediction_is_delivered() {
+    // NATS brings sequence 1 first (no ack); Kafka's copy of it (with an ack) is a duplicate.
+    // Its offset may be committed only once the prediction the NATS copy made is delivered
+    // (the sink holds it): else a crash loses that prediction on Kafka.
+    let (a, _) = spec("a", 1, &["1m"]);
+    let (p, out, _clock) = start(vec![a], config()).await;
+    p.ingest(vec![vector("AAA", "1m", 1, 0.1)]).await.unwrap();
+    let released = Arc::new(AtomicBool::new(false));
+    let mut dup = vector("AAA", "1m", 1, 0.1);
+    dup.ack = Some(augur_actors::types::Ack(Arc::new(Released(released.clone()))));
+    p.ingest(vec![dup]).await.unwrap();
+    assert!(p.drain(Duration::from_secs(5)).await);
+    assert_eq!(out.get().await.len(), 1);
+    assert_eq!(p.stats.duplicates.load(Ordering::Relaxed), 1);
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "the duplicate was released while its prediction was still held by the sink"
+    );
+    out.items.lock().unwrap().clear(); // the sink delivered it
+    assert!(released.load(Ordering::SeqCst));
 }

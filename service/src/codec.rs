@@ -282,13 +282,16 @@ impl Validator {
 
     /// Decodes one message and checks each vector. `subject`: what the subject it arrived on
     /// names after the prefix, `<timeframe>[.<symbol>]`, when the transport has subjects; a
-    /// vector must match it.
+    /// vector must match it. `history`: the message comes from a durable log (Kafka,
+    /// JetStream), where a vector older than the maximum age is a backlog or a window being
+    /// rebuilt: predicted and marked late, not refused as stale.
     pub fn decode(
         &self,
         payload: &[u8],
         subject: Option<&str>,
         transport: Transport,
         now_ms: i64,
+        history: bool,
     ) -> Decoded {
         let batch = match pb::FeatureVectorBatch::decode(payload) {
             Ok(b) => b,
@@ -312,7 +315,7 @@ impl Validator {
             None => (s, None),
         });
         for (i, v) in batch.vectors.into_iter().enumerate() {
-            match self.check(v, subject, transport, now_ms) {
+            match self.check(v, subject, transport, now_ms, history) {
                 Ok(v) => out.vectors.push(v),
                 Err(r) => Refusal::add(&mut out.refusal, r, i, total),
             }
@@ -326,6 +329,7 @@ impl Validator {
         subject: Option<(&str, Option<&str>)>,
         transport: Transport,
         now_ms: i64,
+        history: bool,
     ) -> Result<Vector, Reject> {
         if v.symbol.is_empty() {
             return Err(Reject::InvalidField("symbol"));
@@ -399,13 +403,17 @@ impl Validator {
         if let Some((index, &value)) = v.values.iter().enumerate().find(|(_, x)| !x.is_finite()) {
             return Err(Reject::NonFinite { index, value });
         }
+        let mut late_ms = 0;
         if self.max_age_ms > 0 {
             let age_ms = now_ms.saturating_sub(v.event_time_ms);
             if age_ms > self.max_age_ms as i64 {
-                return Err(Reject::Stale {
-                    age_ms,
-                    max_ms: self.max_age_ms,
-                });
+                if !history {
+                    return Err(Reject::Stale {
+                        age_ms,
+                        max_ms: self.max_age_ms,
+                    });
+                }
+                late_ms = age_ms as u64;
             }
         }
         let correlation_id: Arc<str> = if v.correlation_id.is_empty() {
@@ -421,6 +429,7 @@ impl Validator {
             correlation_id,
             published_at_ns: v.published_at_ns,
             transport,
+            late_ms,
             ack: None,
         })
     }
@@ -469,6 +478,7 @@ pub fn to_proto(e: &Ensemble) -> pb::EnsemblePrediction {
         published_at_ns: e.published_at_ns,
         service_version: e.service_version.to_string(),
         signal: e.signal,
+        late_ms: e.late_ms,
     }
 }
 
@@ -523,11 +533,27 @@ mod tests {
 
     fn one(v: pb::FeatureVector, subject: Option<&str>) -> Result<Vector, Reject> {
         let bytes = pb::FeatureVectorBatch { vectors: vec![v] }.encode_to_vec();
-        let mut d = validator().decode(&bytes, subject, Transport("nats"), 1_000_500);
+        let mut d = validator().decode(&bytes, subject, Transport("nats"), 1_000_500, false);
         match d.refusal.take() {
             Some(r) => Err(r.first),
             None => Ok(d.vectors.remove(0)),
         }
+    }
+
+    #[test]
+    fn test_an_old_vector_is_stale_on_a_live_transport_and_late_from_a_durable_log() {
+        let bytes = pb::FeatureVectorBatch {
+            vectors: vec![fv(vec![0.1, 0.2, 0.3])],
+        }
+        .encode_to_vec();
+        let now = 1_000_000 + 90_000; // 90 s old, the maximum is 60 s
+        let live = validator().decode(&bytes, None, Transport("nats"), now, false);
+        assert_eq!(live.refusal.map(|r| r.code()), Some("stale"));
+        let history = validator().decode(&bytes, None, Transport("kafka"), now, true);
+        assert!(history.refusal.is_none());
+        assert_eq!(history.vectors[0].late_ms, 90_000);
+        let on_time = validator().decode(&bytes, None, Transport("kafka"), 1_000_500, true);
+        assert_eq!(on_time.vectors[0].late_ms, 0);
     }
 
     #[test]
@@ -597,7 +623,7 @@ mod tests {
 
     #[test]
     fn test_garbage_is_one_decode_error_for_the_whole_message() {
-        let d = validator().decode(&[0xff, 0x00, 0x13], None, Transport("nats"), 0);
+        let d = validator().decode(&[0xff, 0x00, 0x13], None, Transport("nats"), 0, false);
         assert!(d.vectors.is_empty());
         let r = d.refusal.unwrap();
         assert_eq!((r.code(), r.refused(), r.indices.len()), ("decode_error", 1, 0));
@@ -609,7 +635,7 @@ mod tests {
             vectors: vec![fv(vec![0.1, 0.2, 0.3]), fv(vec![1.0])],
         }
         .encode_to_vec();
-        let d = validator().decode(&bytes, None, Transport("nats"), 1_000_000);
+        let d = validator().decode(&bytes, None, Transport("nats"), 1_000_000, false);
         assert_eq!(d.vectors.len(), 1);
         let r = d.refusal.unwrap();
         assert_eq!(
@@ -631,7 +657,7 @@ mod tests {
         odd.symbol = String::new();
         vectors.push(odd);
         let bytes = pb::FeatureVectorBatch { vectors }.encode_to_vec();
-        let d = validator().decode(&bytes, None, Transport("nats"), 1_000_000);
+        let d = validator().decode(&bytes, None, Transport("nats"), 1_000_000, false);
         assert_eq!(d.vectors.len(), 1, "the valid vector goes on");
         let r = d.refusal.unwrap();
         assert_eq!(r.code(), "wrong_feature_count");

@@ -610,6 +610,7 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
                     event_time_ms: last.event_time_ms,
                     correlation_id: last.correlation_id.as_str().into(),
                     published_at_ns: last.published_at_ns,
+                    late_ms: 0,
                     ack: None,
                 };
                 let e = Ensemble::new(

@@ -71,6 +71,7 @@ mod tests {
             published_at_ns: 6,
             service_version: "0.1.0".into(),
             signal: -1,
+            late_ms: 7,
         };
         let bytes = p.encode_to_vec();
         assert_eq!(EnsemblePrediction::decode(bytes.as_slice()).unwrap(), p);

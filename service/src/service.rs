@@ -156,7 +156,7 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
         .into_iter()
         .enumerate()
     {
-        let d = validator.decode(payload, None, Label::REPLAY, 0);
+        let d = validator.decode(payload, None, Label::REPLAY, 0, true);
         if let Some(r) = d.refusal {
             rejects.push(format!("message {i}: {} [{}]", r.detail(), r.reasons()));
         }

@@ -55,9 +55,11 @@ pub struct Incoming<'a> {
     pub position: Option<(i32, i64)>,
     /// Completion of this message (at-least-once transports).
     pub ack: Option<Ack>,
-    /// Whether vectors older than `validation.max_event_age_ms` are refused as stale. Off for
-    /// a durable history (JetStream): a backlog kept while the service was away is predicted.
-    pub check_age: bool,
+    /// The message comes from a durable log (Kafka, JetStream): vectors older than
+    /// `validation.max_event_age_ms` are a backlog kept while the service was away, or history
+    /// re-read to rebuild windows; they are predicted and marked late (`late_ms`), never
+    /// refused as stale. On a live transport (core NATS) they are refused.
+    pub history: bool,
 }
 
 /// The router is gone: the transport stops taking input.
@@ -69,19 +71,12 @@ pub struct PipelineClosed;
 #[derive(Clone)]
 pub struct Intake {
     validator: Validator,
-    /// The same rules without the age check (durable history).
-    history: Validator,
     pipeline: Pipeline,
 }
 
 impl Intake {
     pub fn new(validator: Validator, pipeline: Pipeline) -> Self {
-        let history = validator.clone().with_max_age(0);
-        Intake {
-            validator,
-            history,
-            pipeline,
-        }
+        Intake { validator, pipeline }
     }
 
     /// The longest window of any member: how much of a stream a restart must read again to
@@ -111,12 +106,9 @@ impl Intake {
         on_valid: impl FnOnce(&[Vector]),
     ) -> Result<usize, PipelineClosed> {
         let now_ms = unix_ns() / 1_000_000;
-        let validator = if m.check_age {
-            &self.validator
-        } else {
-            &self.history
-        };
-        let decoded = validator.decode(&m.payload, m.subject_names, transport, now_ms);
+        let decoded = self
+            .validator
+            .decode(&m.payload, m.subject_names, transport, now_ms, m.history);
         on_valid(&decoded.vectors);
         let stats = &self.pipeline.stats;
         // One dead letter per message, the payload once, however many vectors were refused.

@@ -255,8 +255,8 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                     position: Some((0, sequence as i64)),
                     ack: Some(ack),
                     // The stream's history is not stale: a backlog kept while the service was
-                    // down is predicted, not dead-lettered for its age.
-                    check_age: false,
+                    // down is predicted (marked late), not dead-lettered for its age.
+                    history: true,
                 };
                 if intake.accept(TRANSPORT, incoming, &dlq, |_| {}).await.is_err() {
                     tracing::error!("the router is gone; stopping JetStream intake");

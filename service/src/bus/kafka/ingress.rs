@@ -45,10 +45,11 @@ pub async fn run(
     });
     let topic = cfg.input_topic.clone();
     let store = |tracker: &mut Tracker, partition: i32| {
-        if let Some(off) = tracker.advance(partition, Instant::now())
-            && let Err(e) = consumer.store_offset(&topic, partition, off)
-        {
-            tracing::debug!(error = %e, partition, off, "offset not stored");
+        if let Some(off) = tracker.advance(partition, Instant::now()) {
+            match consumer.store_offset(&topic, partition, off) {
+                Ok(()) => tracing::trace!(partition, off, "offset stored"),
+                Err(e) => tracing::debug!(error = %e, partition, off, "offset not stored"),
+            }
         }
     };
     let mut consuming = true;
@@ -90,7 +91,7 @@ pub async fn run(
                         subject_names: None,
                         position: Some((partition, offset)),
                         ack: Some(ack),
-                        check_age: true,
+                        history: true,
                     };
                     // Tracked before any completion can come back (a dead letter or an event
                     // may finish at once).

@@ -47,7 +47,7 @@ pub async fn run(
                     subject_names: names,
                     position: None,
                     ack: None,
-                    check_age: true,
+                    history: false,
                 };
                 if intake.accept(TRANSPORT, incoming, &dlq, |_| {}).await.is_err() {
                     tracing::error!("the router is gone; stopping NATS intake");
