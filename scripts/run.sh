@@ -35,7 +35,10 @@ cleanup() {
   [ -n "${FEED_PID:-}" ] && kill -TERM "$FEED_PID" 2>/dev/null && wait "$FEED_PID" 2>/dev/null || true
   [ -n "${AUGUR_PID:-}" ] && kill -TERM "$AUGUR_PID" 2>/dev/null && wait "$AUGUR_PID" 2>/dev/null || true
   [ -n "${NATS_PID:-}" ] && kill -TERM "$NATS_PID" 2>/dev/null && wait "$NATS_PID" 2>/dev/null || true
-  [ -n "${KAFKA_PORT:-}" ] && pkill -TERM -f "tansu broker --listener-url tcp://127.0.0.1:$KAFKA_PORT " 2>/dev/null || true
+  if [ -n "${KAFKA_PID:-}" ] && kill -TERM "$KAFKA_PID" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$KAFKA_PID" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$KAFKA_PID" 2>/dev/null || true
+  fi
   echo "run: stopped; logs in $RUN_DIR" >&2
 }
 trap cleanup INT TERM EXIT
@@ -45,8 +48,11 @@ KAFKA_ON="${AUGUR_KAFKA__ENABLED:-$(awk '/^\[kafka\]/{s=1;next} /^\[/{s=0} s && 
 if [ "$KAFKA_ON" = "true" ]; then
   KAFKA_PORT=9092
   port_free "$KAFKA_PORT" || KAFKA_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  (cd "$RUN_DIR" && setsid "$AUGUR_ROOT/.tools/bin/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://kafka.db >"$RUN_DIR/kafka.log" 2>&1 &)
+  # Its own session (a Ctrl-C must not stop the broker before the service has flushed to it);
+  # its pid is tracked for the cleanup (setsid does not fork here: a background job of a
+  # script is not a process-group leader).
+  KAFKA_PID=$(cd "$RUN_DIR" && { setsid "$AUGUR_ROOT/.tools/bin/tansu" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://kafka.db >"$RUN_DIR/kafka.log" 2>&1 & echo $!; })
   for _ in $(seq 100); do port_free "$KAFKA_PORT" || break; sleep 0.05; done
   export AUGUR_KAFKA__ENABLED=true AUGUR_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT"
   echo "run: kafka (tansu) on 127.0.0.1:$KAFKA_PORT; predictions also on ml-predictions-output" >&2

@@ -152,6 +152,26 @@ fn main() {
     }
 }
 
+/// Past the shutdown budget, the stages get this long to finish before the process exits.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Exits the process if it is still running `after` from now.
+fn watchdog(after: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            tracing::error!(
+                after_ms = after.as_millis() as u64,
+                "shutdown did not finish within its budget; exiting"
+            );
+            std::process::exit(4);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "no shutdown watchdog");
+    }
+}
+
 /// Runs `job` on a current-thread runtime; its stop flag turns true on SIGINT or SIGTERM.
 fn until_signal<F, Fut, T>(job: F) -> anyhow::Result<T>
 where
@@ -176,12 +196,19 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config, status_ms } => {
             let cfg = Config::load(Some(&config))?;
             let every = (status_ms > 0).then(|| Duration::from_millis(status_ms));
-            actix_rt::System::new().block_on(augur_service::service::serve(
-                cfg,
-                augur_service::service::shutdown_signal(),
-                every,
-                None,
-            ))?;
+            let budget = Duration::from_millis(cfg.service.shutdown_timeout_ms);
+            // The budget bounds the exit whatever the brokers do: a client library's teardown
+            // (librdkafka's close, a blocking flush) must not keep the process (and its port)
+            // alive after the stages have run out of time.
+            let signal = async move {
+                augur_service::service::shutdown_signal().await;
+                watchdog(budget + SHUTDOWN_GRACE);
+            };
+            let report =
+                actix_rt::System::new().block_on(augur_service::service::serve(cfg, signal, every, None))?;
+            // Everything was flushed and committed within the budget; skip the clients'
+            // teardown, which can block on a broker that is gone.
+            std::process::exit(if report.drained { 0 } else { 3 });
         }
         Command::Replay {
             config,

@@ -26,6 +26,7 @@ async fn state(token: &str) -> AppState {
         metrics: augur_service::telemetry::install(),
         started: Instant::now(),
         buses: Vec::new(),
+        stopping: Default::default(),
     }
 }
 
@@ -365,6 +366,7 @@ async fn test_credentials_inside_urls_are_masked_in_the_config_view() {
         metrics: augur_service::telemetry::install(),
         started: Instant::now(),
         buses: Vec::new(),
+        stopping: Default::default(),
     };
     let app = app!(st);
     let r = test::call_service(&app, test::TestRequest::get().uri("/api/v1/config").to_request()).await;

@@ -711,3 +711,38 @@ fn test_broker_down_at_start_and_mid_stream_keeps_nats_going_and_kafka_catches_u
     );
     svc.stop();
 }
+
+#[test]
+fn test_sigterm_with_the_broker_gone_exits_within_the_shutdown_budget() {
+    // Seen before: SIGTERM while the broker was stopping left the service running for ten
+    // minutes (librdkafka's teardown waiting for a broker that was gone).
+    let _serial = serial();
+    let mut broker = common::Tansu::start(false);
+    let (mut child, _rx) = common::spawn_ready(&[
+        ("AUGUR_NATS__ENABLED", "false"),
+        ("AUGUR_KAFKA__ENABLED", "true"),
+        ("AUGUR_KAFKA__BROKERS", &broker.brokers()),
+        ("AUGUR_KAFKA__PARTITIONS", "3"),
+        ("AUGUR_SERVICE__SHUTDOWN_TIMEOUT_MS", "2000"),
+    ]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let aapl: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(100)
+        .collect();
+    rt.block_on(produce(&producer(&broker.brokers()), &vector_msgs(&aapl)));
+    broker.kill();
+    let started = Instant::now();
+    common::sigterm(&child);
+    let code = child.wait().unwrap();
+    let took = started.elapsed();
+    println!("exited {code:?} after {took:?}");
+    assert!(
+        took < Duration::from_secs(2 + 2 + 1),
+        "exit took {took:?}: over the 2 s budget plus the 2 s grace"
+    );
+}

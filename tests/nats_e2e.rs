@@ -261,39 +261,34 @@ fn test_end_to_end_on_nats_with_dead_letters_and_replay_equal_to_serve() {
 #[test]
 fn test_the_binary_exits_cleanly_on_sigterm() {
     let nats = common::NatsServer::start();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
-        .args(["serve", "--config", "config.toml"])
-        .current_dir(common::root())
-        .env("AUGUR_NATS__URL", nats.url())
-        .env("AUGUR_HTTP__BIND", "127.0.0.1:0")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let start = Instant::now();
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("service output");
-        if line.contains("augur ready") {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "not ready in 30 s");
-    }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (mut child, rx) = common::spawn_ready(&[("AUGUR_NATS__URL", &nats.url())]);
+    common::sigterm(&child);
     let code = child.wait().unwrap();
     assert!(code.success(), "exit status {code:?}");
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("augur stopped")), "{rest:?}");
+}
+
+#[test]
+fn test_sigterm_with_nats_gone_exits_within_the_shutdown_budget() {
+    // Seen before: SIGTERM while nats-server was stopping left the process running for over
+    // a minute with a 10 s budget.
+    let mut nats = common::NatsServer::start();
+    let (mut child, _rx) = common::spawn_ready(&[
+        ("AUGUR_NATS__URL", &nats.url()),
+        ("AUGUR_SERVICE__SHUTDOWN_TIMEOUT_MS", "2000"),
+    ]);
+    common::publish(&nats.url(), &common::real_vectors()[..400], 2_000.0);
+    nats.stop();
+    let started = Instant::now();
+    common::sigterm(&child);
+    let code = child.wait().unwrap();
+    let took = started.elapsed();
+    println!("exited {code:?} after {took:?}");
+    assert!(
+        took < Duration::from_secs(2 + 2 + 1),
+        "exit took {took:?}: over the 2 s budget plus the 2 s grace"
+    );
 }
 
 #[test]
@@ -387,4 +382,26 @@ fn test_a_batch_of_many_bad_vectors_is_one_dead_letter_and_its_good_vectors_go_o
     assert_eq!(get("Augur-Vector-Indices"), "1,2,3,4,5,6,7,8,9,10");
     assert_eq!(report.dead_letters.get("nats:wrong_feature_count"), Some(&1));
     assert_eq!(report.vectors_in, 3, "the good vectors of the batch went on");
+}
+
+#[test]
+fn test_readiness_turns_503_as_soon_as_shutdown_begins() {
+    // A load balancer must stop sending work before the service stops taking it.
+    let nats = common::NatsServer::start();
+    let cfg = common::config(&nats.url());
+    actix_rt::System::new().block_on(async {
+        let mut svc = augur_service::service::Service::build(cfg).await.unwrap();
+        let addr = svc.start(None).await.unwrap().http.unwrap().to_string();
+        let get =
+            |addr: String| actix_rt::task::spawn_blocking(move || common::get_json(&addr, "/health/ready"));
+        let (code, _) = get(addr.clone()).await.unwrap();
+        assert_eq!(code, 200, "ready before the shutdown");
+        let deadline = augur_service::bus::Deadline::after(Duration::from_secs(5));
+        svc.stop_intake(deadline).await;
+        let (code, body) = get(addr.clone()).await.unwrap();
+        assert_eq!(code, 503, "not ready once the shutdown began: {body}");
+        assert!(body.to_string().contains("shutting down"), "{body}");
+        let report = svc.shutdown().await;
+        assert!(report.drained);
+    });
 }

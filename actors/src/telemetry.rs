@@ -16,6 +16,7 @@ pub const KAFKA_PRODUCE_SECONDS: &str = "augur_kafka_produce_duration_seconds";
 pub const KAFKA_CONSUMER_LAG: &str = "augur_kafka_consumer_lag_messages";
 pub const KAFKA_UNCOMMITTED: &str = "augur_kafka_uncommitted_messages";
 pub const KAFKA_REWIND_STREAMS: &str = "augur_kafka_rewind_streams";
+pub const SHUTDOWN_ABANDONED: &str = "augur_shutdown_events_abandoned_total";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
 pub const PREDICTIONS_PUBLISHED: &str = "augur_predictions_published_total";
 pub const PUBLISH_ERRORS: &str = "augur_publish_errors_total";
@@ -152,6 +153,10 @@ pub fn describe() {
         KAFKA_UNCOMMITTED,
         "Consumed input messages whose offset is not yet stored for commit"
     );
+    describe_counter!(
+        SHUTDOWN_ABANDONED,
+        "Events still in flight when the shutdown budget ran out (their inputs are not acknowledged)"
+    );
     describe_gauge!(
         KAFKA_REWIND_STREAMS,
         "Streams whose recent input offsets hold the committed offset back (window rebuild after a restart)"
@@ -246,6 +251,11 @@ pub struct PipelineStats {
 impl PipelineStats {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    /// Events started and not yet finalised.
+    pub fn in_flight(&self) -> u64 {
+        Self::get(&self.events_started).saturating_sub(Self::get(&self.events_finished))
     }
 
     /// Every started event has been finalised (published or dropped).

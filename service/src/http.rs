@@ -46,6 +46,8 @@ pub struct AppState {
     pub started: Instant,
     /// Every transport's health, by name.
     pub buses: Vec<Arc<dyn Health>>,
+    /// Set when the shutdown begins (readiness then answers 503).
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -103,6 +105,9 @@ async fn live() -> HttpResponse {
 /// Reasons the service is not ready; empty when it is.
 async fn not_ready(s: &AppState) -> Vec<String> {
     let mut reasons = Vec::new();
+    if s.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        reasons.push("shutting down".to_string());
+    }
     for e in s.pipeline.executors() {
         if e.is_down() {
             reasons.push(format!("model {} executor is down", e.model()));

@@ -192,6 +192,8 @@ pub struct ServeReport {
     /// Vectors dropped as already seen (the other transport, or redelivery).
     pub duplicates: u64,
     pub drained: bool,
+    /// Events still in flight when the shutdown budget ran out (0 when drained).
+    pub abandoned: u64,
 }
 
 /// What a caller of `serve` gets once the service is ready.
@@ -216,6 +218,10 @@ pub struct Service {
     http: Option<actix_web::dev::ServerHandle>,
     /// Background tasks aborted when the service stops (telemetry upkeep, status line).
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
+    /// Set when the shutdown begins: readiness answers 503 from then on.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Events still in flight when the shutdown budget ran out.
+    abandoned: u64,
 }
 
 impl Service {
@@ -242,6 +248,8 @@ impl Service {
             status,
             http: None,
             tasks: Vec::new(),
+            stopping: Default::default(),
+            abandoned: 0,
         })
     }
 
@@ -279,6 +287,7 @@ impl Service {
                 metrics: self.metrics.clone(),
                 started: self.started,
                 buses: self.health.clone(),
+                stopping: self.stopping.clone(),
             };
             let limit = cfg.http.max_body_bytes;
             let server = actix_web::HttpServer::new(move || {
@@ -321,6 +330,8 @@ impl Service {
 
     /// Stage 1: no new message enters the pipeline, on any transport.
     pub async fn stop_intake(&mut self, deadline: Deadline) {
+        // Readiness turns 503 first, so that a load balancer stops sending work.
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!("shutting down: stopping intake");
         for t in &mut self.transports {
             t.stop_intake(deadline).await;
@@ -331,7 +342,13 @@ impl Service {
     pub async fn drain(&mut self, deadline: Deadline) -> bool {
         let drained = self.pipeline.drain(deadline.remaining()).await;
         if !drained {
-            tracing::warn!("shutdown timeout: some events were still in flight");
+            let abandoned = self.pipeline.stats.in_flight();
+            metrics::counter!(augur_actors::telemetry::SHUTDOWN_ABANDONED).increment(abandoned);
+            self.abandoned = abandoned;
+            tracing::warn!(
+                abandoned,
+                "shutdown budget spent: events still in flight are abandoned"
+            );
         }
         drained
     }
@@ -376,12 +393,14 @@ impl Service {
             predictions: PipelineStats::get(&stats.predictions),
             duplicates: PipelineStats::get(&stats.duplicates),
             drained,
+            abandoned: self.abandoned,
         };
         tracing::info!(
             vectors = report.vectors_in,
             predictions = report.predictions,
             duplicates = report.duplicates,
             drained,
+            abandoned = report.abandoned,
             "augur stopped"
         );
         report

@@ -338,3 +338,43 @@ impl Drop for Tansu {
         }
     }
 }
+
+/// Starts the `augur` binary (`serve` with the shipped config, HTTP on a free port, `env` on
+/// top) and waits for "augur ready"; its stderr lines come through the receiver.
+pub fn spawn_ready(env: &[(&str, &str)]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_augur"));
+    cmd.args(["serve", "--config", "config.toml"])
+        .current_dir(root())
+        .env("AUGUR_HTTP__BIND", "127.0.0.1:0")
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("augur starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let start = std::time::Instant::now();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("service output");
+        if line.contains("augur ready") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "not ready in 60 s");
+    }
+    (child, rx)
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}

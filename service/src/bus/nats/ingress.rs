@@ -1,6 +1,8 @@
 //! Core NATS input: one subscription per served timeframe, `<prefix>.<tf>.>`, into the shared
-//! intake until told to stop; then unsubscribes (intake stops) and returns. Core NATS has no
-//! acknowledgements: a message is done once it is in the pipeline.
+//! intake until told to stop; then drains the subscriptions (the server stops sending, and
+//! every message the client already holds is still taken in, not thrown away) and returns
+//! when they end. Core NATS has no acknowledgements: a message is done once it is in the
+//! pipeline.
 use async_nats::Client;
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -32,10 +34,18 @@ pub async fn run(
     }
     let prefix_len = cfg.input_prefix.len() + 1;
     let mut all = futures::stream::select_all(subs);
+    let mut draining = false;
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                for s in all.iter_mut() {
+                    if let Err(e) = s.drain().await {
+                        tracing::warn!(error = %e, "nats drain failed");
+                    }
+                }
+            }
             msg = all.next() => {
                 let Some(msg) = msg else { break };
                 let subject = msg.subject.as_str();
@@ -55,9 +65,6 @@ pub async fn run(
                 }
             }
         }
-    }
-    for mut s in all.into_iter() {
-        let _ = s.unsubscribe().await;
     }
     Ok(())
 }

@@ -143,12 +143,17 @@ impl Transport for NatsTransport {
         let _ = self.stop.send(true);
         let ingress = self.ingress.take();
         Box::pin(async move {
-            if let Some(i) = ingress {
-                match tokio::time::timeout(deadline.remaining(), i).await {
+            if let Some(mut i) = ingress {
+                // The ingress drains its subscriptions (what the client holds is taken in);
+                // with the server gone the drain may never end: the budget bounds it.
+                match tokio::time::timeout(deadline.remaining(), &mut i).await {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => tracing::error!(error = %e, "nats ingress ended with an error"),
                     Ok(Err(e)) => tracing::error!(error = %e, "nats ingress task failed"),
-                    Err(_) => tracing::warn!("nats intake did not stop before the shutdown deadline"),
+                    Err(_) => {
+                        i.abort();
+                        tracing::warn!("nats intake did not drain before the shutdown deadline")
+                    }
                 }
             }
         })
