@@ -7,7 +7,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::breaker::Admission;
 use crate::clock::{Clock, unix_ns};
 use crate::events::{
     CallFailed, CallShed, DeadlineMissed, EventEvicted, EventWarming, EventWithoutMembers, Predicted,
@@ -158,19 +157,22 @@ impl Stacker {
     /// caller falls back), and the outcome counts on the stacker's breaker.
     pub async fn run(&self, input: Vec<f32>, stats: &PipelineStats) -> Result<Vec<f32>, String> {
         let g = &self.gate;
-        if g.admit() == Admission::Rejected {
+        let ticket = g.admit();
+        if ticket.rejected() {
             return Err(format!("{}: circuit open", g.info.id));
         }
         let started = std::time::Instant::now();
         match g.executor().infer(input).await {
             Ok(out) => {
-                g.record(true, Duration::from_micros(out.inference_us as u64), None);
+                g.record(ticket, true, Duration::from_micros(out.inference_us as u64), None);
                 Ok(out.probabilities)
             }
             Err(e) => {
                 let msg = e.to_string();
                 if e.is_model_fault() {
-                    g.record(false, started.elapsed(), Some(&msg));
+                    g.record(ticket, false, started.elapsed(), Some(&msg));
+                } else {
+                    g.release(ticket);
                 }
                 if e == ExecError::QueueFull {
                     stats.emit(CallShed { model: &g.info.id });

@@ -10,6 +10,10 @@
 //!   model then. Backoff: initial * multiplier^(opens - 1), capped, with +-jitter.
 //! - Half-open: `half_open_probes` calls pass; all succeeding closes, one failing re-opens with
 //!   a longer backoff.
+//! - Every call carries the breaker's epoch from its admission (it changes at each transition):
+//!   an outcome from an earlier epoch (a call admitted before a trip, finishing after it) is
+//!   not evidence about the current state and is ignored, and a probe that ends without an
+//!   outcome about the model (its input was refused, or it was shed) gives its slot back.
 //! - Faulted: more than `max_restarts` restarts within `restart_window_ms` park the model; it
 //!   rejects everything until `reset`.
 use std::collections::VecDeque;
@@ -149,6 +153,8 @@ pub enum TripReason {
     ConsecutiveFailures,
     SlowCalls,
     ProbeFailed,
+    /// A forward pass ran past the executor's forward timeout.
+    HungForward,
 }
 
 impl TripReason {
@@ -158,6 +164,7 @@ impl TripReason {
             TripReason::ConsecutiveFailures => "consecutive_failures",
             TripReason::SlowCalls => "slow_calls",
             TripReason::ProbeFailed => "probe_failed",
+            TripReason::HungForward => "hung_forward",
         }
     }
 }
@@ -222,6 +229,8 @@ pub struct CircuitBreaker {
     probes_ok: u32,
     restarts: VecDeque<Duration>,
     jitter: Jitter,
+    /// Changes at every transition; a call's outcome counts only in the epoch it was admitted.
+    epoch: u64,
 }
 
 impl CircuitBreaker {
@@ -239,6 +248,7 @@ impl CircuitBreaker {
             probes_ok: 0,
             restarts: VecDeque::new(),
             jitter: Jitter::new(seed),
+            epoch: 0,
         }
     }
 
@@ -282,8 +292,26 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records a finished call. Outcomes of calls admitted before a trip are ignored while open.
-    pub fn record(&mut self, now: Duration, ok: bool, latency: Duration) -> Option<Transition> {
+    /// The current epoch: taken with each admission, given back with its outcome.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A call admitted in `epoch` ended without an outcome about the model (its input was
+    /// refused, or it was shed): a half-open probe slot is given back, so that the probes that
+    /// do reach the model decide.
+    pub fn release(&mut self, epoch: u64) {
+        if epoch == self.epoch && self.state == CircuitState::HalfOpen {
+            self.probes_issued = self.probes_issued.saturating_sub(1);
+        }
+    }
+
+    /// Records a finished call admitted in `epoch`. Outcomes from an earlier epoch (calls
+    /// admitted before a transition) are ignored: a late result is not a probe's.
+    pub fn record(&mut self, epoch: u64, now: Duration, ok: bool, latency: Duration) -> Option<Transition> {
+        if epoch != self.epoch {
+            return None;
+        }
         let slow = latency > Duration::from_millis(self.cfg.slow_call_ms);
         match self.state {
             CircuitState::Open | CircuitState::Faulted => None,
@@ -336,6 +364,7 @@ impl CircuitBreaker {
         if self.restarts.len() > self.cfg.max_restarts as usize && self.state != CircuitState::Faulted {
             let from = self.state;
             self.state = CircuitState::Faulted;
+            self.epoch += 1;
             return Some(Transition {
                 from,
                 to: CircuitState::Faulted,
@@ -384,6 +413,7 @@ impl CircuitBreaker {
         let factor = 1.0 + self.cfg.backoff_jitter * (2.0 * self.jitter.next_f64() - 1.0);
         let backoff = Duration::from_secs_f64((capped * factor).max(0.0) / 1000.0);
         self.state = CircuitState::Open;
+        self.epoch += 1;
         self.open_until = now + backoff;
         self.clear_window();
         Transition {
@@ -396,6 +426,7 @@ impl CircuitBreaker {
 
     fn enter_half_open(&mut self) -> Transition {
         self.state = CircuitState::HalfOpen;
+        self.epoch += 1;
         self.probes_issued = 0;
         self.probes_ok = 0;
         Transition {
@@ -409,6 +440,7 @@ impl CircuitBreaker {
     fn close(&mut self) -> Transition {
         let from = self.state;
         self.state = CircuitState::Closed;
+        self.epoch += 1;
         self.opens = 0;
         self.clear_window();
         Transition {
@@ -445,11 +477,50 @@ mod tests {
     }
 
     fn ok(b: &mut CircuitBreaker, now: u64) -> Option<Transition> {
-        b.record(MS(now), true, MS(1))
+        b.record(b.epoch(), MS(now), true, MS(1))
     }
 
     fn fail(b: &mut CircuitBreaker, now: u64) -> Option<Transition> {
-        b.record(MS(now), false, MS(1))
+        b.record(b.epoch(), MS(now), false, MS(1))
+    }
+
+    #[test]
+    fn test_late_results_of_calls_admitted_before_a_trip_are_not_probe_results() {
+        let mut b = CircuitBreaker::new(cfg(), 1);
+        let before = b.epoch(); // two calls admitted while closed, still running
+        for i in 0..3 {
+            fail(&mut b, i);
+        }
+        let (a, _) = b.admit(MS(1002));
+        assert_eq!(a, Admission::Probe);
+        // the two early calls finish now, successfully: they say nothing of the restarted model
+        assert_eq!(b.record(before, MS(1003), true, MS(1)), None);
+        assert_eq!(b.record(before, MS(1003), true, MS(1)), None);
+        assert_eq!(b.state(), CircuitState::HalfOpen, "closed on late results");
+        assert_eq!(ok(&mut b, 1004), None, "one probe of two");
+        assert_eq!(b.admit(MS(1005)).0, Admission::Probe);
+        assert_eq!(ok(&mut b, 1006).unwrap().to, CircuitState::Closed);
+    }
+
+    #[test]
+    fn test_a_probe_without_a_model_outcome_gives_its_slot_back() {
+        let mut b = CircuitBreaker::new(cfg(), 1);
+        for i in 0..3 {
+            fail(&mut b, i);
+        }
+        // both probes are spent on rows the model never saw (input refused, or shed)
+        for t in [1002, 1003] {
+            assert_eq!(b.admit(MS(t)).0, Admission::Probe);
+            b.release(b.epoch());
+        }
+        assert_eq!(
+            b.admit(MS(1004)).0,
+            Admission::Probe,
+            "half-open must not reject everything forever"
+        );
+        assert_eq!(ok(&mut b, 1005), None);
+        assert_eq!(b.admit(MS(1006)).0, Admission::Probe);
+        assert_eq!(ok(&mut b, 1007).unwrap().to, CircuitState::Closed);
     }
 
     #[test]
@@ -517,9 +588,9 @@ mod tests {
     fn test_slow_calls_trip_the_breaker() {
         let mut b = CircuitBreaker::new(cfg(), 1);
         for i in 0..3 {
-            assert_eq!(b.record(MS(i), true, MS(500)), None, "below min_calls");
+            assert_eq!(b.record(b.epoch(), MS(i), true, MS(500)), None, "below min_calls");
         }
-        let t = b.record(MS(3), true, MS(500)).unwrap();
+        let t = b.record(b.epoch(), MS(3), true, MS(500)).unwrap();
         assert_eq!(t.reason, Some(TripReason::SlowCalls));
     }
 

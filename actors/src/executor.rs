@@ -63,6 +63,10 @@ pub struct ExecutorConfig {
     pub max_delay_us: u64,
     /// Requests that may wait in the executor's queue; beyond it calls are refused (counted).
     pub queue_capacity: usize,
+    /// A forward pass running longer than this is hung: the supervisor gives the executor up
+    /// (its thread cannot be killed and is left behind), opens the circuit and starts a fresh
+    /// one after the backoff. 0: no watchdog (set at start-up).
+    pub forward_timeout_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -71,6 +75,7 @@ impl Default for ExecutorConfig {
             max_batch: 64,
             max_delay_us: 0,
             queue_capacity: 8192,
+            forward_timeout_ms: 10_000,
         }
     }
 }
@@ -164,6 +169,10 @@ pub struct ExecutorState {
     /// The thread has exited (load failure, panic, shutdown).
     pub down: AtomicBool,
     pub queued: AtomicUsize,
+    /// When the running forward pass started (the clock's time in ns, plus 1); 0 between passes.
+    pub forward_started_ns: AtomicU64,
+    /// Given up by the supervisor's watchdog (a hung pass): the thread ends when it wakes.
+    pub abandoned: AtomicBool,
     pub batches: AtomicU64,
     pub rows: AtomicU64,
     pub last_error: Mutex<Option<String>>,
@@ -350,6 +359,14 @@ fn run(
     let mut arrivals = Arrivals::new(clock.now());
     loop {
         let Ok(first) = rx.recv() else { return };
+        if state.abandoned.load(Ordering::Acquire) {
+            // A fresh executor took over while this one hung: answer what is left and end.
+            let _ = first.reply.send(Err(ExecError::Down));
+            while let Ok(job) = rx.try_recv() {
+                let _ = job.reply.send(Err(ExecError::Down));
+            }
+            return;
+        }
         let cfg = batch.lock().map(|b| b.clone()).unwrap_or_default();
         jobs.clear();
         jobs.push(first);
@@ -383,7 +400,11 @@ fn run(
         }
         let n = accepted.len();
         let started = Instant::now();
+        state
+            .forward_started_ns
+            .store(clock.now().as_nanos() as u64 + 1, Ordering::Release);
         let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&rows[..n * len], n)));
+        state.forward_started_ns.store(0, Ordering::Release);
         let took = started.elapsed();
         state.batches.fetch_add(1, Ordering::Relaxed);
         state.rows.fetch_add(n as u64, Ordering::Relaxed);
@@ -602,6 +623,7 @@ pub(crate) mod tests {
                 max_batch: 8,
                 max_delay_us: 0,
                 queue_capacity: 64,
+                forward_timeout_ms: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -629,6 +651,7 @@ pub(crate) mod tests {
                 max_batch: 8,
                 max_delay_us: 200_000,
                 queue_capacity: 64,
+                forward_timeout_ms: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -679,6 +702,7 @@ pub(crate) mod tests {
                 max_batch: 8,
                 max_delay_us: 20_000,
                 queue_capacity: 64,
+                forward_timeout_ms: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -706,6 +730,7 @@ pub(crate) mod tests {
                 max_batch: 8,
                 max_delay_us: 0,
                 queue_capacity: 64,
+                forward_timeout_ms: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -728,6 +753,7 @@ pub(crate) mod tests {
                 max_batch: 4,
                 max_delay_us: 0,
                 queue_capacity: 64,
+                forward_timeout_ms: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -771,6 +797,7 @@ pub(crate) mod tests {
                 max_batch: 1,
                 max_delay_us: 0,
                 queue_capacity: 1,
+                forward_timeout_ms: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),

@@ -16,6 +16,19 @@ use crate::messages::CircuitChanged;
 use crate::telemetry::{self as t, PipelineStats};
 use crate::types::ModelInfo;
 
+/// A call's admission: whether it may go ahead, and the breaker epoch its outcome belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub admission: Admission,
+    epoch: u64,
+}
+
+impl Ticket {
+    pub fn rejected(&self) -> bool {
+        self.admission == Admission::Rejected
+    }
+}
+
 #[derive(Debug)]
 pub struct ModelGate {
     pub index: usize,
@@ -131,21 +144,32 @@ impl ModelGate {
         }
     }
 
-    pub fn admit(&self) -> Admission {
+    pub fn admit(&self) -> Ticket {
         let now = self.clock.now();
-        let (a, tr) = match self.breaker.lock() {
-            Ok(mut b) => b.admit(now),
-            Err(_) => (Admission::Rejected, None),
+        let (admission, epoch, tr) = match self.breaker.lock() {
+            Ok(mut b) => {
+                let (a, tr) = b.admit(now);
+                (a, b.epoch(), tr)
+            }
+            Err(_) => (Admission::Rejected, 0, None),
         };
-        if a == Admission::Rejected {
+        if admission == Admission::Rejected {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             self.stats.emit(CallRejected { model: &self.info.id });
         }
         self.notify(tr);
-        a
+        Ticket { admission, epoch }
     }
 
-    pub fn record(&self, ok: bool, latency: Duration, error: Option<&str>) {
+    /// An admitted call ended without an outcome about the model (its row was refused, or it
+    /// was shed under load): a probe slot is given back.
+    pub fn release(&self, ticket: Ticket) {
+        if let Ok(mut b) = self.breaker.lock() {
+            b.release(ticket.epoch);
+        }
+    }
+
+    pub fn record(&self, ticket: Ticket, ok: bool, latency: Duration, error: Option<&str>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if ok {
             self.metrics.calls_ok.increment(1);
@@ -177,7 +201,7 @@ impl ModelGate {
             .breaker
             .lock()
             .ok()
-            .and_then(|mut b| b.record(now, ok, latency));
+            .and_then(|mut b| b.record(ticket.epoch, now, ok, latency));
         self.notify(tr);
     }
 

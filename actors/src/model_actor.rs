@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::breaker::Admission;
 use crate::events::{CallFailed, CallShed};
 use crate::executor::{ExecError, RowOutput};
-use crate::gate::ModelGate;
+use crate::gate::{ModelGate, Ticket};
 use crate::messages::{MemberDone, MemberStatus, ModelFailed, Stop};
 use crate::telemetry::PipelineStats;
 use crate::types::{MemberPrediction, Vector};
@@ -79,13 +78,20 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn finish(&self, sequence: u64, result: Result<RowOutput, ExecError>, latency: std::time::Duration) {
+    fn finish(
+        &self,
+        ticket: Ticket,
+        sequence: u64,
+        result: Result<RowOutput, ExecError>,
+        latency: std::time::Duration,
+    ) {
         let status = match result {
             Ok(out) => {
                 // Slow means the model computed slowly (its batch's forward pass), not that the
                 // call waited in a queue behind a burst: queueing is back-pressure, not a fault.
                 let _ = latency;
                 self.gate.record(
+                    ticket,
                     true,
                     std::time::Duration::from_micros(out.inference_us as u64),
                     None,
@@ -100,6 +106,7 @@ impl Reporter {
             }
             Err(ExecError::QueueFull) => {
                 // Shed under load: counted, the member misses this event, nobody is at fault.
+                self.gate.release(ticket);
                 self.stats.emit(CallShed {
                     model: &self.gate.info.id,
                 });
@@ -108,7 +115,10 @@ impl Reporter {
             Err(e) => {
                 let error = e.to_string();
                 if e.is_model_fault() {
-                    self.gate.record(false, latency, Some(&error));
+                    self.gate.record(ticket, false, latency, Some(&error));
+                } else {
+                    // The row was refused, not the model at fault: a probe slot goes back.
+                    self.gate.release(ticket);
                 }
                 self.stats.emit(CallFailed {
                     model: &self.gate.info.id,
@@ -153,7 +163,8 @@ impl Handler<Vector> for ModelActor {
             self.done(v.sequence, MemberStatus::Warming);
             return;
         }
-        if self.gate.admit() == Admission::Rejected {
+        let ticket = self.gate.admit();
+        if ticket.rejected() {
             self.done(v.sequence, MemberStatus::Rejected);
             return;
         }
@@ -169,10 +180,10 @@ impl Handler<Vector> for ModelActor {
             Ok(rx) => {
                 actix::spawn(async move {
                     let res = rx.await.unwrap_or(Err(ExecError::Down));
-                    reporter.finish(sequence, res, started.elapsed());
+                    reporter.finish(ticket, sequence, res, started.elapsed());
                 });
             }
-            Err(e) => reporter.finish(sequence, Err(e), started.elapsed()),
+            Err(e) => reporter.finish(ticket, sequence, Err(e), started.elapsed()),
         }
     }
 }

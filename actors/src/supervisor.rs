@@ -93,8 +93,67 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// The forward-pass watchdog: every quarter of the timeout, an executor whose pass has run
+    /// longer than the timeout is given up: marked down (calls go elsewhere at once), its
+    /// circuit opened; the restart after the backoff starts a fresh one, because it is down.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self
+            .executor_config
+            .read()
+            .map(|c| c.forward_timeout_ms)
+            .unwrap_or_default();
+        if timeout > 0 {
+            self.give_up_hung(Duration::from_millis(timeout));
+        }
+        let period = Duration::from_millis((timeout / 4).clamp(10, 1_000));
+        let sleep = self.clock.sleep(period);
+        ctx.spawn(sleep.into_actor(self).map(|_, act, ctx| act.watch(ctx)));
+    }
+
+    fn give_up_hung(&mut self, timeout: Duration) {
+        let now = self.clock.now().as_nanos() as u64 + 1;
+        for m in &self.models {
+            let h = m.gate.executor();
+            let st = h.state();
+            let since = st.forward_started_ns.load(std::sync::atomic::Ordering::Acquire);
+            if since == 0 || st.abandoned.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            let running = Duration::from_nanos(now.saturating_sub(since));
+            if running <= timeout {
+                continue;
+            }
+            st.abandoned.store(true, std::sync::atomic::Ordering::Release);
+            st.ready.store(false, std::sync::atomic::Ordering::Release);
+            st.down.store(true, std::sync::atomic::Ordering::Release);
+            let error = format!(
+                "forward pass running for {} ms (timeout {} ms): executor given up",
+                running.as_millis(),
+                timeout.as_millis()
+            );
+            tracing::error!(model = %m.gate.info.id, %error, "hung model");
+            if let Ok(mut g) = m.gate.last_error.lock() {
+                *g = Some(error);
+            }
+            m.gate.force_open(crate::breaker::TripReason::HungForward);
+        }
+    }
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let on = self
+            .executor_config
+            .read()
+            .map(|c| c.forward_timeout_ms > 0)
+            .unwrap_or(false);
+        if on {
+            self.watch(ctx);
+        }
+    }
 }
 
 impl Handler<CircuitChanged> for Supervisor {

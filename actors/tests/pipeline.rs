@@ -24,6 +24,10 @@ struct Double {
     panic: Arc<AtomicBool>,
     /// While set, a forward pass waits (a model that does not answer).
     hold: Arc<AtomicBool>,
+    /// Which load this instance is (1 = the first), and the last load whose forward passes
+    /// hang (0: none): a hung instance, while a fresh one works.
+    born: usize,
+    hang_upto: Arc<AtomicUsize>,
 }
 
 impl InferenceBackend for Double {
@@ -38,7 +42,7 @@ impl InferenceBackend for Double {
         Ok(())
     }
     fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
-        while self.hold.load(Ordering::SeqCst) {
+        while self.hold.load(Ordering::SeqCst) || self.born <= self.hang_upto.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
         if self.panic.load(Ordering::SeqCst) {
@@ -65,6 +69,7 @@ struct Flags {
     panic: Arc<AtomicBool>,
     hold: Arc<AtomicBool>,
     loads: Arc<AtomicUsize>,
+    hang_upto: Arc<AtomicUsize>,
 }
 
 fn spec(id: &str, window: usize, timeframes: &[&str]) -> (ModelSpec, Flags) {
@@ -73,12 +78,14 @@ fn spec(id: &str, window: usize, timeframes: &[&str]) -> (ModelSpec, Flags) {
         panic: Arc::default(),
         hold: Arc::default(),
         loads: Arc::default(),
+        hang_upto: Arc::default(),
     };
-    let (f, p, h, l) = (
+    let (f, p, h, l, hu) = (
         flags.fail.clone(),
         flags.panic.clone(),
         flags.hold.clone(),
         flags.loads.clone(),
+        flags.hang_upto.clone(),
     );
     let features = 2;
     let spec = ModelSpec {
@@ -93,12 +100,14 @@ fn spec(id: &str, window: usize, timeframes: &[&str]) -> (ModelSpec, Flags) {
             device: "cpu".into(),
         },
         factory: Arc::new(move || {
-            l.fetch_add(1, Ordering::SeqCst);
+            let born = l.fetch_add(1, Ordering::SeqCst) + 1;
             Ok(Box::new(Double {
                 len: window * features,
                 fail: f.clone(),
                 panic: p.clone(),
                 hold: h.clone(),
+                born,
+                hang_upto: hu.clone(),
             }) as Box<dyn InferenceBackend>)
         }),
     };
@@ -149,6 +158,7 @@ fn config() -> PipelineConfig {
             max_batch: 16,
             max_delay_us: 100,
             queue_capacity: 4096,
+            forward_timeout_ms: 0,
         },
         breaker: BreakerConfig {
             consecutive_failures: 3,
@@ -512,4 +522,50 @@ async fn test_a_duplicate_is_released_only_once_the_first_copys_prediction_is_de
     );
     out.items.lock().unwrap().clear(); // the sink delivered it
     assert!(released.load(Ordering::SeqCst));
+}
+
+#[actix_rt::test]
+async fn test_a_hung_forward_is_replaced_by_a_fresh_executor_while_others_go_on() {
+    // A forward pass that never returns kept the executor "up": restarts only replaced dead
+    // executors, so the model answered nothing again until the process restarted.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let (good, _) = spec("good", 1, &["1m"]);
+    let (stuck, flags) = spec("stuck", 1, &["1m"]);
+    let mut cfg = config();
+    cfg.executor.forward_timeout_ms = 1_000;
+    let (p, out, clock) = start(vec![good, stuck], cfg).await;
+    feed(&p, 1, 3).await;
+    let gate = &p.gates[1];
+    flags
+        .hang_upto
+        .store(flags.loads.load(Ordering::SeqCst), Ordering::SeqCst);
+    p.ingest(vec![vector("AAA", "1m", 3, 0.3)]).await.unwrap();
+    until("the stuck forward pass", || {
+        gate.executor().state().forward_started_ns.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    let loads = flags.loads.load(Ordering::SeqCst);
+    // past the forward timeout: the watchdog gives up on the executor and opens the circuit
+    clock.advance(Duration::from_millis(1_500));
+    until("the hung executor given up", || {
+        gate.state() == CircuitState::Open
+    })
+    .await;
+    // after the backoff the supervisor starts a fresh executor (the old thread is left behind)
+    until("the backoff timer", || clock.pending_timers() >= 2).await;
+    clock.advance(Duration::from_millis(200));
+    until("a fresh executor", || flags.loads.load(Ordering::SeqCst) > loads).await;
+    until("ready", || gate.executor().is_ready()).await;
+    // event 3 waited on the hung call: its deadline publishes it with the member that answered
+    clock.advance(Duration::from_millis(2_000));
+    assert!(p.drain(Duration::from_secs(10)).await);
+    let third = out.get().await.into_iter().find(|e| e.sequence == 3).unwrap();
+    assert_eq!(third.models_used, 1);
+    for seq in 4..8 {
+        feed(&p, seq, seq + 1).await;
+    }
+    let last = out.get().await.last().cloned().unwrap();
+    assert_eq!(last.sequence, 7);
+    assert_eq!(last.models_used, 2, "the stuck model answers again");
+    flags.hang_upto.store(0, Ordering::SeqCst); // let the abandoned thread end
 }
