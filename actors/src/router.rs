@@ -119,25 +119,31 @@ impl Router {
         }
     }
 
+    /// A later copy of a vector already routed (the other transport's, or a redelivery): its
+    /// input is finished when the first copy's prediction is delivered (else a crash in
+    /// between loses that prediction on this copy's transport). Released at once when that
+    /// event is over.
+    fn join_first_copy(&self, v: Vector) {
+        if let Some(ack) = v.ack
+            && let Some(s) = self.streams.peek(&v.key)
+            && let Some(event) = s
+                .in_flight
+                .iter()
+                .rev()
+                .find(|(q, _)| *q == v.sequence)
+                .and_then(|(_, w)| w.upgrade())
+        {
+            event.join(ack);
+        }
+    }
+
     fn route(&mut self, v: Vector) {
         self.stats.emit(VectorRouted);
         if self.seen.put((v.key.clone(), v.sequence), ()).is_some() {
             self.stats.emit(Duplicate {
                 transport: v.transport,
             });
-            // Its input is finished when the first copy's prediction is delivered (else a
-            // crash in between loses that prediction on this copy's transport).
-            if let Some(ack) = v.ack
-                && let Some(s) = self.streams.peek(&v.key)
-                && let Some(event) = s
-                    .in_flight
-                    .iter()
-                    .rev()
-                    .find(|(q, _)| *q == v.sequence)
-                    .and_then(|(_, w)| w.upgrade())
-            {
-                event.join(ack);
-            }
+            self.join_first_copy(v);
             return;
         }
         if !self.streams.contains(&v.key) {
@@ -192,6 +198,9 @@ impl Router {
             self.stats.emit(StaleSequence {
                 transport: v.transport,
             });
+            // A copy that lagged past the dedupe memory may still have its first copy's
+            // prediction on the way.
+            self.join_first_copy(v);
             return;
         }
         s.last_sequence = Some(v.sequence);
@@ -200,10 +209,14 @@ impl Router {
         }
         self.stats.emit(EventStarted);
         let joined = Arc::new(Joined::new(v.ack.clone()));
-        while s.in_flight.front().is_some_and(|(_, w)| w.strong_count() == 0)
-            || s.in_flight.len() >= IN_FLIGHT_KEPT
-        {
+        while s.in_flight.front().is_some_and(|(_, w)| w.strong_count() == 0) {
             s.in_flight.pop_front();
+        }
+        if s.in_flight.len() >= IN_FLIGHT_KEPT {
+            s.in_flight.retain(|(_, w)| w.strong_count() > 0);
+            while s.in_flight.len() >= IN_FLIGHT_KEPT {
+                s.in_flight.pop_front();
+            }
         }
         s.in_flight.push_back((v.sequence, Arc::downgrade(&joined)));
         s.aggregator.do_send(StartEvent(EventMeta {

@@ -64,7 +64,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: 10_000,
             fetch_wait_max_ms: 5,
             rewind_max_messages: 50_000,
-            rewind_quiet_ms: 6 * 3600 * 1000,
+            rewind_quiet_ms: 3 * 24 * 3600 * 1000,
         }
     }
 }

@@ -14,6 +14,9 @@ use super::offsets::{OffsetDone, Rewind, Tracker};
 use super::{KafkaConfig, KafkaDeadLetters, KafkaStats, TRANSPORT, ensure_topics};
 use crate::bus::ingest::{Incoming, Intake};
 
+/// How often stored offsets are worked out while completions keep coming.
+const STORE_EVERY: Duration = Duration::from_millis(100);
+
 /// Consumes `input_topic` until `stop`; then keeps settling completions (while the caller
 /// drains the pipeline and flushes the sinks) until nothing is pending or `finish` fires,
 /// stores what finished and commits synchronously.
@@ -48,10 +51,20 @@ pub async fn run(
         if let Some(off) = tracker.advance(partition, Instant::now()) {
             match consumer.store_offset(&topic, partition, off) {
                 Ok(()) => tracing::trace!(partition, off, "offset stored"),
-                Err(e) => tracing::debug!(error = %e, partition, off, "offset not stored"),
+                Err(e) => {
+                    tracker.store_failed(partition);
+                    tracing::debug!(error = %e, partition, off, "offset not stored")
+                }
             }
         }
     };
+    // Completions come in bursts of thousands: each is applied at once (cheap), but the
+    // stored offsets are worked out at most every STORE_EVERY per partition (auto-commit runs
+    // every second anyway).
+    let mut dirty: std::collections::BTreeSet<i32> = Default::default();
+    let mut last_store = Instant::now();
+    let mut tick = tokio::time::interval(STORE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut consuming = true;
     loop {
         if !consuming && tracker.pending() == 0 {
@@ -67,10 +80,26 @@ pub async fn run(
             done = rx.recv() => {
                 if let Some((p, o)) = done {
                     tracker.complete(p, o);
-                    store(&mut tracker, p);
+                    dirty.insert(p);
+                    while let Ok((p, o)) = rx.try_recv() {
+                        tracker.complete(p, o);
+                        dirty.insert(p);
+                    }
+                    if last_store.elapsed() >= STORE_EVERY || (!consuming && tracker.pending() == 0) {
+                        for p in std::mem::take(&mut dirty) {
+                            store(&mut tracker, p);
+                        }
+                        last_store = Instant::now();
+                    }
                     stats.uncommitted.store(tracker.pending() as u64, Ordering::Relaxed);
-                    stats.rewind_streams.store(tracker.streams_held() as u64, Ordering::Relaxed);
                 }
+            }
+            _ = tick.tick(), if !dirty.is_empty() => {
+                for p in std::mem::take(&mut dirty) {
+                    store(&mut tracker, p);
+                }
+                last_store = Instant::now();
+                stats.rewind_streams.store(tracker.streams_held() as u64, Ordering::Relaxed);
             }
             m = consumer.recv(), if consuming => match m {
                 Err(e) => {

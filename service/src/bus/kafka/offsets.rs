@@ -47,7 +47,7 @@ impl Rewind {
         Rewind {
             per_stream: n,
             max_messages: 50_000,
-            quiet: Duration::from_secs(6 * 3600),
+            quiet: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }
@@ -77,6 +77,7 @@ struct PartitionTrack {
 pub struct Tracker {
     rewind: Rewind,
     parts: HashMap<i32, PartitionTrack>,
+    pending_total: usize,
 }
 
 impl Tracker {
@@ -84,6 +85,7 @@ impl Tracker {
         Tracker {
             rewind,
             parts: HashMap::new(),
+            pending_total: 0,
         }
     }
 
@@ -96,6 +98,7 @@ impl Tracker {
     ) {
         let p = self.parts.entry(partition).or_default();
         *p.pending.entry(offset).or_default() += 1;
+        self.pending_total += 1;
         p.next = p.next.max(offset + 1);
         for k in keys {
             let h = p.streams.entry(k).or_insert_with(|| Held {
@@ -114,6 +117,7 @@ impl Tracker {
             && let Some(n) = p.pending.get_mut(&offset)
         {
             *n -= 1;
+            self.pending_total -= 1;
             if *n == 0 {
                 p.pending.remove(&offset);
             }
@@ -144,6 +148,12 @@ impl Tracker {
                 first_pending.saturating_sub(rewind.per_stream).max(beyond)
             };
             h.offsets.drain(..drop);
+            // Past an unfinished message, finished ones beyond the horizon are not kept either
+            // (one stuck message must not make every later offset a memory).
+            if h.offsets.len() > rewind.per_stream && h.offsets.front().is_some_and(|&o| o < horizon) {
+                let pending = &p.pending;
+                h.offsets.retain(|o| *o >= horizon || pending.contains_key(o));
+            }
         }
         p.streams.retain(|_, h| !h.offsets.is_empty());
         let safe = p
@@ -160,10 +170,25 @@ impl Tracker {
         })
     }
 
+    /// The broker refused the last offset `advance` gave for `partition`: the next advance
+    /// gives one again.
+    pub fn store_failed(&mut self, partition: i32) {
+        if let Some(p) = self.parts.get_mut(&partition) {
+            p.stored = 0;
+        }
+    }
+
+    /// Unfinished message copies (kept as a running count: asked after every completion).
     pub fn pending(&self) -> usize {
+        self.pending_total
+    }
+
+    /// Offsets remembered for rewinds, over every stream and partition.
+    pub fn held_offsets(&self) -> usize {
         self.parts
             .values()
-            .map(|p| p.pending.values().map(|&n| n as usize).sum::<usize>())
+            .flat_map(|p| p.streams.values())
+            .map(|h| h.offsets.len())
             .sum()
     }
 
@@ -324,5 +349,24 @@ mod tests {
         );
         t.complete(0, 0);
         assert_eq!(t.advance(0, now()), Some(1));
+    }
+
+    #[test]
+    fn test_one_stuck_message_does_not_let_a_streams_offsets_grow_without_bound() {
+        // A message whose output never finishes (a produce retrying for ever) holds the
+        // stored offset, as it must; the finished messages after it are not all remembered.
+        let mut t = Tracker::new(Rewind {
+            per_stream: 32,
+            max_messages: 1_000,
+            quiet: Duration::from_secs(3600),
+        });
+        t.consumed(0, 0, std::iter::once(k("A")), now());
+        for o in 1..50_000 {
+            t.consumed(0, o, std::iter::once(k("A")), now());
+            t.complete(0, o);
+        }
+        t.advance(0, now());
+        assert!(t.held_offsets() <= 1_100, "{} offsets held", t.held_offsets());
+        assert_eq!(t.pending(), 1);
     }
 }
