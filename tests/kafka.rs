@@ -746,3 +746,60 @@ fn test_sigterm_with_the_broker_gone_exits_within_the_shutdown_budget() {
         "exit took {took:?}: over the 2 s budget plus the 2 s grace"
     );
 }
+
+#[test]
+fn test_kafka_output_down_sheds_beyond_its_bound_while_nats_goes_on() {
+    // Before: every prediction spawned a delivery task with no limit while Kafka was down.
+    let _serial = serial();
+    let nats = common::NatsServer::start();
+    let broker = common::Tansu::reserve(false); // never started: Kafka stays down
+    let mut cfg = kafka_config(Some(&nats.url()), &broker.brokers());
+    cfg.kafka.max_pending_deliveries = 10;
+    cfg.service.shutdown_timeout_ms = 2_000;
+    let svc = common::Service::start(cfg);
+    let ibm: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "IBM")
+        .take(120)
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut sub = client.subscribe("predictions.>").await.unwrap();
+        client.flush().await.unwrap();
+        for v in &ibm {
+            let p = pb::FeatureVectorBatch {
+                vectors: vec![stamp(v.clone())],
+            }
+            .encode_to_vec();
+            client
+                .publish(format!("features.{}.{}", v.timeframe, v.symbol), p.into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut n = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while n < 89 && Instant::now() < deadline {
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+                n += 1;
+            }
+        }
+        n
+    });
+    assert_eq!(got, 89, "every NATS prediction while Kafka is down");
+    let (_, health) = common::get_json(&svc.http(), "/api/v1/health");
+    let kafka = &health["buses"]["kafka"];
+    let in_flight = kafka["deliveries_in_flight"].as_u64().unwrap();
+    let shed = kafka["shed"].as_u64().unwrap();
+    assert!(in_flight <= 10, "{kafka}");
+    assert_eq!(
+        in_flight + shed,
+        89,
+        "each prediction is in flight or counted as shed: {kafka}"
+    );
+    svc.stop();
+}

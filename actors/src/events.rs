@@ -292,6 +292,19 @@ impl PublishFailed<'_> {
     }
 }
 
+/// A sink at its limit of predictions in flight (its broker slow or down) dropped one: the
+/// other sinks are not held up. Its input is given back where the transport can.
+pub struct PredictionShed {
+    pub sink: &'static str,
+}
+
+impl PredictionShed {
+    pub fn emit(self) {
+        metrics::counter!(t::PREDICTIONS_SHED, "sink" => self.sink).increment(1);
+        tracing::debug!(sink = self.sink, "prediction shed: sink at its limit");
+    }
+}
+
 /// A model's circuit changed state: the one place the state gauge is set.
 pub struct CircuitTransition<'a> {
     pub model: &'a str,

@@ -20,6 +20,7 @@ pub const SHUTDOWN_ABANDONED: &str = "augur_shutdown_events_abandoned_total";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
 pub const PREDICTIONS_PUBLISHED: &str = "augur_predictions_published_total";
 pub const PUBLISH_ERRORS: &str = "augur_publish_errors_total";
+pub const PREDICTIONS_SHED: &str = "augur_predictions_shed_total";
 pub const EVENTS_WARMING: &str = "augur_events_warming_total";
 pub const EVENTS_DROPPED: &str = "augur_events_dropped_total";
 pub const AGGREGATOR_DEADLINE_MISSES: &str = "augur_aggregator_deadline_misses_total";
@@ -71,6 +72,10 @@ pub fn describe() {
     describe_counter!(
         PUBLISH_ERRORS,
         "Prediction or dead-letter publishes that failed, by sink"
+    );
+    describe_counter!(
+        PREDICTIONS_SHED,
+        "Predictions a sink dropped at its limit of publishes in flight (its broker slow or down), by sink"
     );
     describe_counter!(
         EVENTS_WARMING,
@@ -214,6 +219,8 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
     counter!(EVENTS_DROPPED, "reason" => "evicted").increment(0);
     counter!(NATS_SLOW_CONSUMER).increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "nats").increment(0);
+    counter!(PREDICTIONS_SHED, "sink" => "nats").increment(0);
+    counter!(PREDICTIONS_SHED, "sink" => "kafka").increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "nats_dlq").increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "kafka").increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "kafka_dlq").increment(0);

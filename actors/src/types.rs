@@ -57,11 +57,22 @@ pub trait Completion: Send + Sync {
     /// acknowledging it. Transports that cannot (Kafka retries its outputs until delivered)
     /// keep the default.
     fn fail(&self) {}
+
+    /// The input cannot be given back (a Kafka offset): a sink at its limit delivers this
+    /// prediction anyway rather than shed it; the input transport's own limit on unfinished
+    /// messages bounds how many there are.
+    fn must_deliver(&self) -> bool {
+        false
+    }
 }
 
 impl Ack {
     pub fn fail(&self) {
         self.0.fail();
+    }
+
+    pub fn must_deliver(&self) -> bool {
+        self.0.must_deliver()
     }
 }
 
@@ -97,6 +108,16 @@ impl Completion for Joined {
         for a in self.later.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             a.fail();
         }
+    }
+
+    fn must_deliver(&self) -> bool {
+        self.first.as_ref().is_some_and(Ack::must_deliver)
+            || self
+                .later
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(Ack::must_deliver)
     }
 }
 

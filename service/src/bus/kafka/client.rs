@@ -69,7 +69,13 @@ pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
             .iter()
             .map(|n| NewTopic::new(n, cfg.partitions, TopicReplication::Fixed(1)))
             .collect();
-        match admin.create_topics(&topics, &opts).await {
+        // Raced against the stop: against a broker that never answers, a creation request
+        // waits out librdkafka's request timeout (a minute), which a shutdown must not.
+        let created = tokio::select! {
+            r = admin.create_topics(&topics, &opts) => r,
+            _ = stop.changed() => return,
+        };
+        match created {
             Ok(results) => {
                 let failed: Vec<String> = results
                     .into_iter()

@@ -42,6 +42,15 @@ pub struct KafkaConfig {
     /// A stream with no input for this long stops holding the committed offset back (after a
     /// restart its window refills from live data).
     pub rewind_quiet_ms: u64,
+    /// Predictions whose delivery may be in flight (retrying while the broker is down); past
+    /// it, predictions of inputs that can be given back or were never acknowledged (core NATS)
+    /// are shed (counted) so that a Kafka outage cannot grow memory without bound, while
+    /// those of Kafka inputs are still delivered (their number is bounded by
+    /// `max_uncommitted`).
+    pub max_pending_deliveries: usize,
+    /// Consumed input messages not yet finished; past it the consumer stops taking input
+    /// until some finish (back-pressure while the output is slow or down).
+    pub max_uncommitted: usize,
 }
 
 impl Default for KafkaConfig {
@@ -65,6 +74,8 @@ impl Default for KafkaConfig {
             fetch_wait_max_ms: 5,
             rewind_max_messages: 50_000,
             rewind_quiet_ms: 3 * 24 * 3600 * 1000,
+            max_pending_deliveries: 20_000,
+            max_uncommitted: 20_000,
         }
     }
 }
@@ -102,6 +113,12 @@ impl KafkaConfig {
         }
         if self.delivery_timeout_ms < 1000 {
             p.push("kafka.delivery_timeout_ms must be at least 1000".into());
+        }
+        if self.max_pending_deliveries == 0 {
+            p.push("kafka.max_pending_deliveries must be at least 1".into());
+        }
+        if self.max_uncommitted == 0 {
+            p.push("kafka.max_uncommitted must be at least 1".into());
         }
         if self.rewind_max_messages < 1 {
             p.push("kafka.rewind_max_messages must be at least 1".into());

@@ -22,6 +22,10 @@ pub struct KafkaStats {
     /// Streams whose recent offsets hold the committed offset back (bounded by the rewind
     /// limits).
     pub rewind_streams: AtomicU64,
+    /// Prediction deliveries in flight (retrying while the broker is down).
+    pub in_flight: AtomicU64,
+    /// Predictions shed at `max_pending_deliveries`.
+    pub shed: AtomicU64,
     pub lag: AtomicU64,
 }
 
@@ -97,6 +101,8 @@ impl Health for KafkaStats {
             "produce_errors": self.produce_errors.load(Ordering::Relaxed),
             "uncommitted": self.uncommitted.load(Ordering::Relaxed),
             "rewind_streams": self.rewind_streams.load(Ordering::Relaxed),
+            "deliveries_in_flight": self.in_flight.load(Ordering::Relaxed),
+            "shed": self.shed.load(Ordering::Relaxed),
             "lag": self.lag.load(Ordering::Relaxed),
         })
     }

@@ -101,7 +101,9 @@ pub async fn run(
                 last_store = Instant::now();
                 stats.rewind_streams.store(tracker.streams_held() as u64, Ordering::Relaxed);
             }
-            m = consumer.recv(), if consuming => match m {
+            // Back-pressure: past max_uncommitted unfinished messages (the output slow or
+            // down) no more input is taken until some finish.
+            m = consumer.recv(), if consuming && tracker.pending() < cfg.max_uncommitted => match m {
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consume error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -135,7 +137,14 @@ pub async fn run(
             }
         }
     }
-    for p in tracker.partitions() {
+    let partitions = tracker.partitions();
+    if partitions.is_empty() {
+        // Nothing was consumed: nothing to commit (and a synchronous commit against a broker
+        // that never answered would wait out librdkafka's own timeout).
+        tracing::info!("kafka intake consumed nothing; no final commit");
+        return;
+    }
+    for p in partitions {
         store(&mut tracker, p);
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {

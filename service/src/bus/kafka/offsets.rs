@@ -19,8 +19,13 @@ pub(super) struct OffsetDone {
 }
 
 /// Kafka's outputs retry until delivered (or give up on a permanent error, which must release
-/// the offset), so a completion never fails here.
-impl augur_actors::types::Completion for OffsetDone {}
+/// the offset), so a completion never fails here; and an offset cannot be given back, so a
+/// sink must not shed its prediction.
+impl augur_actors::types::Completion for OffsetDone {
+    fn must_deliver(&self) -> bool {
+        true
+    }
+}
 
 impl Drop for OffsetDone {
     fn drop(&mut self) {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use augur_actors::events::{PredictionPublished, PublishFailed};
+use augur_actors::events::{PredictionPublished, PredictionShed, PublishFailed};
 use augur_actors::messages::Publish;
 use augur_actors::telemetry as t;
 use prost::Message as _;
@@ -101,6 +101,19 @@ impl Handler<Publish> for KafkaSink {
     type Result = ();
 
     fn handle(&mut self, Publish(e): Publish, _: &mut Context<Self>) {
+        // Bounded: past the limit a prediction whose input can be given back (or was never
+        // acknowledged) is shed, counted, and its input failed; a Kafka input's prediction is
+        // still delivered (the Kafka intake pauses at max_uncommitted, which bounds them).
+        let in_flight = self.stats.in_flight.load(Ordering::Relaxed) as usize;
+        if in_flight >= self.cfg.max_pending_deliveries && !e.ack.as_ref().is_some_and(|a| a.must_deliver()) {
+            self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            PredictionShed { sink: "kafka" }.emit();
+            if let Some(a) = &e.ack {
+                a.fail();
+            }
+            return;
+        }
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let producer = self.producer.clone();
         let (topic, members_topic) = (self.cfg.output_topic.clone(), self.cfg.members_topic.clone());
         let stats = self.stats.clone();
@@ -146,6 +159,7 @@ impl Handler<Publish> for KafkaSink {
                 }
                 .emit();
             }
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(e);
         });
     }

@@ -16,6 +16,10 @@ pub struct NatsConfig {
     /// Messages buffered per subscription before the client drops (counted as slow consumer).
     pub subscription_capacity: usize,
     pub connect_timeout_ms: u64,
+    /// Predictions waiting to be published (the server slow or gone); past it they are shed
+    /// (counted, their inputs given back where the transport can), so that a NATS stall
+    /// neither grows memory nor holds up the Kafka output.
+    pub max_pending_publishes: usize,
 }
 
 impl Default for NatsConfig {
@@ -29,6 +33,7 @@ impl Default for NatsConfig {
             queue_group: String::new(),
             subscription_capacity: 65_536,
             connect_timeout_ms: 5_000,
+            max_pending_publishes: 10_000,
         }
     }
 }
@@ -58,6 +63,9 @@ impl NatsConfig {
             ("dlq_subject", &self.dlq_subject),
         ] {
             p.extend(subject_problem("nats", k, v));
+        }
+        if self.max_pending_publishes == 0 {
+            p.push("nats.max_pending_publishes must be at least 1".into());
         }
         if self.subscription_capacity == 0 {
             p.push("nats.subscription_capacity must be at least 1".into());

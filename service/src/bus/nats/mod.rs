@@ -92,7 +92,12 @@ impl NatsTransport {
         )
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", cfg.url))?;
-        let sink = NatsSink::new(client.clone(), cfg.output_prefix.clone()).start();
+        let sink = NatsSink::new(
+            client.clone(),
+            cfg.output_prefix.clone(),
+            cfg.max_pending_publishes,
+        )
+        .start();
         Ok(NatsTransport {
             cfg: cfg.clone(),
             timeframes: timeframes.to_vec(),

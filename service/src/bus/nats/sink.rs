@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 use async_nats::Client;
-use augur_actors::events::{PredictionPublished, PublishFailed};
+use augur_actors::events::{PredictionPublished, PredictionShed, PublishFailed};
 use augur_actors::messages::Publish;
 
 use crate::codec::encode_prediction;
@@ -22,15 +22,31 @@ pub fn subject_token(s: &str) -> String {
         .collect()
 }
 
+/// What the publishing task takes, in order.
+enum Out {
+    Prediction(Arc<augur_actors::types::Ensemble>),
+    /// Answered once everything before it has gone to the server.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Publishes predictions in the order they were made, from a bounded queue: while the server
+/// is slow or gone, predictions past `max_pending` are shed (counted; their inputs given back
+/// where the transport can) instead of piling up and holding every other output's
+/// acknowledgement.
 pub struct NatsSink {
+    tx: tokio::sync::mpsc::Sender<Out>,
+    rx: Option<tokio::sync::mpsc::Receiver<Out>>,
     client: Client,
     prefix: String,
     pub published: Arc<AtomicU64>,
 }
 
 impl NatsSink {
-    pub fn new(client: Client, prefix: String) -> Self {
+    pub fn new(client: Client, prefix: String, max_pending: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(max_pending.max(1));
         NatsSink {
+            tx,
+            rx: Some(rx),
             client,
             prefix,
             published: Arc::default(),
@@ -38,52 +54,83 @@ impl NatsSink {
     }
 }
 
+/// The publishing loop: one publish at a time, so predictions leave in order; a prediction
+/// (and the input's ack in it) is held until the client has taken it.
+async fn publish_loop(
+    mut rx: tokio::sync::mpsc::Receiver<Out>,
+    client: Client,
+    prefix: String,
+    published: Arc<AtomicU64>,
+) {
+    while let Some(out) = rx.recv().await {
+        let e = match out {
+            Out::Prediction(e) => e,
+            Out::Flush(done) => {
+                if let Err(err) = client.flush().await {
+                    tracing::warn!(error = %err, "nats flush failed");
+                }
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let subject = format!(
+            "{}.{}.{}",
+            prefix,
+            subject_token(&e.timeframe),
+            subject_token(&e.symbol)
+        );
+        let payload = bytes::Bytes::from(encode_prediction(&e));
+        match client.publish(subject, payload).await {
+            Ok(()) => {
+                published.fetch_add(1, Ordering::Relaxed);
+                PredictionPublished {
+                    sink: "nats",
+                    timeframe: &e.timeframe,
+                }
+                .emit();
+            }
+            Err(err) => {
+                PublishFailed {
+                    sink: "nats",
+                    error: &err.to_string(),
+                }
+                .emit();
+                // Not delivered: the input is given back where its transport can.
+                if let Some(a) = &e.ack {
+                    a.fail();
+                }
+            }
+        }
+    }
+}
+
 impl Actor for NatsSink {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        if let Some(rx) = self.rx.take() {
+            actix::spawn(publish_loop(
+                rx,
+                self.client.clone(),
+                self.prefix.clone(),
+                self.published.clone(),
+            ));
+        }
+    }
 }
 
 impl Handler<Publish> for NatsSink {
     type Result = ();
 
-    fn handle(&mut self, Publish(e): Publish, ctx: &mut Context<Self>) {
-        let subject = format!(
-            "{}.{}.{}",
-            self.prefix,
-            subject_token(&e.timeframe),
-            subject_token(&e.symbol)
-        );
-        let payload = bytes::Bytes::from(encode_prediction(&e));
-        let client = self.client.clone();
-        let published = self.published.clone();
-        // ctx.wait: one publish at a time, so predictions leave in the order they were made.
-        // The prediction (and the input's ack in it) is held until the client has taken it.
-        ctx.wait(
-            async move {
-                match client.publish(subject, payload).await {
-                    Ok(()) => {
-                        published.fetch_add(1, Ordering::Relaxed);
-                        PredictionPublished {
-                            sink: "nats",
-                            timeframe: &e.timeframe,
-                        }
-                        .emit();
-                    }
-                    Err(err) => {
-                        PublishFailed {
-                            sink: "nats",
-                            error: &err.to_string(),
-                        }
-                        .emit();
-                        // Not delivered: the input is given back where its transport can.
-                        if let Some(a) = &e.ack {
-                            a.fail();
-                        }
-                    }
-                }
-                drop(e);
+    fn handle(&mut self, Publish(e): Publish, _: &mut Context<Self>) {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(Out::Prediction(e))) =
+            self.tx.try_send(Out::Prediction(e))
+        {
+            PredictionShed { sink: "nats" }.emit();
+            if let Some(a) = &e.ack {
+                a.fail();
             }
-            .into_actor(self),
-        );
+        }
     }
 }
 
@@ -96,10 +143,11 @@ impl Handler<Flush> for NatsSink {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
-        let client = self.client.clone();
+        let tx = self.tx.clone();
         Box::pin(async move {
-            if let Err(e) = client.flush().await {
-                tracing::warn!(error = %e, "nats flush failed");
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if tx.send(Out::Flush(done)).await.is_ok() {
+                let _ = wait.await;
             }
         })
     }
