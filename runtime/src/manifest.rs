@@ -111,6 +111,9 @@ pub struct Manifest {
     pub dir: PathBuf,
 }
 
+/// Most values one input row (window x features) may hold.
+pub const MAX_ROW_VALUES: usize = 1 << 24;
+
 impl Manifest {
     /// Reads and checks `<dir>/manifest.toml`.
     pub fn load(dir: &Path) -> Result<Manifest, RuntimeError> {
@@ -147,6 +150,14 @@ impl Manifest {
         if self.features == 0 {
             p.push("features must be at least 1".to_string());
         }
+        // One input row is window x features floats: bounded, and never a wrapped product.
+        let row = self.window.checked_mul(self.features);
+        if row.is_none_or(|r| r > MAX_ROW_VALUES) {
+            p.push(format!(
+                "window x features = {} x {} is over the {MAX_ROW_VALUES} values one input row may hold",
+                self.window, self.features
+            ));
+        }
         if self.classes.len() < 2 {
             p.push(format!(
                 "classes must name at least 2 classes, got {}",
@@ -166,12 +177,13 @@ impl Manifest {
                 let want = self.members.len() * self.classes.len();
                 if self.members.is_empty() {
                     p.push("input = \"member_probabilities\" needs members".to_string());
-                } else if self.window * self.features != want {
+                } else if let Some(row) = row
+                    && row != want
+                {
                     p.push(format!(
-                        "{} members x {} classes = {want} inputs, but window x features = {}",
+                        "{} members x {} classes = {want} inputs, but window x features = {row}",
                         self.members.len(),
                         self.classes.len(),
-                        self.window * self.features
                     ));
                 }
             }
