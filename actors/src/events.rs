@@ -107,6 +107,25 @@ impl Event for StaleSequence {
     }
 }
 
+/// A stream's sequence jumped: `missing` sequences between the last one and this were never
+/// seen (dropped upstream, or by a slow consumer). If one arrives later it is counted as a
+/// stale sequence and not predicted: the window has moved past it.
+pub struct SequenceGap<'a> {
+    pub stream: &'a StreamKey,
+    pub missing: u64,
+}
+
+impl Event for SequenceGap<'_> {
+    fn emit(self, stats: &PipelineStats) {
+        stats
+            .sequence_gaps
+            .fetch_add(self.missing, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(t::SEQUENCE_GAPS, "timeframe" => self.stream.timeframe.to_string())
+            .increment(self.missing);
+        tracing::debug!(stream = %self.stream, missing = self.missing, "sequence gap");
+    }
+}
+
 /// The least recently active stream was dropped to make room for a new one at the cap.
 pub struct StreamEvicted<'a> {
     pub stream: &'a StreamKey,

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::aggregator::{Aggregator, AggregatorConfig, Stacker};
 use crate::clock::Clock;
 use crate::events::{
-    ActiveStreams, Duplicate, EventStarted, MailboxFull, StaleSequence, StreamEvicted, VectorRouted,
+    ActiveStreams, Duplicate, EventStarted, MailboxFull, SequenceGap, StaleSequence, StreamEvicted,
+    VectorRouted,
 };
 use crate::gate::ModelGate;
 use crate::messages::{
@@ -202,6 +203,14 @@ impl Router {
             // prediction on the way.
             self.join_first_copy(v);
             return;
+        }
+        if let Some(last) = s.last_sequence
+            && v.sequence > last + 1
+        {
+            self.stats.emit(SequenceGap {
+                stream: &v.key,
+                missing: v.sequence - last - 1,
+            });
         }
         s.last_sequence = Some(v.sequence);
         if s.members.is_empty() {

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 pub const FEATURES_RECEIVED: &str = "augur_features_received_total";
 pub const FEATURES_INVALID: &str = "augur_features_invalid_total";
 pub const FEATURES_STALE_SEQUENCE: &str = "augur_features_stale_sequence_total";
+pub const SEQUENCE_GAPS: &str = "augur_sequence_gaps_total";
 pub const FEATURES_DEDUPLICATED: &str = "augur_features_deduplicated_total";
 pub const KAFKA_PRODUCE_ERRORS: &str = "augur_kafka_produce_errors_total";
 pub const KAFKA_PRODUCE_SECONDS: &str = "augur_kafka_produce_duration_seconds";
@@ -72,6 +73,10 @@ pub fn describe() {
     describe_counter!(
         PUBLISH_ERRORS,
         "Prediction or dead-letter publishes that failed, by sink"
+    );
+    describe_counter!(
+        SEQUENCE_GAPS,
+        "Sequences a stream skipped (never seen before a later one arrived), by timeframe"
     );
     describe_counter!(
         PREDICTIONS_SHED,
@@ -237,6 +242,8 @@ pub struct PipelineStats {
     pub predictions: AtomicU64,
     pub warming: AtomicU64,
     pub stale_sequence: AtomicU64,
+    /// Sequences a stream skipped (never seen before a later one).
+    pub sequence_gaps: AtomicU64,
     pub duplicates: AtomicU64,
     pub streams_refused: AtomicU64,
     /// Least recently active streams dropped to make room at the cap.

@@ -601,3 +601,26 @@ async fn test_a_late_copy_past_the_dedupe_memory_still_waits_for_the_first_copys
     out.items.lock().unwrap().clear();
     assert!(released.load(Ordering::SeqCst));
 }
+
+#[actix_rt::test]
+async fn test_a_gap_in_a_stream_is_counted_and_the_late_vector_that_fills_it_is_counted_not_predicted() {
+    // NATS dropped sequence 3 (slow consumer) and delivered 4; Kafka's copy of 3 comes later.
+    let (a, _) = spec("a", 1, &["1m"]);
+    let (p, out, _clock) = start(vec![a], config()).await;
+    for seq in [1u64, 2, 4, 3, 9] {
+        p.ingest(vec![vector("AAA", "1m", seq, 0.1)]).await.unwrap();
+    }
+    assert!(p.drain(Duration::from_secs(5)).await);
+    let got: Vec<u64> = out.get().await.iter().map(|e| e.sequence).collect();
+    assert_eq!(got, vec![1, 2, 4, 9]);
+    assert_eq!(
+        p.stats.sequence_gaps.load(Ordering::Relaxed),
+        5,
+        "3, then 5 to 8, missing"
+    );
+    assert_eq!(
+        p.stats.stale_sequence.load(Ordering::Relaxed),
+        1,
+        "3 came too late"
+    );
+}

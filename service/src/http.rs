@@ -237,6 +237,7 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
             "predictions": st.predictions.load(Ordering::Relaxed),
             "warming": st.warming.load(Ordering::Relaxed),
             "stale_sequence": st.stale_sequence.load(Ordering::Relaxed),
+            "sequence_gaps": st.sequence_gaps.load(Ordering::Relaxed),
             "deadline_misses": st.deadline_misses.load(Ordering::Relaxed),
             "rejected_calls": st.rejected_calls.load(Ordering::Relaxed),
             "failed_calls": st.failed_calls.load(Ordering::Relaxed),
