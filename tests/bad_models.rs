@@ -173,13 +173,23 @@ fn test_nan_in_an_input_row_is_an_input_error_with_its_position() {
 }
 
 #[test]
-fn test_cuda_asked_for_without_a_gpu_is_device_unavailable() {
-    if tch::Cuda::is_available() {
-        return; // covered by the golden tests with AUGUR_TEST_DEVICE=cuda
-    }
+fn test_cuda_asked_for_is_used_with_a_gpu_and_device_unavailable_without() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cnn-pattern/1");
-    let err = Model::load(&dir, DeviceSpec::Cuda(0)).unwrap_err();
-    assert!(matches!(err, RuntimeError::DeviceUnavailable(_)), "{err}");
+    match Model::load(&dir, DeviceSpec::Cuda(0)) {
+        // A GPU host: the model is on the GPU (the golden tests with AUGUR_TEST_DEVICE=cuda
+        // check its outputs there).
+        Ok(m) => {
+            assert!(tch::Cuda::is_available(), "loaded on CUDA without a GPU");
+            assert!(m.device_name().starts_with("cuda"), "{}", m.device_name());
+        }
+        Err(err) => {
+            assert!(
+                !tch::Cuda::is_available(),
+                "a GPU is there and CUDA failed: {err}"
+            );
+            assert!(matches!(err, RuntimeError::DeviceUnavailable(_)), "{err}");
+        }
+    }
 }
 
 #[test]

@@ -122,9 +122,33 @@ fn quick_bench_of_both_peers_writes_a_consistent_report() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "augur bench failed:\n{stderr}");
     let md = std::fs::read_to_string(dir.path().join("latest.md")).unwrap();
-    assert!(md.contains("| S1 | p99 ms | ≤ 2 |"), "{md}");
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("latest.json")).unwrap()).unwrap();
+    // The table shows what the JSON holds: S1 p99 of each peer and their ratio.
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| S1 | p99 ms | ≤ 2 |"))
+        .unwrap_or_else(|| panic!("no S1 p99 row:\n{md}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let p99_of = |peer: &str| {
+        r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer"] == peer)
+            .unwrap()["s1"]["latency"]["p99_ms"]
+            .as_f64()
+            .unwrap()
+    };
+    let (aug, py) = (p99_of("augur"), p99_of("python_asyncio"));
+    assert_eq!(cells[4], format!("{aug:.3}"), "{row}");
+    assert_eq!(cells[5], format!("{py:.3}"), "{row}");
+    let ratio: f64 = cells[6].parse().unwrap();
+    assert!(
+        (ratio - aug / py).abs() <= 0.01 + 0.01 * aug / py,
+        "{row}: {}",
+        aug / py
+    );
     let floor = &r["floor"];
     assert_eq!(floor["members"].as_array().unwrap().len(), 3);
     let rtt = floor["nats_rtt_p50_us"].as_f64().unwrap();
