@@ -8,15 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use augur_service::pb;
+use common::kafka::*;
 use futures::StreamExt;
 use prost::Message as _;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
-
-const INPUT: &str = "ml-feature-vectors";
 
 /// One Kafka scenario at a time: each starts a broker and a service, and 2 cores are few.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -24,8 +19,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
-const OUTPUT: &str = "ml-predictions-output";
-const DLQ: &str = "ml-feature-vectors-dlq";
 
 fn kafka_config(nats: Option<&str>, brokers: &str) -> augur_service::config::Config {
     let mut cfg = common::config(nats.unwrap_or("nats://127.0.0.1:1"));
@@ -38,139 +31,6 @@ fn kafka_config(nats: Option<&str>, brokers: &str) -> augur_service::config::Con
     cfg.kafka.partitions = 3;
     cfg.aggregator.deadline_ms = 10_000;
     cfg
-}
-
-fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "1")
-        .create()
-        .unwrap()
-}
-
-fn stamp(mut v: pb::FeatureVector) -> pb::FeatureVector {
-    let now = augur_actors::clock::unix_ns();
-    v.event_time_ms = now / 1_000_000;
-    v.published_at_ns = now;
-    v
-}
-
-/// Produces each payload with its key; returns the produce-to-ack latencies (µs).
-async fn produce(p: &FutureProducer, msgs: &[(String, Vec<u8>)]) -> Vec<u64> {
-    let mut lat = Vec::new();
-    let futs: Vec<_> = msgs
-        .iter()
-        .map(|(k, v)| {
-            let started = Instant::now();
-            let f = p.send(
-                FutureRecord::to(INPUT).key(k).payload(v),
-                Timeout::After(Duration::from_secs(30)),
-            );
-            async move {
-                f.await.map_err(|(e, _)| e).unwrap();
-                started.elapsed().as_micros() as u64
-            }
-        })
-        .collect();
-    for f in futs {
-        lat.push(f.await);
-    }
-    lat
-}
-
-fn vector_msgs(vs: &[pb::FeatureVector]) -> Vec<(String, Vec<u8>)> {
-    vs.iter()
-        .map(|v| {
-            (
-                v.symbol.clone(),
-                pb::FeatureVectorBatch {
-                    vectors: vec![stamp(v.clone())],
-                }
-                .encode_to_vec(),
-            )
-        })
-        .collect()
-}
-
-/// Reads a topic from the beginning until `done` says so or the timeout passes.
-async fn read_topic(
-    brokers: &str,
-    topic: &str,
-    timeout: Duration,
-    mut done: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
-) -> Vec<rdkafka::message::OwnedMessage> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("test-{}-{}", topic, augur_actors::clock::unix_ns()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline && !done(&out) {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-/// Expected (symbol, timeframe, sequence) keys: every vector whose 32-vector windows are full.
-fn expected_keys(vs: &[pb::FeatureVector]) -> HashSet<(String, String, u64)> {
-    let mut per: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-    for v in vs {
-        per.entry((v.symbol.clone(), v.timeframe.clone()))
-            .or_default()
-            .push(v.sequence);
-    }
-    per.into_iter()
-        .flat_map(|((s, t), seqs)| seqs.into_iter().skip(31).map(move |q| (s.clone(), t.clone(), q)))
-        .collect()
-}
-
-/// A consumer group's committed offsets and the topic's high watermarks, per partition,
-/// read by an outside client (it does not join the group).
-fn group_offsets(
-    brokers: &str,
-    group: &str,
-    topic: &str,
-    partitions: i32,
-) -> (HashMap<i32, i64>, HashMap<i32, i64>) {
-    use rdkafka::consumer::BaseConsumer;
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let mut committed = HashMap::new();
-    if let Ok(got) = c.committed_offsets(tpl, Duration::from_secs(5)) {
-        for e in got.elements() {
-            if let rdkafka::Offset::Offset(o) = e.offset() {
-                committed.insert(e.partition(), o);
-            }
-        }
-    }
-    let high = (0..partitions)
-        .map(|p| {
-            let (_, h) = c.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap();
-            (p, h)
-        })
-        .collect();
-    (committed, high)
-}
-
-fn key_of(p: &pb::EnsemblePrediction) -> (String, String, u64) {
-    (p.symbol.clone(), p.timeframe.clone(), p.sequence)
 }
 
 #[test]

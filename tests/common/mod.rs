@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use augur_service::config::Config;
 
+pub mod kafka;
+pub mod proxy;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -253,6 +256,8 @@ pub fn real_vectors() -> Vec<augur_service::pb::FeatureVector> {
 /// port; memory storage, or sqlite to survive a restart. Killed on drop.
 pub struct Tansu {
     pub port: u16,
+    /// The port clients are told to connect to (a proxy's), when not `port`.
+    pub advertised: Option<u16>,
     storage: String,
     child: Option<Child>,
     _dir: tempfile::TempDir,
@@ -274,6 +279,7 @@ impl Tansu {
         };
         Tansu {
             port: free_port(),
+            advertised: None,
             storage,
             child: None,
             _dir: dir,
@@ -302,13 +308,14 @@ impl Tansu {
             .find(|p| p.exists())
             .expect("tansu: run scripts/bootstrap.sh");
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let child = Command::new(bin)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 &self.storage,
             ])
