@@ -262,7 +262,7 @@ fn working(brokers: &str, n: usize) {
 /// read): every record up to each partition's high watermark, duplicates included.
 fn final_read(brokers: &str) -> (Vec<OwnedMessage>, Vec<OwnedMessage>) {
     let rt = rt();
-    let mut read = |topic: &str| {
+    let read = |topic: &str| {
         let total: i64 = group_offsets(brokers, "faults-judge", topic, 3).1.values().sum();
         let got = rt.block_on(read_topic(brokers, topic, Duration::from_secs(60), |m| {
             m.len() as i64 >= total
