@@ -405,3 +405,28 @@ fn test_readiness_turns_503_as_soon_as_shutdown_begins() {
         assert!(report.drained);
     });
 }
+
+#[test]
+fn test_with_nats_gone_stopping_the_intake_leaves_the_budget_to_the_other_stages() {
+    // The drain of the subscriptions ends only when the server confirms it: with the server
+    // gone, waiting for it spent the whole shutdown budget, and the drain, flush and commit
+    // stages (Kafka's too) got nothing.
+    let mut nats = common::NatsServer::start();
+    let mut cfg = common::config(&nats.url());
+    cfg.service.shutdown_timeout_ms = 2_000;
+    actix_rt::System::new().block_on(async {
+        let mut svc = augur_service::service::Service::build(cfg).await.unwrap();
+        svc.start(None).await.unwrap();
+        nats.stop();
+        actix_rt::time::sleep(Duration::from_secs(1)).await; // the client sees it gone
+        let started = Instant::now();
+        let deadline = augur_service::bus::Deadline::after(Duration::from_secs(10));
+        svc.stop_intake(deadline).await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "stopping the intake took {took:?} of 10 s"
+        );
+        svc.shutdown().await;
+    });
+}

@@ -353,11 +353,11 @@ impl Service {
         drained
     }
 
-    /// Stage 3: every sink has handed its predictions to its broker.
+    /// Stage 3: every sink has handed its predictions to its broker. The sinks flush side by
+    /// side, each within the budget: a stalled one (its broker gone) does not take the other's
+    /// time.
     pub async fn flush(&mut self, deadline: Deadline) {
-        for t in &mut self.transports {
-            t.flush(deadline).await;
-        }
+        futures::future::join_all(self.transports.iter_mut().map(|t| t.flush(deadline))).await;
     }
 
     /// Stage 4: input settled (acks, offsets), transport threads joined.

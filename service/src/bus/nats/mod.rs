@@ -147,11 +147,19 @@ impl Transport for NatsTransport {
     fn stop_intake(&mut self, deadline: Deadline) -> BoxFuture<'_, ()> {
         let _ = self.stop.send(true);
         let ingress = self.ingress.take();
+        // The ingress drains its subscriptions (what the client holds is taken in). The drain
+        // ends only when the server confirms it: with the server gone it never would, so the
+        // wait is short then; otherwise it may take up to half the budget, leaving the rest
+        // to the events, the sinks and the other transports.
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let wait = if connected {
+            deadline.remaining() / 2
+        } else {
+            deadline.remaining().min(Duration::from_millis(200))
+        };
         Box::pin(async move {
             if let Some(mut i) = ingress {
-                // The ingress drains its subscriptions (what the client holds is taken in);
-                // with the server gone the drain may never end: the budget bounds it.
-                match tokio::time::timeout(deadline.remaining(), &mut i).await {
+                match tokio::time::timeout(wait, &mut i).await {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => tracing::error!(error = %e, "nats ingress ended with an error"),
                     Ok(Err(e)) => tracing::error!(error = %e, "nats ingress task failed"),
