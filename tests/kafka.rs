@@ -466,32 +466,8 @@ fn test_broker_down_at_start_and_mid_stream_keeps_nats_going_and_kafka_catches_u
         .enable_all()
         .build()
         .unwrap();
-    let nats_count = |vs: &[pb::FeatureVector], want: usize| {
-        rt.block_on(async {
-            let client = async_nats::connect(nats.url()).await.unwrap();
-            let mut sub = client.subscribe("predictions.>").await.unwrap();
-            client.flush().await.unwrap();
-            for v in vs {
-                let p = pb::FeatureVectorBatch {
-                    vectors: vec![stamp(v.clone())],
-                }
-                .encode_to_vec();
-                client
-                    .publish(format!("features.{}.{}", v.timeframe, v.symbol), p.into())
-                    .await
-                    .unwrap();
-            }
-            client.flush().await.unwrap();
-            let mut n = 0;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while n < want && Instant::now() < deadline {
-                if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-                    n += 1;
-                }
-            }
-            n
-        })
-    };
+    let nats_count =
+        |vs: &[pb::FeatureVector], want: usize| rt.block_on(publish_and_count(&nats.url(), vs, want));
     assert_eq!(
         nats_count(&all[..60], 60 - 31),
         29,
@@ -629,30 +605,7 @@ fn test_kafka_output_down_sheds_beyond_its_bound_while_nats_goes_on() {
         .enable_all()
         .build()
         .unwrap();
-    let got = rt.block_on(async {
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let mut sub = client.subscribe("predictions.>").await.unwrap();
-        client.flush().await.unwrap();
-        for v in &ibm {
-            let p = pb::FeatureVectorBatch {
-                vectors: vec![stamp(v.clone())],
-            }
-            .encode_to_vec();
-            client
-                .publish(format!("features.{}.{}", v.timeframe, v.symbol), p.into())
-                .await
-                .unwrap();
-        }
-        client.flush().await.unwrap();
-        let mut n = 0;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while n < 89 && Instant::now() < deadline {
-            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-                n += 1;
-            }
-        }
-        n
-    });
+    let got = rt.block_on(publish_and_count(&nats.url(), &ibm, 89));
     assert_eq!(got, 89, "every NATS prediction while Kafka is down");
     let (_, health) = common::get_json(&svc.http(), "/api/v1/health");
     let kafka = &health["buses"]["kafka"];

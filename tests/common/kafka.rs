@@ -146,3 +146,31 @@ pub fn group_offsets(
 pub fn key_of(p: &pb::EnsemblePrediction) -> (String, String, u64) {
     (p.symbol.clone(), p.timeframe.clone(), p.sequence)
 }
+
+/// Publishes each vector (stamped now) on `features.<tf>.<symbol>` of a NATS server and counts
+/// the predictions that come back on `predictions.>`, until `want` or 30 s.
+pub async fn publish_and_count(url: &str, vs: &[pb::FeatureVector], want: usize) -> usize {
+    use futures::StreamExt;
+    let client = async_nats::connect(url).await.unwrap();
+    let mut sub = client.subscribe("predictions.>").await.unwrap();
+    client.flush().await.unwrap();
+    for v in vs {
+        let p = pb::FeatureVectorBatch {
+            vectors: vec![stamp(v.clone())],
+        }
+        .encode_to_vec();
+        client
+            .publish(format!("features.{}.{}", v.timeframe, v.symbol), p.into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n < want && Instant::now() < deadline {
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+            n += 1;
+        }
+    }
+    n
+}
