@@ -121,6 +121,12 @@ fn judge(scenario: &str, ledger: &Ledger, outputs: &[Out], dlq: &[Out], duplicat
         lost,
         unexpected,
     };
+    record(&v);
+    v
+}
+
+/// Appends a verdict's row to the summary (`FAULTS_SUMMARY`).
+fn record(v: &Verdict) {
     let path = std::env::var("FAULTS_SUMMARY").unwrap_or_else(|_| {
         common::root()
             .join("target/faults-summary.md")
@@ -131,7 +137,6 @@ fn judge(scenario: &str, ledger: &Ledger, outputs: &[Out], dlq: &[Out], duplicat
         let _ = writeln!(f, "{}", v.row());
     }
     println!("{}", v.row());
-    v
 }
 
 /// Real vectors of `symbols` symbols, `per` each (the first stream per symbol), stamped now.
@@ -828,4 +833,216 @@ fn fault_kafka_output_down_while_nats_goes_on() {
     // whose acknowledgement the kill swallowed is sent again (at most those in flight).
     let v = judge("Kafka output down: Kafka side", &ledger, &out, &dlq, 40);
     assert!(v.pass(), "{}", v.row());
+}
+
+/// Every `augur_state_entries{map=...}` gauge and the resident memory, from /metrics.
+fn state_sample(http: &str) -> (f64, std::collections::BTreeMap<String, f64>) {
+    let (status, body) = common::http(http, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body).to_string();
+    let mut maps = std::collections::BTreeMap::new();
+    let mut rss = 0.0;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("augur_state_entries{map=\"")
+            && let Some((map, v)) = rest.split_once("\"} ")
+        {
+            maps.insert(map.to_string(), v.trim().parse().unwrap_or(f64::NAN));
+        } else if let Some(v) = l.strip_prefix("augur_process_resident_memory_bytes ") {
+            rss = v.trim().parse().unwrap_or(f64::NAN);
+        }
+    }
+    (rss, maps)
+}
+
+/// A steady load across 600 streams (150 symbols on four timeframes) on NATS for
+/// `FAULTS_SOAK_SECONDS` (60 here, 600 in scripts/faults.sh) at `FAULTS_SOAK_RATE` vectors/s
+/// (2,000): every vector past its stream's warm-up predicted once, resident memory grows less
+/// than 5 % after the warm-up (the first quarter), and no internal map grows (each one's size is
+/// a gauge, `augur_state_entries{map}`): a map ends within 5 % of its size at the end of the
+/// warm-up (plus half a second of input for the maps that follow the load: open events, the
+/// events kept for duplicates, the publish queue), and the dedupe LRU within its capacity.
+#[test]
+fn fault_soak_steady_load_keeps_memory_and_every_map_flat() {
+    let secs: u64 = std::env::var("FAULTS_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let rate: f64 = std::env::var("FAULTS_SOAK_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000.0);
+    let (symbols, timeframes) = (150, ["1m", "5m", "15m", "1h"]);
+    let streams = symbols * timeframes.len();
+    let _s = serial();
+    let nats = common::NatsServer::start();
+    let url = nats.url();
+    // The dedupe LRU fills within the warm-up (the shipped 200,000 at 600 s), so that its
+    // growth to capacity is not mistaken for a leak.
+    let dedupe_capacity = (rate * secs as f64 / 6.0).clamp(1_000.0, 200_000.0).round();
+    let capacity = dedupe_capacity.to_string();
+    let (svc, _log, http) = service_with(
+        "127.0.0.1:1",
+        &[
+            ("AUGUR_KAFKA__ENABLED", "false"),
+            ("AUGUR_NATS__ENABLED", "true"),
+            ("AUGUR_NATS__URL", &url),
+            ("AUGUR_ROUTER__DEDUPE_CAPACITY", &capacity),
+        ],
+    );
+    // The predictions: each key counted.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let counter = {
+        let url = url.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            rt().block_on(async {
+                use futures::StreamExt as _;
+                let client = async_nats::connect(&url).await.unwrap();
+                let mut sub = client.subscribe("predictions.>").await.unwrap();
+                client.flush().await.unwrap();
+                ready_tx.send(()).unwrap();
+                let mut seen: HashMap<(String, String, u64), u32> = HashMap::new();
+                let mut undecodable = 0usize;
+                let mut quiet_since: Option<Instant> = None;
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+                        Ok(Some(m)) => {
+                            quiet_since = None;
+                            match pb::EnsemblePrediction::decode(m.payload.as_ref()) {
+                                Ok(p) => *seen.entry(key_of(&p)).or_default() += 1,
+                                Err(_) => undecodable += 1,
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            // After the feed: stop once the output has been quiet for 3 s.
+                            if done_rx.try_recv().is_ok() || quiet_since.is_some() {
+                                let q = *quiet_since.get_or_insert_with(Instant::now);
+                                if q.elapsed() > Duration::from_secs(3) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                (seen, undecodable)
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        h
+    };
+    let feeder = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            use augur_tools::feed::{Feed, FeedOptions, Pace};
+            rt().block_on(async {
+                let o = FeedOptions {
+                    nats_url: Some(url),
+                    nats_prefix: "features".into(),
+                    kafka_brokers: None,
+                    kafka_topic: String::new(),
+                    symbols,
+                    timeframes: timeframes.iter().map(|t| t.to_string()).collect(),
+                    rate,
+                    count: 0,
+                    duration: Some(Duration::from_secs(secs)),
+                };
+                let data = common::root().join("models/data");
+                let all = augur_tools::feed::streams(&data, o.symbols, &o.timeframes).unwrap();
+                let mut feed = Feed::connect(all, &o).await.unwrap();
+                let pace = Pace {
+                    rate,
+                    duration: o.duration,
+                    ..Default::default()
+                };
+                let (_keep, mut stop) = tokio::sync::watch::channel(false);
+                feed.send(&pace, &mut stop).await.unwrap()
+            })
+        })
+    };
+    // Samples every 5 s; the warm-up is the first quarter.
+    let started = Instant::now();
+    let warm_at = Duration::from_secs(secs / 4);
+    let mut warm: Option<(f64, std::collections::BTreeMap<String, f64>)> = None;
+    let mut samples = Vec::new();
+    while !feeder.is_finished() {
+        std::thread::sleep(Duration::from_secs(5));
+        let s = state_sample(&http);
+        if warm.is_none() && started.elapsed() >= warm_at {
+            warm = Some(s.clone());
+        }
+        samples.push((started.elapsed().as_secs(), s));
+    }
+    let sent = feeder.join().unwrap();
+    let end = state_sample(&http);
+    done_tx.send(()).unwrap();
+    let (seen, undecodable) = counter.join().unwrap();
+    stop(svc);
+
+    // Conservation: every vector past its stream's first 31 predicted once.
+    let expected = sent as usize - streams * WARM_UP;
+    let predictions = seen.values().map(|n| *n as usize).sum::<usize>();
+    let duplicates = seen.values().map(|n| *n as usize - 1).sum::<usize>();
+    let v = Verdict {
+        scenario: format!("soak {secs} s at {rate}/s, {streams} streams"),
+        inputs: sent as usize,
+        expected,
+        predictions,
+        dead_letters: 0,
+        duplicates,
+        duplicate_bound: 0,
+        lost: expected.saturating_sub(seen.len()),
+        unexpected: undecodable + seen.len().saturating_sub(expected),
+    };
+    record(&v);
+
+    let (warm_rss, warm_maps) = warm.expect("a sample after the warm-up");
+    let (end_rss, end_maps) = &end;
+    let mut report = format!(
+        "soak {secs} s at {rate}/s over {streams} streams: {sent} vectors sent (dedupe LRU {dedupe_capacity})\n\
+         resident memory: {:.1} MB after the warm-up, {:.1} MB at the end ({:+.2} %)\n",
+        warm_rss / 1e6,
+        end_rss / 1e6,
+        (end_rss / warm_rss - 1.0) * 100.0
+    );
+    let mut problems = Vec::new();
+    if *end_rss > warm_rss * 1.05 {
+        problems.push("resident memory grew by 5 % or more after the warm-up".to_string());
+    }
+    for (map, at_end) in end_maps {
+        let at_warm = warm_maps.get(map).copied().unwrap_or(0.0);
+        let peak = samples
+            .iter()
+            .filter(|(t, _)| *t >= warm_at.as_secs())
+            .filter_map(|(_, (_, m))| m.get(map).copied())
+            .fold(*at_end, f64::max);
+        let follows_load = ["events_open", "in_flight_kept", "nats_publish_queue"].contains(&map.as_str());
+        let ok = if map == "dedupe_keys" {
+            peak <= dedupe_capacity
+        } else {
+            let slack = if follows_load { rate / 2.0 } else { 0.0 };
+            peak <= at_warm * 1.05 + slack
+        };
+        report.push_str(&format!(
+            "  {map}: {at_warm} after the warm-up, peak {peak} after it, {at_end} at the end: {}\n",
+            if ok { "flat" } else { "GROWS" }
+        ));
+        if !ok {
+            problems.push(format!("{map} grows"));
+        }
+    }
+    for m in [
+        "streams",
+        "dedupe_keys",
+        "model_windows",
+        "events_open",
+        "in_flight_kept",
+    ] {
+        assert!(end_maps.contains_key(m), "the gauge for {m} is exposed");
+    }
+    println!("{report}");
+    let path = common::root().join("target/faults-soak.txt");
+    let _ = std::fs::write(path, &report);
+    assert!(v.pass(), "{}", v.row());
+    assert!(problems.is_empty(), "{problems:?}\n{report}");
 }

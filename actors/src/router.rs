@@ -120,6 +120,21 @@ impl Router {
         }
     }
 
+    /// The sizes of the router's maps, for the state gauges (once a second: a sum over streams).
+    fn sample_sizes(&self) {
+        let (mut kept, mut windows) = (0, 0);
+        for (_, s) in self.streams.iter() {
+            kept += s.in_flight.len();
+            windows += s.actors.iter().filter(|a| a.is_some()).count();
+        }
+        let set = |c: &std::sync::atomic::AtomicU64, n: usize| {
+            c.store(n as u64, std::sync::atomic::Ordering::Relaxed)
+        };
+        set(&self.stats.dedupe_keys, self.seen.len());
+        set(&self.stats.in_flight_kept, kept);
+        set(&self.stats.model_windows, windows);
+    }
+
     /// A later copy of a vector already routed (the other transport's, or a redelivery): its
     /// input is finished when the first copy's prediction is delivered (else a crash in
     /// between loses that prediction on this copy's transport). Released at once when that
@@ -281,6 +296,7 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(64);
+        ctx.run_interval(std::time::Duration::from_secs(1), |r, _| r.sample_sizes());
     }
 }
 

@@ -46,6 +46,7 @@ pub const PROCESS_RSS_BYTES: &str = "augur_process_resident_memory_bytes";
 pub const PROCESS_CPU_RATIO: &str = "augur_process_cpu_usage_ratio";
 pub const UPTIME_SECONDS: &str = "augur_uptime_seconds";
 pub const CONFIG_CHANGES: &str = "augur_config_changes_total";
+pub const STATE_ENTRIES: &str = "augur_state_entries";
 
 /// Registers the descriptions with whatever recorder is installed.
 pub fn describe() {
@@ -121,6 +122,10 @@ pub fn describe() {
         "Rows waiting in an executor's queue, by model"
     );
     describe_gauge!(ACTIVE_STREAMS, "(symbol, timeframe) streams with live actors");
+    describe_gauge!(
+        STATE_ENTRIES,
+        "Entries held in an internal map or queue, by map (each is bounded; the soak asserts that none grows)"
+    );
     describe_counter!(
         STREAMS_REFUSED,
         "Vectors of new streams refused by the stream cap (0 since streams are evicted instead)"
@@ -256,6 +261,12 @@ pub struct PipelineStats {
     pub shed_calls: AtomicU64,
     pub mailbox_full: AtomicU64,
     pub active_streams: AtomicU64,
+    /// (stream, sequence) keys in the router's dedupe LRU (at most `dedupe_capacity`).
+    pub dedupe_keys: AtomicU64,
+    /// Recent events the router keeps per stream to tie duplicates to, over every stream.
+    pub in_flight_kept: AtomicU64,
+    /// Model actors (one window each), over every stream.
+    pub model_windows: AtomicU64,
     /// Dead letters by "transport:reason".
     pub dead_letters: Mutex<BTreeMap<String, u64>>,
     /// Woken whenever an event finishes (drain waits on it instead of polling).
@@ -273,6 +284,11 @@ impl PipelineStats {
     }
 
     /// Every started event has been finalised (published or dropped).
+    /// Events started and not finished (the aggregators' pending events).
+    pub fn events_open(&self) -> u64 {
+        Self::get(&self.events_started).saturating_sub(Self::get(&self.events_finished))
+    }
+
     pub fn idle(&self) -> bool {
         Self::get(&self.events_finished) >= Self::get(&self.events_started)
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use augur_actors::pipeline::Pipeline;
-use augur_actors::telemetry as t;
+use augur_actors::telemetry::{self as t, PipelineStats};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::bus::Health;
@@ -84,6 +84,16 @@ pub async fn upkeep(
         for e in pipeline.executors() {
             metrics::gauge!(t::EXECUTOR_QUEUE_DEPTH, "model" => e.model().to_string())
                 .set(e.queue_depth() as f64);
+        }
+        let s = &pipeline.stats;
+        for (map, n) in [
+            ("streams", PipelineStats::get(&s.active_streams)),
+            ("dedupe_keys", PipelineStats::get(&s.dedupe_keys)),
+            ("in_flight_kept", PipelineStats::get(&s.in_flight_kept)),
+            ("model_windows", PipelineStats::get(&s.model_windows)),
+            ("events_open", s.events_open()),
+        ] {
+            metrics::gauge!(t::STATE_ENTRIES, "map" => map).set(n as f64);
         }
         for b in &buses {
             metrics::gauge!(t::BUS_CONNECTED, "bus" => b.name()).set(if b.connected() { 1.0 } else { 0.0 });

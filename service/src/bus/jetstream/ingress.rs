@@ -12,6 +12,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::{AckKind, Context};
+use augur_actors::telemetry as t;
 use augur_actors::types::{Ack, Completion};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -44,6 +45,7 @@ impl Drop for AckOnDrop {
     fn drop(&mut self) {
         if let Ok(mut f) = self.in_flight.lock() {
             f.remove(&self.sequence);
+            metrics::gauge!(t::STATE_ENTRIES, "map" => "jetstream_in_flight").set(f.len() as f64);
         }
         if let Some(a) = self.acker.take() {
             let _ = self.tx.send((a, self.failed.load(Ordering::Relaxed)));
@@ -230,7 +232,14 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                 if delivered > 1 {
                     state.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
-                let fresh = in_flight.lock().map(|mut f| f.insert(sequence)).unwrap_or(true);
+                let fresh = in_flight
+                    .lock()
+                    .map(|mut f| {
+                        let fresh = f.insert(sequence);
+                        metrics::gauge!(t::STATE_ENTRIES, "map" => "jetstream_in_flight").set(f.len() as f64);
+                        fresh
+                    })
+                    .unwrap_or(true);
                 if !fresh {
                     // Its first delivery is still in the pipeline: ask for more time.
                     if let Err(e) = acker.ack_with(AckKind::Progress).await {

@@ -22,6 +22,8 @@ pub struct KafkaStats {
     /// Streams whose recent offsets hold the committed offset back (bounded by the rewind
     /// limits).
     pub rewind_streams: AtomicU64,
+    /// Offsets the tracker holds: unfinished copies and the streams' rewind offsets.
+    pub tracked_offsets: AtomicU64,
     /// Prediction deliveries in flight (retrying while the broker is down).
     pub in_flight: AtomicU64,
     /// Predictions shed at `max_pending_deliveries`.
@@ -72,6 +74,12 @@ pub fn spawn_health(
                 metrics::gauge!(t::KAFKA_UNCOMMITTED).set(stats.uncommitted.load(Ordering::Relaxed) as f64);
                 metrics::gauge!(t::KAFKA_REWIND_STREAMS)
                     .set(stats.rewind_streams.load(Ordering::Relaxed) as f64);
+                for (map, n) in [
+                    ("kafka_offsets", &stats.tracked_offsets),
+                    ("kafka_deliveries", &stats.in_flight),
+                ] {
+                    metrics::gauge!(t::STATE_ENTRIES, "map" => map).set(n.load(Ordering::Relaxed) as f64);
+                }
                 std::thread::sleep(Duration::from_millis(500));
             }
         });

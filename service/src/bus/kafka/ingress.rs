@@ -100,6 +100,9 @@ pub async fn run(
                 }
                 last_store = Instant::now();
                 stats.rewind_streams.store(tracker.streams_held() as u64, Ordering::Relaxed);
+                stats
+                    .tracked_offsets
+                    .store((tracker.pending() + tracker.held_offsets()) as u64, Ordering::Relaxed);
             }
             // Back-pressure: past max_uncommitted unfinished messages (the output slow or
             // down) no more input is taken until some finish.

@@ -6,6 +6,7 @@ use actix::prelude::*;
 use async_nats::Client;
 use augur_actors::events::{PredictionPublished, PredictionShed, PublishFailed};
 use augur_actors::messages::Publish;
+use augur_actors::telemetry as t;
 
 use crate::codec::encode_prediction;
 
@@ -62,7 +63,9 @@ async fn publish_loop(
     prefix: String,
     published: Arc<AtomicU64>,
 ) {
+    let queued = metrics::gauge!(t::STATE_ENTRIES, "map" => "nats_publish_queue");
     while let Some(out) = rx.recv().await {
+        queued.set(rx.len() as f64);
         let e = match out {
             Out::Prediction(e) => e,
             Out::Flush(done) => {
