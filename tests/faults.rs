@@ -497,7 +497,8 @@ fn fault_connection_to_the_broker_cut_then_half_open() {
 
 /// Wraps a shipped TorchScript model: exactly the original for its first `normal` calls (the
 /// load checks and the warm-up of every batch size), then on every call it raises (`crash`)
-/// or first burns about `slow_ms` of CPU in matrix products (`slow`).
+/// or first burns about `slow_ms` of CPU in matrix products (`slow`); `stall` burns once, on
+/// its first call after the warm-up, and is normal after.
 const BROKEN_MODEL_PY: &str = r#"
 import sys, time, torch
 src, dst, mode, normal, slow_ms = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
@@ -509,18 +510,19 @@ for _ in range(50):
 iters = max(1, int(slow_ms / 1000.0 / ((time.perf_counter() - t0) / 50)))
 
 class Broken(torch.nn.Module):
-    def __init__(self, inner, normal: int, crash: bool, iters: int, w):
+    def __init__(self, inner, normal: int, crash: bool, stall: bool, iters: int, w):
         super().__init__()
         self.inner = inner
         self.calls = 0
         self.normal = normal
         self.crash = crash
+        self.stall = stall
         self.iters = iters
         self.register_buffer("w", w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if self.calls > self.normal:
+        if self.calls > self.normal and (not self.stall or self.calls == self.normal + 1):
             if self.crash:
                 raise RuntimeError("broken model: crashes on every call")
             y = self.w
@@ -529,7 +531,7 @@ class Broken(torch.nn.Module):
             x = x + y.sum() * 0.0
         return self.inner(x)
 
-torch.jit.script(Broken(torch.jit.load(src), normal, mode == "crash", iters, w)).save(dst)
+torch.jit.script(Broken(torch.jit.load(src), normal, mode == "crash", mode == "stall", iters, w)).save(dst)
 "#;
 
 /// Most rows per forward pass in the broken-model scenarios (so the warm-up is short).
@@ -1045,4 +1047,49 @@ fn fault_soak_steady_load_keeps_memory_and_every_map_flat() {
     let _ = std::fs::write(path, &report);
     assert!(v.pass(), "{}", v.row());
     assert!(problems.is_empty(), "{problems:?}\n{report}");
+}
+
+#[test]
+fn fault_output_stalled_past_the_poll_interval_keeps_the_group() {
+    // Before: at max_uncommitted the intake stopped polling the consumer, so an output held
+    // up for longer than max.poll.interval.ms made librdkafka leave the group; on its return
+    // the partitions were read again from the committed offset.
+    let _s = serial();
+    let models = broken_models("stall", 15_000);
+    let broker = common::Tansu::start(true);
+    topics(&broker.brokers());
+    let batch = BROKEN_MAX_BATCH.to_string();
+    let dir = models.path().display().to_string();
+    let (svc, log, http) = service_with(
+        &broker.brokers(),
+        &[
+            ("AUGUR_SERVICE__MODELS_DIR", dir.as_str()),
+            ("AUGUR_EXECUTOR__MAX_BATCH", batch.as_str()),
+            ("AUGUR_EXECUTOR__FORWARD_TIMEOUT_MS", "30000"),
+            // Every event waits for every member: the stalled one holds the output 15 s, past
+            // the poll interval (10 s, the shipped session timeout: the least librdkafka takes).
+            ("AUGUR_AGGREGATOR__DEADLINE_MS", "60000"),
+            ("AUGUR_KAFKA__MAX_UNCOMMITTED", "8"),
+            ("AUGUR_KAFKA__MAX_POLL_INTERVAL_MS", "10000"),
+        ],
+    );
+    let ledger = Ledger {
+        inputs: real(2, 120),
+        poison: Vec::new(),
+    };
+    let msgs: Vec<_> = ledger.inputs.iter().map(encode).collect();
+    feed(broker.brokers(), msgs, 40, Duration::from_secs(1))
+        .join()
+        .unwrap();
+    collect(&broker.brokers(), &ledger, Duration::from_secs(120));
+    let reread = metric(&http, r#"augur_features_deduplicated_total{transport="kafka"}"#);
+    let lines: Vec<String> = log.try_iter().collect();
+    stop(svc);
+    let (out, dlq) = final_read(&broker.brokers());
+    let v = judge("output stalled 15 s (poll interval 10 s)", &ledger, &out, &dlq, 0);
+    for l in lines.iter().filter(|l| l.contains("kafka")) {
+        println!("{l}");
+    }
+    assert!(v.pass(), "{}", v.row());
+    assert_eq!(reread, 0.0, "input read twice: the consumer left its group");
 }

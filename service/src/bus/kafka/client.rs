@@ -38,6 +38,7 @@ pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::Kaf
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", "5000")
         .create()

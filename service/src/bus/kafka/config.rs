@@ -33,6 +33,10 @@ pub struct KafkaConfig {
     pub delivery_timeout_ms: u64,
     pub commit_interval_ms: u64,
     pub session_timeout_ms: u64,
+    /// librdkafka's `max.poll.interval.ms`: the longest the consumer may go without polling
+    /// before it leaves its group. The intake keeps polling while it holds input back (its
+    /// partitions paused), so a slow or stalled output never reaches it.
+    pub max_poll_interval_ms: u64,
     /// Longest a fetch waits for data (librdkafka `fetch.wait.max.ms`). tansu answers a fetch
     /// only when this passes, so it is the consumer's latency floor: keep it small.
     pub fetch_wait_max_ms: u64,
@@ -71,6 +75,7 @@ impl Default for KafkaConfig {
             delivery_timeout_ms: 30_000,
             commit_interval_ms: 1_000,
             session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
             fetch_wait_max_ms: 5,
             rewind_max_messages: 50_000,
             rewind_quiet_ms: 3 * 24 * 3600 * 1000,
@@ -125,6 +130,12 @@ impl KafkaConfig {
         }
         if self.rewind_quiet_ms == 0 {
             p.push("kafka.rewind_quiet_ms must be at least 1".into());
+        }
+        if self.max_poll_interval_ms < self.session_timeout_ms {
+            p.push(format!(
+                "kafka.max_poll_interval_ms ({}) must be at least kafka.session_timeout_ms ({})",
+                self.max_poll_interval_ms, self.session_timeout_ms
+            ));
         }
         if self.commit_interval_ms == 0 {
             p.push("kafka.commit_interval_ms must be at least 1".into());
