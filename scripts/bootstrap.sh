@@ -21,14 +21,16 @@ if ((${#missing[@]})); then
 fi
 
 # 2. Project-local Python venv: torch (libtorch for tch), training dependencies.
-# Training (models/train) and the benchmark's Python baseline peer (bench/peers/python_asyncio).
+# Training (models/train), the benchmark's Python baseline peer (bench/peers/python_asyncio)
+# and schemathesis, which fuzzes the HTTP API (scripts/schemathesis.sh).
 REQ="$AUGUR_VENV/.augur-requirements.want"
 STAMP="$AUGUR_VENV/.augur-requirements"
 if [ ! -x "$AUGUR_VENV/bin/python" ]; then
   log "creating $AUGUR_VENV"
   python3 -m venv "$AUGUR_VENV"
 fi
-cat "$AUGUR_ROOT/models/train/requirements.txt" "$AUGUR_ROOT/bench/peers/python_asyncio/requirements.txt" >"$REQ"
+cat "$AUGUR_ROOT/models/train/requirements.txt" "$AUGUR_ROOT/bench/peers/python_asyncio/requirements.txt" \
+  "$AUGUR_ROOT/tests/schemathesis/requirements.txt" >"$REQ"
 if ! cmp -s "$REQ" "$STAMP"; then
   log "installing Python requirements (torch is ~4.6 GB the first time)"
   "$AUGUR_VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"

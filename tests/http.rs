@@ -1,6 +1,8 @@
 //! The HTTP actor through actix's in-process test service: health, config (bad JSON, unknown
-//! keys, out-of-range values, tokens, oversized bodies), models and predict (JSON and
-//! protobuf, checked against replay).
+//! keys, out-of-range values, tokens, oversized bodies), models, predict (JSON and
+//! protobuf, checked against replay) and `/openapi.json` (every route served is documented,
+//! and nothing else; 405 with `Allow` for an undocumented method). scripts/schemathesis.sh
+//! (tests/schemathesis.rs) fuzzes the running service through that document.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
@@ -375,4 +377,235 @@ async fn test_credentials_inside_urls_are_masked_in_the_config_view() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["nats"]["url"], "nats://***@127.0.0.1:4222");
     assert_eq!(v["jetstream"]["url"], "tls://***@broker.internal:4222");
+}
+
+/// Every `$ref` inside `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get("$ref") {
+                out.push(r.clone());
+            }
+            o.values().for_each(|x| refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[actix_web::test]
+async fn test_the_openapi_document_describes_every_route_that_is_served() {
+    use std::collections::BTreeSet;
+    let st = state("s3cret").await;
+    let app = app!(st);
+    let r = test::call_service(&app, test::TestRequest::get().uri("/openapi.json").to_request()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
+    let doc: Value = test::read_body_json(r).await;
+    let version = doc["openapi"].as_str().expect("an `openapi` version");
+    assert!(version.starts_with("3."), "openapi {version}");
+
+    // Both ways: every route `configure` registers is documented, and nothing else is.
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    let served: BTreeSet<(String, String)> = augur_service::http::routes()
+        .into_iter()
+        .map(|(p, m)| (p.to_string(), m.as_str().to_ascii_lowercase()))
+        .collect();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(p, item)| {
+            item.as_object()
+                .expect("a path item")
+                .keys()
+                .filter(|k| METHODS.contains(&k.as_str()))
+                .map(move |m| (p.clone(), m.clone()))
+        })
+        .collect();
+    assert_eq!(documented, served, "/openapi.json and the route table differ");
+    for (path, method) in &served {
+        let op = &doc["paths"][path][method];
+        let responses = op["responses"].as_object().expect("responses");
+        assert!(
+            responses.keys().any(|s| s.starts_with('2')),
+            "{method} {path}: no 2xx"
+        );
+        // The table is what is registered: each route answers (an empty request is refused
+        // at worst, never 404).
+        let m = actix_web::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let status = test::call_service(
+            &app,
+            test::TestRequest::default().method(m).uri(path).to_request(),
+        )
+        .await
+        .status();
+        assert_ne!(status, 404, "{method} {path} is in the table but not served");
+        assert!(
+            responses.contains_key(status.as_str()),
+            "{method} {path} answered an empty request with {status}, documented: {:?}",
+            responses.keys().collect::<Vec<_>>()
+        );
+    }
+
+    // The token-protected operations declare the bearer scheme, and document its 401.
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    for (path, method) in [("/api/v1/config", "patch"), ("/api/v1/predict", "post")] {
+        let op = &doc["paths"][path][method];
+        assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+        assert!(op["responses"]["401"].is_object(), "{method} {path}");
+        for status in ["400", "413", "415"] {
+            assert!(op["responses"][status].is_object(), "{method} {path}: {status}");
+        }
+    }
+    assert!(doc["paths"]["/api/v1/config"]["get"]["security"].is_null());
+    let predict = &doc["paths"]["/api/v1/predict"]["post"];
+    for ct in ["application/json", "application/x-protobuf"] {
+        assert!(predict["requestBody"]["content"][ct].is_object(), "request {ct}");
+        assert!(
+            predict["responses"]["200"]["content"][ct].is_object(),
+            "response {ct}"
+        );
+    }
+    assert!(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]["text/plain"].is_object());
+
+    // Every reference resolves.
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let pointer = r.strip_prefix('#').expect("a local $ref");
+        assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+    }
+
+    // Exact for the loaded models: windows of at least 32 vectors of 20 values (the members'),
+    // the patchable model ids, the executor limits fixed at start-up.
+    let windows = &doc["components"]["schemas"]["PredictRequest"]["properties"]["windows"];
+    assert_eq!(windows["items"]["minItems"], 32, "{windows}");
+    assert_eq!(windows["items"]["items"]["minItems"], 20);
+    assert_eq!(windows["items"]["items"]["maxItems"], 20);
+    assert_eq!(
+        doc["components"]["schemas"]["ModelsPatch"]["properties"]["enabled"]["propertyNames"]["enum"],
+        json!(["lstm-direction", "cnn-pattern", "xgb-direction"])
+    );
+    let executor = &doc["components"]["schemas"]["ExecutorPatch"]["properties"];
+    let cfg = st.config.read().unwrap().clone();
+    assert_eq!(
+        executor["queue_capacity"]["const"],
+        json!(cfg.executor.queue_capacity)
+    );
+    let shown: Value =
+        test::call_and_read_body_json(&app, test::TestRequest::get().uri("/api/v1/config").to_request())
+            .await;
+    let sections: BTreeSet<&String> = shown.as_object().unwrap().keys().collect();
+    let required: BTreeSet<&String> = doc["components"]["schemas"]["ConfigView"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => s,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(sections, required);
+}
+
+#[actix_web::test]
+async fn test_without_a_token_the_document_asks_for_none() {
+    let st = state("").await;
+    let app = app!(st);
+    let doc: Value =
+        test::call_and_read_body_json(&app, test::TestRequest::get().uri("/openapi.json").to_request()).await;
+    for (path, method) in [("/api/v1/config", "patch"), ("/api/v1/predict", "post")] {
+        let op = &doc["paths"][path][method];
+        assert!(op["security"].is_null(), "{method} {path}: {}", op["security"]);
+        assert!(op["responses"]["401"].is_null(), "{method} {path}");
+    }
+}
+
+#[actix_web::test]
+async fn test_an_undocumented_method_on_a_known_path_is_405_with_allow() {
+    let st = state("s3cret").await;
+    let app = app!(st);
+    for (path, method, allow) in [
+        ("/api/v1/config", actix_web::http::Method::DELETE, "GET, PATCH"),
+        ("/api/v1/predict", actix_web::http::Method::GET, "POST"),
+        ("/health/live", actix_web::http::Method::POST, "GET"),
+    ] {
+        let r = test::call_service(
+            &app,
+            test::TestRequest::default()
+                .method(method.clone())
+                .uri(path)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers().get("allow").unwrap(), allow, "{method} {path}");
+    }
+}
+
+#[actix_web::test]
+async fn test_a_body_that_is_an_array_is_refused() {
+    // serde reads a struct from an array of its fields: `[]` would be an empty patch.
+    let st = state("").await;
+    let app = app!(st);
+    for (method, path, body) in [
+        (actix_web::http::Method::PATCH, "/api/v1/config", "[]"),
+        (
+            actix_web::http::Method::PATCH,
+            "/api/v1/config",
+            r#"{"models": []}"#,
+        ),
+        (actix_web::http::Method::POST, "/api/v1/predict", "[[]]"),
+    ] {
+        let r = test::call_service(
+            &app,
+            test::TestRequest::default()
+                .method(method.clone())
+                .uri(path)
+                .insert_header(("content-type", "application/json"))
+                .set_payload(body)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(r.status(), 400, "{method} {path} {body}");
+        let v: Value = test::read_body_json(r).await;
+        assert_eq!(v["error"], "Bad Request");
+    }
+}
+
+#[actix_web::test]
+async fn test_run_time_patches_cannot_make_the_service_unready_or_its_means_nan() {
+    let st = state("").await;
+    let app = app!(st);
+    let patch = |body: &'static str| {
+        test::TestRequest::patch()
+            .uri("/api/v1/config")
+            .insert_header(("content-type", "application/json"))
+            .set_payload(body)
+            .to_request()
+    };
+    // A watchdog timeout shorter than a forward pass would give up every executor at once.
+    let r = test::call_service(&app, patch(r#"{"executor": {"forward_timeout_ms": 1}}"#)).await;
+    assert_eq!(r.status(), 400);
+    // Each weight within float32, their sum past it: every weighted mean would be NaN.
+    let r = test::call_service(
+        &app,
+        patch(r#"{"aggregator": {"weights": {"lstm-direction": 3e38, "cnn-pattern": 3e38}}}"#),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = test::read_body_json(r).await;
+    assert!(v["problems"][0].as_str().unwrap().contains("add up"), "{v}");
+    // One double above float32's largest (schemathesis' case): serde_json's default float
+    // parsing read it 1 ULP low, as exactly that largest, and the weight was accepted.
+    let r = test::call_service(
+        &app,
+        patch(r#"{"aggregator": {"weights": {"lstm-direction": 3.402823466385289e+38}}}"#),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "a weight above the documented maximum");
 }

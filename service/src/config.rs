@@ -258,6 +258,20 @@ impl Config {
         p.extend(self.executor.problems("executor"));
         p.extend(self.breaker.problems("breaker"));
         p.extend(self.aggregator.problems("aggregator", &self.service.members));
+        // The weighted mean sums the members' weights in float32: past its range the sum is
+        // infinite and every probability NaN, however finite each weight is.
+        let total: f32 = self
+            .service
+            .members
+            .iter()
+            .map(|m| self.aggregator.weight(m))
+            .sum();
+        if !total.is_finite() {
+            p.push(format!(
+                "aggregator.weights: the members' weights must add up to at most {:e}",
+                f32::MAX
+            ));
+        }
         if self.aggregator.method == Method::Stacking && self.service.stacker.is_empty() {
             p.push("aggregator.method = \"stacking\" needs service.stacker".into());
         }

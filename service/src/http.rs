@@ -1,6 +1,6 @@
-//! The HTTP actor (actix-web): health, readiness, metrics, models, runtime config and
-//! synchronous prediction. Routes are one `configure` function that the service and the tests
-//! share.
+//! The HTTP actor (actix-web): health, readiness, metrics, models, runtime config, synchronous
+//! prediction and the API's own OpenAPI document. Routes are one table ([`routes`]) that
+//! `configure` registers and the tests read; the service and the tests share `configure`.
 //!
 //! | route | what |
 //! | --- | --- |
@@ -12,14 +12,28 @@
 //! | `GET /api/v1/models` | per model: id, version, kind, timeframes, device, state, circuit, calls, failures, latency quantiles |
 //! | `POST /api/v1/predict` | synchronous prediction for feature windows, JSON or protobuf (by content type); bearer token when one is set |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /openapi.json` | this API as an OpenAPI 3.1 document |
+//!
+//! The document is generated from the handlers' types (utoipa: `ToSchema` on the bodies,
+//! `#[utoipa::path]` on every handler, listing every status it can answer) and made exact at
+//! request time with what only the running service knows: the window and feature counts of the
+//! loaded models, the model ids, the start-up-only executor limits, and whether a bearer token
+//! is set. The actors' types (method, direction, the config sections) are described here by
+//! views and mirrors: the actors crate stays free of HTTP concerns, and the unit tests below
+//! check that the mirrors name exactly the fields the real sections have.
+//!
+//! Every error body is [`ErrorBody`] (JSON), including a refused content type (415), an
+//! oversized body (413) and a missing or wrong token (401); an undocumented method on a known
+//! path is 405 with `Allow`.
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
-use actix_web::{HttpRequest, HttpResponse, web};
-use augur_actors::aggregator::{AggregatorConfig, Method, Plan, combine};
+use actix_web::http::{Method as HttpMethod, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, Route, web};
+use augur_actors::aggregator::{AggregatorConfig, Fallback, Method, Plan, combine};
 use augur_actors::breaker::{BreakerConfig, CircuitState};
 use augur_actors::clock::unix_ns;
 use augur_actors::events::ConfigChanged;
@@ -31,6 +45,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::bus::Health;
 use crate::config::Config;
@@ -60,46 +76,166 @@ impl AppState {
     }
 }
 
+/// The largest request body the handlers read (`[http].max_body_bytes`).
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+/// One route: what `configure` registers, and what the document must describe.
+struct Endpoint {
+    path: &'static str,
+    method: HttpMethod,
+    route: Route,
+}
+
+fn endpoint<F, Args>(path: &'static str, method: HttpMethod, handler: F) -> Endpoint
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    Endpoint {
+        path,
+        route: web::method(method.clone()).to(handler),
+        method,
+    }
+}
+
+/// The `/v2` health paths (the KServe spelling) answer like their unversioned twins; the
+/// document lists them as copies (second entry) of the first.
+const ALIASES: [(&str, &str); 2] = [
+    ("/health/live", "/v2/health/live"),
+    ("/health/ready", "/v2/health/ready"),
+];
+
+/// The route table: `configure` registers exactly these, one resource per path (so an
+/// undocumented method on a known path is 405 with `Allow`, not 404).
+fn endpoints() -> Vec<Endpoint> {
+    vec![
+        endpoint(ALIASES[0].0, HttpMethod::GET, live),
+        endpoint(ALIASES[0].1, HttpMethod::GET, live),
+        endpoint(ALIASES[1].0, HttpMethod::GET, ready),
+        endpoint(ALIASES[1].1, HttpMethod::GET, ready),
+        endpoint("/api/v1/health", HttpMethod::GET, health),
+        endpoint("/api/v1/config", HttpMethod::GET, get_config),
+        endpoint("/api/v1/config", HttpMethod::PATCH, patch_config),
+        endpoint("/api/v1/models", HttpMethod::GET, models),
+        endpoint("/api/v1/predict", HttpMethod::POST, predict),
+        endpoint("/metrics", HttpMethod::GET, metrics_text),
+        endpoint("/openapi.json", HttpMethod::GET, openapi_json),
+    ]
+}
+
+/// Every route `configure` registers, as (path, method): `/openapi.json` must describe each.
+pub fn routes() -> Vec<(&'static str, HttpMethod)> {
+    endpoints().into_iter().map(|e| (e.path, e.method)).collect()
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, max_body_bytes: usize) {
     cfg.app_data(web::Data::new(state))
-        .app_data(
-            web::JsonConfig::default()
-                .limit(max_body_bytes)
-                .error_handler(|err, _| {
-                    let status = match &err {
-                        actix_web::error::JsonPayloadError::OverflowKnownLength { .. }
-                        | actix_web::error::JsonPayloadError::Overflow { .. } => {
-                            StatusCode::PAYLOAD_TOO_LARGE
-                        }
-                        _ => StatusCode::BAD_REQUEST,
-                    };
-                    let body = json!({"error": "invalid request body", "problems": [err.to_string()]});
-                    actix_web::error::InternalError::from_response(
-                        err,
-                        HttpResponse::build(status).json(body),
-                    )
-                    .into()
-                }),
-        )
-        .app_data(web::PayloadConfig::default().limit(max_body_bytes))
-        .route("/health/live", web::get().to(live))
-        .route("/v2/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready))
-        .route("/v2/health/ready", web::get().to(ready))
-        .route("/api/v1/health", web::get().to(health))
-        .route("/api/v1/config", web::get().to(get_config))
-        .route("/api/v1/config", web::patch().to(patch_config))
-        .route("/api/v1/models", web::get().to(models))
-        .route("/api/v1/predict", web::post().to(predict))
-        .route("/metrics", web::get().to(metrics_text));
+        .app_data(web::Data::new(BodyLimit(max_body_bytes)));
+    let mut by_path: Vec<(&'static str, Vec<Route>)> = Vec::new();
+    for e in endpoints() {
+        match by_path.iter_mut().find(|(p, _)| *p == e.path) {
+            Some((_, routes)) => routes.push(e.route),
+            None => by_path.push((e.path, vec![e.route])),
+        }
+    }
+    for (path, routes) in by_path {
+        let resource = routes
+            .into_iter()
+            .fold(web::resource(path), |r, route| r.route(route));
+        cfg.service(resource);
+    }
+}
+
+/// Every error: the reason phrase of the status and each problem found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The status's reason phrase ("Bad Request", "Unauthorized", ...).
+    pub error: String,
+    /// Every problem found, not only the first.
+    pub problems: Vec<String>,
 }
 
 fn problems(status: StatusCode, problems: Vec<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": status.canonical_reason(), "problems": problems }))
+    HttpResponse::build(status).json(ErrorBody {
+        error: status.canonical_reason().unwrap_or("error").to_string(),
+        problems,
+    })
 }
 
+/// The request's media type without parameters, in lower case ("" when there is none).
+fn media_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The body, or 413 past the limit (checked on the declared length first, then while reading).
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, HttpResponse> {
+    let too_large = || {
+        problems(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            vec![format!("the body is larger than {limit} bytes")],
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match payload.to_bytes_limited(limit).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => Err(problems(
+            StatusCode::BAD_REQUEST,
+            vec![format!("reading the body: {e}")],
+        )),
+        Err(_) => Err(too_large()),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    #[schema(example = "live")]
+    pub status: String,
+}
+
+/// The process is up.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses((status = 200, description = "The process is up", body = Liveness)),
+)]
 async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "live"}))
+    HttpResponse::Ok().json(Liveness {
+        status: "live".into(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ready,
+    NotReady,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    /// Why the service is not ready; absent when it is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 /// Reasons the service is not ready; empty when it is.
@@ -123,41 +259,92 @@ async fn not_ready(s: &AppState) -> Vec<String> {
     reasons
 }
 
+/// Ready when every model is loaded and warmed, every configured transport is connected and
+/// the shutdown has not begun.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (loading, a model's executor down, a transport disconnected, shutting down), with the reasons", body = Readiness),
+    ),
+)]
 async fn ready(s: web::Data<AppState>) -> HttpResponse {
     let reasons = not_ready(&s).await;
     if reasons.is_empty() {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+        HttpResponse::Ok().json(Readiness {
+            status: ReadyStatus::Ready,
+            reasons,
+        })
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "reasons": reasons}))
+        HttpResponse::ServiceUnavailable().json(Readiness {
+            status: ReadyStatus::NotReady,
+            reasons,
+        })
     }
 }
 
-#[derive(Serialize)]
-struct ModelView {
-    id: String,
-    version: String,
-    /// lstm, cnn, xgboost, stacker
-    family: String,
-    /// The framework: torchscript, xgboost-json.
-    kind: String,
-    timeframes: Vec<String>,
-    device: String,
-    enabled: bool,
-    state: &'static str,
-    circuit: &'static str,
-    calls: u64,
-    failures: u64,
-    rejected: u64,
-    restarts: u64,
-    last_error: Option<String>,
-    latency_us: LatencyView,
+/// Where a model stands.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    Running,
+    Loading,
+    Down,
+    Faulted,
+    Unknown,
 }
 
-#[derive(Serialize)]
-struct LatencyView {
-    p50: u32,
-    p90: u32,
-    p99: u32,
+/// A model's circuit breaker ([`CircuitState`]).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Circuit {
+    Closed,
+    Open,
+    HalfOpen,
+    /// Parked by the restart-intensity limit until reset.
+    Faulted,
+}
+
+impl From<CircuitState> for Circuit {
+    fn from(c: CircuitState) -> Circuit {
+        match c {
+            CircuitState::Closed => Circuit::Closed,
+            CircuitState::Open => Circuit::Open,
+            CircuitState::HalfOpen => Circuit::HalfOpen,
+            CircuitState::Faulted => Circuit::Faulted,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelView {
+    pub id: String,
+    pub version: String,
+    /// lstm, cnn, xgboost, stacker
+    pub family: String,
+    /// The framework: torchscript, xgboost-json.
+    pub kind: String,
+    pub timeframes: Vec<String>,
+    pub device: String,
+    pub enabled: bool,
+    pub state: ModelState,
+    pub circuit: Circuit,
+    pub calls: u64,
+    pub failures: u64,
+    pub rejected: u64,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub latency_us: LatencyView,
+}
+
+/// Forward-pass latency quantiles, in microseconds.
+#[derive(Serialize, ToSchema)]
+pub struct LatencyView {
+    pub p50: u32,
+    pub p90: u32,
+    pub p99: u32,
 }
 
 /// Every model: the members, then the stacker.
@@ -168,11 +355,11 @@ fn model_views(s: &AppState) -> Vec<ModelView> {
         .map(|(g, e)| {
             let q = g.latency_quantiles(&[0.5, 0.9, 0.99]);
             let state = match (e.as_ref(), g.state()) {
-                (_, CircuitState::Faulted) => "faulted",
-                (Some(e), _) if e.is_down() => "down",
-                (Some(e), _) if !e.is_ready() => "loading",
-                (None, _) => "unknown",
-                _ => "running",
+                (_, CircuitState::Faulted) => ModelState::Faulted,
+                (Some(e), _) if e.is_down() => ModelState::Down,
+                (Some(e), _) if !e.is_ready() => ModelState::Loading,
+                (None, _) => ModelState::Unknown,
+                _ => ModelState::Running,
             };
             ModelView {
                 id: g.info.id.to_string(),
@@ -183,79 +370,138 @@ fn model_views(s: &AppState) -> Vec<ModelView> {
                 device: g.info.device.clone(),
                 enabled: g.enabled.load(Ordering::Relaxed),
                 state,
-                circuit: g.state().as_str(),
+                circuit: g.state().into(),
                 calls: g.calls.load(Ordering::Relaxed),
                 failures: g.failures.load(Ordering::Relaxed),
                 rejected: g.rejected.load(Ordering::Relaxed),
                 restarts: g.restarts.load(Ordering::Relaxed),
                 last_error: g.last_error.lock().ok().and_then(|e| e.clone()),
                 latency_us: LatencyView {
-                    p50: q[0],
-                    p90: q[1],
-                    p99: q[2],
+                    p50: q.first().copied().unwrap_or(0),
+                    p90: q.get(1).copied().unwrap_or(0),
+                    p99: q.get(2).copied().unwrap_or(0),
                 },
             }
         })
         .collect()
 }
 
-async fn models(s: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "models": model_views(&s) }))
+#[derive(Serialize, ToSchema)]
+pub struct ModelsView {
+    /// The members, then the stacker.
+    pub models: Vec<ModelView>,
 }
 
+/// Every model: the members, then the stacker.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "models",
+    responses((status = 200, description = "Every model", body = ModelsView)),
+)]
+async fn models(s: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(ModelsView {
+        models: model_views(&s),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub enum HealthStatus {
+    /// Ready, every model running with its circuit closed.
+    Running,
+    /// Some model is not running or its circuit is not closed, or the service is not ready.
+    Degraded,
+    /// No model is running.
+    Faulted,
+}
+
+/// The pipeline's counters since start.
+#[derive(Serialize, ToSchema)]
+pub struct Counters {
+    pub vectors_in: u64,
+    pub predictions: u64,
+    pub warming: u64,
+    pub stale_sequence: u64,
+    pub sequence_gaps: u64,
+    pub deadline_misses: u64,
+    pub rejected_calls: u64,
+    pub failed_calls: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HealthView {
+    pub status: HealthStatus,
+    pub version: String,
+    pub uptime_seconds: f64,
+    /// Every transport by name: `connected` and its own counters.
+    #[schema(value_type = BTreeMap<String, Object>)]
+    pub buses: serde_json::Map<String, Value>,
+    pub active_streams: u64,
+    /// Why the service is not ready; empty when it is.
+    pub not_ready: Vec<String>,
+    pub models: Vec<ModelView>,
+    pub counters: Counters,
+}
+
+/// The service's state: status, models, transports, counters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "health",
+    responses((status = 200, description = "The service's state", body = HealthView)),
+)]
 async fn health(s: web::Data<AppState>) -> HttpResponse {
     let views = model_views(&s);
     let reasons = not_ready(&s).await;
-    let running = views.iter().filter(|m| m.state == "running").count();
+    let running = views.iter().filter(|m| m.state == ModelState::Running).count();
     let status = if running == 0 {
-        "Faulted"
+        HealthStatus::Faulted
     } else if !reasons.is_empty()
         || views
             .iter()
-            .any(|m| m.circuit != "closed" || m.state != "running")
+            .any(|m| m.circuit != Circuit::Closed || m.state != ModelState::Running)
     {
-        "Degraded"
+        HealthStatus::Degraded
     } else {
-        "Running"
+        HealthStatus::Running
     };
     let st = &s.pipeline.stats;
-    let buses: serde_json::Map<String, Value> = s
-        .buses
-        .iter()
-        .map(|b| (b.name().to_string(), b.details()))
-        .collect();
-    HttpResponse::Ok().json(json!({
-        "status": status,
-        "version": crate::SERVICE_VERSION,
-        "uptime_seconds": s.started.elapsed().as_secs_f64(),
-        "buses": buses,
-        "active_streams": s.pipeline.active_streams(),
-        "not_ready": reasons,
-        "models": views,
-        "counters": {
-            "vectors_in": st.vectors_in.load(Ordering::Relaxed),
-            "predictions": st.predictions.load(Ordering::Relaxed),
-            "warming": st.warming.load(Ordering::Relaxed),
-            "stale_sequence": st.stale_sequence.load(Ordering::Relaxed),
-            "sequence_gaps": st.sequence_gaps.load(Ordering::Relaxed),
-            "deadline_misses": st.deadline_misses.load(Ordering::Relaxed),
-            "rejected_calls": st.rejected_calls.load(Ordering::Relaxed),
-            "failed_calls": st.failed_calls.load(Ordering::Relaxed),
+    HttpResponse::Ok().json(HealthView {
+        status,
+        version: crate::SERVICE_VERSION.to_string(),
+        uptime_seconds: s.started.elapsed().as_secs_f64(),
+        buses: s
+            .buses
+            .iter()
+            .map(|b| (b.name().to_string(), b.details()))
+            .collect(),
+        active_streams: s.pipeline.active_streams(),
+        not_ready: reasons,
+        models: views,
+        counters: Counters {
+            vectors_in: st.vectors_in.load(Ordering::Relaxed),
+            predictions: st.predictions.load(Ordering::Relaxed),
+            warming: st.warming.load(Ordering::Relaxed),
+            stale_sequence: st.stale_sequence.load(Ordering::Relaxed),
+            sequence_gaps: st.sequence_gaps.load(Ordering::Relaxed),
+            deadline_misses: st.deadline_misses.load(Ordering::Relaxed),
+            rejected_calls: st.rejected_calls.load(Ordering::Relaxed),
+            failed_calls: st.failed_calls.load(Ordering::Relaxed),
         },
-    }))
+    })
 }
 
 /// The config as shown: the token masked, and the credentials of every URL
 /// (`scheme://user:pass@host` -> `scheme://***@host`).
-fn masked(c: &Config) -> Value {
-    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+fn masked(c: &Config) -> Result<Value, String> {
+    let mut v = serde_json::to_value(c).map_err(|e| format!("showing the config: {e}"))?;
     mask_url_credentials(&mut v);
     if let Some(tok) = v.pointer_mut("/http/token")
         && tok.as_str().is_some_and(|s| !s.is_empty())
     {
         *tok = Value::String("***".into());
     }
-    v
+    Ok(v)
 }
 
 fn mask_url_credentials(v: &mut Value) {
@@ -274,9 +520,26 @@ fn mask_url_credentials(v: &mut Value) {
     }
 }
 
+fn config_response(c: &Config) -> HttpResponse {
+    match masked(c) {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => problems(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+    }
+}
+
+/// The effective config, every section; the token and the credentials inside URLs masked.
+#[utoipa::path(
+    get,
+    path = "/api/v1/config",
+    tag = "config",
+    responses(
+        (status = 200, description = "The effective config, secrets masked", body = ref("#/components/schemas/ConfigView")),
+        (status = 500, description = "The config could not be read (its lock was poisoned by a panic)", body = ErrorBody),
+    ),
+)]
 async fn get_config(s: web::Data<AppState>) -> HttpResponse {
     match s.config.read() {
-        Ok(c) => HttpResponse::Ok().json(masked(&c)),
+        Ok(c) => config_response(&c),
         Err(_) => problems(
             StatusCode::INTERNAL_SERVER_ERROR,
             vec!["config lock poisoned".into()],
@@ -321,29 +584,184 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     ((a1 ^ b1) | (a2 ^ b2)) == 0
 }
 
-/// The part of the config that may change at run time.
-#[derive(Debug, Deserialize)]
+/// The part of the config that may change at run time. Each section is merged key by key
+/// into the running one (JSON), then the whole config is checked.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigPatch {
+    /// How members are merged; a null section is no change.
     #[serde(default)]
+    #[schema(value_type = Option<AggregatorPatch>)]
     pub aggregator: Option<Value>,
+    /// The circuit breakers of every model.
     #[serde(default)]
+    #[schema(value_type = Option<BreakerPatch>)]
     pub breaker: Option<Value>,
+    /// Batching limits of every executor.
     #[serde(default)]
+    #[schema(value_type = Option<ExecutorPatch>)]
     pub executor: Option<Value>,
     #[serde(default)]
     pub models: Option<ModelsPatch>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsPatch {
-    /// Model id -> enabled.
+    /// Member id -> enabled.
     #[serde(default)]
-    pub enabled: std::collections::BTreeMap<String, bool>,
-    /// Model ids to reset (a parked model runs again).
+    pub enabled: BTreeMap<String, bool>,
+    /// Model ids (members or the stacker) to reset: a parked model runs again.
     #[serde(default)]
     pub reset: Vec<String>,
+}
+
+// The three sections a patch may change, as the document describes them: mirrors of the
+// actors' `AggregatorConfig`, `BreakerConfig` and `ExecutorConfig` (a unit test keeps their
+// field names equal), every field optional, with the bounds their `problems()` check.
+// Documentation only: the handler merges the patch as JSON into the running section.
+
+/// `[aggregator]`: how members are merged.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorPatch {
+    #[serde(default)]
+    method: MethodView,
+    /// Weight per member id for `weighted_mean` (a member not named weighs 1); the whole map
+    /// is replaced. The members' weights must add up to a finite float32.
+    #[serde(default)]
+    weights: BTreeMap<String, f64>,
+    /// How long an event waits for its members.
+    #[schema(minimum = 1, maximum = 600000)]
+    #[serde(default)]
+    deadline_ms: u64,
+    #[serde(default)]
+    fallback: FallbackView,
+}
+
+/// `[breaker]`: thresholds and backoff, for every model. `min_calls` must not exceed
+/// `window_calls`, nor `backoff_initial_ms` `backoff_max_ms` (checked on the merged section).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerPatch {
+    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    window_calls: u64,
+    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    min_calls: u64,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    #[serde(default)]
+    failure_rate: f64,
+    #[schema(minimum = 1, maximum = 4294967295.0)]
+    #[serde(default)]
+    consecutive_failures: u32,
+    #[schema(minimum = 0, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    slow_call_ms: u64,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    #[serde(default)]
+    slow_call_rate: f64,
+    #[schema(minimum = 1, maximum = 4294967295.0)]
+    #[serde(default)]
+    half_open_probes: u32,
+    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    backoff_initial_ms: u64,
+    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    backoff_max_ms: u64,
+    #[schema(minimum = 1)]
+    #[serde(default)]
+    backoff_multiplier: f64,
+    #[schema(minimum = 0, exclusive_maximum = 1)]
+    #[serde(default)]
+    backoff_jitter: f64,
+    #[schema(minimum = 0, maximum = 4294967295.0)]
+    #[serde(default)]
+    max_restarts: u32,
+    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    restart_window_ms: u64,
+}
+
+/// `[executor]`: batching limits. `queue_capacity` and `forward_timeout_ms` are fixed at
+/// start-up: only their running values are accepted.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorPatch {
+    #[schema(minimum = 1, maximum = 1024)]
+    #[serde(default)]
+    max_batch: u64,
+    #[schema(minimum = 0, maximum = 1000000)]
+    #[serde(default)]
+    max_delay_us: u64,
+    #[schema(minimum = 0, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    queue_capacity: u64,
+    #[schema(minimum = 0, maximum = 1.8446744073709552e19)]
+    #[serde(default)]
+    forward_timeout_ms: u64,
+}
+
+/// How members are merged (the actors' `Method`).
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodView {
+    WeightedMean,
+    Majority,
+    Stacking,
+}
+
+impl From<Method> for MethodView {
+    fn from(m: Method) -> MethodView {
+        match m {
+            Method::WeightedMean => MethodView::WeightedMean,
+            Method::Majority => MethodView::Majority,
+            Method::Stacking => MethodView::Stacking,
+        }
+    }
+}
+
+/// What an open circuit's member contributes (the actors' `Fallback`).
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackView {
+    Omit,
+    Neutral,
+    Uniform,
+}
+
+impl From<Fallback> for FallbackView {
+    fn from(f: Fallback) -> FallbackView {
+        match f {
+            Fallback::Omit => FallbackView::Omit,
+            Fallback::Neutral => FallbackView::Neutral,
+            Fallback::Uniform => FallbackView::Uniform,
+        }
+    }
+}
+
+/// One of the three classes (the actors' `Direction`).
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DirectionView {
+    Short,
+    Neutral,
+    Long,
+}
+
+impl From<Direction> for DirectionView {
+    fn from(d: Direction) -> DirectionView {
+        match d {
+            Direction::Short => DirectionView::Short,
+            Direction::Neutral => DirectionView::Neutral,
+            Direction::Long => DirectionView::Long,
+        }
+    }
 }
 
 /// Merges a partial JSON object into a section, listing unknown keys.
@@ -374,11 +792,62 @@ fn merge<T: Serialize + serde::de::DeserializeOwned>(
     }
 }
 
-async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<Value>) -> HttpResponse {
+/// Changes the run-time part of the config: all or nothing, every problem listed.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/config",
+    tag = "config",
+    request_body(content = ConfigPatch, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied; the effective config, secrets masked", body = ref("#/components/schemas/ConfigView")),
+        (status = 400, description = "Not JSON, not an object, an unknown key, a wrong type or a value out of range: every problem, nothing applied", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is larger than `[http].max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 500, description = "The config could not be read (its lock was poisoned by a panic)", body = ErrorBody),
+    ),
+)]
+async fn patch_config(
+    req: HttpRequest,
+    s: web::Data<AppState>,
+    limit: web::Data<BodyLimit>,
+    payload: web::Payload,
+) -> HttpResponse {
+    // The token first: an unauthenticated body is never read.
     if let Err(r) = authorized(&req, &s) {
         return *r;
     }
-    let patch: ConfigPatch = match serde_json::from_value(body.into_inner()) {
+    let body = match read_body(&req, payload, limit.0).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let media = media_type(&req);
+    if media != "application/json" {
+        return problems(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            vec![format!("content-type {media:?}: send application/json")],
+        );
+    }
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return problems(StatusCode::BAD_REQUEST, vec![format!("invalid JSON body: {e}")]),
+    };
+    // serde reads a struct from an array of its fields too (`[]` would be an empty patch): only
+    // objects are taken. (`aggregator`, `breaker` and `executor` are merged as objects below.)
+    if !body.is_object() {
+        return problems(
+            StatusCode::BAD_REQUEST,
+            vec!["the body must be a JSON object".into()],
+        );
+    }
+    if body
+        .get("models")
+        .is_some_and(|m| !(m.is_object() || m.is_null()))
+    {
+        return problems(StatusCode::BAD_REQUEST, vec!["models must be an object".into()]);
+    }
+    let patch: ConfigPatch = match serde_json::from_value(body) {
         Ok(p) => p,
         Err(e) => return problems(StatusCode::BAD_REQUEST, vec![e.to_string()]),
     };
@@ -408,6 +877,11 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
     {
         if e.queue_capacity != current.executor.queue_capacity {
             errs.push("executor.queue_capacity cannot change at run time (restart the service)".into());
+        }
+        // The watchdog runs only when started with a timeout, and a timeout shorter than a
+        // forward pass gives up every executor at once (readiness 503 until they reload).
+        if e.forward_timeout_ms != current.executor.forward_timeout_ms {
+            errs.push("executor.forward_timeout_ms cannot change at run time (restart the service)".into());
         }
         next.executor = e;
     }
@@ -455,28 +929,95 @@ async fn patch_config(req: HttpRequest, s: web::Data<AppState>, body: web::Json<
         what: &format!("{patch:?}"),
     }
     .emit();
-    HttpResponse::Ok().json(masked(&next))
+    config_response(&next)
 }
 
 /// JSON body of /api/v1/predict: windows of feature vectors, oldest first, each at least as
 /// long as the longest member window.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
+    /// Windows of feature vectors, oldest first; the served document gives the lengths the
+    /// loaded models need.
     pub windows: Vec<Vec<Vec<f32>>>,
     /// weighted_mean | majority | stacking; default: the configured method.
     #[serde(default)]
+    #[schema(value_type = Option<MethodView>)]
     pub method: Option<Method>,
 }
 
-#[derive(Debug, Serialize)]
+/// One member's answer (the actors' `MemberPrediction`, as it is serialised).
+#[derive(Serialize, ToSchema)]
+pub struct MemberView {
+    pub model_id: String,
+    pub model_version: String,
+    /// The model's family ("lstm", "cnn", "xgboost").
+    pub model_kind: String,
+    /// [short, neutral, long]
+    pub probabilities: Vec<f32>,
+    pub direction: DirectionView,
+    pub confidence: f32,
+    /// The member's circuit was open and the configured fallback stood in.
+    pub fallback: bool,
+    pub inference_us: u32,
+    pub batch_size: u32,
+}
+
+impl From<&MemberPrediction> for MemberView {
+    fn from(m: &MemberPrediction) -> MemberView {
+        MemberView {
+            model_id: m.model_id.to_string(),
+            model_version: m.model_version.to_string(),
+            model_kind: m.model_family.to_string(),
+            probabilities: m.probabilities.clone(),
+            direction: m.direction.into(),
+            confidence: m.confidence,
+            fallback: m.fallback,
+            inference_us: m.inference_us,
+            batch_size: m.batch_size,
+        }
+    }
+}
+
+/// The ensemble's answer for one window.
+#[derive(Serialize, ToSchema)]
 pub struct PredictResult {
-    pub direction: Direction,
+    pub direction: DirectionView,
+    /// -1 short, 0 neutral, 1 long.
     pub signal: i32,
     pub confidence: f32,
+    /// [short, neutral, long]
     pub probabilities: Vec<f32>,
-    pub method: &'static str,
-    pub members: Vec<MemberPrediction>,
+    pub method: MethodView,
+    pub members: Vec<MemberView>,
+}
+
+/// One result per window, in order.
+#[derive(Serialize, ToSchema)]
+pub struct PredictResponse {
+    pub predictions: Vec<PredictResult>,
+}
+
+/// One window's ensemble, before it is shown as JSON or protobuf.
+struct Combined {
+    probabilities: Vec<f32>,
+    method: Method,
+    members: Vec<MemberPrediction>,
+}
+
+impl Combined {
+    fn view(&self) -> PredictResult {
+        let (i, confidence) = argmax(&self.probabilities);
+        let direction = Direction::from_index(i);
+        PredictResult {
+            direction: direction.into(),
+            signal: direction.signal(),
+            confidence,
+            probabilities: self.probabilities.clone(),
+            method: self.method.into(),
+            members: self.members.iter().map(MemberView::from).collect(),
+        }
+    }
 }
 
 /// One window through every member (batched with the streams' calls in the executors), then
@@ -487,7 +1028,7 @@ async fn predict_one(
     window: &[Vec<f32>],
     method: Method,
     config: &AggregatorConfig,
-) -> Result<PredictResult, Vec<String>> {
+) -> Result<Combined, Vec<String>> {
     let mut errs = Vec::new();
     let mut members = Vec::new();
     for g in &s.pipeline.gates {
@@ -535,14 +1076,9 @@ async fn predict_one(
             None => return Err(vec!["no stacking model is configured".to_string()]),
         },
     };
-    let (i, confidence) = argmax(&probabilities);
-    let direction = Direction::from_index(i);
-    Ok(PredictResult {
-        direction,
-        signal: direction.signal(),
-        confidence,
+    Ok(Combined {
         probabilities,
-        method: used.as_str(),
+        method: used,
         members,
     })
 }
@@ -555,30 +1091,63 @@ fn check_window(window: &[Vec<f32>], features: usize, w: usize, out: &mut Vec<St
                 v.len()
             ));
         } else if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-            out.push(format!("window {w} vector {i}: value {j} is not finite"));
+            // JSON has no infinity: a value past float32's range rounds to one.
+            out.push(format!(
+                "window {w} vector {i}: value {j} is not finite (outside float32's range)"
+            ));
         }
     }
 }
 
-async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    // Predict spends model time: with a token set, it needs it too.
+/// Synchronous prediction. JSON: every window through every member, one result per window.
+/// Protobuf (`application/x-protobuf`, or `application/protobuf`): one window, the vectors of
+/// a `FeatureVectorBatch`, answered with an `EnsemblePrediction` for its last vector. A member
+/// that cannot answer (its window too short, a failure, a full queue) or stacking without the
+/// stacker fails the request with the reasons.
+#[utoipa::path(
+    post,
+    path = "/api/v1/predict",
+    tag = "predict",
+    request_body(content(
+        (PredictRequest = "application/json"),
+        ("application/x-protobuf"),
+    )),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The ensemble's prediction: JSON for a JSON body, an `augur.v1.EnsemblePrediction` for a protobuf one", content(
+            (PredictResponse = "application/json"),
+            ("application/x-protobuf"),
+        )),
+        (status = 400, description = "Not JSON or not a `FeatureVectorBatch`, an unknown key, a window too short or a vector of the wrong length, a value outside float32's range, or a member that could not answer: every problem", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is larger than `[http].max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "The body is neither `application/json` nor `application/x-protobuf`", body = ErrorBody),
+    ),
+)]
+async fn predict(
+    req: HttpRequest,
+    s: web::Data<AppState>,
+    limit: web::Data<BodyLimit>,
+    payload: web::Payload,
+) -> HttpResponse {
+    // Predict spends model time: with a token set, it needs it too; checked before the body
+    // is read.
     if let Err(r) = authorized(&req, &s) {
         return *r;
     }
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let json = content_type.starts_with("application/json");
-    let proto = content_type.starts_with("application/x-protobuf")
-        || content_type.starts_with("application/protobuf");
+    let body = match read_body(&req, payload, limit.0).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let media = media_type(&req);
+    let json = media == "application/json";
+    let proto = media == "application/x-protobuf" || media == "application/protobuf";
     if !json && !proto {
         // A browser's cross-site form post (text/plain) must not be taken as JSON.
         return problems(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             vec![format!(
-                "content-type {content_type:?}: send application/json or application/x-protobuf"
+                "content-type {media:?}: send application/json or application/x-protobuf"
             )],
         );
     }
@@ -625,7 +1194,7 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
                     r.probabilities,
                     r.members,
                     s.pipeline.gates.len() as u32,
-                    r.method,
+                    r.method.as_str(),
                     unix_ns(),
                 );
                 HttpResponse::Ok()
@@ -634,6 +1203,13 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
             }
             Err(errs) => problems(StatusCode::BAD_REQUEST, errs),
         };
+    }
+    // serde reads a struct from an array of its fields too: only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return problems(
+            StatusCode::BAD_REQUEST,
+            vec!["invalid JSON body: not a JSON object".into()],
+        );
     }
     let req: PredictRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -650,21 +1226,351 @@ async fn predict(req: HttpRequest, s: web::Data<AppState>, body: web::Bytes) -> 
         return problems(StatusCode::BAD_REQUEST, errs);
     }
     let method = req.method.unwrap_or(settings.method);
-    let mut results = Vec::new();
+    let mut predictions = Vec::new();
     for window in &req.windows {
         match predict_one(&s, window, method, &settings).await {
-            Ok(r) => results.push(r),
+            Ok(r) => predictions.push(r.view()),
             Err(e) => return problems(StatusCode::BAD_REQUEST, e),
         }
     }
-    HttpResponse::Ok().json(json!({ "predictions": results }))
+    HttpResponse::Ok().json(PredictResponse { predictions })
 }
 
+/// Prometheus' text exposition of every metric.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    responses(
+        (status = 200, description = "Every metric, Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 503, description = "No metrics recorder is installed in this process", body = String, content_type = "text/plain"),
+    ),
+)]
 async fn metrics_text(s: web::Data<AppState>) -> HttpResponse {
     match &s.metrics {
         Some(h) => HttpResponse::Ok()
             .content_type(ContentType::plaintext())
             .body(h.render()),
-        None => HttpResponse::ServiceUnavailable().body("no metrics recorder installed"),
+        None => HttpResponse::ServiceUnavailable()
+            .content_type(ContentType::plaintext())
+            .body("no metrics recorder installed"),
+    }
+}
+
+/// This API as an OpenAPI 3.1 document, exact for this process's models and settings.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "openapi",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object),
+        (status = 500, description = "The document could not be built", body = ErrorBody),
+    ),
+)]
+async fn openapi_json(s: web::Data<AppState>) -> HttpResponse {
+    match openapi_document(&s) {
+        Ok(doc) => HttpResponse::Ok().json(doc),
+        Err(e) => problems(StatusCode::INTERNAL_SERVER_ERROR, vec![e]),
+    }
+}
+
+/// Declares the bearer token that `security(("bearer" = []))` names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "`[http].token` (AUGUR_HTTP__TOKEN); required only when one is set",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Augur",
+        description = "Augur's HTTP API: health, readiness, models, run-time config, synchronous prediction and metrics."
+    ),
+    paths(
+        live,
+        ready,
+        health,
+        get_config,
+        patch_config,
+        models,
+        predict,
+        metrics_text,
+        openapi_json
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// The part of the document that the types give (built once).
+fn static_document() -> Result<&'static Value, String> {
+    static DOC: OnceLock<Result<Value, String>> = OnceLock::new();
+    DOC.get_or_init(|| {
+        serde_json::to_value(ApiDoc::openapi()).map_err(|e| format!("the OpenAPI document: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// float32 rounds every value below this (2^128 - 2^103) in magnitude to a finite one, and
+/// this one and beyond to infinity: the exact bound of a feature value.
+const F32_ROUNDING_LIMIT: f64 = 340_282_356_779_733_661_637_539_395_458_142_568_448.0;
+
+fn at<'a>(doc: &'a mut Value, pointer: &str) -> Result<&'a mut Value, String> {
+    doc.pointer_mut(pointer)
+        .ok_or_else(|| format!("the OpenAPI document has no {pointer}"))
+}
+
+fn object_at<'a>(
+    doc: &'a mut Value,
+    pointer: &str,
+) -> Result<&'a mut serde_json::Map<String, Value>, String> {
+    at(doc, pointer)?
+        .as_object_mut()
+        .ok_or_else(|| format!("{pointer} is not an object in the OpenAPI document"))
+}
+
+/// The document as this process serves it: the types' document made exact with the loaded
+/// models (window and feature counts, ids), the start-up-only executor limits, the config's
+/// sections, the `/v2` aliases, and the bearer token only when one is set.
+pub fn openapi_document(s: &AppState) -> Result<Value, String> {
+    let mut doc = static_document()?.clone();
+    let config = s
+        .config
+        .read()
+        .map_err(|_| "config lock poisoned".to_string())?
+        .clone();
+
+    // The /v2 twins: the same operations under their own ids.
+    let paths = object_at(&mut doc, "/paths")?;
+    for (path, alias) in ALIASES {
+        let mut item = paths
+            .get(path)
+            .cloned()
+            .ok_or_else(|| format!("the OpenAPI document has no {path}"))?;
+        if let Some(ops) = item.as_object_mut() {
+            for op in ops.values_mut() {
+                if let Some(id) = op.get_mut("operationId")
+                    && let Some(name) = id.as_str()
+                {
+                    *id = Value::String(format!("{name}_v2"));
+                }
+            }
+        }
+        paths.insert(alias.to_string(), item);
+    }
+
+    // Without a token nothing asks for one.
+    if s.token().is_none() {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in item.values_mut().filter_map(Value::as_object_mut) {
+                op.remove("security");
+                if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                    r.remove("401");
+                }
+            }
+        }
+    }
+
+    // The config as shown: every section an object.
+    let shown = masked(&config)?;
+    let sections = shown.as_object().cloned().unwrap_or_default();
+    let properties: serde_json::Map<String, Value> = sections
+        .iter()
+        .map(|(k, v)| {
+            let schema = if v.is_object() {
+                json!({"type": "object"})
+            } else {
+                json!({})
+            };
+            (k.clone(), schema)
+        })
+        .collect();
+    object_at(&mut doc, "/components/schemas")?.insert(
+        "ConfigView".into(),
+        json!({
+            "type": "object",
+            "description": "The effective config, one object per section (config.toml documents every key); the token and the credentials inside URLs masked",
+            "properties": properties,
+            "required": sections.keys().collect::<Vec<_>>(),
+            "additionalProperties": false,
+        }),
+    );
+
+    // Predict: the windows the loaded models need.
+    let gates = &s.pipeline.gates;
+    if let Some(first) = gates.first() {
+        let window = gates.iter().map(|g| g.info.window).max().unwrap_or(0);
+        let features = first.info.features;
+        *at(&mut doc, "/components/schemas/PredictRequest/properties/windows")? = json!({
+            "type": "array",
+            "minItems": 1,
+            "description": format!(
+                "Windows of feature vectors, oldest first: each at least {window} vectors (the longest member window; a member uses the last ones it needs) of {features} values, each within float32's range"
+            ),
+            "items": {
+                "type": "array",
+                "minItems": window,
+                "items": {
+                    "type": "array",
+                    "minItems": features,
+                    "maxItems": features,
+                    "items": {
+                        "type": "number",
+                        "exclusiveMinimum": -F32_ROUNDING_LIMIT,
+                        "exclusiveMaximum": F32_ROUNDING_LIMIT,
+                    },
+                },
+            },
+        });
+        let zeros = vec![vec![vec![0.0f32; features]; window]];
+        at(
+            &mut doc,
+            "/paths/~1api~1v1~1predict/post/requestBody/content/application~1json",
+        )?
+        .as_object_mut()
+        .ok_or("the predict body is not an object in the OpenAPI document")?
+        .insert("example".into(), json!({ "windows": zeros }));
+    }
+
+    // Patch: the model ids, and the executor limits fixed at start-up.
+    let members = &config.service.members;
+    let mut models: Vec<&String> = members.iter().collect();
+    if !config.service.stacker.is_empty() {
+        models.push(&config.service.stacker);
+    }
+    *at(&mut doc, "/components/schemas/AggregatorPatch/properties/weights")? = json!({
+        "type": "object",
+        "description": "Weight per member id for `weighted_mean` (a member not named weighs 1); the whole map is replaced. The members' weights must add up to a finite float32",
+        "propertyNames": { "enum": members },
+        "additionalProperties": { "type": "number", "minimum": 0.0, "maximum": f32::MAX as f64 },
+    });
+    at(&mut doc, "/components/schemas/ModelsPatch/properties/enabled")?
+        .as_object_mut()
+        .ok_or("models.enabled is not an object in the OpenAPI document")?
+        .insert("propertyNames".into(), json!({ "enum": members }));
+    at(&mut doc, "/components/schemas/ModelsPatch/properties/reset")?
+        .as_object_mut()
+        .ok_or("models.reset is not an object in the OpenAPI document")?
+        .insert("items".into(), json!({ "type": "string", "enum": models }));
+    let executor = object_at(&mut doc, "/components/schemas/ExecutorPatch/properties")?;
+    executor.insert(
+        "queue_capacity".into(),
+        json!({
+            "type": "integer",
+            "const": config.executor.queue_capacity,
+            "description": "Fixed at start-up: only the running value is accepted",
+        }),
+    );
+    executor.insert(
+        "forward_timeout_ms".into(),
+        json!({
+            "type": "integer",
+            "const": config.executor.forward_timeout_ms,
+            "description": "Fixed at start-up: only the running value is accepted",
+        }),
+    );
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn property_names(doc: &Value, schema: &str) -> Vec<String> {
+        let properties = doc
+            .pointer(&format!("/components/schemas/{schema}/properties"))
+            .and_then(Value::as_object)
+            .unwrap_or_else(|| panic!("{schema} has no properties"));
+        properties
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    fn field_names<T: Serialize>(section: &T) -> Vec<String> {
+        let v = serde_json::to_value(section).unwrap();
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn test_the_patch_mirrors_name_exactly_the_fields_of_the_real_sections() {
+        let doc = static_document().unwrap();
+        assert_eq!(
+            property_names(doc, "AggregatorPatch"),
+            field_names(&AggregatorConfig::default())
+        );
+        assert_eq!(
+            property_names(doc, "BreakerPatch"),
+            field_names(&BreakerConfig::default())
+        );
+        assert_eq!(
+            property_names(doc, "ExecutorPatch"),
+            field_names(&ExecutorConfig::default())
+        );
+    }
+
+    #[test]
+    fn test_the_views_spell_the_actors_enums_as_the_actors_do() {
+        for m in [Method::WeightedMean, Method::Majority, Method::Stacking] {
+            assert_eq!(
+                serde_json::to_value(MethodView::from(m)).unwrap(),
+                serde_json::to_value(m).unwrap()
+            );
+        }
+        for f in [Fallback::Omit, Fallback::Neutral, Fallback::Uniform] {
+            assert_eq!(
+                serde_json::to_value(FallbackView::from(f)).unwrap(),
+                serde_json::to_value(f).unwrap()
+            );
+        }
+        for d in [Direction::Short, Direction::Neutral, Direction::Long] {
+            assert_eq!(
+                serde_json::to_value(DirectionView::from(d)).unwrap(),
+                serde_json::to_value(d).unwrap()
+            );
+        }
+        for c in [
+            CircuitState::Closed,
+            CircuitState::Open,
+            CircuitState::HalfOpen,
+            CircuitState::Faulted,
+        ] {
+            assert_eq!(serde_json::to_value(Circuit::from(c)).unwrap(), json!(c.as_str()));
+        }
+    }
+
+    #[test]
+    fn test_the_float32_limit_is_where_a_json_number_stops_rounding_to_a_finite_value() {
+        let below = f64::from_bits(F32_ROUNDING_LIMIT.to_bits() - 1);
+        assert!((below as f32).is_finite() && (-below as f32).is_finite());
+        assert!((F32_ROUNDING_LIMIT as f32).is_infinite() && (-F32_ROUNDING_LIMIT as f32).is_infinite());
+        // The shortest spelling of the limit reads back as exactly the limit.
+        assert_eq!(
+            serde_json::from_str::<f64>(&serde_json::to_string(&F32_ROUNDING_LIMIT).unwrap()).unwrap(),
+            F32_ROUNDING_LIMIT
+        );
     }
 }
