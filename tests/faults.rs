@@ -622,7 +622,12 @@ fn fault_a_member_that_crashes_on_every_call_is_parked_and_the_ensemble_goes_on(
         // Restarts come quickly, so that the crash loop is parked within the feed.
         &[("AUGUR_BREAKER__BACKOFF_MAX_MS", "1000")],
         |http, log| {
-            let state = metric(http, r#"augur_circuit_state{model="cnn-pattern"}"#);
+            let state = wait_metric(
+                http,
+                r#"augur_circuit_state{model="cnn-pattern"}"#,
+                Duration::from_secs(60),
+                |s| s == 3.0,
+            );
             let restarts = metric(http, r#"augur_model_restarts_total{model="cnn-pattern"}"#);
             assert_eq!(state, 3.0, "cnn-pattern parked as faulted (restarts {restarts})");
             assert!(restarts >= 5.0, "restarts {restarts}");
@@ -637,11 +642,12 @@ fn fault_a_member_that_crashes_on_every_call_is_parked_and_the_ensemble_goes_on(
             );
         },
     );
+    // It crashes on its first call after the warm-up, so it never answers: every prediction
+    // is the two others'.
     let with_cnn = |p: &pb::EnsemblePrediction| p.members.iter().any(|m| m.model_id == "cnn-pattern");
-    let last = preds.iter().rev().take(100).collect::<Vec<_>>();
     assert!(
-        last.iter().all(|p| !with_cnn(p) && p.models_used == 2),
-        "after parking, the ensemble goes on with the two others"
+        preds.iter().all(|p| !with_cnn(p) && p.models_used == 2),
+        "the ensemble goes on with the two others"
     );
 }
 
@@ -666,8 +672,8 @@ fn fault_a_slow_member_opens_its_breaker_and_the_ensemble_goes_on() {
                 "the trip names slow calls"
             );
             for m in ["lstm-direction", "xgb-direction"] {
-                let s = metric(http, &format!(r#"augur_model_slow_calls_total{{model="{m}"}}"#));
-                assert_eq!(s, 0.0, "{m} is not slow");
+                let s = format!(r#"augur_circuit_transitions_total{{model="{m}",to="open"}}"#);
+                assert_eq!(metric(http, &s), 0.0, "{m} stays closed");
             }
         },
     );
@@ -748,11 +754,7 @@ fn fault_nats_server_killed_and_restarted_under_jetstream_input() {
     feeder.join().unwrap();
     collect(&broker.brokers(), &ledger, Duration::from_secs(90));
     stop(svc);
-    let reconnects = log
-        .try_iter()
-        .filter(|l| l.to_lowercase().contains("reconnect") || l.contains("connected"))
-        .count();
-    println!("log lines about the connection: {reconnects}");
+    drop(log);
     let (out, dlq) = final_read(&broker.brokers());
     // A redelivered message whose acknowledgement the kill swallowed is recognised (the
     // dedupe keys) and not predicted again.
@@ -776,8 +778,14 @@ fn nats_outputs(
             client.flush().await.unwrap();
             let _ = tx.send(());
             let (mut out, mut keys) = (Vec::new(), HashSet::new());
-            let end = Instant::now() + timeout;
-            while !expected.is_subset(&keys) {
+            let mut end = Instant::now() + timeout;
+            let mut complete = false;
+            loop {
+                if !complete && expected.is_subset(&keys) {
+                    // Two more seconds, so that a late duplicate is counted.
+                    complete = true;
+                    end = end.min(Instant::now() + Duration::from_secs(2));
+                }
                 let left = end.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, sub.next()).await {
                     Ok(Some(m)) => {
@@ -835,6 +843,18 @@ fn fault_kafka_output_down_while_nats_goes_on() {
     // whose acknowledgement the kill swallowed is sent again (at most those in flight).
     let v = judge("Kafka output down: Kafka side", &ledger, &out, &dlq, 40);
     assert!(v.pass(), "{}", v.row());
+}
+
+/// Polls a series until `ok` holds or `timeout` passes; returns its last value.
+fn wait_metric(http: &str, series: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+    let end = Instant::now() + timeout;
+    loop {
+        let v = metric(http, series);
+        if ok(v) || Instant::now() >= end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Every `augur_state_entries{map=...}` gauge and the resident memory, from /metrics.
@@ -906,7 +926,9 @@ fn fault_soak_steady_load_keeps_memory_and_every_map_flat() {
                 let mut seen: HashMap<(String, String, u64), u32> = HashMap::new();
                 let mut undecodable = 0usize;
                 let mut quiet_since: Option<Instant> = None;
-                loop {
+                let mut fed = false;
+                let give_up = Instant::now() + Duration::from_secs(secs + 120);
+                while Instant::now() < give_up {
                     match tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
                         Ok(Some(m)) => {
                             quiet_since = None;
@@ -918,7 +940,8 @@ fn fault_soak_steady_load_keeps_memory_and_every_map_flat() {
                         Ok(None) => break,
                         Err(_) => {
                             // After the feed: stop once the output has been quiet for 3 s.
-                            if done_rx.try_recv().is_ok() || quiet_since.is_some() {
+                            fed |= done_rx.try_recv().is_ok();
+                            if fed {
                                 let q = *quiet_since.get_or_insert_with(Instant::now);
                                 if q.elapsed() > Duration::from_secs(3) {
                                     break;
@@ -1071,6 +1094,8 @@ fn fault_output_stalled_past_the_poll_interval_keeps_the_group() {
             ("AUGUR_AGGREGATOR__DEADLINE_MS", "60000"),
             ("AUGUR_KAFKA__MAX_UNCOMMITTED", "8"),
             ("AUGUR_KAFKA__MAX_POLL_INTERVAL_MS", "10000"),
+            // A call counts as slow past 11 s: the stall is proven longer than the interval.
+            ("AUGUR_BREAKER__SLOW_CALL_MS", "11000"),
         ],
     );
     let ledger = Ledger {
@@ -1083,6 +1108,7 @@ fn fault_output_stalled_past_the_poll_interval_keeps_the_group() {
         .unwrap();
     collect(&broker.brokers(), &ledger, Duration::from_secs(120));
     let reread = metric(&http, r#"augur_features_deduplicated_total{transport="kafka"}"#);
+    let stalled = metric(&http, r#"augur_model_slow_calls_total{model="cnn-pattern"}"#);
     let lines: Vec<String> = log.try_iter().collect();
     stop(svc);
     let (out, dlq) = final_read(&broker.brokers());
@@ -1091,5 +1117,9 @@ fn fault_output_stalled_past_the_poll_interval_keeps_the_group() {
         println!("{l}");
     }
     assert!(v.pass(), "{}", v.row());
+    assert!(
+        stalled >= 1.0,
+        "the stall outlasted the poll interval (slow calls: {stalled})"
+    );
     assert_eq!(reread, 0.0, "input read twice: the consumer left its group");
 }

@@ -284,11 +284,6 @@ impl PipelineStats {
     }
 
     /// Every started event has been finalised (published or dropped).
-    /// Events started and not finished (the aggregators' pending events).
-    pub fn events_open(&self) -> u64 {
-        Self::get(&self.events_started).saturating_sub(Self::get(&self.events_finished))
-    }
-
     pub fn idle(&self) -> bool {
         Self::get(&self.events_finished) >= Self::get(&self.events_started)
     }

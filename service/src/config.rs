@@ -246,6 +246,14 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             p.push("http.max_body_bytes must be at least 1024".into());
         }
+        // While a shutdown settles, the Kafka intake no longer polls its consumer: past the
+        // poll interval librdkafka would leave the group and the final commit would fail.
+        if self.kafka.enabled && self.kafka.max_poll_interval_ms <= s.shutdown_timeout_ms {
+            p.push(format!(
+                "kafka.max_poll_interval_ms ({}) must be longer than service.shutdown_timeout_ms ({})",
+                self.kafka.max_poll_interval_ms, s.shutdown_timeout_ms
+            ));
+        }
         p.extend(self.transports().problems());
         p.extend(self.runtime_problems());
         p
@@ -388,6 +396,27 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.nats.url, "nats://b:2");
         assert_eq!(cfg.executor.max_batch, 8);
+    }
+
+    #[test]
+    fn test_kafka_poll_interval_must_outlast_the_session_and_the_shutdown() {
+        let err = load(
+            "[kafka]\nenabled = true\nsession_timeout_ms = 10000\nmax_poll_interval_ms = 8000\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "both listed: {:?}", err.0);
+        assert!(
+            err.0.iter().any(|p| p.contains("session_timeout_ms")),
+            "{:?}",
+            err.0
+        );
+        assert!(
+            err.0.iter().any(|p| p.contains("shutdown_timeout_ms")),
+            "{:?}",
+            err.0
+        );
+        assert!(load("[kafka]\nenabled = true\n", &[]).is_ok());
     }
 
     #[test]

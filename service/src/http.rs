@@ -174,6 +174,15 @@ fn media_type(req: &HttpRequest) -> String {
         .unwrap_or_default()
 }
 
+/// A JSON media type, as actix-web's JSON extractor took it: subtype `json` or a `+json`
+/// suffix (`application/json`, `text/json`, `application/merge-patch+json`). `text/plain`, a
+/// browser's cross-site form type, is not one.
+fn is_json(media: &str) -> bool {
+    media
+        .split_once('/')
+        .is_some_and(|(_, sub)| sub == "json" || sub.ends_with("+json"))
+}
+
 /// The body, or 413 past the limit (checked on the declared length first, then while reading).
 async fn read_body(
     req: &HttpRequest,
@@ -823,7 +832,7 @@ async fn patch_config(
         Err(r) => return r,
     };
     let media = media_type(&req);
-    if media != "application/json" {
+    if !is_json(&media) {
         return problems(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             vec![format!("content-type {media:?}: send application/json")],
@@ -1140,7 +1149,7 @@ async fn predict(
         Err(r) => return r,
     };
     let media = media_type(&req);
-    let json = media == "application/json";
+    let json = is_json(&media);
     let proto = media == "application/x-protobuf" || media == "application/protobuf";
     if !json && !proto {
         // A browser's cross-site form post (text/plain) must not be taken as JSON.

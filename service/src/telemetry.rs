@@ -91,7 +91,7 @@ pub async fn upkeep(
             ("dedupe_keys", PipelineStats::get(&s.dedupe_keys)),
             ("in_flight_kept", PipelineStats::get(&s.in_flight_kept)),
             ("model_windows", PipelineStats::get(&s.model_windows)),
-            ("events_open", s.events_open()),
+            ("events_open", s.in_flight()),
         ] {
             metrics::gauge!(t::STATE_ENTRIES, "map" => map).set(n as f64);
         }

@@ -43,9 +43,12 @@ impl Completion for AckOnDrop {
 
 impl Drop for AckOnDrop {
     fn drop(&mut self) {
-        if let Ok(mut f) = self.in_flight.lock() {
+        let left = self.in_flight.lock().map(|mut f| {
             f.remove(&self.sequence);
-            metrics::gauge!(t::STATE_ENTRIES, "map" => "jetstream_in_flight").set(f.len() as f64);
+            f.len()
+        });
+        if let Ok(n) = left {
+            metrics::gauge!(t::STATE_ENTRIES, "map" => "jetstream_in_flight").set(n as f64);
         }
         if let Some(a) = self.acker.take() {
             let _ = self.tx.send((a, self.failed.load(Ordering::Relaxed)));
@@ -232,14 +235,11 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                 if delivered > 1 {
                     state.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
-                let fresh = in_flight
+                let (fresh, n) = in_flight
                     .lock()
-                    .map(|mut f| {
-                        let fresh = f.insert(sequence);
-                        metrics::gauge!(t::STATE_ENTRIES, "map" => "jetstream_in_flight").set(f.len() as f64);
-                        fresh
-                    })
-                    .unwrap_or(true);
+                    .map(|mut f| (f.insert(sequence), f.len()))
+                    .unwrap_or((true, 0));
+                metrics::gauge!(t::STATE_ENTRIES, "map" => "jetstream_in_flight").set(n as f64);
                 if !fresh {
                     // Its first delivery is still in the pipeline: ask for more time.
                     if let Err(e) = acker.ack_with(AckKind::Progress).await {

@@ -66,7 +66,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(STORE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut consuming = true;
-    let mut paused = false;
+    let mut paused = Paused::default();
     loop {
         if !consuming && tracker.pending() == 0 {
             break;
@@ -75,18 +75,18 @@ pub async fn run(
         // the partitions are paused, and resumed once some finish. The consumer is polled all
         // the while (recv below): librdkafka leaves the group when it is not polled within
         // max.poll.interval.ms, and the partitions would be read again from the committed
-        // offset (found by a test: a 9 s stall with a 6 s interval lost the rest of the input).
+        // offset (the fault suite's stalled output: 15 s against a 10 s interval, librdkafka
+        // left the group and the input was read again).
         // Resumed at three quarters of the limit, so that a steady back-pressure does not
-        // pause and resume (dropping what librdkafka had fetched) at every message.
-        let hold = consuming
-            && if paused {
-                tracker.pending() > cfg.max_uncommitted - cfg.max_uncommitted / 4 - 1
-            } else {
-                tracker.pending() >= cfg.max_uncommitted
-            };
-        if hold != paused {
-            paused = hold;
-            set_paused(&consumer, hold);
+        // pause and resume (dropping what librdkafka had fetched) at every message. While
+        // stopping, the state stays as it is: the intake reads no more.
+        if consuming {
+            let pending = tracker.pending();
+            if !paused.is_paused() && pending >= cfg.max_uncommitted {
+                paused.pause(&consumer, &topic);
+            } else if paused.is_paused() && pending < cfg.max_uncommitted - cfg.max_uncommitted / 4 {
+                paused.resume(&consumer, &topic);
+            }
         }
         tokio::select! {
             biased;
@@ -152,9 +152,9 @@ pub async fn run(
                         tracing::error!("the router is gone; stopping Kafka intake");
                         consuming = false;
                     }
-                    if paused {
+                    if paused.is_paused() {
                         // A message while paused: a partition assigned since the pause.
-                        set_paused(&consumer, true);
+                        paused.pause(&consumer, &topic);
                     }
                 }
             }
@@ -179,17 +179,48 @@ pub async fn run(
     }
 }
 
-/// Pauses (or resumes) every partition currently assigned to the consumer.
-fn set_paused(consumer: &StreamConsumer, pause: bool) {
-    let done = consumer.assignment().and_then(|tpl| {
-        if pause {
-            consumer.pause(&tpl)
-        } else {
-            consumer.resume(&tpl)
+/// The partitions the intake paused. librdkafka keeps a partition's pause across a revoke
+/// and a later assign until it is resumed by name, so every partition ever paused is resumed,
+/// not only those assigned at the time (a resume between a revoke and the next assign would
+/// otherwise leave a partition paused for good).
+#[derive(Default)]
+struct Paused(std::collections::BTreeSet<i32>);
+
+impl Paused {
+    fn is_paused(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Pauses every partition now assigned (again: one assigned since the last pause too).
+    fn pause(&mut self, consumer: &StreamConsumer, topic: &str) {
+        match consumer
+            .assignment()
+            .and_then(|tpl| consumer.pause(&tpl).map(|()| tpl))
+        {
+            Ok(tpl) => {
+                self.0
+                    .extend(tpl.elements_for_topic(topic).iter().map(|e| e.partition()));
+                // Nothing assigned yet: remembered as paused, so that the next message pauses
+                // what it came from.
+                if self.0.is_empty() {
+                    self.0.insert(-1);
+                }
+                tracing::debug!(partitions = ?self.0, "kafka intake paused");
+            }
+            Err(e) => tracing::warn!(error = %e, "kafka intake pause failed"),
         }
-    });
-    match done {
-        Ok(()) => tracing::debug!(pause, "kafka intake partitions paused or resumed"),
-        Err(e) => tracing::warn!(error = %e, pause, "kafka intake pause or resume failed"),
+    }
+
+    /// Resumes every partition paused.
+    fn resume(&mut self, consumer: &StreamConsumer, topic: &str) {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in self.0.iter().filter(|p| **p >= 0) {
+            tpl.add_partition(topic, *p);
+        }
+        match consumer.resume(&tpl) {
+            Ok(()) => tracing::debug!(partitions = ?self.0, "kafka intake resumed"),
+            Err(e) => tracing::warn!(error = %e, "kafka intake resume failed"),
+        }
+        self.0.clear();
     }
 }

@@ -40,6 +40,8 @@ pub struct NatsSink {
     client: Client,
     prefix: String,
     pub published: Arc<AtomicU64>,
+    /// Predictions waiting (set on the way in and on the way out, so that it shows an outage).
+    queued: metrics::Gauge,
 }
 
 impl NatsSink {
@@ -51,6 +53,7 @@ impl NatsSink {
             client,
             prefix,
             published: Arc::default(),
+            queued: metrics::gauge!(t::STATE_ENTRIES, "map" => "nats_publish_queue"),
         }
     }
 }
@@ -134,6 +137,8 @@ impl Handler<Publish> for NatsSink {
                 a.fail();
             }
         }
+        self.queued
+            .set((self.tx.max_capacity() - self.tx.capacity()) as f64);
     }
 }
 
