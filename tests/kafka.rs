@@ -412,7 +412,7 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
     assert!(missing.is_empty(), "lost {} predictions", missing.len());
     let duplicates = keys.len() - unique.len();
     // The documented bound (docs/RELIABILITY.md): a restart re-reads from the committed
-    // offsets, which trail each stream's window plus one message (rewind) behind its first
+    // offsets, which trail each stream's window less one message (rewind) behind its first
     // unfinished message; what finished after the last commit (auto-commit every second) is
     // read again too. Only what was in the log at the kill can come out twice.
     let streams = per.len() as i64;

@@ -47,9 +47,17 @@ pub async fn run(
         quiet: Duration::from_millis(cfg.rewind_quiet_ms),
     });
     let topic = cfg.input_topic.clone();
+    // The offset stored is the next one a restart reads: stored as given (rd_kafka_offsets_store).
+    // `store_offset` (rd_kafka_offset_store) stores offset + 1, the convention for "this
+    // message is done", which skipped the first unfinished message on a restart: the graceful
+    // restart scenario lost one vector per stream with a window-exact rewind.
     let store = |tracker: &mut Tracker, partition: i32| {
         if let Some(off) = tracker.advance(partition, Instant::now()) {
-            match consumer.store_offset(&topic, partition, off) {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            let stored = tpl
+                .add_partition_offset(&topic, partition, rdkafka::Offset::Offset(off))
+                .and_then(|()| consumer.store_offsets(&tpl));
+            match stored {
                 Ok(()) => tracing::trace!(partition, off, "offset stored"),
                 Err(e) => {
                     tracker.store_failed(partition);

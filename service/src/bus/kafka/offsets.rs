@@ -37,7 +37,7 @@ impl Drop for OffsetDone {
 #[derive(Debug, Clone, Copy)]
 pub struct Rewind {
     /// Finished messages kept per stream before its first unfinished one (the longest window
-    /// plus one).
+    /// less one: what refills it).
     pub per_stream: usize,
     /// Offsets: a finished message more than this far behind the partition's newest is never
     /// held (a restart re-reads at most this much history per partition).
