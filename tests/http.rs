@@ -638,4 +638,12 @@ async fn test_run_time_patches_cannot_make_the_service_unready_or_its_means_nan(
     )
     .await;
     assert_eq!(r.status(), 400, "a weight above the documented maximum");
+    // A breaker window of 2^63 calls (schemathesis' case): the window holds one outcome per
+    // call up to that many, so its memory had no bound.
+    let r = test::call_service(
+        &app,
+        patch(r#"{"breaker": {"window_calls": 9223372036854775808}}"#),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "a breaker window past its documented maximum");
 }

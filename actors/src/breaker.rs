@@ -70,11 +70,37 @@ impl Default for BreakerConfig {
 }
 
 impl BreakerConfig {
+    /// Most outcomes a window may keep (its memory is one outcome per call up to it).
+    pub const MAX_WINDOW_CALLS: usize = 100_000;
+    /// Longest slow-call threshold (an hour).
+    pub const MAX_SLOW_CALL_MS: u64 = 3_600_000;
+    /// Longest backoff (a day).
+    pub const MAX_BACKOFF_MS: u64 = 86_400_000;
+    /// Longest restart-intensity window (a week).
+    pub const MAX_RESTART_WINDOW_MS: u64 = 604_800_000;
+
     /// Every problem, not just the first.
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut p = Vec::new();
-        if self.window_calls == 0 {
-            p.push(format!("{prefix}.window_calls must be at least 1"));
+        if !(1..=Self::MAX_WINDOW_CALLS).contains(&self.window_calls) {
+            p.push(format!(
+                "{prefix}.window_calls must be in 1..={}, got {}",
+                Self::MAX_WINDOW_CALLS,
+                self.window_calls
+            ));
+        }
+        for (k, v, max) in [
+            ("slow_call_ms", self.slow_call_ms, Self::MAX_SLOW_CALL_MS),
+            ("backoff_max_ms", self.backoff_max_ms, Self::MAX_BACKOFF_MS),
+            (
+                "restart_window_ms",
+                self.restart_window_ms,
+                Self::MAX_RESTART_WINDOW_MS,
+            ),
+        ] {
+            if v > max {
+                p.push(format!("{prefix}.{k} must be at most {max}, got {v}"));
+            }
         }
         if self.min_calls == 0 || self.min_calls > self.window_calls {
             p.push(format!(

@@ -655,10 +655,10 @@ pub struct AggregatorPatch {
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerPatch {
-    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[schema(minimum = 1, maximum = 100000)]
     #[serde(default)]
     window_calls: u64,
-    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[schema(minimum = 1, maximum = 100000)]
     #[serde(default)]
     min_calls: u64,
     #[schema(exclusive_minimum = 0, maximum = 1)]
@@ -667,7 +667,7 @@ pub struct BreakerPatch {
     #[schema(minimum = 1, maximum = 4294967295.0)]
     #[serde(default)]
     consecutive_failures: u32,
-    #[schema(minimum = 0, maximum = 1.8446744073709552e19)]
+    #[schema(minimum = 0, maximum = 3600000)]
     #[serde(default)]
     slow_call_ms: u64,
     #[schema(exclusive_minimum = 0, maximum = 1)]
@@ -676,10 +676,10 @@ pub struct BreakerPatch {
     #[schema(minimum = 1, maximum = 4294967295.0)]
     #[serde(default)]
     half_open_probes: u32,
-    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[schema(minimum = 1, maximum = 86400000)]
     #[serde(default)]
     backoff_initial_ms: u64,
-    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[schema(minimum = 1, maximum = 86400000)]
     #[serde(default)]
     backoff_max_ms: u64,
     #[schema(minimum = 1)]
@@ -691,7 +691,7 @@ pub struct BreakerPatch {
     #[schema(minimum = 0, maximum = 4294967295.0)]
     #[serde(default)]
     max_restarts: u32,
-    #[schema(minimum = 1, maximum = 1.8446744073709552e19)]
+    #[schema(minimum = 1, maximum = 604800000)]
     #[serde(default)]
     restart_window_ms: u64,
 }
