@@ -13,7 +13,7 @@ use crate::events::{
 };
 use crate::executor::ExecError;
 use crate::gate::ModelGate;
-use crate::messages::{EventMeta, MemberDone, MemberStatus, Publish, StartEvent, Stop};
+use crate::messages::{Drain, EventMeta, MemberDone, MemberStatus, Publish, StartEvent, Stop};
 use crate::telemetry::PipelineStats;
 use crate::types::{Ensemble, MemberPrediction, StreamKey, argmax};
 
@@ -214,6 +214,10 @@ pub struct Aggregator {
     stats: Arc<PipelineStats>,
     /// Deadlines run on this clock.
     clock: Arc<dyn Clock>,
+    /// Stacking calls in flight (their events are no longer pending).
+    stacking: usize,
+    /// The stream was released: stop once nothing is pending or stacking.
+    draining: bool,
 }
 
 impl Aggregator {
@@ -235,6 +239,15 @@ impl Aggregator {
             pending: HashMap::new(),
             stats,
             clock,
+            stacking: 0,
+            draining: false,
+        }
+    }
+
+    /// A released stream's aggregator stops once its last event is over.
+    fn stop_if_drained(&self, ctx: &mut Context<Self>) {
+        if self.draining && self.pending.is_empty() && self.stacking == 0 {
+            ctx.stop();
         }
     }
 
@@ -244,7 +257,10 @@ impl Aggregator {
         ctx.spawn(
             sleep
                 .into_actor(self)
-                .map(move |_, act, ctx| act.finalize(sequence, true, ctx)),
+                .map(move |_, act, ctx| {
+                    act.finalize(sequence, true, ctx);
+                    act.stop_if_drained(ctx);
+                }),
         )
     }
 
@@ -303,12 +319,15 @@ impl Aggregator {
                         None => None,
                     }
                 };
-                ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+                self.stacking += 1;
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     let combined = match res {
                         Some(probabilities) => (probabilities, Method::Stacking),
                         None => (fallback, Method::WeightedMean),
                     };
                     act.publish(p.meta, members, expected, combined);
+                    act.stacking -= 1;
+                    act.stop_if_drained(ctx);
                 }));
             }
         }
@@ -483,6 +502,15 @@ impl Handler<Stop> for Aggregator {
     }
 }
 
+impl Handler<Drain> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.draining = true;
+        self.stop_if_drained(ctx);
+    }
+}
+
 impl Handler<MemberDone> for Aggregator {
     type Result = ();
 
@@ -499,6 +527,7 @@ impl Handler<MemberDone> for Aggregator {
         *slot = Some(m.status);
         if p.filled == p.slots.len() {
             self.finalize(m.sequence, false, ctx);
+            self.stop_if_drained(ctx);
         }
     }
 }

@@ -144,6 +144,26 @@ impl Event for StreamEvicted<'_> {
     }
 }
 
+/// Streams dropped because their input partition moved to another instance.
+pub struct StreamsReleased(pub usize);
+
+impl Event for StreamsReleased {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::STREAMS_RELEASED).increment(self.0 as u64);
+    }
+}
+
+/// A vector that only rebuilt windows (already predicted before a hand-over or restart).
+pub struct VectorRefilled {
+    pub transport: Transport,
+}
+
+impl Event for VectorRefilled {
+    fn emit(self, _: &PipelineStats) {
+        metrics::counter!(t::VECTORS_REFILLED, "transport" => self.transport.as_str()).increment(1);
+    }
+}
+
 /// An event still pending when its stream was evicted: ended without a prediction.
 pub struct EventEvicted;
 

@@ -78,6 +78,19 @@ pub struct ModelFailed {
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// The streams of input partitions this instance no longer owns (a consumer-group hand-over):
+/// their state is dropped once what was already routed has finished, so that whichever
+/// instance takes them next rebuilds their windows from the log.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release(pub Vec<crate::types::StreamKey>);
+
+/// A released stream's aggregator: ends its pending events as usual (members answer or the
+/// deadline passes), then stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
 /// Operator reset of a parked (faulted) or open model.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]

@@ -159,6 +159,11 @@ impl Handler<Vector> for ModelActor {
             self.window.pop_front();
         }
         self.window.push_back(v.values.clone());
+        if v.refill {
+            // History that only rebuilds the window: no call, no answer (the router started
+            // no event for it).
+            return;
+        }
         if self.window.len() < info.window {
             self.done(v.sequence, MemberStatus::Warming);
             return;

@@ -11,7 +11,7 @@ use crate::breaker::BreakerConfig;
 use crate::clock::Clock;
 use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig, ExecutorHandle};
 use crate::gate::ModelGate;
-use crate::messages::{Ingest, Publish, ResetModel, SetEnabled};
+use crate::messages::{Ingest, Publish, Release, ResetModel, SetEnabled};
 use crate::router::{Router, RouterConfig};
 use crate::supervisor::{SupervisedModel, Supervisor};
 use crate::telemetry::PipelineStats;
@@ -43,6 +43,8 @@ pub struct Pipeline {
     router: Recipient<Ingest>,
     /// Enables or disables a member for new events (the router).
     enable: Recipient<SetEnabled>,
+    /// Drops the state of streams handed over to another instance (the router).
+    release: Recipient<Release>,
     /// Operator resets (the supervisor).
     reset: Recipient<ResetModel>,
     pub stats: Arc<PipelineStats>,
@@ -161,7 +163,8 @@ impl Pipeline {
         ));
         Ok(Pipeline {
             router: router.clone().recipient(),
-            enable: router.recipient(),
+            enable: router.clone().recipient(),
+            release: router.recipient(),
             reset: supervisor.recipient(),
             stats,
             aggregator_config,
@@ -174,6 +177,14 @@ impl Pipeline {
     /// Hands validated vectors to the router; waits while its mailbox is full.
     pub async fn ingest(&self, vectors: Vec<Vector>) -> Result<(), MailboxError> {
         self.router.send(Ingest(vectors)).await
+    }
+
+    /// Drops the state of `streams` (their input moved to another instance) once what was
+    /// routed before has finished; their windows are rebuilt if they come back.
+    pub fn release(&self, streams: Vec<crate::types::StreamKey>) {
+        if !streams.is_empty() {
+            self.release.do_send(Release(streams));
+        }
     }
 
     /// Waits until every started event has been finalised, or the timeout passes. Woken by

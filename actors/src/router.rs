@@ -11,11 +11,12 @@ use crate::aggregator::{Aggregator, AggregatorConfig, Stacker};
 use crate::clock::Clock;
 use crate::events::{
     ActiveStreams, Duplicate, EventStarted, MailboxFull, SequenceGap, StaleSequence, StreamEvicted,
-    VectorRouted,
+    StreamsReleased, VectorRefilled, VectorRouted,
 };
 use crate::gate::ModelGate;
 use crate::messages::{
-    EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publish, SetEnabled, StartEvent, Stop,
+    Drain, EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publish, Release, SetEnabled,
+    StartEvent, Stop,
 };
 use crate::model_actor::ModelActor;
 use crate::telemetry::PipelineStats;
@@ -153,8 +154,119 @@ impl Router {
         }
     }
 
+    /// The stream's state, created (actors spawned lazily) when new; past `max_streams` the
+    /// least recently active stream is evicted first.
+    fn ensure_stream(&mut self, key: &StreamKey) {
+        if self.streams.contains(key) {
+            return;
+        }
+        while self.streams.len() >= self.cfg.max_streams {
+            let Some((evicted, old)) = self.streams.pop_lru() else {
+                break;
+            };
+            // Its actors stop; its aggregator ends its pending events (counted) and stops.
+            for a in old.actors.into_iter().flatten() {
+                a.do_send(Stop);
+            }
+            old.aggregator.do_send(Stop);
+            self.stats.emit(StreamEvicted {
+                stream: &evicted,
+                max_streams: self.cfg.max_streams,
+            });
+        }
+        let members: Vec<usize> = self
+            .gates
+            .iter()
+            .filter(|g| g.info.timeframes.iter().any(|t| **t == *key.timeframe))
+            .map(|g| g.index)
+            .collect();
+        let member_gates = members.iter().map(|&i| self.gates[i].clone()).collect();
+        let aggregator = Aggregator::new(
+            key.clone(),
+            member_gates,
+            self.aggregator_config.clone(),
+            self.stacker.clone(),
+            self.publishers.clone(),
+            self.stats.clone(),
+            self.clock.clone(),
+        )
+        .start();
+        let actors = vec![None; members.len()];
+        self.streams.put(
+            key.clone(),
+            Stream {
+                last_sequence: None,
+                in_flight: Default::default(),
+                aggregator,
+                members,
+                actors,
+            },
+        );
+        self.stats.emit(ActiveStreams(self.streams.len()));
+    }
+
+    /// A vector re-read only to rebuild windows: it goes into every member's window and makes
+    /// no event. It is remembered as seen (a live copy of it was already predicted) and moves
+    /// the stream's last sequence, so that live input continues where history stopped.
+    fn refill(&mut self, v: Vector) {
+        self.stats.emit(VectorRefilled {
+            transport: v.transport,
+        });
+        self.seen.put((v.key.clone(), v.sequence), ());
+        self.ensure_stream(&v.key);
+        let Some(s) = self.streams.get_mut(&v.key) else {
+            return;
+        };
+        if s.last_sequence.is_some_and(|last| v.sequence <= last) {
+            return;
+        }
+        s.last_sequence = Some(v.sequence);
+        let v = Vector { ack: None, ..v };
+        for slot in 0..s.members.len() {
+            let actor = Self::actor(s, slot, &self.gates, &self.cfg, &self.supervisor, &self.stats);
+            if actor.try_send(v.clone()).is_err() {
+                // The window misses this vector: the stream's first live event may be wrong
+                // by one bar, so it is counted like any dropped call.
+                self.stats.emit(MailboxFull {
+                    model: &self.gates[s.members[slot]].info.id,
+                });
+            }
+        }
+    }
+
+    /// The model actor of a stream's member slot, started when there is none (or it stopped).
+    fn actor(
+        s: &mut Stream,
+        slot: usize,
+        gates: &[Arc<ModelGate>],
+        cfg: &RouterConfig,
+        supervisor: &Recipient<ModelFailed>,
+        stats: &Arc<PipelineStats>,
+    ) -> Addr<ModelActor> {
+        match &s.actors[slot] {
+            Some(a) if a.connected() => a.clone(),
+            _ => {
+                let a = ModelActor::new(
+                    gates[s.members[slot]].clone(),
+                    slot,
+                    s.aggregator.clone().recipient(),
+                    supervisor.clone(),
+                    cfg.model_mailbox,
+                    stats.clone(),
+                )
+                .start();
+                s.actors[slot] = Some(a.clone());
+                a
+            }
+        }
+    }
+
     fn route(&mut self, v: Vector) {
         self.stats.emit(VectorRouted);
+        if v.refill {
+            self.refill(v);
+            return;
+        }
         if self.seen.put((v.key.clone(), v.sequence), ()).is_some() {
             self.stats.emit(Duplicate {
                 transport: v.transport,
@@ -162,51 +274,7 @@ impl Router {
             self.join_first_copy(v);
             return;
         }
-        if !self.streams.contains(&v.key) {
-            while self.streams.len() >= self.cfg.max_streams {
-                let Some((key, old)) = self.streams.pop_lru() else {
-                    break;
-                };
-                // Its actors stop; its aggregator ends its pending events (counted) and stops.
-                for a in old.actors.into_iter().flatten() {
-                    a.do_send(Stop);
-                }
-                old.aggregator.do_send(Stop);
-                self.stats.emit(StreamEvicted {
-                    stream: &key,
-                    max_streams: self.cfg.max_streams,
-                });
-            }
-            let members: Vec<usize> = self
-                .gates
-                .iter()
-                .filter(|g| g.info.timeframes.iter().any(|t| **t == *v.key.timeframe))
-                .map(|g| g.index)
-                .collect();
-            let member_gates = members.iter().map(|&i| self.gates[i].clone()).collect();
-            let aggregator = Aggregator::new(
-                v.key.clone(),
-                member_gates,
-                self.aggregator_config.clone(),
-                self.stacker.clone(),
-                self.publishers.clone(),
-                self.stats.clone(),
-                self.clock.clone(),
-            )
-            .start();
-            let actors = vec![None; members.len()];
-            self.streams.put(
-                v.key.clone(),
-                Stream {
-                    last_sequence: None,
-                    in_flight: Default::default(),
-                    aggregator,
-                    members,
-                    actors,
-                },
-            );
-            self.stats.emit(ActiveStreams(self.streams.len()));
-        }
+        self.ensure_stream(&v.key);
         let Some(s) = self.streams.get_mut(&v.key) else {
             return;
         };
@@ -253,7 +321,8 @@ impl Router {
         }));
         // Model actors keep values, not completions: only the event (aggregator) holds the ack.
         let v = Vector { ack: None, ..v };
-        for (slot, &model) in s.members.iter().enumerate() {
+        for slot in 0..s.members.len() {
+            let model = s.members[slot];
             let gate = &self.gates[model];
             if !gate.enabled.load(std::sync::atomic::Ordering::Relaxed) {
                 s.aggregator.do_send(MemberDone {
@@ -263,22 +332,7 @@ impl Router {
                 });
                 continue;
             }
-            let actor = match &s.actors[slot] {
-                Some(a) if a.connected() => a.clone(),
-                _ => {
-                    let a = ModelActor::new(
-                        gate.clone(),
-                        slot,
-                        s.aggregator.clone().recipient(),
-                        self.supervisor.clone(),
-                        self.cfg.model_mailbox,
-                        self.stats.clone(),
-                    )
-                    .start();
-                    s.actors[slot] = Some(a.clone());
-                    a
-                }
-            };
+            let actor = Self::actor(s, slot, &self.gates, &self.cfg, &self.supervisor, &self.stats);
             if actor.try_send(v.clone()).is_err() {
                 self.stats.emit(MailboxFull { model: &gate.info.id });
                 s.aggregator.do_send(MemberDone {
@@ -316,6 +370,29 @@ impl Handler<SetEnabled> for Router {
     fn handle(&mut self, m: SetEnabled, _: &mut Context<Self>) {
         if let Some(g) = self.gates.get(m.model) {
             g.enabled.store(m.enabled, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Handler<Release> for Router {
+    type Result = ();
+
+    fn handle(&mut self, Release(keys): Release, _: &mut Context<Self>) {
+        let mut released = 0;
+        for k in keys {
+            if let Some(s) = self.streams.pop(&k) {
+                // Queued behind what was routed: the actors finish their calls, the aggregator
+                // its events, then they stop.
+                for a in s.actors.into_iter().flatten() {
+                    a.do_send(Stop);
+                }
+                s.aggregator.do_send(Drain);
+                released += 1;
+            }
+        }
+        if released > 0 {
+            self.stats.emit(StreamsReleased(released));
+            self.stats.emit(ActiveStreams(self.streams.len()));
         }
     }
 }

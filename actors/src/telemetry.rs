@@ -17,6 +17,8 @@ pub const KAFKA_PRODUCE_SECONDS: &str = "augur_kafka_produce_duration_seconds";
 pub const KAFKA_CONSUMER_LAG: &str = "augur_kafka_consumer_lag_messages";
 pub const KAFKA_UNCOMMITTED: &str = "augur_kafka_uncommitted_messages";
 pub const KAFKA_REWIND_STREAMS: &str = "augur_kafka_rewind_streams";
+pub const KAFKA_ASSIGNED_PARTITIONS: &str = "augur_kafka_assigned_partitions";
+pub const KAFKA_REBALANCES: &str = "augur_kafka_rebalances_total";
 pub const SHUTDOWN_ABANDONED: &str = "augur_shutdown_events_abandoned_total";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
 pub const PREDICTIONS_PUBLISHED: &str = "augur_predictions_published_total";
@@ -39,6 +41,8 @@ pub const EXECUTOR_QUEUE_DEPTH: &str = "augur_executor_queue_depth";
 pub const ACTIVE_STREAMS: &str = "augur_active_streams";
 pub const STREAMS_REFUSED: &str = "augur_streams_refused_total";
 pub const STREAMS_EVICTED: &str = "augur_streams_evicted_total";
+pub const STREAMS_RELEASED: &str = "augur_streams_released_total";
+pub const VECTORS_REFILLED: &str = "augur_vectors_refilled_total";
 pub const MAILBOX_FULL: &str = "augur_mailbox_full_total";
 pub const NATS_SLOW_CONSUMER: &str = "augur_nats_slow_consumer_drops_total";
 pub const BUS_CONNECTED: &str = "augur_bus_connected";
@@ -134,6 +138,22 @@ pub fn describe() {
         STREAMS_EVICTED,
         "Least recently active streams evicted to make room for new ones at the stream cap"
     );
+    describe_gauge!(
+        KAFKA_ASSIGNED_PARTITIONS,
+        "Input partitions this instance owns in its consumer group"
+    );
+    describe_counter!(
+        KAFKA_REBALANCES,
+        "Consumer-group rebalances seen, by kind (assign, revoke)"
+    );
+    describe_counter!(
+        STREAMS_RELEASED,
+        "Streams whose state was dropped because their input partition moved to another instance"
+    );
+    describe_counter!(
+        VECTORS_REFILLED,
+        "Vectors re-read from a durable log only to rebuild windows (already predicted), by transport"
+    );
     describe_counter!(
         MAILBOX_FULL,
         "Vectors not delivered to a model actor because its mailbox was full"
@@ -214,6 +234,7 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
         }
         counter!(FEATURES_STALE_SEQUENCE, "transport" => tr.clone()).increment(0);
         counter!(FEATURES_DEDUPLICATED, "transport" => tr.clone()).increment(0);
+        counter!(VECTORS_REFILLED, "transport" => tr.clone()).increment(0);
         for tf in timeframes {
             counter!(FEATURES_RECEIVED, "transport" => tr.clone(), "timeframe" => tf.to_string())
                 .increment(0);
@@ -226,6 +247,7 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
     counter!(EVENTS_DROPPED, "reason" => "no_members").increment(0);
     counter!(STREAMS_REFUSED).increment(0);
     counter!(STREAMS_EVICTED).increment(0);
+    counter!(STREAMS_RELEASED).increment(0);
     counter!(EVENTS_DROPPED, "reason" => "evicted").increment(0);
     counter!(NATS_SLOW_CONSUMER).increment(0);
     counter!(PUBLISH_ERRORS, "sink" => "nats").increment(0);

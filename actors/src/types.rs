@@ -142,6 +142,10 @@ pub struct Vector {
     /// 0, or the vector's age on arrival when it was older than the maximum age (a backlog
     /// from a durable transport, predicted and marked late).
     pub late_ms: u64,
+    /// History re-read only to rebuild the stream's window after a hand-over or a restart:
+    /// already predicted (by this instance before, or by the partition's previous owner), so
+    /// it fills the window and makes no event and no prediction.
+    pub refill: bool,
     /// Completion of the input message, when its transport needs one.
     pub ack: Option<Ack>,
 }

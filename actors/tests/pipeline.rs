@@ -143,6 +143,7 @@ fn vector(sym: &str, tf: &str, seq: u64, x: f32) -> Vector {
         published_at_ns: 0,
         transport: Transport::REPLAY,
         late_ms: 0,
+        refill: false,
         ack: None,
     }
 }

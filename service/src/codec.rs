@@ -430,6 +430,7 @@ impl Validator {
             published_at_ns: v.published_at_ns,
             transport,
             late_ms,
+            refill: false,
             ack: None,
         })
     }

@@ -60,6 +60,8 @@ pub struct Incoming<'a> {
     /// re-read to rebuild windows; they are predicted and marked late (`late_ms`), never
     /// refused as stale. On a live transport (core NATS) they are refused.
     pub history: bool,
+    /// Already predicted: re-read from the log only to rebuild windows (see [`Vector::refill`]).
+    pub refill: bool,
 }
 
 /// The router is gone: the transport stops taking input.
@@ -83,6 +85,11 @@ impl Intake {
     /// predict its next vector.
     pub fn stats(&self) -> &std::sync::Arc<augur_actors::telemetry::PipelineStats> {
         &self.pipeline.stats
+    }
+
+    /// Drops the state of streams whose input moved to another instance.
+    pub fn release(&self, streams: Vec<augur_actors::types::StreamKey>) {
+        self.pipeline.release(streams);
     }
 
     pub fn longest_window(&self) -> usize {
@@ -112,7 +119,8 @@ impl Intake {
         on_valid(&decoded.vectors);
         let stats = &self.pipeline.stats;
         // One dead letter per message, the payload once, however many vectors were refused.
-        if let Some(refusal) = decoded.refusal {
+        // History re-read to refill windows was dead-lettered when it was first read.
+        if let Some(refusal) = decoded.refusal.filter(|_| !m.refill) {
             stats.emit(DeadLettered {
                 transport,
                 reason: refusal.code(),
@@ -152,6 +160,11 @@ impl Intake {
         if let Some(ack) = &m.ack {
             for v in &mut vectors {
                 v.ack = Some(ack.clone());
+            }
+        }
+        if m.refill {
+            for v in &mut vectors {
+                v.refill = true;
             }
         }
         drop(m.ack);

@@ -266,6 +266,7 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                     // The stream's history is not stale: a backlog kept while the service was
                     // down is predicted (marked late), not dead-lettered for its age.
                     history: true,
+                    refill: false,
                 };
                 if intake.accept(TRANSPORT, incoming, &dlq, |_| {}).await.is_err() {
                     tracing::error!("the router is gone; stopping JetStream intake");

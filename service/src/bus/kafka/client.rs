@@ -5,11 +5,11 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 use super::KafkaConfig;
+use super::handover::{GroupConsumer, HandOver};
 
 pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     ClientConfig::new()
@@ -25,7 +25,10 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
         .create()
 }
 
-pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+/// The group consumer of the input topic. Offsets are committed by the ingress (input
+/// offsets and predicted-up-to marks together), never automatically; the cooperative-sticky
+/// assignor moves only the partitions that change owner in a rebalance.
+pub fn consumer(cfg: &KafkaConfig, hand_over: HandOver) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
     let mut c = ClientConfig::new();
     if !cfg.instance_id.is_empty() {
         c.set("group.instance.id", &cfg.instance_id);
@@ -33,15 +36,15 @@ pub fn consumer(cfg: &KafkaConfig) -> Result<StreamConsumer, rdkafka::error::Kaf
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", "augur")
         .set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", cfg.commit_interval_ms.to_string())
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())
         .set("fetch.wait.max.ms", cfg.fetch_wait_max_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create()
+        .create_with_context(hand_over)
 }
 
 /// Creates the topics, retrying while the broker is unreachable, until done or `stop`.
@@ -60,6 +63,7 @@ pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
         cfg.input_topic.clone(),
         cfg.output_topic.clone(),
         cfg.dlq_topic.clone(),
+        cfg.marks_topic.clone(),
     ];
     if !cfg.members_topic.is_empty() {
         names.push(cfg.members_topic.clone());

@@ -15,6 +15,11 @@ pub struct KafkaConfig {
     pub input_topic: String,
     pub output_topic: String,
     pub dlq_topic: String,
+    /// The "predicted up to" marks: an empty topic whose committed offsets (in `group_id`) say,
+    /// per input partition, up to where every input was predicted, so that a new owner of the
+    /// partition (after a rebalance or a restart) only refills windows with what it re-reads
+    /// before the mark. Needs at least as many partitions as `input_topic`.
+    pub marks_topic: String,
     /// Per-member predictions (training-data capture); "" for off.
     pub members_topic: String,
     /// Create the topics at start-up (retried while the broker is down).
@@ -31,6 +36,8 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     /// librdkafka's delivery timeout; a delivery that times out is retried by the service.
     pub delivery_timeout_ms: u64,
+    /// How often the consumed offsets and the predicted-up-to marks are committed (a SIGKILL
+    /// re-predicts at most what finished since the last commit).
     pub commit_interval_ms: u64,
     pub session_timeout_ms: u64,
     /// librdkafka's `max.poll.interval.ms`: the longest the consumer may go without polling
@@ -67,6 +74,7 @@ impl Default for KafkaConfig {
             input_topic: "ml-feature-vectors".into(),
             output_topic: "ml-predictions-output".into(),
             dlq_topic: "ml-feature-vectors-dlq".into(),
+            marks_topic: "ml-feature-vectors-predicted".into(),
             members_topic: String::new(),
             create_topics: true,
             partitions: 6,
@@ -99,9 +107,24 @@ impl KafkaConfig {
             ("input_topic", &self.input_topic),
             ("output_topic", &self.output_topic),
             ("dlq_topic", &self.dlq_topic),
+            ("marks_topic", &self.marks_topic),
         ] {
             if v.trim().is_empty() {
                 p.push(format!("kafka.{k} is empty"));
+            }
+        }
+        let topics = [
+            ("input_topic", &self.input_topic),
+            ("output_topic", &self.output_topic),
+            ("dlq_topic", &self.dlq_topic),
+            ("marks_topic", &self.marks_topic),
+            ("members_topic", &self.members_topic),
+        ];
+        for (i, (a, x)) in topics.iter().enumerate() {
+            for (b, y) in &topics[i + 1..] {
+                if !x.is_empty() && x == y {
+                    p.push(format!("kafka.{a} and kafka.{b} are both {x:?}"));
+                }
             }
         }
         if !(1..=1024).contains(&self.partitions) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use augur_actors::telemetry as t;
 use rdkafka::Offset;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 
 use crate::bus::Health;
@@ -29,13 +29,15 @@ pub struct KafkaStats {
     /// Predictions shed at `max_pending_deliveries`.
     pub shed: AtomicU64,
     pub lag: AtomicU64,
+    /// The input partitions this instance owns.
+    pub assigned: std::sync::Mutex<Vec<i32>>,
 }
 
 /// Watches the broker from a plain thread (librdkafka's metadata calls block): connection
 /// state for readiness, consumer lag for the metrics. Ends when `stop` is set.
 pub fn spawn_health(
     producer: FutureProducer,
-    consumer: Option<Arc<StreamConsumer>>,
+    consumer: Option<Arc<super::GroupConsumer>>,
     topic: String,
     stats: Arc<KafkaStats>,
     stop: Arc<AtomicBool>,
@@ -112,6 +114,7 @@ impl Health for KafkaStats {
             "deliveries_in_flight": self.in_flight.load(Ordering::Relaxed),
             "shed": self.shed.load(Ordering::Relaxed),
             "lag": self.lag.load(Ordering::Relaxed),
+            "assigned_partitions": self.assigned.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
 }

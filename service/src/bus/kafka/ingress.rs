@@ -1,16 +1,18 @@
 //! Kafka input: a group consumer on `input_topic` (key = symbol) through the shared intake.
-//! Completions come back as (partition, offset) when a message's last ack is dropped; the
-//! tracker decides what offset may be stored, and auto-commit commits it.
+//! Completions come back as (partition, epoch, offset) when a message's last ack is dropped;
+//! the tracker decides what offset may be committed, and the ingress commits the offsets and
+//! the predicted-up-to marks together every `commit_interval_ms` (see `handover.rs`).
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use augur_actors::types::Ack;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use tokio::sync::{mpsc, watch};
 
-use super::offsets::{OffsetDone, Rewind, Tracker};
+use super::handover::GroupConsumer;
+use super::offsets::OffsetDone;
 use super::{KafkaConfig, KafkaDeadLetters, KafkaStats, TRANSPORT, ensure_topics};
 use crate::bus::ingest::{Incoming, Intake};
 
@@ -19,12 +21,10 @@ const STORE_EVERY: Duration = Duration::from_millis(100);
 
 /// Consumes `input_topic` until `stop`; then keeps settling completions (while the caller
 /// drains the pipeline and flushes the sinks) until nothing is pending or `finish` fires,
-/// stores what finished and commits synchronously.
-#[allow(clippy::too_many_arguments)]
+/// and commits what finished synchronously.
 pub async fn run(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     cfg: KafkaConfig,
-    rewind: usize,
     intake: Intake,
     dlq: KafkaDeadLetters,
     stats: Arc<KafkaStats>,
@@ -40,43 +40,48 @@ pub async fn run(
         tracing::error!(error = %e, topic = %cfg.input_topic, "kafka subscribe failed");
         return;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<(i32, i64)>();
-    let mut tracker = Tracker::new(Rewind {
-        per_stream: rewind,
-        max_messages: cfg.rewind_max_messages,
-        quiet: Duration::from_millis(cfg.rewind_quiet_ms),
-    });
+    let (tx, mut rx) = mpsc::unbounded_channel::<(i32, u64, i64)>();
+    let owner = consumer.context().state.clone();
+    let lock = || owner.lock().unwrap_or_else(|e| e.into_inner());
     let topic = cfg.input_topic.clone();
-    // The offset stored is the next one a restart reads: stored as given (rd_kafka_offsets_store).
-    // `store_offset` (rd_kafka_offset_store) stores offset + 1, the convention for "this
-    // message is done", which skipped the first unfinished message on a restart: the graceful
-    // restart scenario lost one vector per stream with a window-exact rewind.
-    let store = |tracker: &mut Tracker, partition: i32| {
-        if let Some(off) = tracker.advance(partition, Instant::now()) {
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            let stored = tpl
-                .add_partition_offset(&topic, partition, rdkafka::Offset::Offset(off))
-                .and_then(|()| consumer.store_offsets(&tpl));
-            match stored {
-                Ok(()) => tracing::trace!(partition, off, "offset stored"),
-                Err(e) => {
-                    tracker.store_failed(partition);
-                    tracing::debug!(error = %e, partition, off, "offset not stored")
-                }
-            }
+    let marks = cfg.marks_topic.clone();
+    let commit = |mode: CommitMode| {
+        let tpl = {
+            let mut st = lock();
+            let owned = st.owned();
+            st.commit_list(owned, &topic, &marks)
+        };
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => tracing::trace!("kafka offsets and marks committed"),
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "kafka commit failed"),
         }
     };
     // Completions come in bursts of thousands: each is applied at once (cheap), but the
-    // stored offsets are worked out at most every STORE_EVERY per partition (auto-commit runs
-    // every second anyway).
+    // offsets are worked out at most every STORE_EVERY per partition, and committed every
+    // commit interval.
     let mut dirty: std::collections::BTreeSet<i32> = Default::default();
     let mut last_store = Instant::now();
     let mut tick = tokio::time::interval(STORE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commits = tokio::time::interval(Duration::from_millis(cfg.commit_interval_ms));
+    commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut consuming = true;
     let mut paused = Paused::default();
+    let complete = |(p, epoch, o): (i32, u64, i64), dirty: &mut std::collections::BTreeSet<i32>| {
+        let mut st = lock();
+        // A completion from an earlier ownership of the partition (it moved away and back)
+        // must not finish the new copy of that offset.
+        if st.epoch(p) == epoch {
+            st.tracker.complete(p, o);
+            dirty.insert(p);
+        }
+    };
     loop {
-        if !consuming && tracker.pending() == 0 {
+        if !consuming && lock().tracker.pending() == 0 {
             break;
         }
         // Back-pressure: past max_uncommitted unfinished messages (the output slow or down)
@@ -89,7 +94,7 @@ pub async fn run(
         // pause and resume (dropping what librdkafka had fetched) at every message. While
         // stopping, the state stays as it is: the intake reads no more.
         if consuming {
-            let pending = tracker.pending();
+            let pending = lock().tracker.pending();
             if !paused.is_paused() && pending >= cfg.max_uncommitted {
                 paused.pause(&consumer, &topic);
             } else if paused.is_paused() && pending < cfg.max_uncommitted - cfg.max_uncommitted / 4 {
@@ -100,36 +105,39 @@ pub async fn run(
             biased;
             _ = stop.changed(), if consuming => {
                 consuming = false;
-                tracing::info!(pending = tracker.pending(), "kafka intake stopped; settling offsets");
+                tracing::info!(pending = lock().tracker.pending(), "kafka intake stopped; settling offsets");
             }
             _ = finish.changed(), if !consuming => break,
             done = rx.recv() => {
-                if let Some((p, o)) = done {
-                    tracker.complete(p, o);
-                    dirty.insert(p);
-                    while let Ok((p, o)) = rx.try_recv() {
-                        tracker.complete(p, o);
-                        dirty.insert(p);
+                if let Some(d) = done {
+                    complete(d, &mut dirty);
+                    while let Ok(d) = rx.try_recv() {
+                        complete(d, &mut dirty);
                     }
-                    if last_store.elapsed() >= STORE_EVERY || (!consuming && tracker.pending() == 0) {
+                    let mut st = lock();
+                    if last_store.elapsed() >= STORE_EVERY || (!consuming && st.tracker.pending() == 0) {
+                        let now = Instant::now();
                         for p in std::mem::take(&mut dirty) {
-                            store(&mut tracker, p);
+                            st.tracker.advance(p, now);
                         }
                         last_store = Instant::now();
                     }
-                    stats.uncommitted.store(tracker.pending() as u64, Ordering::Relaxed);
+                    stats.uncommitted.store(st.tracker.pending() as u64, Ordering::Relaxed);
                 }
             }
             _ = tick.tick(), if !dirty.is_empty() => {
+                let mut st = lock();
+                let now = Instant::now();
                 for p in std::mem::take(&mut dirty) {
-                    store(&mut tracker, p);
+                    st.tracker.advance(p, now);
                 }
                 last_store = Instant::now();
-                stats.rewind_streams.store(tracker.streams_held() as u64, Ordering::Relaxed);
+                stats.rewind_streams.store(st.tracker.streams_held() as u64, Ordering::Relaxed);
                 stats
                     .tracked_offsets
-                    .store((tracker.pending() + tracker.held_offsets()) as u64, Ordering::Relaxed);
+                    .store((st.tracker.pending() + st.tracker.held_offsets()) as u64, Ordering::Relaxed);
             }
+            _ = commits.tick() => commit(CommitMode::Async),
             m = consumer.recv(), if consuming => match m {
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consume error");
@@ -141,7 +149,11 @@ pub async fn run(
                     let key = m.key().map(bytes::Bytes::copy_from_slice);
                     drop(m);
                     stats.consumed.fetch_add(1, Ordering::Relaxed);
-                    let ack = Ack(Arc::new(OffsetDone { partition, offset, tx: tx.clone() }));
+                    let (epoch, refill) = {
+                        let st = lock();
+                        (st.epoch(partition), st.refill(partition, offset))
+                    };
+                    let ack = Ack(Arc::new(OffsetDone { partition, epoch, offset, tx: tx.clone() }));
                     let incoming = Incoming {
                         payload,
                         key,
@@ -150,11 +162,21 @@ pub async fn run(
                         position: Some((partition, offset)),
                         ack: Some(ack),
                         history: true,
+                        refill,
                     };
                     // Tracked before any completion can come back (a dead letter or an event
                     // may finish at once).
                     let track = |vs: &[augur_actors::types::Vector]| {
-                        tracker.consumed(partition, offset, vs.iter().map(|v| v.key.clone()), Instant::now())
+                        let mut st = lock();
+                        st.tracker
+                            .consumed(partition, offset, vs.iter().map(|v| v.key.clone()), Instant::now());
+                        if let Some(o) = st.parts.get_mut(&partition) {
+                            for v in vs {
+                                if !o.streams.contains(&v.key) {
+                                    o.streams.insert(v.key.clone());
+                                }
+                            }
+                        }
                     };
                     if intake.accept(TRANSPORT, incoming, &dlq, track).await.is_err() {
                         tracing::error!("the router is gone; stopping Kafka intake");
@@ -168,23 +190,14 @@ pub async fn run(
             }
         }
     }
-    let partitions = tracker.partitions();
-    if partitions.is_empty() {
+    if lock().tracker.partitions().is_empty() {
         // Nothing was consumed: nothing to commit (and a synchronous commit against a broker
         // that never answered would wait out librdkafka's own timeout).
         tracing::info!("kafka intake consumed nothing; no final commit");
         return;
     }
-    for p in partitions {
-        store(&mut tracker, p);
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::info!(pending = tracker.pending(), "kafka offsets committed"),
-        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
-            tracing::info!("kafka offsets already committed")
-        }
-        Err(e) => tracing::warn!(error = %e, "kafka final commit failed"),
-    }
+    commit(CommitMode::Sync);
+    tracing::info!(pending = lock().tracker.pending(), "kafka offsets committed");
 }
 
 /// The partitions the intake paused. librdkafka keeps a partition's pause across a revoke
@@ -200,7 +213,7 @@ impl Paused {
     }
 
     /// Pauses every partition now assigned (again: one assigned since the last pause too).
-    fn pause(&mut self, consumer: &StreamConsumer, topic: &str) {
+    fn pause(&mut self, consumer: &GroupConsumer, topic: &str) {
         match consumer
             .assignment()
             .and_then(|tpl| consumer.pause(&tpl).map(|()| tpl))
@@ -220,7 +233,7 @@ impl Paused {
     }
 
     /// Resumes every partition paused.
-    fn resume(&mut self, consumer: &StreamConsumer, topic: &str) {
+    fn resume(&mut self, consumer: &GroupConsumer, topic: &str) {
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in self.0.iter().filter(|p| **p >= 0) {
             tpl.add_partition(topic, *p);

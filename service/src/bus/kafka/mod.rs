@@ -1,12 +1,15 @@
 //! Kafka: the durable second transport, on at the same time as NATS (not a fallback).
 //!
 //! - Ingress (`ingress.rs`): a consumer in a group (`group_id`) reads `input_topic` (key =
-//!   symbol) through the shared intake. At-least-once: offsets are stored for commit only once
-//!   every vector of a message has finished (`offsets.rs`), trailing by each stream's window
-//!   so that a restart (even after SIGKILL) re-reads enough of the log to refill every window,
-//!   plus one message (the last delivery acknowledgement may race a crash). Auto-commit
-//!   (every `commit_interval_ms`) commits what was stored; shutdown commits synchronously.
-//!   Duplicates after a restart are bounded by that trailing window; the router drops them.
+//!   symbol) through the shared intake. At-least-once: an offset is committed only once every
+//!   vector of a message before it has finished (`offsets.rs`), trailing by each stream's
+//!   window so that a restart (even after SIGKILL) or a new owner re-reads enough of the log to
+//!   refill every window. Beside it a "predicted up to" mark is committed (`handover.rs`):
+//!   what is re-read before it only refills windows. Commits every `commit_interval_ms`, on
+//!   revoke and at shutdown (synchronously).
+//! - Hand-over (`handover.rs`): several instances share the group with the cooperative-sticky
+//!   assignor; on revoke a partition's offsets and mark are committed and its streams
+//!   released, on assign its mark is read.
 //! - Egress (`sink.rs`): a producer (acks=all, linger.ms from config, idempotence per config)
 //!   sends every prediction to `output_topic` (key = symbol); failed deliveries are counted
 //!   and retried with backoff, never dropped. Optionally each member's prediction goes to
@@ -22,13 +25,13 @@ use augur_actors::messages::Publish;
 use augur_actors::telemetry as t;
 use augur_actors::types::Transport as Label;
 use futures::future::BoxFuture;
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 mod client;
 mod config;
 mod dead_letters;
+mod handover;
 mod health;
 mod ingress;
 mod offsets;
@@ -37,6 +40,7 @@ mod sink;
 pub use client::{consumer, ensure_topics, producer};
 pub use config::KafkaConfig;
 pub use dead_letters::KafkaDeadLetters;
+pub use handover::{GroupConsumer, HandOver};
 pub use health::{KafkaStats, spawn_health};
 pub use offsets::{Rewind, Tracker};
 pub use sink::KafkaSink;
@@ -96,8 +100,26 @@ impl Transport for KafkaTransport {
     }
 
     fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()> {
-        let consumer: Arc<StreamConsumer> =
-            Arc::new(consumer(&self.cfg).map_err(|e| anyhow::anyhow!("kafka consumer: {e}"))?);
+        // A restart or a new owner re-reads what refills each stream's longest window: one
+        // message less than it, since the next message completes it and is the first
+        // predicted. (A margin of one more message once hid an off-by-one in storing offsets,
+        // which skipped the first unfinished message on a restart; see ingress.rs.)
+        let rewind = intake.longest_window().saturating_sub(1);
+        let tracker = Tracker::new(Rewind {
+            per_stream: rewind,
+            max_messages: self.cfg.rewind_max_messages,
+            quiet: std::time::Duration::from_millis(self.cfg.rewind_quiet_ms),
+        });
+        let hand_over = HandOver::new(
+            tracker,
+            &self.cfg.input_topic,
+            &self.cfg.marks_topic,
+            intake.clone(),
+            self.stats.clone(),
+        );
+        let consumer: Arc<GroupConsumer> = Arc::new(
+            consumer(&self.cfg, hand_over).map_err(|e| anyhow::anyhow!("kafka consumer: {e}"))?,
+        );
         self.health = spawn_health(
             self.producer.clone(),
             Some(consumer.clone()),
@@ -105,11 +127,6 @@ impl Transport for KafkaTransport {
             self.stats.clone(),
             self.health_stop.clone(),
         );
-        // A restart re-reads what refills each stream's longest window: one message less than
-        // it, since the next message completes it and is the first predicted. (A margin of one
-        // more message once hid an off-by-one in storing offsets, which skipped the first
-        // unfinished message on a restart; see ingress.rs.)
-        let rewind = intake.longest_window().saturating_sub(1);
         let dlq = KafkaDeadLetters::new(
             self.producer.clone(),
             self.cfg.dlq_topic.clone(),
@@ -118,7 +135,6 @@ impl Transport for KafkaTransport {
         self.ingress = Some(actix_rt::spawn(ingress::run(
             consumer,
             self.cfg.clone(),
-            rewind,
             intake,
             dlq,
             self.stats.clone(),

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use augur_actors::types::StreamKey;
 use tokio::sync::mpsc;
 
-/// Reports (partition, offset) when the last clone of its [`Ack`] is dropped.
+/// Reports (partition, epoch, offset) when the last clone of its [`Ack`] is dropped.
 pub(super) struct OffsetDone {
     pub(super) partition: i32,
+    /// Which ownership of the partition consumed it (see `handover.rs`).
+    pub(super) epoch: u64,
     pub(super) offset: i64,
-    pub(super) tx: mpsc::UnboundedSender<(i32, i64)>,
+    pub(super) tx: mpsc::UnboundedSender<(i32, u64, i64)>,
 }
 
 /// Kafka's outputs retry until delivered (or give up on a permanent error, which must release
@@ -29,7 +31,7 @@ impl augur_actors::types::Completion for OffsetDone {
 
 impl Drop for OffsetDone {
     fn drop(&mut self) {
-        let _ = self.tx.send((self.partition, self.offset));
+        let _ = self.tx.send((self.partition, self.epoch, self.offset));
     }
 }
 
@@ -175,12 +177,33 @@ impl Tracker {
         })
     }
 
-    /// The broker refused the last offset `advance` gave for `partition`: the next advance
-    /// gives one again.
-    pub fn store_failed(&mut self, partition: i32) {
-        if let Some(p) = self.parts.get_mut(&partition) {
-            p.stored = 0;
-        }
+    /// The offset a new owner of `partition` reads from (the last `advance` gave), if any.
+    pub fn stored(&self, partition: i32) -> Option<i64> {
+        self.parts
+            .get(&partition)
+            .filter(|p| p.stored > 0)
+            .map(|p| p.stored)
+    }
+
+    /// The first unfinished offset of `partition` (the next to consume when none is): every
+    /// message before it has finished.
+    pub fn frontier(&self, partition: i32) -> Option<i64> {
+        self.parts.get(&partition).map(|p| {
+            p.pending
+                .first_key_value()
+                .map_or(p.next, |(&o, _)| o)
+        })
+    }
+
+    /// Forgets `partition` (it moved to another owner); its copies in flight no longer count.
+    /// Returns how many there were.
+    pub fn remove(&mut self, partition: i32) -> usize {
+        let Some(p) = self.parts.remove(&partition) else {
+            return 0;
+        };
+        let copies = p.pending.values().map(|&n| n as usize).sum();
+        self.pending_total -= copies;
+        copies
     }
 
     /// Unfinished message copies (kept as a running count: asked after every completion).

@@ -58,6 +58,7 @@ pub async fn run(
                     position: None,
                     ack: None,
                     history: false,
+                    refill: false,
                 };
                 if intake.accept(TRANSPORT, incoming, &dlq, |_| {}).await.is_err() {
                     tracing::error!("the router is gone; stopping NATS intake");
