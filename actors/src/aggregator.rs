@@ -254,14 +254,10 @@ impl Aggregator {
     /// Finalises `sequence` when `deadline` passes on the clock.
     fn arm(&self, sequence: u64, deadline: Duration, ctx: &mut Context<Self>) -> SpawnHandle {
         let sleep = self.clock.sleep(deadline);
-        ctx.spawn(
-            sleep
-                .into_actor(self)
-                .map(move |_, act, ctx| {
-                    act.finalize(sequence, true, ctx);
-                    act.stop_if_drained(ctx);
-                }),
-        )
+        ctx.spawn(sleep.into_actor(self).map(move |_, act, ctx| {
+            act.finalize(sequence, true, ctx);
+            act.stop_if_drained(ctx);
+        }))
     }
 
     fn finalize(&mut self, sequence: u64, by_deadline: bool, ctx: &mut Context<Self>) {

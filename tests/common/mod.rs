@@ -53,6 +53,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// JetStream's store, when started with JetStream.
     js: Option<tempfile::TempDir>,
+    /// A configuration file (`-c`), when started with one.
+    conf: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -62,6 +64,20 @@ impl NatsServer {
             port,
             child: None,
             js: None,
+            conf: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// With a configuration file (its port overridden), e.g. deploy/nats.conf's mapping.
+    pub fn start_with_config(conf: PathBuf) -> NatsServer {
+        let port = free_port();
+        let mut s = NatsServer {
+            port,
+            child: None,
+            js: Some(tempfile::tempdir().unwrap()),
+            conf: Some(conf),
         };
         s.restart();
         s
@@ -74,6 +90,7 @@ impl NatsServer {
             port,
             child: None,
             js: Some(tempfile::tempdir().unwrap()),
+            conf: None,
         };
         s.restart();
         s
@@ -93,6 +110,9 @@ impl NatsServer {
 
     pub fn restart(&mut self) {
         let mut cmd = Command::new(find("nats-server"));
+        if let Some(conf) = &self.conf {
+            cmd.arg("-c").arg(conf);
+        }
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         if let Some(dir) = &self.js {
             cmd.arg("-js").arg("-sd").arg(dir.path());

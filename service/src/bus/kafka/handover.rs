@@ -117,6 +117,10 @@ impl Ownership {
 /// thread that polls the consumer, inside `recv`).
 pub struct HandOver {
     pub state: Arc<Mutex<Ownership>>,
+    /// Set once the ingress made its final commit: the revoke of the consumer's close then
+    /// only releases (a second synchronous commit there took about 3 s against tansu, out of
+    /// the shutdown budget).
+    pub closing: std::sync::atomic::AtomicBool,
     input: String,
     marks: String,
     intake: Intake,
@@ -130,6 +134,7 @@ impl HandOver {
     pub fn new(tracker: Tracker, input: &str, marks: &str, intake: Intake, stats: Arc<KafkaStats>) -> Self {
         HandOver {
             state: Arc::new(Mutex::new(Ownership::new(tracker))),
+            closing: std::sync::atomic::AtomicBool::new(false),
             input: input.to_string(),
             marks: marks.to_string(),
             intake,
@@ -191,7 +196,12 @@ impl HandOver {
         }
         self.publish_assignment(&st);
         metrics::counter!(t::KAFKA_REBALANCES, "kind" => "assign").increment(1);
-        tracing::info!(?partitions, ?marks, took_ms = started.elapsed().as_millis() as u64, "kafka partitions assigned");
+        tracing::info!(
+            ?partitions,
+            ?marks,
+            took_ms = started.elapsed().as_millis() as u64,
+            "kafka partitions assigned"
+        );
     }
 
     /// Commits what finished on `partitions`, then gives them and their streams up.
@@ -201,7 +211,7 @@ impl HandOver {
             let mut st = self.lock();
             st.commit_list(partitions.iter().copied(), &self.input, &self.marks)
         };
-        if tpl.count() > 0 {
+        if tpl.count() > 0 && !self.closing.load(Ordering::Relaxed) {
             // Synchronous: the next owner must find these offsets and marks.
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
                 tracing::warn!(error = %e, ?partitions, "commit on revoke failed; the next owner re-reads more");
@@ -227,7 +237,13 @@ impl HandOver {
         let streams = released.len();
         self.intake.release(released);
         metrics::counter!(t::KAFKA_REBALANCES, "kind" => "revoke").increment(1);
-        tracing::info!(?partitions, streams, in_flight, took_ms = started.elapsed().as_millis() as u64, "kafka partitions revoked");
+        tracing::info!(
+            ?partitions,
+            streams,
+            in_flight,
+            took_ms = started.elapsed().as_millis() as u64,
+            "kafka partitions revoked"
+        );
     }
 }
 

@@ -197,6 +197,7 @@ pub async fn run(
         return;
     }
     commit(CommitMode::Sync);
+    consumer.context().closing.store(true, Ordering::Relaxed);
     tracing::info!(pending = lock().tracker.pending(), "kafka offsets committed");
 }
 

@@ -117,9 +117,8 @@ impl Transport for KafkaTransport {
             intake.clone(),
             self.stats.clone(),
         );
-        let consumer: Arc<GroupConsumer> = Arc::new(
-            consumer(&self.cfg, hand_over).map_err(|e| anyhow::anyhow!("kafka consumer: {e}"))?,
-        );
+        let consumer: Arc<GroupConsumer> =
+            Arc::new(consumer(&self.cfg, hand_over).map_err(|e| anyhow::anyhow!("kafka consumer: {e}"))?);
         self.health = spawn_health(
             self.producer.clone(),
             Some(consumer.clone()),

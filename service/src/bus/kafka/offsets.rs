@@ -188,11 +188,9 @@ impl Tracker {
     /// The first unfinished offset of `partition` (the next to consume when none is): every
     /// message before it has finished.
     pub fn frontier(&self, partition: i32) -> Option<i64> {
-        self.parts.get(&partition).map(|p| {
-            p.pending
-                .first_key_value()
-                .map_or(p.next, |(&o, _)| o)
-        })
+        self.parts
+            .get(&partition)
+            .map(|p| p.pending.first_key_value().map_or(p.next, |(&o, _)| o))
     }
 
     /// Forgets `partition` (it moved to another owner); its copies in flight no longer count.

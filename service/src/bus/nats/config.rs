@@ -6,13 +6,23 @@ use serde::{Deserialize, Serialize};
 pub struct NatsConfig {
     pub enabled: bool,
     pub url: String,
-    /// Input subjects are `<input_prefix>.<timeframe>.<symbol>`.
+    /// Input subjects are `<input_prefix>.<timeframe>.<symbol>`, or with `partition_count`
+    /// `<input_prefix>.<timeframe>.<symbol>.<partition>` as the server maps them.
     pub input_prefix: String,
     /// Output subjects are `<output_prefix>.<timeframe>.<symbol>`.
     pub output_prefix: String,
     pub dlq_subject: String,
-    /// Queue group for the input subscriptions ("" for none): instances in one group share.
+    /// Removed: a queue group spreads messages, not streams, so each instance saw a stream with
+    /// gaps and predicted from wrong windows without a word. Refused unless empty; use
+    /// `partition_count` and `partitions`.
     pub queue_group: String,
+    /// The number of partitions the server's subject mapping splits each timeframe's symbols
+    /// into (`partition(N, 2)` on the symbol token; see deploy/nats.conf), 0 when the input
+    /// subjects are not partitioned. Every vector of a stream lands in one partition.
+    pub partition_count: u32,
+    /// The partitions this instance takes (each below `partition_count`); empty for all.
+    /// Instances sharing a feed take disjoint sets that together cover every partition.
+    pub partitions: Vec<u32>,
     /// Messages buffered per subscription before the client drops (counted as slow consumer).
     pub subscription_capacity: usize,
     pub connect_timeout_ms: u64,
@@ -31,6 +41,8 @@ impl Default for NatsConfig {
             output_prefix: "predictions".into(),
             dlq_subject: "features.dlq".into(),
             queue_group: String::new(),
+            partition_count: 0,
+            partitions: Vec::new(),
             subscription_capacity: 65_536,
             connect_timeout_ms: 5_000,
             max_pending_publishes: 10_000,
@@ -51,6 +63,30 @@ pub fn subject_problem(section: &str, key: &str, v: &str) -> Option<String> {
 }
 
 impl NatsConfig {
+    /// The input subscriptions of timeframe `tf`.
+    pub fn input_subjects(&self, tf: &str) -> Vec<String> {
+        if self.partition_count == 0 {
+            return vec![format!("{}.{}.>", self.input_prefix, tf)];
+        }
+        if self.partitions.is_empty() {
+            return vec![format!("{}.{}.*.*", self.input_prefix, tf)];
+        }
+        self.partitions
+            .iter()
+            .map(|q| format!("{}.{}.*.{}", self.input_prefix, tf, q))
+            .collect()
+    }
+
+    /// What an input subject names after the prefix, `<timeframe>.<symbol>` (the partition
+    /// token dropped when the subjects are partitioned).
+    pub fn subject_names<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let names = subject.get(self.input_prefix.len() + 1..)?;
+        if self.partition_count == 0 {
+            return Some(names);
+        }
+        names.rsplit_once('.').map(|(n, _)| n)
+    }
+
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !self.enabled {
@@ -66,6 +102,37 @@ impl NatsConfig {
         }
         if self.max_pending_publishes == 0 {
             p.push("nats.max_pending_publishes must be at least 1".into());
+        }
+        if !self.queue_group.is_empty() {
+            p.push(format!(
+                "nats.queue_group ({:?}) is no longer supported: a queue group splits one stream's vectors across instances (their windows get gaps); partition the subjects with the server's mapping and set nats.partition_count and nats.partitions (see deploy/nats.conf)",
+                self.queue_group
+            ));
+        }
+        if self.partition_count > 1024 {
+            p.push(format!(
+                "nats.partition_count must be at most 1024, got {}",
+                self.partition_count
+            ));
+        }
+        if !self.partitions.is_empty() && self.partition_count == 0 {
+            p.push("nats.partitions is set but nats.partition_count is 0".into());
+        }
+        for q in &self.partitions {
+            if *q >= self.partition_count && self.partition_count > 0 {
+                p.push(format!(
+                    "nats.partitions names {q}, not below nats.partition_count {}",
+                    self.partition_count
+                ));
+            }
+        }
+        let mut sorted = self.partitions.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            p.push(format!(
+                "nats.partitions names a partition twice: {:?}",
+                self.partitions
+            ));
         }
         if self.subscription_capacity == 0 {
             p.push("nats.subscription_capacity must be at least 1".into());

@@ -1,4 +1,5 @@
-//! Core NATS input: one subscription per served timeframe, `<prefix>.<tf>.>`, into the shared
+//! Core NATS input: one subscription per served timeframe, `<prefix>.<tf>.>` (or, on
+//! partitioned subjects, one per timeframe and owned partition, `<prefix>.<tf>.*.<p>`), into the shared
 //! intake until told to stop; then drains the subscriptions (the server stops sending, and
 //! every message the client already holds is still taken in, not thrown away) and returns
 //! when they end. Core NATS has no acknowledgements: a message is done once it is in the
@@ -21,18 +22,12 @@ pub async fn run(
 ) -> Result<(), async_nats::SubscribeError> {
     let mut subs = Vec::new();
     for tf in &timeframes {
-        let subject = format!("{}.{}.>", cfg.input_prefix, tf);
-        let sub = if cfg.queue_group.is_empty() {
-            client.subscribe(subject.clone()).await?
-        } else {
-            client
-                .queue_subscribe(subject.clone(), cfg.queue_group.clone())
-                .await?
-        };
-        tracing::info!(%subject, queue_group = %cfg.queue_group, "subscribed");
-        subs.push(sub);
+        for subject in cfg.input_subjects(tf) {
+            let sub = client.subscribe(subject.clone()).await?;
+            tracing::info!(%subject, "subscribed");
+            subs.push(sub);
+        }
     }
-    let prefix_len = cfg.input_prefix.len() + 1;
     let mut all = futures::stream::select_all(subs);
     let mut draining = false;
     loop {
@@ -49,7 +44,7 @@ pub async fn run(
             msg = all.next() => {
                 let Some(msg) = msg else { break };
                 let subject = msg.subject.as_str();
-                let names = subject.get(prefix_len..);
+                let names = cfg.subject_names(subject);
                 let incoming = Incoming {
                     payload: msg.payload.clone(),
                     key: None,
