@@ -626,3 +626,59 @@ async fn test_a_gap_in_a_stream_is_counted_and_the_late_vector_that_fills_it_is_
         "3 came too late"
     );
 }
+
+/// History re-read after a hand-over fills windows and predicts nothing; the first live vector
+/// after it predicts from a complete window, equal to what an instance that saw the whole
+/// stream predicts. A released stream's state is gone: its next vector starts a new window.
+#[actix_rt::test]
+async fn test_refill_rebuilds_windows_without_predicting_and_release_drops_them() {
+    let refill = |mut v: Vector| {
+        v.refill = true;
+        v
+    };
+    // One instance that saw the whole stream.
+    let (a, _) = spec("a", 4, &["1m"]);
+    let (whole, whole_out, _c1) = start(vec![a], config()).await;
+    for seq in 1..=8u64 {
+        whole
+            .ingest(vec![vector("AAA", "1m", seq, seq as f32 / 7.0)])
+            .await
+            .unwrap();
+    }
+    assert!(whole.drain(Duration::from_secs(10)).await);
+    let whole_out = whole_out.get().await;
+    // Another that takes the stream over at 6: 3..=5 re-read as history, then 6..=8 live.
+    let (a, _) = spec("a", 4, &["1m"]);
+    let (p, out, _c2) = start(vec![a], config()).await;
+    for seq in 3..=5u64 {
+        p.ingest(vec![refill(vector("AAA", "1m", seq, seq as f32 / 7.0))])
+            .await
+            .unwrap();
+    }
+    assert!(p.drain(Duration::from_secs(10)).await);
+    assert!(out.get().await.is_empty(), "history predicts nothing");
+    // A live copy of a refilled vector is a duplicate: it was predicted before.
+    p.ingest(vec![vector("AAA", "1m", 5, 5.0 / 7.0)]).await.unwrap();
+    for seq in 6..=8u64 {
+        p.ingest(vec![vector("AAA", "1m", seq, seq as f32 / 7.0)])
+            .await
+            .unwrap();
+    }
+    assert!(p.drain(Duration::from_secs(10)).await);
+    let got = out.get().await;
+    assert_eq!(got.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![6, 7, 8]);
+    for e in &got {
+        let w = whole_out.iter().find(|w| w.sequence == e.sequence).unwrap();
+        assert_eq!(e.probabilities, w.probabilities, "sequence {}", e.sequence);
+    }
+    // Released: the state is dropped, so 9..=11 only warm a new window.
+    p.release(vec![StreamKey::new("AAA", "1m")]);
+    until("the stream released", || p.active_streams() == 0).await;
+    for seq in 9..=11u64 {
+        p.ingest(vec![vector("AAA", "1m", seq, seq as f32 / 7.0)])
+            .await
+            .unwrap();
+    }
+    assert!(p.drain(Duration::from_secs(10)).await);
+    assert_eq!(out.get().await.len(), 3, "a released stream starts a new window");
+}

@@ -399,6 +399,31 @@ mod tests {
     }
 
     #[test]
+    fn test_a_queue_group_is_refused_and_partitions_are_checked() {
+        let err = load(
+            "[nats]\nqueue_group = \"augur\"\npartitions = [1, 1, 7]\npartition_count = 4\n[kafka]\nenabled = true\nmarks_topic = \"ml-predictions-output\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let all = err.0.join("\n");
+        assert!(all.contains("nats.queue_group"), "{all}");
+        assert!(all.contains("splits one stream"), "{all}");
+        assert!(all.contains("names 7"), "{all}");
+        assert!(all.contains("a partition twice"), "{all}");
+        assert!(all.contains("kafka.output_topic and kafka.marks_topic"), "{all}");
+        let cfg = load("[nats]\npartition_count = 4\npartitions = [2, 3]\n", &[]).unwrap();
+        assert_eq!(
+            cfg.nats.input_subjects("1m"),
+            vec!["features.1m.*.2", "features.1m.*.3"]
+        );
+        assert_eq!(cfg.nats.subject_names("features.1m.AAPL.2"), Some("1m.AAPL"));
+        assert_eq!(
+            Config::default().nats.subject_names("features.1m.AAPL"),
+            Some("1m.AAPL")
+        );
+    }
+
+    #[test]
     fn test_kafka_poll_interval_must_outlast_the_session_and_the_shutdown() {
         let err = load(
             "[kafka]\nenabled = true\nsession_timeout_ms = 10000\nmax_poll_interval_ms = 8000\n",

@@ -72,6 +72,10 @@ impl KafkaTransport {
         for kind in ["output", "dlq"] {
             metrics::counter!(t::KAFKA_PRODUCE_ERRORS, "topic" => kind).increment(0);
         }
+        for kind in ["assign", "revoke"] {
+            metrics::counter!(t::KAFKA_REBALANCES, "kind" => kind).increment(0);
+        }
+        metrics::gauge!(t::KAFKA_ASSIGNED_PARTITIONS).set(0.0);
         Ok(KafkaTransport {
             cfg: cfg.clone(),
             producer,

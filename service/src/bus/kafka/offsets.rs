@@ -395,4 +395,32 @@ mod tests {
         assert!(t.held_offsets() <= 1_100, "{} offsets held", t.held_offsets());
         assert_eq!(t.pending(), 1);
     }
+
+    #[test]
+    fn test_frontier_is_the_first_unfinished_offset_and_remove_forgets_the_partition() {
+        let mut t = Tracker::new(Rewind::per_stream(2));
+        assert_eq!(t.frontier(0), None, "nothing consumed");
+        for o in 10..15 {
+            t.consumed(0, o, std::iter::once(k("A")), now());
+        }
+        t.consumed(1, 0, std::iter::empty(), now());
+        for o in [10, 11, 13] {
+            t.complete(0, o);
+        }
+        assert_eq!(t.frontier(0), Some(12), "12 is unfinished");
+        t.advance(0, now());
+        assert_eq!(t.stored(0), Some(10), "the window of A before 12 is kept");
+        t.complete(0, 12);
+        t.complete(0, 14);
+        assert_eq!(t.frontier(0), Some(15), "all done: the next to consume");
+        assert_eq!(t.pending(), 1);
+        assert_eq!(t.remove(1), 1, "partition 1 had one message in flight");
+        assert_eq!(t.pending(), 0);
+        t.complete(1, 0);
+        assert_eq!(
+            t.pending(),
+            0,
+            "a completion of a forgotten partition counts for nothing"
+        );
+    }
 }

@@ -22,6 +22,8 @@ pub struct NatsHealth {
     pub name: &'static str,
     pub client: Client,
     pub stats: Arc<NatsStats>,
+    /// The input subjects this instance subscribes to (its partitions, when partitioned).
+    pub subjects: Vec<String>,
 }
 
 impl Health for NatsHealth {
@@ -38,6 +40,7 @@ impl Health for NatsHealth {
             "connected": self.connected(),
             "slow_consumer_drops": self.stats.slow_consumer_drops.load(Ordering::Relaxed),
             "disconnects": self.stats.disconnects.load(Ordering::Relaxed),
+            "input_subjects": self.subjects,
         })
     }
 }

@@ -128,6 +128,11 @@ impl Transport for NatsTransport {
             name: TRANSPORT.as_str(),
             client: self.client.clone(),
             stats: self.stats.clone(),
+            subjects: self
+                .timeframes
+                .iter()
+                .flat_map(|tf| self.cfg.input_subjects(tf))
+                .collect(),
         })
     }
 
