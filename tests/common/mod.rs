@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use augur_service::config::Config;
 
+pub mod cluster;
 pub mod kafka;
 pub mod proxy;
 
