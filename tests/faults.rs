@@ -13,6 +13,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use augur_service::pb;
+use common::cluster::jetstream_feed;
 use common::kafka::*;
 use prost::Message as _;
 use rdkafka::message::{Message, OwnedMessage};
@@ -677,43 +678,6 @@ fn fault_a_slow_member_opens_its_breaker_and_the_ensemble_goes_on() {
 /// Publishes each vector into JetStream, retrying (with the same message id, so JetStream
 /// stores it once) until the server acknowledges it: what the feed producer of a desk does
 /// while nats-server is gone. Returns when every vector is stored.
-fn jetstream_feed(url: String, vs: Vec<pb::FeatureVector>, over: Duration) -> std::thread::JoinHandle<()> {
-    use async_nats::jetstream::message::PublishMessage as Publish;
-    let pause = over / vs.len().max(1) as u32;
-    std::thread::spawn(move || {
-        rt().block_on(async {
-            let client = async_nats::ConnectOptions::new()
-                .retry_on_initial_connect()
-                .connect(&url)
-                .await
-                .unwrap();
-            let js = async_nats::jetstream::new(client);
-            for v in &vs {
-                let subject = format!("features.{}.{}", v.timeframe, v.symbol);
-                let id = format!("{}.{}.{}", v.symbol, v.timeframe, v.sequence);
-                let payload = pb::FeatureVectorBatch {
-                    vectors: vec![v.clone()],
-                }
-                .encode_to_vec();
-                let started = Instant::now();
-                loop {
-                    let msg = Publish::build().payload(payload.clone().into()).message_id(&id);
-                    let acked = match js.send_publish(subject.clone(), msg).await {
-                        Ok(ack) => ack.await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if acked {
-                        break;
-                    }
-                    assert!(started.elapsed() < Duration::from_secs(60), "JetStream took {id}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                tokio::time::sleep(pause).await;
-            }
-        })
-    })
-}
-
 #[test]
 fn fault_nats_server_killed_and_restarted_under_jetstream_input() {
     let _s = serial();

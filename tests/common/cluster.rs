@@ -351,3 +351,79 @@ pub fn doubly_owned(spans: &[Span], input: &[(i32, i64, i64)]) -> usize {
     }
     n
 }
+
+/// Publishes `vs` through JetStream (each with a message id, retried until the stream
+/// acknowledges it), spread over about `over`, from a thread.
+pub fn jetstream_feed(
+    url: String,
+    vs: Vec<pb::FeatureVector>,
+    over: Duration,
+) -> std::thread::JoinHandle<()> {
+    use async_nats::jetstream::message::PublishMessage as Publish;
+    let pause = over / vs.len().max(1) as u32;
+    std::thread::spawn(move || {
+        rt().block_on(async {
+            let client = async_nats::ConnectOptions::new()
+                .retry_on_initial_connect()
+                .connect(&url)
+                .await
+                .unwrap();
+            let js = async_nats::jetstream::new(client);
+            for v in &vs {
+                let subject = format!("features.{}.{}", v.timeframe, v.symbol);
+                let id = format!("{}.{}.{}", v.symbol, v.timeframe, v.sequence);
+                let payload = pb::FeatureVectorBatch {
+                    vectors: vec![v.clone()],
+                }
+                .encode_to_vec();
+                let started = Instant::now();
+                loop {
+                    let msg = Publish::build().payload(payload.clone().into()).message_id(&id);
+                    let acked = match js.send_publish(subject.clone(), msg).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if acked {
+                        break;
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(60), "JetStream took {id}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tokio::time::sleep(pause).await;
+            }
+        })
+    })
+}
+
+impl Instance {
+    /// An instance taking JetStream `partitions` of deploy/nats.conf's four (durable
+    /// consumers per partition), predictions out on core NATS.
+    pub fn start_jetstream(url: &str, partitions: &str) -> Instance {
+        let http = format!("127.0.0.1:{}", super::free_port());
+        let env = [
+            ("AUGUR_NATS__ENABLED", "true"),
+            ("AUGUR_NATS__URL", url),
+            // Core NATS only publishes here; its input subscription is elsewhere.
+            ("AUGUR_NATS__INPUT_PREFIX", "unused"),
+            ("AUGUR_JETSTREAM__ENABLED", "true"),
+            ("AUGUR_JETSTREAM__URL", url),
+            ("AUGUR_JETSTREAM__PARTITION_COUNT", "4"),
+            ("AUGUR_JETSTREAM__PARTITIONS", partitions),
+            ("AUGUR_JETSTREAM__MAX_ACK_PENDING", "64"),
+            ("AUGUR_KAFKA__ENABLED", "false"),
+            ("AUGUR_SERVICE__SHUTDOWN_TIMEOUT_MS", "5000"),
+            ("AUGUR_HTTP__BIND", &http),
+            (
+                "RUST_LOG",
+                "warn,augur_service::service=info,augur_service::bus::jetstream=info",
+            ),
+        ];
+        let (child, log) = super::spawn_ready(&env);
+        Instance {
+            child: Some(child),
+            log,
+            http,
+            lines: Vec::new(),
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! pull consumer.
 use serde::{Deserialize, Serialize};
 
-use crate::bus::nats::{subject_problem, url_problem};
+use crate::bus::nats::{partition_problems, subject_problem, url_problem};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -15,8 +15,23 @@ pub struct JetStreamConfig {
     /// Input subjects are `<input_prefix>.<timeframe>.<symbol>` (the same as core NATS by
     /// default: the producer publishes once, the stream keeps it).
     pub input_prefix: String,
-    /// The durable pull consumer's name: where the server keeps what was acknowledged.
+    /// The durable pull consumer's name: where the server keeps what was acknowledged. With
+    /// partitions, one durable consumer per partition, `<durable>-p<partition>`.
     pub durable: String,
+    /// Subjects partitioned by the server's mapping (deploy/nats.conf), as for core NATS: the
+    /// stream then captures `<input_prefix>.*.*.*` and each partition this instance takes has
+    /// its own durable consumer (filter `<input_prefix>.*.*.<p>`), so an instance restarted
+    /// (or its replacement) resumes each partition where it was acknowledged. 0: not
+    /// partitioned.
+    pub partition_count: u32,
+    /// The partitions this instance takes; empty for all.
+    pub partitions: Vec<u32>,
+    /// At start-up, before its durable consumer's first pull, each consumer re-reads up to
+    /// this many messages of its subjects before its acknowledged floor, only to rebuild the
+    /// streams' windows (nothing predicted), and predicts what was delivered but not
+    /// acknowledged (the durable's redeliveries of those are then duplicates). 0: off (the
+    /// windows refill from live input).
+    pub rewind_messages: u64,
     /// Create the stream (and the consumer) at start-up when missing; retried while JetStream
     /// is unreachable. Off: they must exist.
     pub create_stream: bool,
@@ -44,6 +59,9 @@ impl Default for JetStreamConfig {
             stream: "AUGUR_FEATURES".into(),
             input_prefix: "features".into(),
             durable: "augur".into(),
+            partition_count: 0,
+            partitions: Vec::new(),
+            rewind_messages: 50_000,
             create_stream: true,
             storage: "file".into(),
             max_age_ms: 86_400_000,
@@ -56,7 +74,48 @@ impl Default for JetStreamConfig {
     }
 }
 
+/// One durable pull consumer of the stream and what it takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lane {
+    pub durable: String,
+    /// Its filter subject (None: the whole stream).
+    pub filter: Option<String>,
+}
+
 impl JetStreamConfig {
+    /// The consumers this instance pulls from: one, or one per partition it takes.
+    pub fn lanes(&self) -> Vec<Lane> {
+        if self.partition_count == 0 {
+            return vec![Lane {
+                durable: self.durable.clone(),
+                filter: None,
+            }];
+        }
+        let taken: Vec<u32> = if self.partitions.is_empty() {
+            (0..self.partition_count).collect()
+        } else {
+            self.partitions.clone()
+        };
+        taken
+            .into_iter()
+            .map(|p| Lane {
+                durable: format!("{}-p{p}", self.durable),
+                filter: Some(format!("{}.*.*.{p}", self.input_prefix)),
+            })
+            .collect()
+    }
+
+    /// The stream's subjects for the served timeframes.
+    pub fn stream_subjects(&self, timeframes: &[String]) -> Vec<String> {
+        if self.partition_count > 0 {
+            return vec![format!("{}.*.*.*", self.input_prefix)];
+        }
+        timeframes
+            .iter()
+            .map(|tf| format!("{}.{tf}.>", self.input_prefix))
+            .collect()
+    }
+
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !self.enabled {
@@ -91,6 +150,11 @@ impl JetStreamConfig {
         if self.ack_wait_ms < 1000 {
             p.push("jetstream.ack_wait_ms must be at least 1000".into());
         }
+        p.extend(partition_problems(
+            "jetstream",
+            self.partition_count,
+            &self.partitions,
+        ));
         if !(1..=10_000).contains(&self.fetch_batch) {
             p.push(format!(
                 "jetstream.fetch_batch must be in 1..=10000, got {}",

@@ -17,9 +17,10 @@ use augur_actors::types::{Ack, Completion};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use super::config::Lane;
 use super::{JetStreamConfig, JetStreamState, TRANSPORT};
 use crate::bus::ingest::{Incoming, Intake};
-use crate::bus::nats::NatsDeadLetters;
+use crate::bus::nats::{NatsDeadLetters, subject_names};
 
 /// Messages in the pipeline, by stream sequence: a redelivery of one of them (its ack wait ran
 /// out while its prediction was still on its way) is not ingested again, only told to wait.
@@ -77,14 +78,12 @@ pub async fn ensure(
     js: &Context,
     cfg: &JetStreamConfig,
     timeframes: &[String],
+    lane: &Lane,
 ) -> Result<PullConsumer, String> {
     let stream = if cfg.create_stream {
         js.get_or_create_stream(StreamConfig {
             name: cfg.stream.clone(),
-            subjects: timeframes
-                .iter()
-                .map(|tf| format!("{}.{tf}.>", cfg.input_prefix))
-                .collect(),
+            subjects: cfg.stream_subjects(timeframes),
             storage: if cfg.storage == "memory" {
                 StorageType::Memory
             } else {
@@ -109,16 +108,21 @@ pub async fn ensure(
         ));
     }
     for tf in timeframes {
-        let wanted = format!("{}.{tf}.x", cfg.input_prefix);
+        let wanted = if cfg.partition_count > 0 {
+            format!("{}.{tf}.x.0", cfg.input_prefix)
+        } else {
+            format!("{}.{tf}.x", cfg.input_prefix)
+        };
         if !subjects.iter().any(|s| subject_matches(s, &wanted)) {
             tracing::warn!(stream = %cfg.stream, timeframe = %tf, "the existing stream does not capture this timeframe's subjects");
         }
     }
     stream
         .get_or_create_consumer(
-            &cfg.durable,
+            &lane.durable,
             pull::Config {
-                durable_name: Some(cfg.durable.clone()),
+                durable_name: Some(lane.durable.clone()),
+                filter_subject: lane.filter.clone().unwrap_or_default(),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: Duration::from_millis(cfg.ack_wait_ms),
                 max_ack_pending: cfg.max_ack_pending,
@@ -127,7 +131,7 @@ pub async fn ensure(
             },
         )
         .await
-        .map_err(|e| format!("consumer {}: {e}", cfg.durable))
+        .map_err(|e| format!("consumer {}: {e}", lane.durable))
 }
 
 /// NATS subject matching: `*` is one token, `>` the rest (one or more tokens).
@@ -144,12 +148,108 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     s.next().is_none()
 }
 
+/// Rebuilds the windows of a lane's streams from the stream's history before the durable
+/// consumer's first pull (a restart, or a new owner of the partition): an ephemeral consumer
+/// reads from `rewind_messages` before the durable's acknowledged floor up to the last message
+/// it delivered. What is at or below the floor was predicted: it only refills windows. What
+/// lies above it was delivered and perhaps predicted, perhaps not: it is predicted now, and
+/// the durable's redeliveries of it are dropped as duplicates (their acks released with the
+/// prediction). Returns (refilled, predicted again).
+async fn rebuild(
+    js: &Context,
+    cfg: &JetStreamConfig,
+    lane: &Lane,
+    durable: &mut PullConsumer,
+    intake: &Intake,
+    dlq: &NatsDeadLetters,
+) -> Result<(u64, u64), String> {
+    let info = durable.info().await.map_err(|e| format!("consumer info: {e}"))?;
+    let (floor, delivered) = (info.ack_floor.stream_sequence, info.delivered.stream_sequence);
+    if delivered == 0 || cfg.rewind_messages == 0 {
+        return Ok((0, 0));
+    }
+    let start = floor.saturating_sub(cfg.rewind_messages).max(1);
+    let stream = js
+        .get_stream(&cfg.stream)
+        .await
+        .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
+    let reader: PullConsumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            filter_subject: lane.filter.clone().unwrap_or_default(),
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("history reader: {e}"))?;
+    let (mut refilled, mut again) = (0, 0);
+    'read: loop {
+        let mut batch = reader
+            .fetch()
+            .max_messages(cfg.fetch_batch)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| format!("history read: {e}"))?;
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| format!("history read: {e}"))?;
+            got += 1;
+            let Ok(seq) = m.info().map(|i| i.stream_sequence) else {
+                continue;
+            };
+            if seq > delivered {
+                break 'read;
+            }
+            let refill = seq <= floor;
+            let subject = m.subject.as_str();
+            let incoming = Incoming {
+                payload: m.payload.clone(),
+                key: None,
+                source: subject,
+                subject_names: subject_names(&cfg.input_prefix, cfg.partition_count > 0, subject),
+                position: Some((0, seq as i64)),
+                ack: None,
+                history: true,
+                refill,
+            };
+            intake
+                .accept(TRANSPORT, incoming, dlq, |_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            if refill {
+                refilled += 1;
+            } else {
+                again += 1;
+            }
+            if seq >= delivered {
+                break 'read;
+            }
+        }
+        if got == 0 {
+            break;
+        }
+    }
+    let name = reader.cached_info().name.clone();
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(error = %e, "history reader not deleted; it expires by itself");
+    }
+    Ok((refilled, again))
+}
+
 /// What the ingress needs besides the intake.
 pub struct Ingress {
     pub js: Context,
     /// The consumer, when `connect` could ensure it.
     pub ready: Option<PullConsumer>,
     pub cfg: JetStreamConfig,
+    /// The consumer this ingress pulls from.
+    pub lane: Lane,
+    /// Messages in the pipeline, shared by every lane (stream sequences are unique).
+    pub in_flight: InFlight,
     pub timeframes: Vec<String>,
     pub dlq: NatsDeadLetters,
     pub state: Arc<JetStreamState>,
@@ -166,13 +266,13 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
         js,
         mut ready,
         cfg,
+        lane,
+        in_flight,
         timeframes,
         dlq,
         state,
         acks,
     } = ingress;
-    let in_flight: InFlight = Arc::default();
-    let prefix_len = cfg.input_prefix.len() + 1;
     let mut stop = stop;
     let pause = |stop: &mut watch::Receiver<bool>| {
         let mut stop = stop.clone();
@@ -183,10 +283,11 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
             }
         }
     };
+    let mut rebuilt = false;
     'consumer: loop {
-        let consumer = match ready.take() {
+        let mut consumer = match ready.take() {
             Some(c) => c,
-            None => match ensure(&js, &cfg, &timeframes).await {
+            None => match ensure(&js, &cfg, &timeframes, &lane).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "jetstream not ready; retrying");
@@ -197,7 +298,23 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                 }
             },
         };
-        tracing::info!(stream = %cfg.stream, durable = %cfg.durable, "jetstream consuming");
+        if !rebuilt {
+            let started = std::time::Instant::now();
+            match rebuild(&js, &cfg, &lane, &mut consumer, &intake, &dlq).await {
+                Ok((refilled, again)) => {
+                    rebuilt = true;
+                    tracing::info!(durable = %lane.durable, refilled, predicted_again = again, took_ms = started.elapsed().as_millis() as u64, "jetstream windows rebuilt from the stream");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, durable = %lane.durable, "jetstream windows not rebuilt; retrying");
+                    if pause(&mut stop).await {
+                        return;
+                    }
+                    continue 'consumer;
+                }
+            }
+        }
+        tracing::info!(stream = %cfg.stream, durable = %lane.durable, filter = ?lane.filter, "jetstream consuming");
         while !*stop.borrow() {
             let batch = consumer
                 .fetch()
@@ -248,7 +365,7 @@ pub async fn run(ingress: Ingress, intake: Intake, stop: watch::Receiver<bool>) 
                     continue;
                 }
                 let subject = msg.subject.as_str();
-                let names = subject.get(prefix_len..);
+                let names = subject_names(&cfg.input_prefix, cfg.partition_count > 0, subject);
                 let ack = Ack(Arc::new(AckOnDrop {
                     acker: Some(acker),
                     sequence,

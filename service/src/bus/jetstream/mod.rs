@@ -71,7 +71,13 @@ impl JetStreamTransport {
         // ready is kept; otherwise the ingress keeps trying.
         let js = async_nats::jetstream::new(client.clone());
         let wait = Duration::from_millis(cfg.connect_timeout_ms);
-        let consumer = match tokio::time::timeout(wait, ingress::ensure(&js, cfg, timeframes)).await {
+        // The first lane's consumer (with partitions, the others are ensured by their ingress;
+        // the stream exists from here on, and a new durable consumer starts at its beginning).
+        let first = cfg.lanes().into_iter().next().unwrap_or(config::Lane {
+            durable: cfg.durable.clone(),
+            filter: None,
+        });
+        let consumer = match tokio::time::timeout(wait, ingress::ensure(&js, cfg, timeframes, &first)).await {
             Ok(Ok(c)) => Some(c),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "jetstream stream or consumer not ready; retrying in the background");
@@ -116,20 +122,34 @@ impl Transport for JetStreamTransport {
         let (tx, rx) = mpsc::unbounded_channel();
         self.acker = Some(actix_rt::spawn(ingress::run_acker(rx, self.state.clone())));
         let dlq = NatsDeadLetters::new(self.client.clone(), self.cfg.dlq_subject.clone(), "jetstream_dlq");
-        let ingress = ingress::Ingress {
-            js: async_nats::jetstream::new(self.client.clone()),
-            ready: self.consumer.take(),
-            cfg: self.cfg.clone(),
-            timeframes: self.timeframes.clone(),
-            dlq,
-            state: self.state.clone(),
-            acks: tx.clone(),
-        };
-        self.ingress = Some(actix_rt::spawn(ingress::run(
-            ingress,
-            intake,
-            self.stop.subscribe(),
-        )));
+        // One ingress per consumer (per partition taken, when partitioned), pulling side by side.
+        let mut ready = self.consumer.take();
+        let in_flight = ingress::InFlight::default();
+        let lanes: Vec<_> = self
+            .cfg
+            .lanes()
+            .into_iter()
+            .map(|lane| {
+                ingress::run(
+                    ingress::Ingress {
+                        js: async_nats::jetstream::new(self.client.clone()),
+                        ready: ready.take(),
+                        cfg: self.cfg.clone(),
+                        lane,
+                        in_flight: in_flight.clone(),
+                        timeframes: self.timeframes.clone(),
+                        dlq: dlq.clone(),
+                        state: self.state.clone(),
+                        acks: tx.clone(),
+                    },
+                    intake.clone(),
+                    self.stop.subscribe(),
+                )
+            })
+            .collect();
+        self.ingress = Some(actix_rt::spawn(async move {
+            futures::future::join_all(lanes).await;
+        }));
         self.acks = Some(tx);
         Ok(())
     }

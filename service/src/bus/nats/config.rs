@@ -56,6 +56,47 @@ pub fn url_problem(section: &str, url: &str) -> Option<String> {
         .then(|| format!("{section}.url {url:?} must start with nats:// or tls://"))
 }
 
+/// Checks a section's `partition_count` and `partitions` (subjects partitioned by the server's
+/// mapping, `<prefix>.<timeframe>.<symbol>.<p>`).
+pub fn partition_problems(section: &str, count: u32, partitions: &[u32]) -> Vec<String> {
+    let mut p = Vec::new();
+    if count > 1024 {
+        p.push(format!(
+            "{section}.partition_count must be at most 1024, got {count}"
+        ));
+    }
+    if !partitions.is_empty() && count == 0 {
+        p.push(format!(
+            "{section}.partitions is set but {section}.partition_count is 0"
+        ));
+    }
+    for q in partitions {
+        if *q >= count && count > 0 {
+            p.push(format!(
+                "{section}.partitions names {q}, not below {section}.partition_count {count}"
+            ));
+        }
+    }
+    let mut sorted = partitions.to_vec();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        p.push(format!(
+            "{section}.partitions names a partition twice: {partitions:?}"
+        ));
+    }
+    p
+}
+
+/// What an input subject names after `prefix`, `<timeframe>.<symbol>`, with the partition
+/// token dropped when the subjects are partitioned.
+pub fn subject_names<'a>(prefix: &str, partitioned: bool, subject: &'a str) -> Option<&'a str> {
+    let names = subject.get(prefix.len() + 1..)?;
+    if !partitioned {
+        return Some(names);
+    }
+    names.rsplit_once('.').map(|(n, _)| n)
+}
+
 /// A subject without wildcards or spaces.
 pub fn subject_problem(section: &str, key: &str, v: &str) -> Option<String> {
     (v.is_empty() || v.contains(['*', '>', ' ']))
@@ -80,11 +121,7 @@ impl NatsConfig {
     /// What an input subject names after the prefix, `<timeframe>.<symbol>` (the partition
     /// token dropped when the subjects are partitioned).
     pub fn subject_names<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        let names = subject.get(self.input_prefix.len() + 1..)?;
-        if self.partition_count == 0 {
-            return Some(names);
-        }
-        names.rsplit_once('.').map(|(n, _)| n)
+        subject_names(&self.input_prefix, self.partition_count > 0, subject)
     }
 
     pub fn problems(&self) -> Vec<String> {
@@ -109,31 +146,7 @@ impl NatsConfig {
                 self.queue_group
             ));
         }
-        if self.partition_count > 1024 {
-            p.push(format!(
-                "nats.partition_count must be at most 1024, got {}",
-                self.partition_count
-            ));
-        }
-        if !self.partitions.is_empty() && self.partition_count == 0 {
-            p.push("nats.partitions is set but nats.partition_count is 0".into());
-        }
-        for q in &self.partitions {
-            if *q >= self.partition_count && self.partition_count > 0 {
-                p.push(format!(
-                    "nats.partitions names {q}, not below nats.partition_count {}",
-                    self.partition_count
-                ));
-            }
-        }
-        let mut sorted = self.partitions.clone();
-        sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0] == w[1]) {
-            p.push(format!(
-                "nats.partitions names a partition twice: {:?}",
-                self.partitions
-            ));
-        }
+        p.extend(partition_problems("nats", self.partition_count, &self.partitions));
         if self.subscription_capacity == 0 {
             p.push("nats.subscription_capacity must be at least 1".into());
         }

@@ -22,7 +22,7 @@ mod health;
 mod ingress;
 mod sink;
 
-pub use config::{NatsConfig, subject_problem, url_problem};
+pub use config::{NatsConfig, partition_problems, subject_names, subject_problem, url_problem};
 pub use dead_letters::NatsDeadLetters;
 pub use health::{NatsHealth, NatsStats, is_connected};
 pub use sink::{Flush, NatsSink, subject_token};
