@@ -262,7 +262,7 @@ fn warm_start(round: Duration) {
     x.stop();
     println!();
     println!(
-        "## Warm start: 600 streams, time from ready to each stream's first complete prediction (live rounds every {} ms)",
+        "## Warm start: 600 streams, time from ready to each stream's first complete prediction (live rounds asked every {} ms; the pace reached is above)",
         round.as_millis()
     );
     println!();
@@ -394,10 +394,19 @@ fn rebalance_pause(rate: f64, seconds: u64) {
             None
         }
     };
+    // The longest silence of each stream from the join to the end of the measured run.
+    let mut times: HashMap<(String, String), Vec<i64>> = HashMap::new();
     for m in &out {
         let Some(p) = m.payload().and_then(|x| pb::EnsemblePrediction::decode(x).ok()) else {
             continue;
         };
+        let t = p.published_at_ns / 1_000_000;
+        if t >= joined_ms - 2000 && t < left_ms + 6000 {
+            times
+                .entry((p.symbol.clone(), p.timeframe.clone()))
+                .or_default()
+                .push(t);
+        }
         let Some(w) = window(p.published_at_ns / 1_000_000) else {
             continue;
         };
@@ -406,12 +415,30 @@ fn rebalance_pause(rate: f64, seconds: u64) {
             .or_default()
             .push((p.published_at_ns - p.feature_published_at_ns) as f64 / 1e6);
     }
+    let mut gaps: HashMap<bool, Vec<f64>> = HashMap::new();
+    for ((sym, _), mut ts) in times {
+        ts.sort_unstable();
+        let gap = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        let part = symbol_partition.get(&sym).copied().unwrap_or(-1);
+        gaps.entry(moved.contains(&part)).or_default().push(gap as f64);
+    }
     println!();
     println!(
         "## Rebalance pause: 120 streams at {rate:.0} vectors/s, a third instance joins at {:.0} s and leaves at {:.0} s; partitions that moved: {moved:?}",
         seconds as f64 / 3.0,
         seconds as f64 * 2.0 / 3.0
     );
+    for mv in [false, true] {
+        let mut g = gaps.remove(&mv).unwrap_or_default();
+        let max = g.iter().copied().fold(f64::NAN, f64::max);
+        println!(
+            "longest silence of a stream that {} from the join to 6 s after the leave (one vector per stream every {:.0} ms): p50 {:.0} ms, max {:.0} ms",
+            if mv { "moved" } else { "did not move" },
+            per_round as f64 / rate * 1000.0,
+            pct(&mut g, 0.5),
+            max
+        );
+    }
     println!();
     println!("| window | streams | predictions | p50 (ms) | p99 (ms) | max (ms) |");
     println!("| --- | --- | --- | --- | --- | --- |");

@@ -219,7 +219,7 @@ fn kafka_group_hand_over_kill_restart_add_and_stop() {
     let doubly = doubly_owned(&spans, &input);
     let bound = reread.max(0) as usize + in_flight + doubly;
     println!(
-        "inputs {} expected {} predictions {} duplicates {} (bound {} = {} past the marks at the kill + {} in flight at hand-overs + {} while doubly owned) lost {} unexpected {}",
+        "inputs {} expected {} predictions {} duplicates {} (bound {} = {} past the marks at the kill + {} past the marks at graceful hand-overs + {} while doubly owned) lost {} unexpected {}",
         inputs.len(),
         expected.len(),
         out.len(),

@@ -267,7 +267,16 @@ impl Router {
             self.refill(v);
             return;
         }
-        if self.seen.put((v.key.clone(), v.sequence), ()).is_some() {
+        // A key seen before is a duplicate only if the stream's current state routed it (its
+        // last sequence is at or past it). A stream released or evicted since then starts
+        // again: what its new owner re-reads past the mark is input again, and dropping it
+        // would leave the window with a gap (a partition handed away and back).
+        if self.seen.put((v.key.clone(), v.sequence), ()).is_some()
+            && self
+                .streams
+                .peek(&v.key)
+                .is_some_and(|s| s.last_sequence.is_some_and(|last| last >= v.sequence))
+        {
             self.stats.emit(Duplicate {
                 transport: v.transport,
             });

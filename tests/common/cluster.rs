@@ -131,7 +131,8 @@ impl Instance {
         self.drain_log();
     }
 
-    /// Events in flight on the partitions this instance gave up (from its revoke log lines).
+    /// Inputs the next owners predict again: what this instance consumed past the mark of each
+    /// partition it gave up (from its revoke log lines).
     pub fn handed_over_in_flight(&mut self) -> usize {
         self.drain_log()
             .iter()

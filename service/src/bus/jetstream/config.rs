@@ -24,7 +24,7 @@ pub struct JetStreamConfig {
     /// (or its replacement) resumes each partition where it was acknowledged. 0: not
     /// partitioned.
     pub partition_count: u32,
-    /// The partitions this instance takes; empty for all.
+    /// The partitions this instance takes (required with `partition_count`).
     pub partitions: Vec<u32>,
     /// At start-up, before its durable consumer's first pull, each consumer re-reads up to
     /// this many messages of its subjects before its acknowledged floor, only to rebuild the

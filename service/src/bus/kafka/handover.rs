@@ -207,19 +207,27 @@ impl HandOver {
     /// Commits what finished on `partitions`, then gives them and their streams up.
     fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: Vec<i32>) {
         let started = Instant::now();
-        let tpl = {
+        let (tpl, past_mark) = {
             let mut st = self.lock();
-            st.commit_list(partitions.iter().copied(), &self.input, &self.marks)
+            let tpl = st.commit_list(partitions.iter().copied(), &self.input, &self.marks);
+            // What the next owner predicts again: everything consumed here past the first
+            // unfinished message (finished or not; the mark is a single offset).
+            let past_mark: i64 = partitions
+                .iter()
+                .filter_map(|p| Some(st.tracker.next(*p)? - st.tracker.frontier(*p)?))
+                .sum();
+            (tpl, past_mark)
         };
         if tpl.count() > 0 && !self.closing.load(Ordering::Relaxed) {
-            // Synchronous: the next owner must find these offsets and marks.
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            // Asynchronous, yet ordered before the hand-over: librdkafka completes the
+            // incremental unassign (and the next owner's assignment) only once the commits
+            // queued before it are answered, and the actix thread that polls the consumer is
+            // not blocked meanwhile.
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
                 tracing::warn!(error = %e, ?partitions, "commit on revoke failed; the next owner re-reads more");
             }
         }
         let mut released = Vec::new();
-        // Events of these partitions still in flight: predicted here and, from the mark
-        // committed above, again by the next owner (the hand-over's duplicates).
         let mut in_flight = 0;
         {
             let mut st = self.lock();
@@ -241,6 +249,7 @@ impl HandOver {
             ?partitions,
             streams,
             in_flight,
+            past_mark,
             took_ms = started.elapsed().as_millis() as u64,
             "kafka partitions revoked"
         );

@@ -29,6 +29,8 @@ pub struct KafkaStats {
     /// Predictions shed at `max_pending_deliveries`.
     pub shed: AtomicU64,
     pub lag: AtomicU64,
+    /// Streams remembered on the owned partitions (released on revoke).
+    pub owned_streams: AtomicU64,
     /// The input partitions this instance owns.
     pub assigned: std::sync::Mutex<Vec<i32>>,
 }
@@ -79,6 +81,7 @@ pub fn spawn_health(
                 for (map, n) in [
                     ("kafka_offsets", &stats.tracked_offsets),
                     ("kafka_deliveries", &stats.in_flight),
+                    ("kafka_owned_streams", &stats.owned_streams),
                 ] {
                     metrics::gauge!(t::STATE_ENTRIES, "map" => map).set(n.load(Ordering::Relaxed) as f64);
                 }

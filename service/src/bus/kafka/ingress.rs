@@ -16,6 +16,9 @@ use super::offsets::OffsetDone;
 use super::{KafkaConfig, KafkaDeadLetters, KafkaStats, TRANSPORT, ensure_topics};
 use crate::bus::ingest::{Incoming, Intake};
 
+/// Streams remembered per owned partition, to release on revoke.
+const MAX_OWNED_STREAMS: usize = 100_000;
+
 /// How often stored offsets are worked out while completions keep coming.
 const STORE_EVERY: Duration = Duration::from_millis(100);
 
@@ -136,6 +139,9 @@ pub async fn run(
                 stats
                     .tracked_offsets
                     .store((st.tracker.pending() + st.tracker.held_offsets()) as u64, Ordering::Relaxed);
+                stats
+                    .owned_streams
+                    .store(st.parts.values().map(|o| o.streams.len()).sum::<usize>() as u64, Ordering::Relaxed);
             }
             _ = commits.tick() => commit(CommitMode::Async),
             m = consumer.recv(), if consuming => match m {
@@ -172,7 +178,9 @@ pub async fn run(
                             .consumed(partition, offset, vs.iter().map(|v| v.key.clone()), Instant::now());
                         if let Some(o) = st.parts.get_mut(&partition) {
                             for v in vs {
-                                if !o.streams.contains(&v.key) {
+                                // Bounded (a flood of made-up symbols): a stream past it is not
+                                // released on revoke; the router's stream cap evicts it anyway.
+                                if o.streams.len() < MAX_OWNED_STREAMS && !o.streams.contains(&v.key) {
                                     o.streams.insert(v.key.clone());
                                 }
                             }

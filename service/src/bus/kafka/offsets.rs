@@ -193,6 +193,11 @@ impl Tracker {
             .map(|p| p.pending.first_key_value().map_or(p.next, |(&o, _)| o))
     }
 
+    /// The next offset to consume on `partition` (one past the newest consumed).
+    pub fn next(&self, partition: i32) -> Option<i64> {
+        self.parts.get(&partition).map(|p| p.next)
+    }
+
     /// Forgets `partition` (it moved to another owner); its copies in flight no longer count.
     /// Returns how many there were.
     pub fn remove(&mut self, partition: i32) -> usize {

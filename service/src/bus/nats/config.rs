@@ -20,7 +20,7 @@ pub struct NatsConfig {
     /// into (`partition(N, 2)` on the symbol token; see deploy/nats.conf), 0 when the input
     /// subjects are not partitioned. Every vector of a stream lands in one partition.
     pub partition_count: u32,
-    /// The partitions this instance takes (each below `partition_count`); empty for all.
+    /// The partitions this instance takes (each below `partition_count`; required with it).
     /// Instances sharing a feed take disjoint sets that together cover every partition.
     pub partitions: Vec<u32>,
     /// Messages buffered per subscription before the client drops (counted as slow consumer).
@@ -68,6 +68,13 @@ pub fn partition_problems(section: &str, count: u32, partitions: &[u32]) -> Vec<
     if !partitions.is_empty() && count == 0 {
         p.push(format!(
             "{section}.partitions is set but {section}.partition_count is 0"
+        ));
+    }
+    if partitions.is_empty() && count > 0 {
+        // "All" by default would let every replica started from one config take every
+        // partition: streams split across instances again.
+        p.push(format!(
+            "{section}.partitions must list the partitions this instance takes (of 0..{count}; each instance its own)"
         ));
     }
     for q in partitions {
