@@ -202,6 +202,10 @@ fn service_with(brokers: &str, extra: &[(&str, &str)]) -> (Svc, std::sync::mpsc:
         ("AUGUR_KAFKA__BROKERS", brokers),
         ("AUGUR_KAFKA__PARTITIONS", "3"),
         ("AUGUR_KAFKA__INSTANCE_ID", "augur-faults"),
+        // One static member on tansu: the eager assignor (a rejoining static member got no
+        // partitions with cooperative-sticky; docs/SCALING.md). The cooperative path across
+        // instances is tests/scaleout.rs's.
+        ("AUGUR_KAFKA__ASSIGNMENT_STRATEGY", "range"),
         ("AUGUR_SERVICE__SHUTDOWN_TIMEOUT_MS", "5000"),
         ("AUGUR_HTTP__BIND", &http),
         ("RUST_LOG", "warn,augur_service::service=info"),
@@ -460,7 +464,13 @@ fn fault_connection_to_the_broker_cut_then_half_open() {
     broker.advertised = Some(proxy.port);
     broker.restart();
     topics(&proxy.addr());
-    let (svc, _log) = service(&proxy.addr());
+    let (svc, log, _) = service_with(
+        &proxy.addr(),
+        &[(
+            "RUST_LOG",
+            "warn,augur_service::service=info,augur_service::bus::kafka=info",
+        )],
+    );
     let ledger = Ledger {
         inputs: real(4, 240),
         poison: Vec::new(),
@@ -486,6 +496,12 @@ fn fault_connection_to_the_broker_cut_then_half_open() {
     stop(svc);
     let (out, dlq) = final_read(&proxy.addr());
     let v = judge("broker link: latency, cut, half-open", &ledger, &out, &dlq, 80);
+    if !v.pass() {
+        // What the consumer went through (rebalances, commits), for the failure's reader.
+        for l in log.try_iter() {
+            println!("service: {l}");
+        }
+    }
     assert!(v.pass(), "{}", v.row());
 }
 

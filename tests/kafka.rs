@@ -305,6 +305,8 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
             .env("AUGUR_KAFKA__BROKERS", broker.brokers())
             .env("AUGUR_KAFKA__PARTITIONS", "3")
             .env("AUGUR_KAFKA__INSTANCE_ID", "augur-test-1")
+            // A static member on tansu: the eager assignor (docs/SCALING.md).
+            .env("AUGUR_KAFKA__ASSIGNMENT_STRATEGY", "range")
             .env("RUST_LOG", "info,librdkafka=warn")
             .stdout(std::process::Stdio::null())
             .stderr(

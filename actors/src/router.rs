@@ -262,11 +262,12 @@ impl Router {
     }
 
     fn route(&mut self, v: Vector) {
-        self.stats.emit(VectorRouted);
+        // History re-read only for windows is not input again (counted as refilled).
         if v.refill {
             self.refill(v);
             return;
         }
+        self.stats.emit(VectorRouted);
         // A key seen before is a duplicate only if the stream's current state routed it (its
         // last sequence is at or past it). A stream released or evicted since then starts
         // again: what its new owner re-reads past the mark is input again, and dropping it

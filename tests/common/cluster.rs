@@ -38,6 +38,17 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Starts the binary with `env` (whose `AUGUR_HTTP__BIND` is `http`) and waits until ready.
+    fn spawn(env: &[(&str, &str)], http: String) -> Instance {
+        let (child, log) = super::spawn_ready(env);
+        Instance {
+            child: Some(child),
+            log,
+            http,
+            lines: Vec::new(),
+        }
+    }
+
     /// An instance with NATS input and output only, taking `partitions` of deploy/nats.conf's
     /// four.
     pub fn start_nats(url: &str, partitions: &str) -> Instance {
@@ -54,13 +65,7 @@ impl Instance {
                 "warn,augur_service::service=info,augur_service::bus::nats=info",
             ),
         ];
-        let (child, log) = super::spawn_ready(&env);
-        Instance {
-            child: Some(child),
-            log,
-            http,
-            lines: Vec::new(),
-        }
+        Self::spawn(&env, http.clone())
     }
 
     pub fn start(brokers: &str, id: &str, extra: &[(&str, &str)]) -> Instance {
@@ -86,13 +91,7 @@ impl Instance {
             ),
         ];
         env.extend_from_slice(extra);
-        let (child, log) = super::spawn_ready(&env);
-        Instance {
-            child: Some(child),
-            log,
-            http,
-            lines: Vec::new(),
-        }
+        Self::spawn(&env, http.clone())
     }
 
     /// The log so far (kept: the hand-over lines are read at the end).
@@ -419,12 +418,6 @@ impl Instance {
                 "warn,augur_service::service=info,augur_service::bus::jetstream=info",
             ),
         ];
-        let (child, log) = super::spawn_ready(&env);
-        Instance {
-            child: Some(child),
-            log,
-            http,
-            lines: Vec::new(),
-        }
+        Self::spawn(&env, http.clone())
     }
 }

@@ -144,9 +144,10 @@ impl Intake {
         if n == 0 {
             return Ok(0);
         }
-        // Counted per timeframe; a batch is almost always one stream, so one increment.
+        // Counted per timeframe; a batch is almost always one stream, so one increment. History
+        // re-read only to refill windows is not input again (`augur_vectors_refilled_total`).
         let mut i = 0;
-        while i < n {
+        while i < n && !m.refill {
             let tf = vectors[i].key.timeframe.clone();
             let run = vectors[i..].iter().take_while(|v| v.key.timeframe == tf).count();
             FeaturesReceived {

@@ -38,7 +38,7 @@ pub fn consumer(cfg: &KafkaConfig, hand_over: HandOver) -> Result<GroupConsumer,
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("partition.assignment.strategy", &cfg.assignment_strategy)
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .set("max.poll.interval.ms", cfg.max_poll_interval_ms.to_string())

@@ -12,6 +12,13 @@ pub struct KafkaConfig {
     /// restarted instance takes its partitions back at once instead of waiting for the
     /// broker to expire the old member.
     pub instance_id: String,
+    /// librdkafka's `partition.assignment.strategy`: `cooperative-sticky` (a rebalance moves
+    /// only the partitions that change owner; the others keep flowing), or the eager `range` /
+    /// `roundrobin` (every member gives up everything at each rebalance). Against tansu 0.6.0
+    /// a static member (`instance_id`) that rejoins with cooperative-sticky was given no
+    /// partitions (its changing member metadata keeps the group forming): with static
+    /// membership on tansu, use `range` (docs/SCALING.md).
+    pub assignment_strategy: String,
     pub input_topic: String,
     pub output_topic: String,
     pub dlq_topic: String,
@@ -71,6 +78,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "augur".into(),
             instance_id: String::new(),
+            assignment_strategy: "cooperative-sticky".into(),
             input_topic: "ml-feature-vectors".into(),
             output_topic: "ml-predictions-output".into(),
             dlq_topic: "ml-feature-vectors-dlq".into(),
@@ -126,6 +134,15 @@ impl KafkaConfig {
                     p.push(format!("kafka.{a} and kafka.{b} are both {x:?}"));
                 }
             }
+        }
+        if !matches!(
+            self.assignment_strategy.as_str(),
+            "cooperative-sticky" | "range" | "roundrobin"
+        ) {
+            p.push(format!(
+                "kafka.assignment_strategy must be cooperative-sticky, range or roundrobin, got {:?}",
+                self.assignment_strategy
+            ));
         }
         if !(1..=1024).contains(&self.partitions) {
             p.push(format!(
