@@ -48,20 +48,35 @@ pub async fn run(
     let lock = || owner.lock().unwrap_or_else(|e| e.into_inner());
     let topic = cfg.input_topic.clone();
     let marks = cfg.marks_topic.clone();
-    let commit = |mode: CommitMode| {
-        let tpl = {
-            let mut st = lock();
-            let owned = st.owned();
-            st.commit_list(owned, &topic, &marks)
-        };
-        if tpl.count() == 0 {
+    let commit_list = || {
+        let mut st = lock();
+        let owned = st.owned();
+        st.commit_list(owned, &topic, &marks)
+    };
+    let report = |r: rdkafka::error::KafkaResult<()>| match r {
+        Ok(()) => tracing::trace!("kafka offsets and marks committed"),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(error = %e, "kafka commit failed"),
+    };
+    // The periodic commit: one at a time, synchronous on a blocking thread. Commits that pile
+    // up against a slow or half-open broker (each waits out the socket timeout) would also
+    // hold up every rebalance, which librdkafka completes only once the commits before it
+    // are answered.
+    let committing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let periodic = || {
+        if committing.swap(true, Ordering::AcqRel) {
             return;
         }
-        match consumer.commit(&tpl, mode) {
-            Ok(()) => tracing::trace!("kafka offsets and marks committed"),
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(error = %e, "kafka commit failed"),
+        let tpl = commit_list();
+        if tpl.count() == 0 {
+            committing.store(false, Ordering::Release);
+            return;
         }
+        let (c, flag) = (consumer.clone(), committing.clone());
+        tokio::task::spawn_blocking(move || {
+            report(c.commit(&tpl, CommitMode::Sync));
+            flag.store(false, Ordering::Release);
+        });
     };
     // Completions come in bursts of thousands: each is applied at once (cheap), but the
     // offsets are worked out at most every STORE_EVERY per partition, and committed every
@@ -143,7 +158,7 @@ pub async fn run(
                     .owned_streams
                     .store(st.parts.values().map(|o| o.streams.len()).sum::<usize>() as u64, Ordering::Relaxed);
             }
-            _ = commits.tick() => commit(CommitMode::Async),
+            _ = commits.tick() => periodic(),
             m = consumer.recv(), if consuming => match m {
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka consume error");
@@ -204,7 +219,10 @@ pub async fn run(
         tracing::info!("kafka intake consumed nothing; no final commit");
         return;
     }
-    commit(CommitMode::Sync);
+    let tpl = commit_list();
+    if tpl.count() > 0 {
+        report(consumer.commit(&tpl, CommitMode::Sync));
+    }
     consumer.context().closing.store(true, Ordering::Relaxed);
     tracing::info!(pending = lock().tracker.pending(), "kafka offsets committed");
 }
