@@ -513,6 +513,79 @@ fn fault_connection_to_the_broker_cut_then_half_open() {
     assert!(v.pass(), "{}", v.row());
 }
 
+#[test]
+fn fault_static_member_whose_session_timed_out_is_never_silent() {
+    let _s = serial();
+    // A static member (group.instance.id) cut from the broker past its session timeout, then
+    // healed. On a broker that implements static membership it owns its partitions again and
+    // loses nothing. tansu 0.6.0 expires a dead member only on a dynamic member's request, so
+    // the timed-out member id stays the group's leader and the group never forms again
+    // (docs/SCALING.md): then the service must say so (health, metric, log) rather than stay
+    // ready and silent.
+    let mut broker = common::Tansu::reserve(true);
+    let proxy = common::proxy::Proxy::start(broker.brokers());
+    broker.advertised = Some(proxy.port);
+    broker.restart();
+    topics(&proxy.addr());
+    let session_ms = 6000u64;
+    let (svc, log, http) = service_with(
+        &proxy.addr(),
+        &[
+            ("AUGUR_KAFKA__INSTANCE_ID", "augur-static"),
+            ("AUGUR_KAFKA__ASSIGNMENT_STRATEGY", "cooperative-sticky"),
+            ("AUGUR_KAFKA__SESSION_TIMEOUT_MS", "6000"),
+        ],
+    );
+    let ledger = Ledger {
+        inputs: real(2, 200),
+        poison: Vec::new(),
+    };
+    let msgs: Vec<_> = ledger.inputs.iter().map(encode).collect();
+    let feeder = feed(proxy.addr(), msgs, 10, Duration::from_secs(20));
+    working(&proxy.addr(), 30);
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(session_ms + 3000));
+    proxy.heal();
+    feeder.join().unwrap();
+    let (out, _) = collect(
+        &proxy.addr(),
+        &ledger,
+        Duration::from_secs(4 * session_ms / 1000 + 10),
+    );
+    let expected = expected_keys(&ledger.inputs);
+    let got: HashSet<_> = payloads(&out)
+        .iter()
+        .filter_map(|b| pb::EnsemblePrediction::decode(&b[..]).ok())
+        .map(|p| key_of(&p))
+        .collect();
+    let lost = expected.difference(&got).count();
+    let (_, health) = common::get_json(&http, "/api/v1/health");
+    let kafka = &health["buses"]["kafka"];
+    let idle_ms = kafka["unassigned_ms"].as_u64().unwrap_or_default();
+    let gauge = metric(&http, "augur_kafka_unassigned_seconds");
+    stop(svc);
+    let lines: Vec<String> = log.try_iter().collect();
+    let warned = lines.iter().any(|l| l.contains("owns no input partition"));
+    println!(
+        "static member after a session timeout: {lost} of {} lost; health {kafka}; gauge {gauge}; warned {warned}",
+        expected.len()
+    );
+    if lost > 0 {
+        // Stalled: reported by all three, past three sessions, with nothing assigned.
+        assert!(idle_ms >= 3 * session_ms, "health: {kafka}");
+        assert_eq!(
+            kafka["assigned_partitions"],
+            serde_json::json!([]),
+            "health: {kafka}"
+        );
+        assert!(gauge >= (3 * session_ms / 1000) as f64, "gauge {gauge}");
+        assert!(warned, "no warning in the log: {lines:#?}");
+    } else {
+        assert_eq!(idle_ms, 0, "owns its partitions again: {kafka}");
+        assert!(gauge < 1.0, "gauge {gauge}");
+    }
+}
+
 /// Wraps a shipped TorchScript model: exactly the original for its first `normal` calls (the
 /// load checks and the warm-up of every batch size), then on every call it raises (`crash`)
 /// or first burns about `slow_ms` of CPU in matrix products (`slow`); `stall` burns once, on

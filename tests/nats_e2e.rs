@@ -297,7 +297,7 @@ fn test_a_bad_config_fails_at_start_up_listing_every_problem() {
     let p = dir.path().join("bad.toml");
     std::fs::write(
         &p,
-        "[executor]\nmax_batch = 0\n[nats]\nurll = \"x\"\n[breaker]\nfailure_rate = 7.0\n",
+        "[executor]\nmax_batch = 0\n[nats]\nurll = \"x\"\n[breaker]\nfailure_rate = 7.0\n[kafka]\nenabled = true\ndebug = \"cgrp,groups\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
@@ -310,6 +310,10 @@ fn test_a_bad_config_fails_at_start_up_listing_every_problem() {
     assert!(err.contains("unknown key nats.urll"), "{err}");
     assert!(err.contains("executor.max_batch"), "{err}");
     assert!(err.contains("breaker.failure_rate"), "{err}");
+    assert!(
+        err.contains("kafka.debug has unknown librdkafka debug contexts [\"groups\"]"),
+        "{err}"
+    );
 }
 
 #[test]

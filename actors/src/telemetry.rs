@@ -19,6 +19,7 @@ pub const KAFKA_UNCOMMITTED: &str = "augur_kafka_uncommitted_messages";
 pub const KAFKA_REWIND_STREAMS: &str = "augur_kafka_rewind_streams";
 pub const KAFKA_ASSIGNED_PARTITIONS: &str = "augur_kafka_assigned_partitions";
 pub const KAFKA_REBALANCES: &str = "augur_kafka_rebalances_total";
+pub const KAFKA_UNASSIGNED_SECONDS: &str = "augur_kafka_unassigned_seconds";
 pub const SHUTDOWN_ABANDONED: &str = "augur_shutdown_events_abandoned_total";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
 pub const PREDICTIONS_PUBLISHED: &str = "augur_predictions_published_total";
@@ -141,6 +142,11 @@ pub fn describe() {
     describe_gauge!(
         KAFKA_ASSIGNED_PARTITIONS,
         "Input partitions this instance owns in its consumer group"
+    );
+    describe_gauge!(
+        KAFKA_UNASSIGNED_SECONDS,
+        Unit::Seconds,
+        "How long the consumer has been connected without owning an input partition (0 while it owns one)"
     );
     describe_counter!(
         KAFKA_REBALANCES,

@@ -33,6 +33,9 @@ pub fn consumer(cfg: &KafkaConfig, hand_over: HandOver) -> Result<GroupConsumer,
     if !cfg.instance_id.is_empty() {
         c.set("group.instance.id", &cfg.instance_id);
     }
+    if !cfg.debug.is_empty() {
+        c.set("debug", &cfg.debug);
+    }
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", "augur")
         .set("group.id", &cfg.group_id)

@@ -10,7 +10,8 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Static group membership (`group.instance.id`, unique per instance; "" for dynamic): a
     /// restarted instance takes its partitions back at once instead of waiting for the
-    /// broker to expire the old member.
+    /// broker to expire the old member. On tansu 0.6.0 a static member whose session timed
+    /// out never gets partitions again (docs/SCALING.md); the health thread reports it.
     pub instance_id: String,
     /// librdkafka's `partition.assignment.strategy`: `cooperative-sticky` (a rebalance moves
     /// only the partitions that change owner; the others keep flowing), or the eager `range` /
@@ -19,6 +20,9 @@ pub struct KafkaConfig {
     /// partitions (its changing member metadata keeps the group forming): with static
     /// membership on tansu, use `range` (docs/SCALING.md).
     pub assignment_strategy: String,
+    /// librdkafka debug contexts for the group consumer (its `debug` setting, e.g. `cgrp` or
+    /// `cgrp,topic,fetch`; "" for none), logged under the target `librdkafka` at debug level.
+    pub debug: String,
     pub input_topic: String,
     pub output_topic: String,
     pub dlq_topic: String,
@@ -79,6 +83,7 @@ impl Default for KafkaConfig {
             group_id: "augur".into(),
             instance_id: String::new(),
             assignment_strategy: "cooperative-sticky".into(),
+            debug: String::new(),
             input_topic: "ml-feature-vectors".into(),
             output_topic: "ml-predictions-output".into(),
             dlq_topic: "ml-feature-vectors-dlq".into(),
@@ -142,6 +147,41 @@ impl KafkaConfig {
             p.push(format!(
                 "kafka.assignment_strategy must be cooperative-sticky, range or roundrobin, got {:?}",
                 self.assignment_strategy
+            ));
+        }
+        const DEBUG: &[&str] = &[
+            "generic",
+            "broker",
+            "topic",
+            "metadata",
+            "feature",
+            "queue",
+            "msg",
+            "protocol",
+            "cgrp",
+            "security",
+            "fetch",
+            "interceptor",
+            "plugin",
+            "consumer",
+            "admin",
+            "eos",
+            "mock",
+            "assignor",
+            "conf",
+            "telemetry",
+            "all",
+        ];
+        let unknown: Vec<&str> = self
+            .debug
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && !DEBUG.contains(c))
+            .collect();
+        if !unknown.is_empty() {
+            p.push(format!(
+                "kafka.debug has unknown librdkafka debug contexts {unknown:?} (known: {})",
+                DEBUG.join(",")
             ));
         }
         if !(1..=1024).contains(&self.partitions) {

@@ -256,7 +256,26 @@ impl HandOver {
     }
 }
 
-impl ClientContext for HandOver {}
+impl ClientContext for HandOver {
+    /// librdkafka's log lines (and, with `kafka.debug`, its debug contexts) into the service's
+    /// log under the target `librdkafka`.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+}
+
+/// One librdkafka log line into `tracing`, at its level.
+pub fn forward_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", fac, "{message}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
 
 impl ConsumerContext for HandOver {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

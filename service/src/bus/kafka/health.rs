@@ -33,6 +33,50 @@ pub struct KafkaStats {
     pub owned_streams: AtomicU64,
     /// The input partitions this instance owns.
     pub assigned: std::sync::Mutex<Vec<i32>>,
+    /// How long the consumer has been connected without owning a partition (ms; 0 while it
+    /// owns one).
+    pub unassigned_ms: AtomicU64,
+}
+
+/// Watches for a consumer that is connected yet owns no input partition. Past `after` it
+/// says so once, at warn level: either the group has more members than the topic has
+/// partitions (an idle standby), or the group cannot form. The latter is what tansu 0.6.0
+/// does to a static member (`group.instance.id`) whose session timed out: it expires dead
+/// members only on a dynamic member's join, sync or heartbeat, so the timed-out member id
+/// stays the group's leader and every SyncGroup answers REBALANCE_IN_PROGRESS, for good
+/// (docs/SCALING.md).
+#[derive(Debug)]
+pub struct Unassigned {
+    after: Duration,
+    since: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl Unassigned {
+    pub fn new(after: Duration) -> Self {
+        Unassigned {
+            after,
+            since: None,
+            warned: false,
+        }
+    }
+
+    /// One observation: `idle` when connected without a partition. Returns how long it has
+    /// been so, and whether the warning is due now (once per idle spell).
+    pub fn observe(&mut self, idle: bool, now: std::time::Instant) -> (Duration, bool) {
+        if !idle {
+            if self.warned {
+                tracing::info!("kafka consumer owns partitions again");
+            }
+            self.since = None;
+            self.warned = false;
+            return (Duration::ZERO, false);
+        }
+        let idle_for = now.duration_since(*self.since.get_or_insert(now));
+        let warn = !self.warned && idle_for >= self.after;
+        self.warned |= warn;
+        (idle_for, warn)
+    }
 }
 
 /// Watches the broker from a plain thread (librdkafka's metadata calls block): connection
@@ -43,16 +87,39 @@ pub fn spawn_health(
     topic: String,
     stats: Arc<KafkaStats>,
     stop: Arc<AtomicBool>,
+    unassigned_after: Duration,
 ) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name("kafka-health".into())
         .spawn(move || {
+            let mut unassigned = Unassigned::new(unassigned_after);
             while !stop.load(Ordering::Relaxed) {
                 let up = rdkafka::producer::Producer::client(&producer)
                     .fetch_metadata(None, Duration::from_millis(1000))
                     .is_ok();
                 if up != stats.connected.swap(up, Ordering::Relaxed) {
                     tracing::info!(connected = up, "kafka connection");
+                }
+                if consumer.is_some() {
+                    let idle = up
+                        && stats
+                            .assigned
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_empty();
+                    let (idle_for, warn) = unassigned.observe(idle, std::time::Instant::now());
+                    if warn {
+                        tracing::warn!(
+                            idle_s = idle_for.as_secs(),
+                            "kafka consumer connected but owns no input partition: more instances than \
+                             partitions, or the group cannot form (tansu 0.6.0 with a static member \
+                             whose session timed out: docs/SCALING.md)"
+                        );
+                    }
+                    stats
+                        .unassigned_ms
+                        .store(idle_for.as_millis() as u64, Ordering::Relaxed);
+                    metrics::gauge!(t::KAFKA_UNASSIGNED_SECONDS).set(idle_for.as_secs_f64());
                 }
                 if up && let Some(c) = &consumer {
                     let mut lag = 0i64;
@@ -118,6 +185,45 @@ impl Health for KafkaStats {
             "shed": self.shed.load(Ordering::Relaxed),
             "lag": self.lag.load(Ordering::Relaxed),
             "assigned_partitions": self.assigned.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            "unassigned_ms": self.unassigned_ms.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn unassigned_warns_once_per_idle_spell_past_the_limit() {
+        let mut u = Unassigned::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(u.observe(true, t0), (Duration::ZERO, false));
+        assert_eq!(
+            u.observe(true, t0 + Duration::from_secs(29)),
+            (Duration::from_secs(29), false)
+        );
+        assert_eq!(
+            u.observe(true, t0 + Duration::from_secs(30)),
+            (Duration::from_secs(30), true)
+        );
+        assert_eq!(
+            u.observe(true, t0 + Duration::from_secs(60)),
+            (Duration::from_secs(60), false)
+        );
+        // Partitions again: the spell ends; a new one counts from its own start.
+        assert_eq!(
+            u.observe(false, t0 + Duration::from_secs(61)),
+            (Duration::ZERO, false)
+        );
+        assert_eq!(
+            u.observe(true, t0 + Duration::from_secs(70)),
+            (Duration::ZERO, false)
+        );
+        assert_eq!(
+            u.observe(true, t0 + Duration::from_secs(100)),
+            (Duration::from_secs(30), true)
+        );
     }
 }

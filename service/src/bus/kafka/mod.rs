@@ -129,6 +129,8 @@ impl Transport for KafkaTransport {
             self.cfg.input_topic.clone(),
             self.stats.clone(),
             self.health_stop.clone(),
+            // Three sessions: a rebalance after a member's departure has settled by then.
+            std::time::Duration::from_millis(3 * self.cfg.session_timeout_ms),
         );
         let dlq = KafkaDeadLetters::new(
             self.producer.clone(),
