@@ -30,6 +30,7 @@ pub mod executor;
 pub mod gate;
 pub mod messages;
 pub mod model_actor;
+pub mod outcomes;
 pub mod pipeline;
 pub mod router;
 pub mod supervisor;

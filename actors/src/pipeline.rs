@@ -55,6 +55,10 @@ pub struct Pipeline {
     /// The members' gates, in member order (the stacker's is in `stacker`).
     pub gates: Vec<Arc<ModelGate>>,
     pub stacker: Option<Stacker>,
+    /// The outcomes actor's intake of bars (scoring), when outcomes are on.
+    bars: Option<Recipient<crate::outcomes::Bars>>,
+    /// Live quality, when outcomes are on.
+    pub quality: Option<Arc<crate::outcomes::Scoreboard>>,
 }
 
 impl Pipeline {
@@ -171,12 +175,47 @@ impl Pipeline {
             executor_config,
             gates: member_gates,
             stacker: stacker_out,
+            bars: None,
+            quality: None,
         })
+    }
+
+    /// Sends the bars of every vector ingested from now on to `bars` (the outcomes actor,
+    /// which must also be one of the publishers to see the predictions) and shows its
+    /// `quality`.
+    pub fn with_outcomes(
+        mut self,
+        bars: Recipient<crate::outcomes::Bars>,
+        quality: Arc<crate::outcomes::Scoreboard>,
+    ) -> Self {
+        self.bars = Some(bars);
+        self.quality = Some(quality);
+        self
     }
 
     /// Hands validated vectors to the router; waits while its mailbox is full.
     pub async fn ingest(&self, vectors: Vec<Vector>) -> Result<(), MailboxError> {
+        if let Some(b) = &self.bars {
+            let bars: Vec<_> = vectors
+                .iter()
+                .filter_map(|v| Some((v.key.clone(), v.sequence, v.close?)))
+                .collect();
+            if !bars.is_empty() {
+                // Before the router: a bar is in the outcomes actor's mailbox before any
+                // prediction made from it.
+                b.send(crate::outcomes::Bars(bars)).await?;
+            }
+        }
         self.router.send(Ingest(vectors)).await
+    }
+
+    /// Waits until the outcomes actor has handled everything sent to it before (the
+    /// predictions of every drained event among them): a round trip through its mailbox.
+    pub async fn settle_outcomes(&self) -> Result<(), MailboxError> {
+        match &self.bars {
+            Some(b) => b.send(crate::outcomes::Bars(Vec::new())).await,
+            None => Ok(()),
+        }
     }
 
     /// Drops the state of `streams` (their input moved to another instance) once what was

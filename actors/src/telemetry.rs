@@ -19,6 +19,10 @@ pub const KAFKA_UNCOMMITTED: &str = "augur_kafka_uncommitted_messages";
 pub const KAFKA_REWIND_STREAMS: &str = "augur_kafka_rewind_streams";
 pub const KAFKA_ASSIGNED_PARTITIONS: &str = "augur_kafka_assigned_partitions";
 pub const KAFKA_REBALANCES: &str = "augur_kafka_rebalances_total";
+pub const MODEL_QUALITY: &str = "augur_model_quality";
+pub const MODEL_QUALITY_REFERENCE: &str = "augur_model_quality_reference";
+pub const OUTCOMES_RESOLVED: &str = "augur_outcomes_resolved_total";
+pub const OUTCOMES_UNRESOLVED: &str = "augur_outcomes_unresolved_total";
 pub const KAFKA_UNASSIGNED_SECONDS: &str = "augur_kafka_unassigned_seconds";
 pub const SHUTDOWN_ABANDONED: &str = "augur_shutdown_events_abandoned_total";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
@@ -142,6 +146,22 @@ pub fn describe() {
     describe_gauge!(
         KAFKA_ASSIGNED_PARTITIONS,
         "Input partitions this instance owns in its consumer group"
+    );
+    describe_gauge!(
+        MODEL_QUALITY,
+        "Realized quality of a model version (or the ensemble, version = method) per timeframe, by metric (accuracy, log_loss, brier, hit_rate, ece, ic) and span (window, ewm)"
+    );
+    describe_gauge!(
+        MODEL_QUALITY_REFERENCE,
+        "A model version's offline figures from its manifest, by metric (test_accuracy, test_log_loss, baseline_accuracy, baseline_log_loss)"
+    );
+    describe_counter!(
+        OUTCOMES_RESOLVED,
+        "Predictions scored against the bar their horizon later, by timeframe"
+    );
+    describe_counter!(
+        OUTCOMES_UNRESOLVED,
+        "Predictions that could not be scored, by reason (no_history, bad_close, overflow)"
     );
     describe_gauge!(
         KAFKA_UNASSIGNED_SECONDS,

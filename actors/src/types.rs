@@ -146,6 +146,9 @@ pub struct Vector {
     /// already predicted (by this instance before, or by the partition's previous owner), so
     /// it fills the window and makes no event and no prediction.
     pub refill: bool,
+    /// The close of the bar the vector describes, when it carries a bar: it scores earlier
+    /// predictions of the stream (`outcomes`).
+    pub close: Option<f64>,
     /// Completion of the input message, when its transport needs one.
     pub ack: Option<Ack>,
 }

@@ -144,6 +144,7 @@ fn vector(sym: &str, tf: &str, seq: u64, x: f32) -> Vector {
         transport: Transport::REPLAY,
         late_ms: 0,
         refill: false,
+        close: None,
         ack: None,
     }
 }

@@ -431,6 +431,7 @@ impl Validator {
             transport,
             late_ms,
             refill: false,
+            close: v.bar.map(|b| b.close),
             ack: None,
         })
     }

@@ -98,6 +98,65 @@ impl Default for HttpConfig {
     }
 }
 
+/// The `[outcomes]` section: scoring every prediction against the market (docs/QUALITY.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutcomesConfig {
+    pub enabled: bool,
+    /// Outcomes in the sliding window of the live quality figures.
+    pub window: usize,
+    /// Weight of the newest outcome in the exponentially weighted figures, in (0, 1].
+    pub ewm_alpha: f64,
+    /// Streams followed at most (the least recently active beyond it are forgotten).
+    pub max_streams: usize,
+    /// Bars a prediction may reach the scorer after its horizon bar and still be scored (a
+    /// backlog); row labels kept per stream.
+    pub max_lag_bars: u64,
+}
+
+impl Default for OutcomesConfig {
+    fn default() -> Self {
+        OutcomesConfig {
+            enabled: true,
+            window: 500,
+            ewm_alpha: 0.02,
+            max_streams: 100_000,
+            max_lag_bars: 256,
+        }
+    }
+}
+
+impl OutcomesConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(10..=100_000).contains(&self.window) {
+            p.push(format!(
+                "outcomes.window must be in 10..=100000, got {}",
+                self.window
+            ));
+        }
+        if !(self.ewm_alpha > 0.0 && self.ewm_alpha <= 1.0) {
+            p.push(format!(
+                "outcomes.ewm_alpha must be in (0, 1], got {}",
+                self.ewm_alpha
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_lag_bars) {
+            p.push(format!(
+                "outcomes.max_lag_bars must be in 1..=100000, got {}",
+                self.max_lag_bars
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.max_streams) {
+            p.push(format!(
+                "outcomes.max_streams must be in 1..=10000000, got {}",
+                self.max_streams
+            ));
+        }
+        p
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -111,6 +170,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub kafka: KafkaConfig,
     pub jetstream: JetStreamConfig,
+    pub outcomes: OutcomesConfig,
 }
 
 /// Every problem found, one per line.
@@ -187,6 +247,7 @@ impl Config {
         section!("http", http);
         section!("kafka", kafka);
         section!("jetstream", jetstream);
+        section!("outcomes", outcomes);
         problems.extend(cfg.problems());
         if problems.is_empty() {
             Ok(cfg)
@@ -197,7 +258,7 @@ impl Config {
 
     /// Semantic checks, all of them.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
+        let mut p = self.outcomes.problems();
         let s = &self.service;
         if DeviceSpec::parse(&s.device).is_none() {
             p.push(format!(

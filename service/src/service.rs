@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use augur_actors::clock::SystemClock;
 use augur_actors::executor::BatchObserver;
 use augur_actors::messages::{Barrier, Publish};
+use augur_actors::outcomes::{LabelSpec, Outcomes, QualityConfig, Reference, Scoreboard};
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig, StackerSpec};
 use augur_actors::telemetry::{self as t, PipelineStats};
 use augur_actors::types::{Ensemble, Transport as Label};
@@ -75,6 +76,84 @@ pub fn validator(cfg: &Config) -> anyhow::Result<Validator> {
 
 /// Loads, checks and warms every model, then starts the actor graph.
 pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -> anyhow::Result<Pipeline> {
+    build_pipeline_with(cfg, publishers, false).await
+}
+
+/// The scoreboard of the served models: their common label definition and their offline
+/// figures (manifests' `[label]` and `[metrics]`). Members that label differently cannot be
+/// scored against one outcome: a problem.
+fn scoreboard(cfg: &Config, record: bool) -> Result<Arc<Scoreboard>, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut spec: Option<(String, LabelSpec)> = None;
+    let mut references = std::collections::HashMap::new();
+    let ids = cfg
+        .service
+        .members
+        .iter()
+        .chain(std::iter::once(&cfg.service.stacker).filter(|s| !s.is_empty()));
+    for id in ids {
+        let m = match model_dir(cfg, id).and_then(|d| Manifest::load(&d).map_err(anyhow::Error::msg)) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(format!("{id}: {e:#}"));
+                continue;
+            }
+        };
+        let this = LabelSpec {
+            horizon: m.label.horizon_bars,
+            threshold_k: m.label.threshold_k,
+        };
+        match &spec {
+            None => spec = Some((id.clone(), this)),
+            Some((first, s)) if *s != this => problems.push(format!(
+                "outcomes: {id} labels with horizon {} and threshold_k {}, {first} with horizon {} and threshold_k {}: \
+                 one outcome cannot score both (set outcomes.enabled = false, or serve models of one label)",
+                this.horizon, this.threshold_k, s.horizon, s.threshold_k
+            )),
+            Some(_) => {}
+        }
+        let f = |k: &str| m.metrics.get(k).and_then(|v| v.as_float());
+        references.insert(
+            (m.id.clone(), m.version.clone()),
+            Reference {
+                test_accuracy: f("test_accuracy"),
+                test_log_loss: f("test_log_loss"),
+                baseline_accuracy: f("baseline_accuracy"),
+                baseline_log_loss: f("baseline_log_loss"),
+            },
+        );
+    }
+    match spec {
+        Some((_, s)) if problems.is_empty() && s.horizon > 0 => Ok(Arc::new(Scoreboard::new(
+            QualityConfig {
+                window: cfg.outcomes.window,
+                ewm_alpha: cfg.outcomes.ewm_alpha,
+                record,
+                max_streams: cfg.outcomes.max_streams,
+                // A replay runs far ahead of its predictions: every row's label is kept.
+                max_lag_bars: if record {
+                    u64::MAX / 4
+                } else {
+                    cfg.outcomes.max_lag_bars
+                },
+            },
+            s,
+            references,
+        ))),
+        Some((id, s)) if problems.is_empty() => Err(vec![format!(
+            "outcomes: {id} has label horizon {}; it must be at least 1",
+            s.horizon
+        )]),
+        _ => Err(problems),
+    }
+}
+
+/// [`build_pipeline`], keeping every outcome in memory when `replay_record` (replay).
+pub async fn build_pipeline_with(
+    cfg: &Config,
+    publishers: Vec<Recipient<Publish>>,
+    replay_record: bool,
+) -> anyhow::Result<Pipeline> {
     let device = DeviceSpec::parse(&cfg.service.device).context("service.device")?;
     let threads = cfg.service.intra_op_threads;
     let mut problems = Vec::new();
@@ -116,9 +195,26 @@ pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -
             }
         }
     }
+    let outcomes = if cfg.outcomes.enabled && problems.is_empty() {
+        match scoreboard(cfg, replay_record) {
+            Ok(board) => Some(board),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        }
+    } else {
+        None
+    };
     if !problems.is_empty() {
         anyhow::bail!("models failed to load:\n  - {}", problems.join("\n  - "));
     }
+    let mut publishers = publishers;
+    let outcomes = outcomes.map(|board| {
+        let addr = Outcomes::new(board.clone()).start();
+        publishers.push(addr.clone().recipient());
+        (addr, board)
+    });
     let pcfg = PipelineConfig {
         router: cfg.router.clone(),
         executor: cfg.executor.clone(),
@@ -126,7 +222,7 @@ pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -
         aggregator: cfg.aggregator.clone(),
     };
     t::describe();
-    Pipeline::start(
+    let pipeline = Pipeline::start(
         pcfg,
         members,
         stacker,
@@ -135,7 +231,11 @@ pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -
         Arc::new(MetricsObserver),
     )
     .await
-    .map_err(|p| anyhow::anyhow!("models failed to start:\n  - {}", p.join("\n  - ")))
+    .map_err(|p| anyhow::anyhow!("models failed to start:\n  - {}", p.join("\n  - ")))?;
+    Ok(match outcomes {
+        Some((addr, board)) => pipeline.with_outcomes(addr.recipient(), board),
+        None => pipeline,
+    })
 }
 
 /// `augur replay`: the same graph on an in-process bus. Input: length-delimited
@@ -148,7 +248,7 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
     let mut cfg = cfg.clone();
     // Replay waits for every member: completeness over latency.
     cfg.aggregator.deadline_ms = cfg.aggregator.deadline_ms.max(60_000);
-    let pipeline = build_pipeline(&cfg, vec![sink.clone().recipient()]).await?;
+    let pipeline = build_pipeline_with(&cfg, vec![sink.clone().recipient()], true).await?;
     let validator = validator(&cfg)?.with_max_age(0);
     let mut rejects = Vec::new();
     for (i, payload) in codec::read_length_delimited(input)
@@ -169,10 +269,12 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
     }
     // The collector has every prediction once its mailbox is handled.
     sink.send(Barrier).await?;
+    pipeline.settle_outcomes().await?;
     Ok(ReplayOutput {
         predictions: collector.sorted(),
         rejects,
         stats: pipeline.stats.clone(),
+        quality: pipeline.quality.clone(),
     })
 }
 
@@ -180,6 +282,8 @@ pub struct ReplayOutput {
     pub predictions: Vec<Arc<Ensemble>>,
     pub rejects: Vec<String>,
     pub stats: Arc<PipelineStats>,
+    /// Every outcome and the quality figures (`outcomes.enabled`).
+    pub quality: Option<Arc<Scoreboard>>,
 }
 
 /// What `serve` did, for the caller and the tests.

@@ -1,0 +1,801 @@
+//! Outcomes: every prediction scored by the market. When the bar `horizon` bars after a
+//! prediction's bar arrives on the same stream, the realized label resolves it, computed
+//! exactly as `models/train/train.py` labels its training rows:
+//!
+//! ```text
+//! r = ln(close[t+h] / close[t]);  thr = k * volatility_20[t] * sqrt(h)
+//! label = long if r > thr, short if r < -thr, else neutral
+//! ```
+//!
+//! `volatility_20[t]` is recomputed here in float64 from the stream's own closes (the
+//! population standard deviation of the last 20 log returns, summed in order as
+//! `features.py` does), not read from the float32 feature, so that the label is exact.
+//!
+//! The [`Outcomes`] actor gets every bar (from the pipeline's intake, refills included) and
+//! every ensemble prediction (as one more `Publish` sink), in either order, and feeds the
+//! [`Scoreboard`]: live quality per (model, version, timeframe) and for the ensemble.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::messages::Publish;
+use crate::telemetry as t;
+use crate::types::{StreamKey, argmax};
+
+/// Predictions waiting for their horizon, per stream.
+const MAX_PENDING: usize = 512;
+/// Log-loss clipping, as `train.py` scores its test split.
+pub const EPS: f64 = 1e-7;
+/// Bins of the expected calibration error.
+const ECE_BINS: usize = 10;
+
+/// The label definition of the served models (their manifests' `[label]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LabelSpec {
+    pub horizon: u32,
+    pub threshold_k: f64,
+}
+
+/// The population standard deviation of the log returns of `closes` (oldest first), in
+/// the order and arithmetic of `features.py`'s `_mean_std`.
+pub fn volatility(closes: &[f64]) -> f64 {
+    let rets: Vec<f64> = closes.windows(2).map(|w| (w[1] / w[0]).ln()).collect();
+    let n = rets.len() as f64;
+    let mut sum = 0.0;
+    for r in &rets {
+        sum += r;
+    }
+    let m = sum / n;
+    let mut var = 0.0;
+    for r in &rets {
+        var += (r - m) * (r - m);
+    }
+    (var / n).sqrt()
+}
+
+/// The realized label (0 short, 1 neutral, 2 long) and log return.
+pub fn label(spec: LabelSpec, close_t: f64, close_h: f64, vol20_t: f64) -> (usize, f64) {
+    let r = (close_h / close_t).ln();
+    let thr = spec.threshold_k * vol20_t * f64::from(spec.horizon).sqrt();
+    let y = if r > thr {
+        2
+    } else if r < -thr {
+        0
+    } else {
+        1
+    };
+    (y, r)
+}
+
+/// One scored output: a member's or the ensemble's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    pub model_id: Arc<str>,
+    pub model_version: Arc<str>,
+    pub probabilities: Vec<f32>,
+}
+
+/// A prediction waiting for its horizon (copied out of the ensemble: its input's
+/// acknowledgement is not held).
+#[derive(Debug, Clone)]
+struct Pending {
+    event_id: String,
+    outputs: Vec<Scored>,
+}
+
+/// A resolved prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub symbol: Arc<str>,
+    pub timeframe: Arc<str>,
+    pub sequence: u64,
+    pub event_id: String,
+    pub horizon: u32,
+    pub label: usize,
+    pub realized_return: f64,
+    /// The ensemble first (`model_id` "ensemble", version the method), then the members.
+    pub outputs: Vec<Scored>,
+}
+
+/// Why a prediction was not scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The 21 closes before its bar, or the bar itself, were not seen (a stream's first bars,
+    /// a gap, a late prediction past the kept bars).
+    NoHistory,
+    /// A close that is not a positive finite number.
+    BadClose,
+    /// Too many predictions waiting on one stream.
+    Overflow,
+}
+
+impl Unresolved {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unresolved::NoHistory => "no_history",
+            Unresolved::BadClose => "bad_close",
+            Unresolved::Overflow => "overflow",
+        }
+    }
+}
+
+type Resolution = Result<(usize, f64), Unresolved>;
+
+/// One stream's last closes (by sequence), the labels of its recent rows, and its predictions
+/// waiting for their horizon.
+#[derive(Debug, Default)]
+pub struct StreamBook {
+    /// The last h + 21 closes: a row's label needs its 21 closes and the one h later.
+    closes: BTreeMap<u64, f64>,
+    /// Labels of the last `max_lag` rows, for predictions that reach the outcomes actor
+    /// after later bars (a fast replay, a backlog).
+    labels: BTreeMap<u64, Resolution>,
+    pending: BTreeMap<u64, Pending>,
+    newest: u64,
+}
+
+impl StreamBook {
+    fn vol20(&self, t: u64) -> Option<f64> {
+        if t < 20 {
+            return None;
+        }
+        let closes: Vec<f64> = self.closes.range(t - 20..=t).map(|(_, c)| *c).collect();
+        (closes.len() == 21).then(|| volatility(&closes))
+    }
+
+    /// Records a bar, labels the row `horizon` bars before it, and returns the predictions
+    /// resolved (or given up) since.
+    fn bar(
+        &mut self,
+        spec: LabelSpec,
+        max_lag: u64,
+        sequence: u64,
+        close: f64,
+    ) -> Vec<(u64, Pending, Resolution)> {
+        let h = u64::from(spec.horizon);
+        self.closes.insert(sequence, close);
+        self.newest = self.newest.max(sequence);
+        if let Some(t) = sequence.checked_sub(h)
+            && let Some(&c0) = self.closes.get(&t)
+        {
+            let row = match self.vol20(t) {
+                Some(v)
+                    if c0 > 0.0 && close > 0.0 && c0.is_finite() && close.is_finite() && v.is_finite() =>
+                {
+                    Ok(label(spec, c0, close, v))
+                }
+                Some(_) => Err(Unresolved::BadClose),
+                None => Err(Unresolved::NoHistory),
+            };
+            self.labels.insert(t, row);
+        }
+        while self.closes.len() as u64 > h + 21 {
+            self.closes.pop_first();
+        }
+        while self.labels.len() as u64 > max_lag.max(1) {
+            self.labels.pop_first();
+        }
+        self.resolve(spec, max_lag)
+    }
+
+    fn predicted(
+        &mut self,
+        spec: LabelSpec,
+        max_lag: u64,
+        sequence: u64,
+        p: Pending,
+    ) -> Vec<(u64, Pending, Resolution)> {
+        let mut out = Vec::new();
+        if self.pending.len() >= MAX_PENDING
+            && let Some((s, old)) = self.pending.pop_first()
+        {
+            out.push((s, old, Err(Unresolved::Overflow)));
+        }
+        self.pending.insert(sequence, p);
+        out.extend(self.resolve(spec, max_lag));
+        out
+    }
+
+    /// Resolves every pending prediction whose row is labelled; gives up on those whose
+    /// label can no longer come (its horizon bar is past and the row unlabelled, or older
+    /// than every label kept).
+    fn resolve(&mut self, spec: LabelSpec, max_lag: u64) -> Vec<(u64, Pending, Resolution)> {
+        let h = u64::from(spec.horizon);
+        let done: Vec<u64> = self
+            .pending
+            .keys()
+            .copied()
+            .filter(|t| self.labels.contains_key(t) || self.newest >= t + h + max_lag)
+            .collect();
+        let mut out = Vec::new();
+        for t in done {
+            if let Some(p) = self.pending.remove(&t) {
+                let r = self.labels.get(&t).copied().unwrap_or(Err(Unresolved::NoHistory));
+                out.push((t, p, r));
+            }
+        }
+        out
+    }
+}
+
+/// Running figures of one scored output over a sliding window, an exponentially weighted
+/// average and everything since start.
+#[derive(Debug, Clone)]
+struct Scores {
+    window: VecDeque<Obs>,
+    ewm: Option<Ewm>,
+    total: Ewm,
+    total_n: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Obs {
+    correct: bool,
+    log_loss: f64,
+    brier: f64,
+    /// A directional call (long or short): whether it was right.
+    call: Option<bool>,
+    confidence: f64,
+    /// p(long) - p(short).
+    signed: f64,
+    ret: f64,
+}
+
+/// Averages (exponentially weighted, or plain sums for the totals).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Ewm {
+    accuracy: f64,
+    log_loss: f64,
+    brier: f64,
+    hit_rate: f64,
+    calls: f64,
+}
+
+/// Quality figures of one output over one span.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Figures {
+    pub outcomes: u64,
+    pub accuracy: f64,
+    pub log_loss: f64,
+    pub brier: f64,
+    /// Share of right calls among the directional ones (long or short); null without any.
+    pub hit_rate: Option<f64>,
+    /// Expected calibration error over 10 confidence bins (window only).
+    pub ece: Option<f64>,
+    /// Spearman rank correlation of p(long) - p(short) with the realized return (window only).
+    pub ic: Option<f64>,
+}
+
+fn observe(p: &[f32], label: usize, ret: f64) -> Obs {
+    let (i, conf) = argmax(p);
+    let py = p.get(label).copied().unwrap_or(0.0) as f64;
+    let brier = p
+        .iter()
+        .enumerate()
+        .map(|(k, &q)| {
+            let d = q as f64 - if k == label { 1.0 } else { 0.0 };
+            d * d
+        })
+        .sum();
+    Obs {
+        correct: i == label,
+        log_loss: -py.clamp(EPS, 1.0).ln(),
+        brier,
+        call: (i != 1).then_some(i == label),
+        confidence: conf as f64,
+        signed: p.get(2).copied().unwrap_or(0.0) as f64 - p.first().copied().unwrap_or(0.0) as f64,
+        ret,
+    }
+}
+
+/// Ranks with ties averaged (1-based).
+fn ranks(xs: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..xs.len()).collect();
+    idx.sort_by(|a, b| xs[*a].total_cmp(&xs[*b]));
+    let mut r = vec![0.0; xs.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && xs[idx[j + 1]] == xs[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for k in &idx[i..=j] {
+            r[*k] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation; None when either side is constant or shorter than 3.
+pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() < 3 || a.len() != b.len() {
+        return None;
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
+    for (x, y) in ra.iter().zip(&rb) {
+        cov += (x - ma) * (y - mb);
+        va += (x - ma) * (x - ma);
+        vb += (y - mb) * (y - mb);
+    }
+    (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
+}
+
+impl Scores {
+    fn new() -> Self {
+        Scores {
+            window: VecDeque::new(),
+            ewm: None,
+            total: Ewm::default(),
+            total_n: 0,
+        }
+    }
+
+    fn add(&mut self, o: Obs, window: usize, alpha: f64) {
+        let x = Ewm {
+            accuracy: if o.correct { 1.0 } else { 0.0 },
+            log_loss: o.log_loss,
+            brier: o.brier,
+            hit_rate: match o.call {
+                Some(true) => 1.0,
+                _ => 0.0,
+            },
+            calls: if o.call.is_some() { 1.0 } else { 0.0 },
+        };
+        self.ewm = Some(match self.ewm {
+            None => x,
+            Some(e) => Ewm {
+                accuracy: e.accuracy + alpha * (x.accuracy - e.accuracy),
+                log_loss: e.log_loss + alpha * (x.log_loss - e.log_loss),
+                brier: e.brier + alpha * (x.brier - e.brier),
+                hit_rate: e.hit_rate + alpha * (x.hit_rate - e.hit_rate),
+                calls: e.calls + alpha * (x.calls - e.calls),
+            },
+        });
+        self.total.accuracy += x.accuracy;
+        self.total.log_loss += x.log_loss;
+        self.total.brier += x.brier;
+        self.total.hit_rate += x.hit_rate;
+        self.total.calls += x.calls;
+        self.total_n += 1;
+        self.window.push_back(o);
+        while self.window.len() > window {
+            self.window.pop_front();
+        }
+    }
+
+    fn window_figures(&self) -> Figures {
+        let n = self.window.len().max(1) as f64;
+        let w = &self.window;
+        let calls: Vec<bool> = w.iter().filter_map(|o| o.call).collect();
+        let mut bins = [(0.0f64, 0.0f64, 0u64); ECE_BINS];
+        for o in w {
+            let b = ((o.confidence * ECE_BINS as f64) as usize).min(ECE_BINS - 1);
+            bins[b].0 += o.confidence;
+            bins[b].1 += if o.correct { 1.0 } else { 0.0 };
+            bins[b].2 += 1;
+        }
+        let ece = bins
+            .iter()
+            .filter(|b| b.2 > 0)
+            .map(|(c, a, k)| (*k as f64 / n) * ((a - c) / *k as f64).abs())
+            .sum();
+        let signed: Vec<f64> = w.iter().map(|o| o.signed).collect();
+        let rets: Vec<f64> = w.iter().map(|o| o.ret).collect();
+        Figures {
+            outcomes: w.len() as u64,
+            accuracy: w.iter().filter(|o| o.correct).count() as f64 / n,
+            log_loss: w.iter().map(|o| o.log_loss).sum::<f64>() / n,
+            brier: w.iter().map(|o| o.brier).sum::<f64>() / n,
+            hit_rate: (!calls.is_empty())
+                .then(|| calls.iter().filter(|c| **c).count() as f64 / calls.len() as f64),
+            ece: (!w.is_empty()).then_some(ece),
+            ic: spearman(&signed, &rets),
+        }
+    }
+
+    fn ewm_figures(&self) -> Option<Figures> {
+        let e = self.ewm?;
+        Some(Figures {
+            outcomes: self.total_n,
+            accuracy: e.accuracy,
+            log_loss: e.log_loss,
+            brier: e.brier,
+            hit_rate: (e.calls > 0.0).then(|| e.hit_rate / e.calls),
+            ece: None,
+            ic: None,
+        })
+    }
+
+    fn total_figures(&self) -> Figures {
+        let n = self.total_n.max(1) as f64;
+        let t = self.total;
+        Figures {
+            outcomes: self.total_n,
+            accuracy: t.accuracy / n,
+            log_loss: t.log_loss / n,
+            brier: t.brier / n,
+            hit_rate: (t.calls > 0.0).then(|| t.hit_rate / t.calls),
+            ece: None,
+            ic: None,
+        }
+    }
+}
+
+/// A model's offline figures, from its manifest's `[metrics]`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Reference {
+    pub test_accuracy: Option<f64>,
+    pub test_log_loss: Option<f64>,
+    pub baseline_accuracy: Option<f64>,
+    pub baseline_log_loss: Option<f64>,
+}
+
+/// The quality report of one (model, version, timeframe).
+#[derive(Debug, Clone, Serialize)]
+pub struct QualityRow {
+    pub model: String,
+    pub version: String,
+    pub timeframe: String,
+    pub window: Figures,
+    pub ewm: Option<Figures>,
+    pub total: Figures,
+    pub reference: Reference,
+}
+
+/// Settings of the scoring.
+#[derive(Debug, Clone)]
+pub struct QualityConfig {
+    /// Outcomes in the sliding window.
+    pub window: usize,
+    /// Weight of the newest outcome in the exponentially weighted figures.
+    pub ewm_alpha: f64,
+    /// Keep every outcome in memory (replay and tests; never in serve).
+    pub record: bool,
+    /// Streams followed at most (the least recently active beyond it are forgotten).
+    pub max_streams: usize,
+    /// Bars a prediction may reach the outcomes actor after its horizon bar and still be
+    /// scored (row labels kept per stream).
+    pub max_lag_bars: u64,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            window: 500,
+            ewm_alpha: 0.02,
+            record: false,
+            max_streams: 100_000,
+            max_lag_bars: 256,
+        }
+    }
+}
+
+type ScoreKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// Live quality, shared with the HTTP API and the metrics.
+#[derive(Debug)]
+pub struct Scoreboard {
+    cfg: QualityConfig,
+    spec: LabelSpec,
+    scores: Mutex<BTreeMap<ScoreKey, Scores>>,
+    references: HashMap<(String, String), Reference>,
+    recorded: Mutex<Vec<Outcome>>,
+}
+
+impl Scoreboard {
+    pub fn new(
+        cfg: QualityConfig,
+        spec: LabelSpec,
+        references: HashMap<(String, String), Reference>,
+    ) -> Self {
+        Scoreboard {
+            cfg,
+            spec,
+            scores: Mutex::new(BTreeMap::new()),
+            references,
+            recorded: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn spec(&self) -> LabelSpec {
+        self.spec
+    }
+
+    fn add(&self, o: &Outcome) {
+        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        for s in &o.outputs {
+            let key = (s.model_id.clone(), s.model_version.clone(), o.timeframe.clone());
+            scores.entry(key).or_insert_with(Scores::new).add(
+                observe(&s.probabilities, o.label, o.realized_return),
+                self.cfg.window,
+                self.cfg.ewm_alpha,
+            );
+        }
+        drop(scores);
+        if self.cfg.record {
+            self.recorded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(o.clone());
+        }
+    }
+
+    /// Every (model, version, timeframe) scored so far, in order.
+    pub fn report(&self) -> Vec<QualityRow> {
+        let scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        scores
+            .iter()
+            .map(|((m, v, tf), s)| QualityRow {
+                model: m.to_string(),
+                version: v.to_string(),
+                timeframe: tf.to_string(),
+                window: s.window_figures(),
+                ewm: s.ewm_figures(),
+                total: s.total_figures(),
+                reference: self
+                    .references
+                    .get(&(m.to_string(), v.to_string()))
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The outcomes kept with `record` (replay, tests).
+    pub fn recorded(&self) -> Vec<Outcome> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the quality gauges (bounded labels: model, version, timeframe, metric, span).
+    pub fn export(&self) {
+        for r in self.report() {
+            let spans = [("window", Some(&r.window)), ("ewm", r.ewm.as_ref())];
+            for (span, f) in spans {
+                let Some(f) = f else { continue };
+                let values = [
+                    ("accuracy", Some(f.accuracy)),
+                    ("log_loss", Some(f.log_loss)),
+                    ("brier", Some(f.brier)),
+                    ("hit_rate", f.hit_rate),
+                    ("ece", f.ece),
+                    ("ic", f.ic),
+                ];
+                for (metric, v) in values {
+                    if let Some(v) = v {
+                        metrics::gauge!(t::MODEL_QUALITY, "model" => r.model.clone(), "version" => r.version.clone(),
+                            "timeframe" => r.timeframe.clone(), "metric" => metric, "span" => span)
+                        .set(v);
+                    }
+                }
+            }
+            for (metric, v) in [
+                ("test_accuracy", r.reference.test_accuracy),
+                ("test_log_loss", r.reference.test_log_loss),
+                ("baseline_accuracy", r.reference.baseline_accuracy),
+                ("baseline_log_loss", r.reference.baseline_log_loss),
+            ] {
+                if let Some(v) = v {
+                    metrics::gauge!(t::MODEL_QUALITY_REFERENCE, "model" => r.model.clone(), "version" => r.version.clone(), "metric" => metric)
+                        .set(v);
+                }
+            }
+        }
+    }
+}
+
+/// A batch of bars: (stream, sequence, close) of vectors as they come in.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Bars(pub Vec<(StreamKey, u64, f64)>);
+
+/// Resolves predictions against later bars; see the module docs.
+pub struct Outcomes {
+    board: Arc<Scoreboard>,
+    streams: lru::LruCache<StreamKey, StreamBook>,
+}
+
+impl Outcomes {
+    pub fn new(board: Arc<Scoreboard>) -> Self {
+        let cap =
+            std::num::NonZeroUsize::new(board.cfg.max_streams.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
+        Outcomes {
+            board,
+            streams: lru::LruCache::new(cap),
+        }
+    }
+
+    fn settle(&self, key: &StreamKey, done: Vec<(u64, Pending, Resolution)>) {
+        for (sequence, p, result) in done {
+            match result {
+                Ok((label, ret)) => {
+                    metrics::counter!(t::OUTCOMES_RESOLVED, "timeframe" => key.timeframe.to_string())
+                        .increment(1);
+                    self.board.add(&Outcome {
+                        symbol: key.symbol.clone(),
+                        timeframe: key.timeframe.clone(),
+                        sequence,
+                        event_id: p.event_id,
+                        horizon: self.board.spec.horizon,
+                        label,
+                        realized_return: ret,
+                        outputs: p.outputs,
+                    });
+                }
+                Err(why) => {
+                    metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => why.as_str()).increment(1);
+                }
+            }
+        }
+    }
+
+    fn book(&mut self, key: &StreamKey) -> &mut StreamBook {
+        self.streams.get_or_insert_mut(key.clone(), StreamBook::default)
+    }
+}
+
+impl Actor for Outcomes {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+        ctx.run_interval(std::time::Duration::from_secs(1), |o, _| {
+            o.board.export();
+            metrics::gauge!(t::STATE_ENTRIES, "map" => "outcome_streams").set(o.streams.len() as f64);
+        });
+    }
+}
+
+impl Handler<Bars> for Outcomes {
+    type Result = ();
+
+    fn handle(&mut self, msg: Bars, _: &mut Context<Self>) {
+        let (spec, lag) = (self.board.spec, self.board.cfg.max_lag_bars);
+        for (key, sequence, close) in msg.0 {
+            let done = self.book(&key).bar(spec, lag, sequence, close);
+            self.settle(&key, done);
+        }
+    }
+}
+
+impl Handler<Publish> for Outcomes {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        let e = &msg.0;
+        let key = StreamKey {
+            symbol: e.symbol.clone(),
+            timeframe: e.timeframe.clone(),
+        };
+        let mut outputs = Vec::with_capacity(e.members.len() + 1);
+        outputs.push(Scored {
+            model_id: "ensemble".into(),
+            model_version: e.method.into(),
+            probabilities: e.probabilities.clone(),
+        });
+        outputs.extend(e.members.iter().filter(|m| !m.fallback).map(|m| Scored {
+            model_id: m.model_id.clone(),
+            model_version: m.model_version.clone(),
+            probabilities: m.probabilities.clone(),
+        }));
+        let pending = Pending {
+            event_id: e.event_id.clone(),
+            outputs,
+        };
+        let sequence = e.sequence;
+        // The ensemble (and its input's acknowledgement) is let go here.
+        drop(msg);
+        let (spec, lag) = (self.board.spec, self.board.cfg.max_lag_bars);
+        let done = self.book(&key).predicted(spec, lag, sequence, pending);
+        self.settle(&key, done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: LabelSpec = LabelSpec {
+        horizon: 5,
+        threshold_k: 0.5,
+    };
+
+    fn pending(id: &str) -> Pending {
+        Pending {
+            event_id: id.into(),
+            outputs: vec![Scored {
+                model_id: "m".into(),
+                model_version: "1".into(),
+                probabilities: vec![0.2, 0.3, 0.5],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_prediction_resolves_when_its_horizon_bar_arrives_in_either_order() {
+        let closes: Vec<f64> = (0..40)
+            .map(|i| 100.0 * (1.0 + 0.01 * ((i * 7 % 5) as f64 - 2.0)))
+            .collect();
+        let mut book = StreamBook::default();
+        for (i, c) in closes.iter().enumerate().take(30) {
+            assert!(book.bar(SPEC, 64, i as u64 + 1, *c).is_empty());
+        }
+        // Predicted at sequence 25 (closes[24]); resolves at 30, already here.
+        let done = book.predicted(SPEC, 64, 25, pending("a"));
+        assert_eq!(done.len(), 1);
+        let (t, _, r) = &done[0];
+        assert_eq!(*t, 25);
+        let vol = volatility(&closes[4..=24]);
+        assert_eq!(
+            r.as_ref().ok().copied(),
+            Some(label(SPEC, closes[24], closes[29], vol))
+        );
+        // Predicted at 30: waits for 35.
+        assert!(book.predicted(SPEC, 64, 30, pending("b")).is_empty());
+        for (i, c) in closes.iter().enumerate().take(34).skip(30) {
+            assert!(book.bar(SPEC, 64, i as u64 + 1, *c).is_empty());
+        }
+        let done = book.bar(SPEC, 64, 35, closes[34]);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].0, 30);
+    }
+
+    #[test]
+    fn a_prediction_without_its_history_is_unresolved_not_guessed() {
+        let mut book = StreamBook::default();
+        for s in 1..=10 {
+            book.bar(SPEC, 64, s, 100.0 + s as f64);
+        }
+        // Sequence 3 has no 20 returns before it.
+        let done = book.predicted(SPEC, 64, 3, pending("x"));
+        assert!(
+            matches!(done[..], [(3, _, Err(Unresolved::NoHistory))]),
+            "{done:?}"
+        );
+    }
+
+    #[test]
+    fn labels_follow_the_threshold() {
+        // vol 0.01, h 5: thr = 0.5 * 0.01 * sqrt(5) = 0.01118
+        assert_eq!(label(SPEC, 100.0, 101.2, 0.01).0, 2);
+        assert_eq!(label(SPEC, 100.0, 98.8, 0.01).0, 0);
+        assert_eq!(label(SPEC, 100.0, 101.0, 0.01).0, 1);
+    }
+
+    #[test]
+    fn scores_of_a_perfect_and_a_wrong_model() {
+        let mut good = Scores::new();
+        let mut bad = Scores::new();
+        for i in 0..100 {
+            let y = i % 3;
+            let mut p = vec![0.0f32; 3];
+            p[y] = 1.0;
+            good.add(observe(&p, y, (y as f64 - 1.0) * 0.01), 50, 0.1);
+            let mut q = vec![0.0f32; 3];
+            q[(y + 1) % 3] = 1.0;
+            bad.add(observe(&q, y, (y as f64 - 1.0) * 0.01), 50, 0.1);
+        }
+        let g = good.window_figures();
+        assert_eq!((g.outcomes, g.accuracy, g.brier), (50, 1.0, 0.0));
+        assert!(g.log_loss < 1e-12);
+        assert_eq!(g.hit_rate, Some(1.0));
+        assert_eq!(g.ic.map(|x| (x * 1e9).round() / 1e9), Some(1.0));
+        assert_eq!(g.ece, Some(0.0));
+        let b = bad.total_figures();
+        assert_eq!((b.outcomes, b.accuracy, b.brier), (100, 0.0, 2.0));
+        assert!((b.log_loss + EPS.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn spearman_handles_ties_and_constants() {
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]), Some(1.0));
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+        assert_eq!(spearman(&[1.0, 1.0, 1.0], &[3.0, 2.0, 1.0]), None);
+    }
+}
