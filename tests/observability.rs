@@ -65,6 +65,12 @@ impl Prometheus {
         assert!(cfg.contains(target));
         let cfg_path = dir.path().join("prometheus.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
+        // Its rule file beside it, as shipped.
+        std::fs::copy(
+            common::root().join("deploy/alerts.yml"),
+            dir.path().join("alerts.yml"),
+        )
+        .unwrap();
         let port = common::free_port();
         let bin = ["/usr/bin/prometheus", "/usr/sbin/prometheus"]
             .into_iter()
@@ -173,6 +179,32 @@ fn test_every_dashboard_panel_returns_data_from_a_real_prometheus() {
         .parse()
         .unwrap();
     assert!(n > 0.0);
+    // The shipped alert rules are loaded and evaluated by the real Prometheus.
+    let (status, body) = common::http(&prom.addr, "GET", "/api/v1/rules", &[], b"");
+    assert_eq!(status, 200);
+    let rules: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let loaded: Vec<&str> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter(|r| r["health"] == "ok")
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        loaded.contains(&"AugurModelAccuracyBelowBaseline") && loaded.len() >= 5,
+        "{rules}"
+    );
+    // Live quality on the HTTP API: the members and the ensemble scored on both timeframes.
+    let (_, q) = common::get_json(&svc.http(), "/api/v1/quality");
+    let rows = q["rows"].as_array().unwrap();
+    for model in ["ensemble", "lstm-direction", "cnn-pattern", "xgb-direction"] {
+        let row = rows
+            .iter()
+            .find(|r| r["model"] == model)
+            .unwrap_or_else(|| panic!("{model}: {q}"));
+        assert!(row["total"]["outcomes"].as_u64().unwrap() > 0, "{row}");
+    }
     svc.stop();
 }
 

@@ -119,6 +119,7 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint("/api/v1/config", HttpMethod::GET, get_config),
         endpoint("/api/v1/config", HttpMethod::PATCH, patch_config),
         endpoint("/api/v1/models", HttpMethod::GET, models),
+        endpoint("/api/v1/quality", HttpMethod::GET, quality),
         endpoint("/api/v1/predict", HttpMethod::POST, predict),
         endpoint("/metrics", HttpMethod::GET, metrics_text),
         endpoint("/openapi.json", HttpMethod::GET, openapi_json),
@@ -411,6 +412,40 @@ pub struct ModelsView {
 async fn models(s: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(ModelsView {
         models: model_views(&s),
+    })
+}
+
+/// Realized quality: every prediction scored against the bar its horizon later.
+#[derive(Serialize, ToSchema)]
+pub struct QualityView {
+    /// `outcomes.enabled`.
+    pub enabled: bool,
+    /// Bars between a prediction and the bar that scores it (the manifests' label horizon).
+    pub horizon_bars: Option<u32>,
+    /// The label threshold (the manifests' `threshold_k`).
+    pub threshold_k: Option<f64>,
+    /// One row per (model, version, timeframe); the ensemble is model "ensemble" with its
+    /// method as version. Each row: `window` (the last `outcomes.window` outcomes: accuracy,
+    /// log_loss, brier, hit_rate, ece, ic), `ewm` (exponentially weighted), `total` (since
+    /// start) and `reference` (the manifest's test and baseline figures).
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<augur_actors::outcomes::QualityRow>,
+}
+
+/// Live quality per model version and timeframe, next to the offline figures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/quality",
+    tag = "models",
+    responses((status = 200, description = "Realized quality per model version and timeframe", body = QualityView)),
+)]
+async fn quality(s: web::Data<AppState>) -> HttpResponse {
+    let board = s.pipeline.quality.as_ref();
+    HttpResponse::Ok().json(QualityView {
+        enabled: board.is_some(),
+        horizon_bars: board.map(|b| b.spec().horizon),
+        threshold_k: board.map(|b| b.spec().threshold_k),
+        rows: board.map(|b| b.report()).unwrap_or_default(),
     })
 }
 
@@ -1317,6 +1352,7 @@ impl utoipa::Modify for BearerAuth {
         get_config,
         patch_config,
         models,
+        quality,
         predict,
         metrics_text,
         openapi_json
