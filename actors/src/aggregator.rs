@@ -24,6 +24,9 @@ pub enum Method {
     WeightedMean,
     Majority,
     Stacking,
+    /// A weighted mean whose weights follow the members' realized log-loss per timeframe
+    /// (`adaptive.rs`; needs `outcomes.enabled`).
+    Adaptive,
 }
 
 impl Method {
@@ -32,6 +35,7 @@ impl Method {
             Method::WeightedMean => "weighted_mean",
             Method::Majority => "majority",
             Method::Stacking => "stacking",
+            Method::Adaptive => "adaptive",
         }
     }
 }
@@ -96,6 +100,15 @@ impl AggregatorConfig {
         p
     }
 
+    /// These settings with the adaptive weights of `timeframe` when the method is
+    /// `adaptive` and they are moving (equal weights until then).
+    pub fn with_adaptive(mut self, adaptive: &crate::adaptive::AdaptiveWeights, timeframe: &str) -> Self {
+        if self.method == Method::Adaptive {
+            self.weights = adaptive.weights(timeframe).unwrap_or_default();
+        }
+        self
+    }
+
     pub fn weight(&self, model: &str) -> f32 {
         self.weights.get(model).copied().unwrap_or(1.0) as f32
     }
@@ -132,6 +145,8 @@ pub fn combine(
     match method {
         Method::Majority => Plan::Done(majority(members), Method::Majority),
         Method::WeightedMean => Plan::Done(weighted_mean(members, settings), Method::WeightedMean),
+        // The caller put the adaptive weights in `settings` (see `with_adaptive`).
+        Method::Adaptive => Plan::Done(weighted_mean(members, settings), Method::Adaptive),
         Method::Stacking => {
             let fallback = weighted_mean(members, settings);
             match stacker.and_then(|st| stacker_input(st, members)) {
@@ -208,6 +223,7 @@ pub struct Aggregator {
     /// Gates of this stream's members, in slot order.
     members: Vec<Arc<ModelGate>>,
     config: Arc<RwLock<AggregatorConfig>>,
+    adaptive: Arc<crate::adaptive::AdaptiveWeights>,
     stacker: Option<Stacker>,
     publishers: Arc<[Recipient<Publish>]>,
     pending: HashMap<u64, Pending>,
@@ -221,10 +237,12 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: StreamKey,
         members: Vec<Arc<ModelGate>>,
         config: Arc<RwLock<AggregatorConfig>>,
+        adaptive: Arc<crate::adaptive::AdaptiveWeights>,
         stacker: Option<Stacker>,
         publishers: Arc<[Recipient<Publish>]>,
         stats: Arc<PipelineStats>,
@@ -234,6 +252,7 @@ impl Aggregator {
             key,
             members,
             config,
+            adaptive,
             stacker,
             publishers,
             pending: HashMap::new(),
@@ -261,7 +280,12 @@ impl Aggregator {
     }
 
     fn finalize(&mut self, sequence: u64, by_deadline: bool, ctx: &mut Context<Self>) {
-        let settings = self.config.read().map(|s| s.clone()).unwrap_or_default();
+        let settings = self
+            .config
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+            .with_adaptive(&self.adaptive, &self.key.timeframe);
         if by_deadline
             && let Some(p) = self.pending.get(&sequence)
             && p.filled == 0

@@ -22,9 +22,11 @@
 //! - [`clock`]: injected time (deadlines, backoff, batching, breakers); a manual clock for tests.
 //! - [`pipeline`]: builds the graph. [`telemetry`]: every metric name. [`events`]: typed
 //!   telemetry events, each counting, recording its metric and logging in one place.
+pub mod adaptive;
 pub mod aggregator;
 pub mod breaker;
 pub mod clock;
+pub mod drift;
 pub mod events;
 pub mod executor;
 pub mod gate;

@@ -28,6 +28,8 @@ use crate::types::{StreamKey, argmax};
 const MAX_PENDING: usize = 512;
 /// Log-loss clipping, as `train.py` scores its test split.
 pub const EPS: f64 = 1e-7;
+/// The ensemble's model id on outcomes and quality rows (its version is the method).
+pub const ENSEMBLE: &str = "ensemble";
 /// Bins of the expected calibration error.
 const ECE_BINS: usize = 10;
 
@@ -225,9 +227,13 @@ impl StreamBook {
 #[derive(Debug, Clone)]
 struct Scores {
     window: VecDeque<Obs>,
+    /// Right calls in `window` (kept with it).
+    window_correct: usize,
     ewm: Option<Ewm>,
     total: Ewm,
     total_n: u64,
+    /// Since when the window's accuracy has been below the baseline (with enough outcomes).
+    below_since: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -331,6 +337,8 @@ impl Scores {
     fn new() -> Self {
         Scores {
             window: VecDeque::new(),
+            window_correct: 0,
+            below_since: None,
             ewm: None,
             total: Ewm::default(),
             total_n: 0,
@@ -364,9 +372,12 @@ impl Scores {
         self.total.hit_rate += x.hit_rate;
         self.total.calls += x.calls;
         self.total_n += 1;
+        self.window_correct += usize::from(o.correct);
         self.window.push_back(o);
         while self.window.len() > window {
-            self.window.pop_front();
+            if let Some(old) = self.window.pop_front() {
+                self.window_correct -= usize::from(old.correct);
+            }
         }
     }
 
@@ -431,6 +442,8 @@ impl Scores {
 /// A model's offline figures, from its manifest's `[metrics]`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Reference {
+    /// When the model was trained (provenance `trained_at`), as Unix seconds.
+    pub trained_at_s: Option<i64>,
     pub test_accuracy: Option<f64>,
     pub test_log_loss: Option<f64>,
     pub baseline_accuracy: Option<f64>,
@@ -463,7 +476,17 @@ pub struct QualityConfig {
     /// Bars a prediction may reach the outcomes actor after its horizon bar and still be
     /// scored (row labels kept per stream).
     pub max_lag_bars: u64,
+    /// The `adaptive` method's weights, updated with every outcome's member log-losses.
+    pub adaptive: Option<Arc<crate::adaptive::AdaptiveWeights>>,
+    /// A model version older than this is expired (None: no age limit).
+    pub max_age: Option<std::time::Duration>,
+    /// A model version whose window accuracy stays below its baseline this long (with at
+    /// least [`MIN_EXPIRY_OUTCOMES`] outcomes in the window) is expired (None: never).
+    pub below_baseline_for: Option<std::time::Duration>,
 }
+
+/// Outcomes a window needs before its accuracy can expire a model.
+pub const MIN_EXPIRY_OUTCOMES: usize = 100;
 
 impl Default for QualityConfig {
     fn default() -> Self {
@@ -473,6 +496,9 @@ impl Default for QualityConfig {
             record: false,
             max_streams: 100_000,
             max_lag_bars: 256,
+            adaptive: None,
+            max_age: None,
+            below_baseline_for: None,
         }
     }
 }
@@ -487,6 +513,7 @@ pub struct Scoreboard {
     scores: Mutex<BTreeMap<ScoreKey, Scores>>,
     references: HashMap<(String, String), Reference>,
     recorded: Mutex<Vec<Outcome>>,
+    drift: Mutex<crate::drift::DriftMonitor>,
 }
 
 impl Scoreboard {
@@ -494,6 +521,7 @@ impl Scoreboard {
         cfg: QualityConfig,
         spec: LabelSpec,
         references: HashMap<(String, String), Reference>,
+        drift: crate::drift::DriftConfig,
     ) -> Self {
         Scoreboard {
             cfg,
@@ -501,7 +529,14 @@ impl Scoreboard {
             scores: Mutex::new(BTreeMap::new()),
             references,
             recorded: Mutex::new(Vec::new()),
+            drift: Mutex::new(crate::drift::DriftMonitor::new(drift)),
         }
+    }
+
+    /// Drift of the features (per timeframe) and of each model version (per timeframe).
+    pub fn drift(&self) -> (Vec<crate::drift::FeatureDrift>, Vec<crate::drift::ModelDrift>) {
+        let d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        (d.feature_report(), d.model_report())
     }
 
     pub fn spec(&self) -> LabelSpec {
@@ -511,14 +546,53 @@ impl Scoreboard {
     fn add(&self, o: &Outcome) {
         let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
         for s in &o.outputs {
+            let baseline = self
+                .references
+                .get(&(s.model_id.to_string(), s.model_version.to_string()))
+                .and_then(|r| r.baseline_accuracy);
             let key = (s.model_id.clone(), s.model_version.clone(), o.timeframe.clone());
-            scores.entry(key).or_insert_with(Scores::new).add(
+            let sc = scores.entry(key).or_insert_with(Scores::new);
+            sc.add(
                 observe(&s.probabilities, o.label, o.realized_return),
                 self.cfg.window,
                 self.cfg.ewm_alpha,
             );
+            let below = baseline.is_some_and(|b| {
+                sc.window.len() >= MIN_EXPIRY_OUTCOMES
+                    && (sc.window_correct as f64) < b * sc.window.len() as f64
+            });
+            sc.below_since = match (below, sc.below_since) {
+                (true, None) => Some(std::time::Instant::now()),
+                (true, since) => since,
+                (false, _) => None,
+            };
         }
         drop(scores);
+        {
+            let mut drift = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+            for s in o.outputs.iter().filter(|s| &*s.model_id != ENSEMBLE) {
+                drift.scored(
+                    &s.model_id,
+                    &s.model_version,
+                    &o.timeframe,
+                    argmax(&s.probabilities).0 == o.label,
+                );
+            }
+        }
+        if let Some(a) = &self.cfg.adaptive {
+            let losses: Vec<(Arc<str>, f64)> = o
+                .outputs
+                .iter()
+                .filter(|s| &*s.model_id != ENSEMBLE)
+                .map(|s| {
+                    (
+                        s.model_id.clone(),
+                        observe(&s.probabilities, o.label, o.realized_return).log_loss,
+                    )
+                })
+                .collect();
+            a.update(&o.timeframe, &losses);
+        }
         if self.cfg.record {
             self.recorded
                 .lock()
@@ -548,13 +622,92 @@ impl Scoreboard {
             .collect()
     }
 
+    /// Why a model version is expired, if it is: older than `max_age`, or below its
+    /// baseline accuracy for `below_baseline_for` on some timeframe (empty: it is not).
+    pub fn expiry(&self, model: &str, version: &str) -> Vec<String> {
+        let mut why = Vec::new();
+        let r = self.references.get(&(model.to_string(), version.to_string()));
+        if let (Some(max), Some(at)) = (self.cfg.max_age, r.and_then(|r| r.trained_at_s)) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let age = now.saturating_sub(at).max(0) as u64;
+            if age > max.as_secs() {
+                why.push(format!(
+                    "trained {} days ago, past outcomes.max_model_age_days ({})",
+                    age / 86_400,
+                    max.as_secs() / 86_400
+                ));
+            }
+        }
+        if let Some(span) = self.cfg.below_baseline_for {
+            let scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+            for ((m, v, tf), sc) in scores.iter() {
+                if &**m == model
+                    && &**v == version
+                    && let Some(since) = sc.below_since
+                    && since.elapsed() >= span
+                {
+                    why.push(format!(
+                        "{tf}: live accuracy {:.4} below the baseline {:.4} for {} s",
+                        sc.window_correct as f64 / sc.window.len().max(1) as f64,
+                        r.and_then(|r| r.baseline_accuracy).unwrap_or(0.0),
+                        since.elapsed().as_secs()
+                    ));
+                }
+            }
+        }
+        why
+    }
+
     /// The outcomes kept with `record` (replay, tests).
     pub fn recorded(&self) -> Vec<Outcome> {
         self.recorded.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Sets the quality gauges (bounded labels: model, version, timeframe, metric, span).
+    /// Sets the quality gauges (bounded labels: model, version, timeframe, metric, span) and
+    /// the adaptive weights'.
     pub fn export(&self) {
+        let (features, models) = self.drift();
+        for f in features {
+            for (name, v) in &f.psi {
+                metrics::gauge!(t::DRIFT_FEATURE_PSI, "timeframe" => f.timeframe.clone(), "feature" => name.clone()).set(*v);
+            }
+            metrics::gauge!(t::DRIFT_ALARM, "kind" => "features", "timeframe" => f.timeframe.clone(), "model" => "")
+                .set(if f.alarm { 1.0 } else { 0.0 });
+        }
+        for m in models {
+            if let Some(p) = m.prediction_psi {
+                metrics::gauge!(t::DRIFT_PREDICTION_PSI, "model" => m.model.clone(), "version" => m.version.clone(),
+                    "timeframe" => m.timeframe.clone())
+                .set(p);
+                metrics::gauge!(t::DRIFT_ALARM, "kind" => "predictions", "timeframe" => m.timeframe.clone(), "model" => m.model.clone())
+                    .set(if m.prediction_alarm { 1.0 } else { 0.0 });
+            }
+            if let Some(z) = m.z {
+                metrics::gauge!(t::QUALITY_Z, "model" => m.model.clone(), "version" => m.version.clone(),
+                    "timeframe" => m.timeframe.clone())
+                .set(z);
+                metrics::gauge!(t::DRIFT_ALARM, "kind" => "quality", "timeframe" => m.timeframe.clone(), "model" => m.model.clone())
+                    .set(if m.quality_alarm { 1.0 } else { 0.0 });
+            }
+        }
+        for (m, v) in self.references.keys() {
+            let expired = !self.expiry(m, v).is_empty();
+            metrics::gauge!(t::MODEL_EXPIRED, "model" => m.clone(), "version" => v.clone()).set(if expired {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        if let Some(a) = &self.cfg.adaptive {
+            for (tf, view) in a.snapshot() {
+                for (model, w) in view.weights {
+                    metrics::gauge!(t::ADAPTIVE_WEIGHT, "timeframe" => tf.clone(), "model" => model).set(w);
+                }
+            }
+        }
         for r in self.report() {
             let spans = [("window", Some(&r.window)), ("ewm", r.ewm.as_ref())];
             for (span, f) in spans {
@@ -590,24 +743,44 @@ impl Scoreboard {
     }
 }
 
-/// A batch of bars: (stream, sequence, close) of vectors as they come in.
+/// Where resolved outcomes go (the transports' outcome publishers). Must not block: a sink
+/// queues, and drops (counted) when its queue is full.
+pub trait OutcomeSink: Send + Sync {
+    fn publish(&self, outcome: &Arc<Outcome>);
+}
+
+/// What the outcomes actor takes of one vector as it comes in.
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub key: StreamKey,
+    pub sequence: u64,
+    /// The bar's close, when the vector carries its bar.
+    pub close: Option<f64>,
+    pub values: Arc<[f32]>,
+    /// A re-read only to refill windows (its close counts, its features were seen before).
+    pub refill: bool,
+}
+
+/// A batch of vectors' bars.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Bars(pub Vec<(StreamKey, u64, f64)>);
+pub struct Bars(pub Vec<Bar>);
 
 /// Resolves predictions against later bars; see the module docs.
 pub struct Outcomes {
     board: Arc<Scoreboard>,
     streams: lru::LruCache<StreamKey, StreamBook>,
+    sinks: Vec<Arc<dyn OutcomeSink>>,
 }
 
 impl Outcomes {
-    pub fn new(board: Arc<Scoreboard>) -> Self {
+    pub fn new(board: Arc<Scoreboard>, sinks: Vec<Arc<dyn OutcomeSink>>) -> Self {
         let cap =
             std::num::NonZeroUsize::new(board.cfg.max_streams.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         Outcomes {
             board,
             streams: lru::LruCache::new(cap),
+            sinks,
         }
     }
 
@@ -617,7 +790,7 @@ impl Outcomes {
                 Ok((label, ret)) => {
                     metrics::counter!(t::OUTCOMES_RESOLVED, "timeframe" => key.timeframe.to_string())
                         .increment(1);
-                    self.board.add(&Outcome {
+                    let o = Arc::new(Outcome {
                         symbol: key.symbol.clone(),
                         timeframe: key.timeframe.clone(),
                         sequence,
@@ -627,6 +800,10 @@ impl Outcomes {
                         realized_return: ret,
                         outputs: p.outputs,
                     });
+                    self.board.add(&o);
+                    for s in &self.sinks {
+                        s.publish(&o);
+                    }
                 }
                 Err(why) => {
                     metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => why.as_str()).increment(1);
@@ -657,9 +834,17 @@ impl Handler<Bars> for Outcomes {
 
     fn handle(&mut self, msg: Bars, _: &mut Context<Self>) {
         let (spec, lag) = (self.board.spec, self.board.cfg.max_lag_bars);
-        for (key, sequence, close) in msg.0 {
-            let done = self.book(&key).bar(spec, lag, sequence, close);
-            self.settle(&key, done);
+        {
+            let mut drift = self.board.drift.lock().unwrap_or_else(|e| e.into_inner());
+            for b in msg.0.iter().filter(|b| !b.refill) {
+                drift.vector(&b.key.timeframe, &b.values);
+            }
+        }
+        for b in msg.0 {
+            if let Some(close) = b.close {
+                let done = self.book(&b.key).bar(spec, lag, b.sequence, close);
+                self.settle(&b.key, done);
+            }
         }
     }
 }
@@ -675,7 +860,7 @@ impl Handler<Publish> for Outcomes {
         };
         let mut outputs = Vec::with_capacity(e.members.len() + 1);
         outputs.push(Scored {
-            model_id: "ensemble".into(),
+            model_id: ENSEMBLE.into(),
             model_version: e.method.into(),
             probabilities: e.probabilities.clone(),
         });
@@ -684,6 +869,17 @@ impl Handler<Publish> for Outcomes {
             model_version: m.model_version.clone(),
             probabilities: m.probabilities.clone(),
         }));
+        {
+            let mut drift = self.board.drift.lock().unwrap_or_else(|e| e.into_inner());
+            for m in e.members.iter().filter(|m| !m.fallback) {
+                drift.predicted(
+                    &m.model_id,
+                    &m.model_version,
+                    &e.timeframe,
+                    argmax(&m.probabilities).0,
+                );
+            }
+        }
         let pending = Pending {
             event_id: e.event_id.clone(),
             outputs,
@@ -790,6 +986,62 @@ mod tests {
         let b = bad.total_figures();
         assert_eq!((b.outcomes, b.accuracy, b.brier), (100, 0.0, 2.0));
         assert!((b.log_loss + EPS.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_model_expires_by_age_or_by_staying_below_its_baseline() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut refs = HashMap::new();
+        let reference = |days_ago: i64| Reference {
+            trained_at_s: Some(now - days_ago * 86_400),
+            baseline_accuracy: Some(0.4),
+            ..Default::default()
+        };
+        refs.insert(("old".to_string(), "1".to_string()), reference(10));
+        refs.insert(("bad".to_string(), "1".to_string()), reference(1));
+        refs.insert(("good".to_string(), "1".to_string()), reference(1));
+        let board = Scoreboard::new(
+            QualityConfig {
+                max_age: Some(std::time::Duration::from_secs(5 * 86_400)),
+                below_baseline_for: Some(std::time::Duration::ZERO),
+                ..Default::default()
+            },
+            SPEC,
+            refs,
+            Default::default(),
+        );
+        let scored = |id: &str, p: Vec<f32>| Scored {
+            model_id: id.into(),
+            model_version: "1".into(),
+            probabilities: p,
+        };
+        for i in 0..MIN_EXPIRY_OUTCOMES as u64 {
+            board.add(&Outcome {
+                symbol: "S".into(),
+                timeframe: "1d".into(),
+                sequence: i,
+                event_id: String::new(),
+                horizon: 5,
+                label: 2,
+                realized_return: 0.01,
+                outputs: vec![
+                    scored("bad", vec![0.8, 0.1, 0.1]),
+                    scored("good", vec![0.1, 0.1, 0.8]),
+                    scored("old", vec![0.1, 0.1, 0.8]),
+                ],
+            });
+        }
+        let bad = board.expiry("bad", "1");
+        assert!(bad.len() == 1 && bad[0].contains("below the baseline"), "{bad:?}");
+        assert!(board.expiry("good", "1").is_empty());
+        let old = board.expiry("old", "1");
+        assert!(
+            old.len() == 1 && old[0].contains("trained 10 days ago"),
+            "{old:?}"
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct PipelineConfig {
     pub executor: ExecutorConfig,
     pub breaker: BreakerConfig,
     pub aggregator: AggregatorConfig,
+    /// The weights of the `adaptive` method (updated by the outcomes actor).
+    pub adaptive: Arc<crate::adaptive::AdaptiveWeights>,
 }
 
 #[derive(Clone)]
@@ -55,6 +57,8 @@ pub struct Pipeline {
     /// The members' gates, in member order (the stacker's is in `stacker`).
     pub gates: Vec<Arc<ModelGate>>,
     pub stacker: Option<Stacker>,
+    /// The weights of the `adaptive` method, per timeframe.
+    pub adaptive: Arc<crate::adaptive::AdaptiveWeights>,
     /// The outcomes actor's intake of bars (scoring), when outcomes are on.
     bars: Option<Recipient<crate::outcomes::Bars>>,
     /// Live quality, when outcomes are on.
@@ -143,6 +147,7 @@ impl Pipeline {
             cfg.router.clone(),
             member_gates.clone(),
             aggregator_config.clone(),
+            cfg.adaptive.clone(),
             stacker_out.clone(),
             publishers.into(),
             supervisor.clone().recipient(),
@@ -175,6 +180,7 @@ impl Pipeline {
             executor_config,
             gates: member_gates,
             stacker: stacker_out,
+            adaptive: cfg.adaptive.clone(),
             bars: None,
             quality: None,
         })
@@ -198,7 +204,13 @@ impl Pipeline {
         if let Some(b) = &self.bars {
             let bars: Vec<_> = vectors
                 .iter()
-                .filter_map(|v| Some((v.key.clone(), v.sequence, v.close?)))
+                .map(|v| crate::outcomes::Bar {
+                    key: v.key.clone(),
+                    sequence: v.sequence,
+                    close: v.close,
+                    values: v.values.clone(),
+                    refill: v.refill,
+                })
                 .collect();
             if !bars.is_empty() {
                 // Before the router: a bar is in the outcomes actor's mailbox before any

@@ -19,10 +19,18 @@ pub const KAFKA_UNCOMMITTED: &str = "augur_kafka_uncommitted_messages";
 pub const KAFKA_REWIND_STREAMS: &str = "augur_kafka_rewind_streams";
 pub const KAFKA_ASSIGNED_PARTITIONS: &str = "augur_kafka_assigned_partitions";
 pub const KAFKA_REBALANCES: &str = "augur_kafka_rebalances_total";
+pub const DRIFT_FEATURE_PSI: &str = "augur_drift_feature_psi";
+pub const DRIFT_PREDICTION_PSI: &str = "augur_drift_prediction_psi";
+pub const QUALITY_Z: &str = "augur_quality_z";
+pub const DRIFT_ALARM: &str = "augur_drift_alarm";
+pub const MODEL_EXPIRED: &str = "augur_model_expired";
+pub const ADAPTIVE_WEIGHT: &str = "augur_adaptive_weight";
 pub const MODEL_QUALITY: &str = "augur_model_quality";
 pub const MODEL_QUALITY_REFERENCE: &str = "augur_model_quality_reference";
 pub const OUTCOMES_RESOLVED: &str = "augur_outcomes_resolved_total";
 pub const OUTCOMES_UNRESOLVED: &str = "augur_outcomes_unresolved_total";
+pub const OUTCOMES_PUBLISHED: &str = "augur_outcomes_published_total";
+pub const OUTCOMES_DROPPED: &str = "augur_outcomes_dropped_total";
 pub const KAFKA_UNASSIGNED_SECONDS: &str = "augur_kafka_unassigned_seconds";
 pub const SHUTDOWN_ABANDONED: &str = "augur_shutdown_events_abandoned_total";
 pub const DEAD_LETTERS: &str = "augur_dead_letters_total";
@@ -148,6 +156,30 @@ pub fn describe() {
         "Input partitions this instance owns in its consumer group"
     );
     describe_gauge!(
+        DRIFT_FEATURE_PSI,
+        "Population stability index of a feature over the last outcomes.drift_window vectors of a timeframe, against the training split"
+    );
+    describe_gauge!(
+        DRIFT_PREDICTION_PSI,
+        "Population stability index of a model version's predicted-class mix over its last predictions, against its test split"
+    );
+    describe_gauge!(
+        QUALITY_Z,
+        "z of a model version's accuracy over its last outcomes.quality_window outcomes against its manifest test accuracy (alarm below -outcomes.z_alarm)"
+    );
+    describe_gauge!(
+        DRIFT_ALARM,
+        "1 while a drift alarm holds, by kind (features: median feature PSI; predictions: class-mix PSI; quality: accuracy z), timeframe and model"
+    );
+    describe_gauge!(
+        MODEL_EXPIRED,
+        "1 while a model version is expired: older than outcomes.max_model_age_days, or below its baseline accuracy for outcomes.below_baseline_seconds"
+    );
+    describe_gauge!(
+        ADAPTIVE_WEIGHT,
+        "Weight of a member in the adaptive ensemble, per timeframe (once it moves; equal weights before)"
+    );
+    describe_gauge!(
         MODEL_QUALITY,
         "Realized quality of a model version (or the ensemble, version = method) per timeframe, by metric (accuracy, log_loss, brier, hit_rate, ece, ic) and span (window, ewm)"
     );
@@ -158,6 +190,11 @@ pub fn describe() {
     describe_counter!(
         OUTCOMES_RESOLVED,
         "Predictions scored against the bar their horizon later, by timeframe"
+    );
+    describe_counter!(OUTCOMES_PUBLISHED, "Outcome events published, by transport");
+    describe_counter!(
+        OUTCOMES_DROPPED,
+        "Outcome events not published, by transport and reason (queue_full, error)"
     );
     describe_counter!(
         OUTCOMES_UNRESOLVED,

@@ -177,6 +177,7 @@ fn config() -> PipelineConfig {
             method: Method::WeightedMean,
             ..Default::default()
         },
+        adaptive: Default::default(),
     }
 }
 

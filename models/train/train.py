@@ -64,10 +64,12 @@ def labels(close: np.ndarray, vol20: np.ndarray) -> np.ndarray:
 
 
 def build_dataset():
-    """Per split, the sample end indices into one concatenated feature matrix."""
+    """Per split, the sample end indices into one concatenated feature matrix; and each
+    row's timeframe."""
     feats, ys, splits = [], [], {"train": [], "val": [], "test": []}
     offset = 0
     rows = {}
+    tfs = []
     for sym, tf, ohlcv in load_series():
         f = features.compute(ohlcv)
         y = labels(ohlcv[:, 3], f[:, 19])
@@ -81,10 +83,11 @@ def build_dataset():
         rows[f"{sym}/{tf}"] = n
         feats.append(f)
         ys.append(y)
+        tfs += [tf] * len(f)
         offset += len(f)
     F = np.concatenate(feats).astype(np.float32)  # features travel as float32 on the wire
     Y = np.concatenate(ys)
-    return F, Y, {k: np.concatenate(v) for k, v in splits.items()}, rows
+    return F, Y, {k: np.concatenate(v) for k, v in splits.items()}, rows, np.array(tfs)
 
 
 def windows(F: np.ndarray, ends: np.ndarray, T: int) -> np.ndarray:
@@ -245,6 +248,73 @@ def write_manifest(path: Path, top: dict, sections: dict, comment: str):
     path.write_text("\n".join(lines) + "\n")
 
 
+DRIFT_BINS = 10
+
+
+def drift_reference(F: np.ndarray, tfs: np.ndarray, tr: np.ndarray, te: np.ndarray, preds: np.ndarray) -> dict:
+    """The reference distributions drift is measured against, per timeframe of the data:
+    each feature's decile edges over the training split and the share of training rows in
+    each bin (bin = how many edges are <= x), and the model's predicted-class mix over the
+    test split. Sections for write_manifest: {"drift": {...}, "drift.timeframes.<tf>": {...}}."""
+    out = {"drift": {"bins": DRIFT_BINS,
+                     "reference": "features: training split, decile bins (bin = number of edges <= x); "
+                                  "class_mix: predicted classes (argmax) over the test split; per timeframe"}}
+    for tf in sorted(set(tfs[tr])):
+        rows = tr[tfs[tr] == tf]
+        x = F[rows].astype(np.float64)
+        qs = np.linspace(0, 1, DRIFT_BINS + 1)[1:-1]
+        edges = np.quantile(x, qs, axis=0).T  # [features, bins - 1]
+        props = []
+        for j in range(x.shape[1]):
+            b = np.searchsorted(edges[j], x[:, j], side="right")
+            props.append(np.bincount(b, minlength=DRIFT_BINS) / len(b))
+        test_rows = tfs[te] == tf
+        mix = np.bincount(preds[test_rows].argmax(1), minlength=3) / max(int(test_rows.sum()), 1)
+        out[f"drift.timeframes.{tf}"] = {
+            "rows": int(len(rows)),
+            "edges": [[float(e) for e in row] for row in edges],
+            "proportions": [[round(float(p), 6) for p in row] for row in props],
+            "class_mix": [round(float(m), 6) for m in mix],
+        }
+    return out
+
+
+def rewrite_drift(path: Path, sections: dict):
+    """Replaces the drift sections at the end of a manifest written by write_manifest."""
+    text = path.read_text()
+    cut = text.find("\n[drift]")
+    if cut >= 0:
+        text = text[: cut + 1]
+    lines = []
+    for name, sec in sections.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in sec.items()]
+    path.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
+def drift_only(out: Path):
+    """Adds the drift references to the committed manifests without training: the models
+    are loaded as exported and run on the test split."""
+    F, Y, sp, rows, tfs = build_dataset()
+    tr, te = sp["train"], sp["test"]
+    for mid, T, layout in [("lstm-direction", LSTM_T, "sequence"), ("cnn-pattern", CNN_T, "channels"),
+                           ("xgb-direction", XGB_T, "flat")]:
+        d = out / mid / VERSION
+        import tomllib
+        m = tomllib.loads((d / "manifest.toml").read_text())
+        mean = np.array(m["normalization"]["mean"], dtype=np.float32)
+        std = np.array(m["normalization"]["std"], dtype=np.float32)
+        x = to_layout(normalise(windows(F, te, T), mean, std), layout)
+        if m["kind"] == "torchscript":
+            with torch.no_grad():
+                p = torch.jit.load(str(d / "model.pt"))(torch.from_numpy(x)).numpy()
+        else:
+            booster = xgb.Booster(model_file=str(d / "model.json"))
+            booster.set_param({"nthread": 1})
+            p = booster.predict(xgb.DMatrix(x))
+        rewrite_drift(d / "manifest.toml", drift_reference(F, tfs, tr, te, p))
+        print(f"{mid}: drift reference written")
+
+
 def golden_pick(n: int) -> np.ndarray:
     return np.linspace(0, n - 1, GOLDEN_N).round().astype(np.int64)
 
@@ -252,14 +322,20 @@ def golden_pick(n: int) -> np.ndarray:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT))
+    ap.add_argument("--drift-only", action="store_true",
+                    help="only (re)write the manifests' drift references, from the exported models")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.drift_only:
+        torch.set_num_threads(1)
+        drift_only(out)
+        return
     t0 = time.time()
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     np.random.seed(SEED)
 
-    F, Y, sp, rows = build_dataset()
+    F, Y, sp, rows, tfs = build_dataset()
     tr, va, te = sp["train"], sp["val"], sp["test"]
     mean = F[tr].mean(axis=0, dtype=np.float64).astype(np.float32)
     std = F[tr].std(axis=0, dtype=np.float64).astype(np.float32)
@@ -315,7 +391,8 @@ def main():
             "metrics": metrics(pte, yte, ytr),
             "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
                        "input_shape": [GOLDEN_N, T, int(F.shape[1])],
-                       "note": "raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3] from torch.jit.load of model.pt"}},
+                       "note": "raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3] from torch.jit.load of model.pt"},
+            **drift_reference(F, tfs, tr, te, pte)},
             f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
         print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
 
@@ -344,7 +421,8 @@ def main():
         "metrics": metrics(pte, yte, ytr),
         "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
                    "input_shape": [GOLDEN_N, XGB_T, int(F.shape[1])],
-                   "note": "raw ta-v1 windows (before normalisation); outputs from xgboost Booster.predict"}},
+                   "note": "raw ta-v1 windows (before normalisation); outputs from xgboost Booster.predict"},
+        **drift_reference(F, tfs, tr, te, pte)},
         f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
     print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
 

@@ -67,6 +67,76 @@ pub struct Label {
     pub definition: String,
 }
 
+/// The reference distributions drift is measured against (written by train.py).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drift {
+    /// Quantile bins per feature.
+    pub bins: usize,
+    #[serde(default)]
+    pub reference: String,
+    /// Per timeframe of the training data.
+    pub timeframes: std::collections::BTreeMap<String, DriftReference>,
+}
+
+/// One timeframe's reference: per feature, the bin edges (ascending; bin = how many edges are
+/// <= x) and the share of reference rows in each bin; the model's predicted-class mix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftReference {
+    pub rows: usize,
+    pub edges: Vec<Vec<f64>>,
+    pub proportions: Vec<Vec<f64>>,
+    pub class_mix: Vec<f64>,
+}
+
+impl Drift {
+    fn problems(&self, features: usize, classes: usize) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(2..=100).contains(&self.bins) {
+            p.push(format!("drift.bins must be in 2..=100, got {}", self.bins));
+            return p;
+        }
+        for (tf, r) in &self.timeframes {
+            let at = format!("drift.timeframes.{tf}");
+            if r.edges.len() != features || r.proportions.len() != features {
+                p.push(format!(
+                    "{at}: edges and proportions need one row per feature ({features}), got {} and {}",
+                    r.edges.len(),
+                    r.proportions.len()
+                ));
+                continue;
+            }
+            for (j, (e, q)) in r.edges.iter().zip(&r.proportions).enumerate() {
+                if e.len() + 1 != self.bins
+                    || !e.iter().all(|x| x.is_finite())
+                    || e.windows(2).any(|w| w[0] > w[1])
+                {
+                    p.push(format!(
+                        "{at}: edges[{j}] must be {} finite ascending values",
+                        self.bins - 1
+                    ));
+                }
+                let sum: f64 = q.iter().sum();
+                if q.len() != self.bins
+                    || q.iter().any(|x| !(0.0..=1.0).contains(x))
+                    || (sum - 1.0).abs() > 1e-3
+                {
+                    p.push(format!(
+                        "{at}: proportions[{j}] must be {} shares summing to 1",
+                        self.bins
+                    ));
+                }
+            }
+            let sum: f64 = r.class_mix.iter().sum();
+            if r.class_mix.len() != classes || (sum - 1.0).abs() > 1e-3 {
+                p.push(format!("{at}: class_mix must be {classes} shares summing to 1"));
+            }
+        }
+        p
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Golden {
@@ -106,6 +176,8 @@ pub struct Manifest {
     pub metrics: toml::Table,
     #[serde(default)]
     pub golden: Option<Golden>,
+    #[serde(default)]
+    pub drift: Option<Drift>,
     /// The folder the manifest was read from (not part of the file).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -141,6 +213,9 @@ impl Manifest {
     /// Every inconsistency in the manifest, not just the first.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Some(d) = &self.drift {
+            p.extend(d.problems(self.features, self.classes.len()));
+        }
         if self.id.trim().is_empty() {
             p.push("id is empty".to_string());
         }

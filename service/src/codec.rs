@@ -488,6 +488,30 @@ pub fn encode_prediction(e: &Ensemble) -> Vec<u8> {
     to_proto(e).encode_to_vec()
 }
 
+/// The contract's PredictionOutcome of a resolved prediction.
+pub fn encode_outcome(o: &augur_actors::outcomes::Outcome) -> Vec<u8> {
+    pb::PredictionOutcome {
+        event_id: o.event_id.clone(),
+        symbol: o.symbol.to_string(),
+        timeframe: o.timeframe.to_string(),
+        sequence: o.sequence,
+        horizon_bars: o.horizon,
+        label: direction(augur_actors::types::Direction::from_index(o.label)),
+        realized_return: o.realized_return,
+        outputs: o
+            .outputs
+            .iter()
+            .map(|s| pb::ScoredOutput {
+                model_id: s.model_id.to_string(),
+                model_version: s.model_version.to_string(),
+                probabilities: s.probabilities.clone(),
+            })
+            .collect(),
+        resolved_at_ns: augur_actors::clock::unix_ns(),
+    }
+    .encode_to_vec()
+}
+
 /// Reads a file of length-delimited FeatureVectorBatch messages into raw payloads.
 pub fn read_length_delimited(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut out = Vec::new();

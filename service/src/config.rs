@@ -112,6 +112,32 @@ pub struct OutcomesConfig {
     /// Bars a prediction may reach the scorer after its horizon bar and still be scored (a
     /// backlog); row labels kept per stream.
     pub max_lag_bars: u64,
+    /// The `adaptive` ensemble method (docs/QUALITY.md): learning rate of the multiplicative
+    /// update on each member's realized log-loss.
+    pub adaptive_eta: f64,
+    /// Forgetting per outcome, in [0, 1): old losses fade, so a member can earn weight back.
+    pub adaptive_decay: f64,
+    /// Least and most weight of one member.
+    pub adaptive_floor: f64,
+    pub adaptive_cap: f64,
+    /// Outcomes of a timeframe before its weights move (equal weights until then).
+    pub adaptive_min_outcomes: u64,
+    /// Drift (docs/QUALITY.md): vectors (per timeframe) and predictions (per model version
+    /// and timeframe) in the sliding windows compared with the manifests' references.
+    pub drift_window: usize,
+    /// PSI past which drift is alarmed (the median feature PSI of a timeframe, or a model's
+    /// class-mix PSI); 0.25 is the usual "significant shift".
+    pub psi_alarm: f64,
+    /// The test of each model's accuracy over its last `quality_window` outcomes against its
+    /// test accuracy: an alarm when its z falls below `-z_alarm`.
+    pub quality_window: usize,
+    pub z_alarm: f64,
+    /// Model expiry: a model version trained longer ago than this (its manifest's
+    /// provenance `trained_at`) is reported expired (Degraded); 0 for no limit.
+    pub max_model_age_days: u64,
+    /// ...and one whose live accuracy stays below its baseline this long (over a window of
+    /// at least 100 outcomes); 0 for never.
+    pub below_baseline_seconds: u64,
 }
 
 impl Default for OutcomesConfig {
@@ -122,6 +148,17 @@ impl Default for OutcomesConfig {
             ewm_alpha: 0.02,
             max_streams: 100_000,
             max_lag_bars: 256,
+            adaptive_eta: 0.5,
+            adaptive_decay: 0.01,
+            adaptive_floor: 0.05,
+            adaptive_cap: 0.8,
+            adaptive_min_outcomes: 50,
+            drift_window: 4000,
+            psi_alarm: 0.25,
+            quality_window: 500,
+            z_alarm: 4.0,
+            max_model_age_days: 0,
+            below_baseline_seconds: 3600,
         }
     }
 }
@@ -139,6 +176,58 @@ impl OutcomesConfig {
             p.push(format!(
                 "outcomes.ewm_alpha must be in (0, 1], got {}",
                 self.ewm_alpha
+            ));
+        }
+        if !(self.adaptive_eta > 0.0 && self.adaptive_eta <= 100.0) {
+            p.push(format!(
+                "outcomes.adaptive_eta must be in (0, 100], got {}",
+                self.adaptive_eta
+            ));
+        }
+        if !(0.0..1.0).contains(&self.adaptive_decay) {
+            p.push(format!(
+                "outcomes.adaptive_decay must be in [0, 1), got {}",
+                self.adaptive_decay
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.adaptive_floor)
+            || !(0.0..=1.0).contains(&self.adaptive_cap)
+            || self.adaptive_floor > self.adaptive_cap
+        {
+            p.push(format!(
+                "outcomes.adaptive_floor and adaptive_cap must satisfy 0 <= floor <= cap <= 1, got {} and {}",
+                self.adaptive_floor, self.adaptive_cap
+            ));
+        }
+        if self.adaptive_min_outcomes > 1_000_000 {
+            p.push(format!(
+                "outcomes.adaptive_min_outcomes must be at most 1000000, got {}",
+                self.adaptive_min_outcomes
+            ));
+        }
+        if !(20..=100_000).contains(&self.drift_window) {
+            p.push(format!(
+                "outcomes.drift_window must be in 20..=100000, got {}",
+                self.drift_window
+            ));
+        }
+        if !(self.psi_alarm > 0.0 && self.psi_alarm.is_finite()) {
+            p.push(format!(
+                "outcomes.psi_alarm must be positive, got {}",
+                self.psi_alarm
+            ));
+        }
+        if !((50..=100_000).contains(&self.quality_window) && self.z_alarm > 0.0 && self.z_alarm.is_finite())
+        {
+            p.push(format!(
+                "outcomes.quality_window must be in 50..=100000 and z_alarm positive, got {} and {}",
+                self.quality_window, self.z_alarm
+            ));
+        }
+        if self.max_model_age_days > 36_500 || self.below_baseline_seconds > 31_536_000 {
+            p.push(format!(
+                "outcomes.max_model_age_days must be at most 36500 and below_baseline_seconds at most 31536000, got {} and {}",
+                self.max_model_age_days, self.below_baseline_seconds
             ));
         }
         if !(1..=100_000).contains(&self.max_lag_bars) {
@@ -260,6 +349,22 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = self.outcomes.problems();
         let s = &self.service;
+        if self.aggregator.method == augur_actors::aggregator::Method::Adaptive {
+            if !self.outcomes.enabled {
+                p.push(
+                    "aggregator.method = \"adaptive\" needs outcomes.enabled = true (it learns from them)"
+                        .into(),
+                );
+            }
+            let n = s.members.len() as f64;
+            let o = &self.outcomes;
+            if n > 0.0 && (o.adaptive_floor * n > 1.0 || o.adaptive_cap * n < 1.0) {
+                p.push(format!(
+                    "outcomes.adaptive_floor {} and adaptive_cap {} cannot hold for {} members (need floor * n <= 1 <= cap * n)",
+                    o.adaptive_floor, o.adaptive_cap, s.members.len()
+                ));
+            }
+        }
         if DeviceSpec::parse(&s.device).is_none() {
             p.push(format!(
                 "service.device {:?} is not one of cpu, cuda, cuda:N, auto",

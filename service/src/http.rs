@@ -347,6 +347,10 @@ pub struct ModelView {
     pub restarts: u64,
     pub last_error: Option<String>,
     pub latency_us: LatencyView,
+    /// Why the model version is expired (too old, or below its baseline on the market for
+    /// too long; docs/QUALITY.md); empty when it is not. An expired model makes the service
+    /// Degraded.
+    pub expired: Vec<String>,
 }
 
 /// Forward-pass latency quantiles, in microseconds.
@@ -391,6 +395,12 @@ fn model_views(s: &AppState) -> Vec<ModelView> {
                     p90: q.get(1).copied().unwrap_or(0),
                     p99: q.get(2).copied().unwrap_or(0),
                 },
+                expired: s
+                    .pipeline
+                    .quality
+                    .as_ref()
+                    .map(|b| b.expiry(&g.info.id, &g.info.version))
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -430,6 +440,15 @@ pub struct QualityView {
     /// start) and `reference` (the manifest's test and baseline figures).
     #[schema(value_type = Vec<Object>)]
     pub rows: Vec<augur_actors::outcomes::QualityRow>,
+    /// The `adaptive` method's member weights per timeframe: `outcomes`, `moving` (false
+    /// until `outcomes.adaptive_min_outcomes`) and `weights`; learnt whatever the method.
+    #[schema(value_type = BTreeMap<String, Object>)]
+    pub adaptive: BTreeMap<String, augur_actors::adaptive::AdaptiveView>,
+    /// Drift against the manifests' training references: `features` per timeframe (PSI per
+    /// feature, median, alarm) and `models` per model version and timeframe (class-mix PSI,
+    /// CUSUM on misses against the test accuracy, alarms).
+    #[schema(value_type = Object)]
+    pub drift: Value,
 }
 
 /// Live quality per model version and timeframe, next to the offline figures.
@@ -446,6 +465,11 @@ async fn quality(s: web::Data<AppState>) -> HttpResponse {
         horizon_bars: board.map(|b| b.spec().horizon),
         threshold_k: board.map(|b| b.spec().threshold_k),
         rows: board.map(|b| b.report()).unwrap_or_default(),
+        adaptive: s.pipeline.adaptive.snapshot(),
+        drift: match board.map(|b| b.drift()) {
+            Some((features, models)) => serde_json::json!({"features": features, "models": models}),
+            None => serde_json::json!({"features": [], "models": []}),
+        },
     })
 }
 
@@ -503,7 +527,7 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
     } else if !reasons.is_empty()
         || views
             .iter()
-            .any(|m| m.circuit != Circuit::Closed || m.state != ModelState::Running)
+            .any(|m| m.circuit != Circuit::Closed || m.state != ModelState::Running || !m.expired.is_empty())
     {
         HealthStatus::Degraded
     } else {
@@ -758,6 +782,7 @@ pub enum MethodView {
     WeightedMean,
     Majority,
     Stacking,
+    Adaptive,
 }
 
 impl From<Method> for MethodView {
@@ -765,6 +790,7 @@ impl From<Method> for MethodView {
         match m {
             Method::WeightedMean => MethodView::WeightedMean,
             Method::Majority => MethodView::Majority,
+            Method::Adaptive => MethodView::Adaptive,
             Method::Stacking => MethodView::Stacking,
         }
     }
@@ -984,10 +1010,13 @@ pub struct PredictRequest {
     /// Windows of feature vectors, oldest first; the served document gives the lengths the
     /// loaded models need.
     pub windows: Vec<Vec<Vec<f32>>>,
-    /// weighted_mean | majority | stacking; default: the configured method.
+    /// weighted_mean | majority | stacking | adaptive; default: the configured method.
     #[serde(default)]
     #[schema(value_type = Option<MethodView>)]
     pub method: Option<Method>,
+    /// The timeframe whose adaptive weights apply (method `adaptive`); without it, equal weights.
+    #[serde(default)]
+    pub timeframe: Option<String>,
 }
 
 /// One member's answer (the actors' `MemberPrediction`, as it is serialised).
@@ -1222,6 +1251,7 @@ async fn predict(
         if !errs.is_empty() {
             return problems(StatusCode::BAD_REQUEST, errs);
         }
+        let settings = settings.with_adaptive(&s.pipeline.adaptive, &last.timeframe);
         return match predict_one(&s, &window, settings.method, &settings).await {
             Ok(r) => {
                 let meta = EventMeta {
@@ -1270,6 +1300,8 @@ async fn predict(
         return problems(StatusCode::BAD_REQUEST, errs);
     }
     let method = req.method.unwrap_or(settings.method);
+    let settings = AggregatorConfig { method, ..settings }
+        .with_adaptive(&s.pipeline.adaptive, req.timeframe.as_deref().unwrap_or_default());
     let mut predictions = Vec::new();
     for window in &req.windows {
         match predict_one(&s, window, method, &settings).await {

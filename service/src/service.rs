@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use anyhow::Context as _;
+use augur_actors::adaptive::{AdaptiveConfig, AdaptiveWeights};
 use augur_actors::clock::SystemClock;
+use augur_actors::drift::{DriftConfig, FeatureReference};
 use augur_actors::executor::BatchObserver;
 use augur_actors::messages::{Barrier, Publish};
-use augur_actors::outcomes::{LabelSpec, Outcomes, QualityConfig, Reference, Scoreboard};
+use augur_actors::outcomes::{LabelSpec, OutcomeSink, Outcomes, QualityConfig, Reference, Scoreboard};
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig, StackerSpec};
 use augur_actors::telemetry::{self as t, PipelineStats};
 use augur_actors::types::{Ensemble, Transport as Label};
@@ -76,16 +78,28 @@ pub fn validator(cfg: &Config) -> anyhow::Result<Validator> {
 
 /// Loads, checks and warms every model, then starts the actor graph.
 pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -> anyhow::Result<Pipeline> {
-    build_pipeline_with(cfg, publishers, false).await
+    build_pipeline_with(cfg, publishers, Vec::new(), false).await
 }
 
 /// The scoreboard of the served models: their common label definition and their offline
 /// figures (manifests' `[label]` and `[metrics]`). Members that label differently cannot be
 /// scored against one outcome: a problem.
-fn scoreboard(cfg: &Config, record: bool) -> Result<Arc<Scoreboard>, Vec<String>> {
+fn scoreboard(
+    cfg: &Config,
+    record: bool,
+    adaptive: Arc<AdaptiveWeights>,
+) -> Result<Arc<Scoreboard>, Vec<String>> {
     let mut problems = Vec::new();
     let mut spec: Option<(String, LabelSpec)> = None;
     let mut references = std::collections::HashMap::new();
+    let o = &cfg.outcomes;
+    let mut drift = DriftConfig {
+        window: o.drift_window,
+        psi_alarm: o.psi_alarm,
+        quality_window: o.quality_window,
+        z_alarm: o.z_alarm,
+        ..Default::default()
+    };
     let ids = cfg
         .service
         .members
@@ -112,10 +126,40 @@ fn scoreboard(cfg: &Config, record: bool) -> Result<Arc<Scoreboard>, Vec<String>
             )),
             Some(_) => {}
         }
+        if let Some(d) = &m.drift {
+            for (tf, r) in &d.timeframes {
+                // The members share their training data: the first reference of a timeframe
+                // stands for the feature set's.
+                drift
+                    .features
+                    .entry(tf.clone())
+                    .or_insert_with(|| FeatureReference {
+                        edges: r.edges.clone(),
+                        proportions: r.proportions.clone(),
+                    });
+                drift
+                    .class_mix
+                    .insert((m.id.clone(), m.version.clone(), tf.clone()), r.class_mix.clone());
+            }
+            if drift.feature_names.is_empty()
+                && let Some(set) = &m.feature_set
+            {
+                drift.feature_names =
+                    feature_names(&cfg.service.feature_sets_dir.join(format!("{set}.toml")));
+            }
+        }
         let f = |k: &str| m.metrics.get(k).and_then(|v| v.as_float());
+        if let Some(acc) = f("test_accuracy") {
+            drift.test_accuracy.insert((m.id.clone(), m.version.clone()), acc);
+        }
         references.insert(
             (m.id.clone(), m.version.clone()),
             Reference {
+                trained_at_s: m
+                    .provenance
+                    .get("trained_at")
+                    .and_then(|v| v.as_str())
+                    .and_then(unix_day),
                 test_accuracy: f("test_accuracy"),
                 test_log_loss: f("test_log_loss"),
                 baseline_accuracy: f("baseline_accuracy"),
@@ -126,10 +170,15 @@ fn scoreboard(cfg: &Config, record: bool) -> Result<Arc<Scoreboard>, Vec<String>
     match spec {
         Some((_, s)) if problems.is_empty() && s.horizon > 0 => Ok(Arc::new(Scoreboard::new(
             QualityConfig {
+                adaptive: Some(adaptive),
                 window: cfg.outcomes.window,
                 ewm_alpha: cfg.outcomes.ewm_alpha,
                 record,
                 max_streams: cfg.outcomes.max_streams,
+                max_age: (o.max_model_age_days > 0)
+                    .then(|| Duration::from_secs(o.max_model_age_days * 86_400)),
+                below_baseline_for: (o.below_baseline_seconds > 0)
+                    .then(|| Duration::from_secs(o.below_baseline_seconds)),
                 // A replay runs far ahead of its predictions: every row's label is kept.
                 max_lag_bars: if record {
                     u64::MAX / 4
@@ -139,6 +188,7 @@ fn scoreboard(cfg: &Config, record: bool) -> Result<Arc<Scoreboard>, Vec<String>
             },
             s,
             references,
+            drift,
         ))),
         Some((id, s)) if problems.is_empty() => Err(vec![format!(
             "outcomes: {id} has label horizon {}; it must be at least 1",
@@ -148,10 +198,47 @@ fn scoreboard(cfg: &Config, record: bool) -> Result<Arc<Scoreboard>, Vec<String>
     }
 }
 
+/// Unix seconds of a `YYYY-MM-DD` date (midnight UTC), or None.
+fn unix_day(date: &str) -> Option<i64> {
+    let mut it = date.trim().splitn(3, '-');
+    let (y, m, d): (i64, i64, i64) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.get(..2)?.parse().ok()?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400)
+}
+
+/// The names of a feature set's columns, in order (empty when the file cannot be read: the
+/// drift figures then name features by index).
+fn feature_names(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| {
+            t.get("features")?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|f| f.get("name")?.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// [`build_pipeline`], keeping every outcome in memory when `replay_record` (replay).
 pub async fn build_pipeline_with(
     cfg: &Config,
     publishers: Vec<Recipient<Publish>>,
+    outcome_sinks: Vec<Arc<dyn OutcomeSink>>,
     replay_record: bool,
 ) -> anyhow::Result<Pipeline> {
     let device = DeviceSpec::parse(&cfg.service.device).context("service.device")?;
@@ -195,8 +282,19 @@ pub async fn build_pipeline_with(
             }
         }
     }
+    let o = &cfg.outcomes;
+    let adaptive = Arc::new(AdaptiveWeights::new(
+        AdaptiveConfig {
+            eta: o.adaptive_eta,
+            decay: o.adaptive_decay,
+            floor: o.adaptive_floor,
+            cap: o.adaptive_cap,
+            min_outcomes: o.adaptive_min_outcomes,
+        },
+        replay_record,
+    ));
     let outcomes = if cfg.outcomes.enabled && problems.is_empty() {
-        match scoreboard(cfg, replay_record) {
+        match scoreboard(cfg, replay_record, adaptive.clone()) {
             Ok(board) => Some(board),
             Err(p) => {
                 problems.extend(p);
@@ -211,7 +309,7 @@ pub async fn build_pipeline_with(
     }
     let mut publishers = publishers;
     let outcomes = outcomes.map(|board| {
-        let addr = Outcomes::new(board.clone()).start();
+        let addr = Outcomes::new(board.clone(), outcome_sinks).start();
         publishers.push(addr.clone().recipient());
         (addr, board)
     });
@@ -220,6 +318,7 @@ pub async fn build_pipeline_with(
         executor: cfg.executor.clone(),
         breaker: cfg.breaker.clone(),
         aggregator: cfg.aggregator.clone(),
+        adaptive,
     };
     t::describe();
     let pipeline = Pipeline::start(
@@ -248,7 +347,7 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
     let mut cfg = cfg.clone();
     // Replay waits for every member: completeness over latency.
     cfg.aggregator.deadline_ms = cfg.aggregator.deadline_ms.max(60_000);
-    let pipeline = build_pipeline_with(&cfg, vec![sink.clone().recipient()], true).await?;
+    let pipeline = build_pipeline_with(&cfg, vec![sink.clone().recipient()], Vec::new(), true).await?;
     let validator = validator(&cfg)?.with_max_age(0);
     let mut rejects = Vec::new();
     for (i, payload) in codec::read_length_delimited(input)
@@ -275,6 +374,7 @@ pub async fn replay(cfg: &Config, input: &[u8]) -> anyhow::Result<ReplayOutput> 
         rejects,
         stats: pipeline.stats.clone(),
         quality: pipeline.quality.clone(),
+        adaptive: pipeline.adaptive.clone(),
     })
 }
 
@@ -284,6 +384,8 @@ pub struct ReplayOutput {
     pub stats: Arc<PipelineStats>,
     /// Every outcome and the quality figures (`outcomes.enabled`).
     pub quality: Option<Arc<Scoreboard>>,
+    /// The adaptive weights, with their history.
+    pub adaptive: Arc<AdaptiveWeights>,
 }
 
 /// What `serve` did, for the caller and the tests.
@@ -341,7 +443,8 @@ impl Service {
         let status = Status::default();
         let mut publishers: Vec<Recipient<Publish>> = transports.iter().flat_map(|t| t.sinks()).collect();
         publishers.push(status.clone().start().recipient());
-        let pipeline = build_pipeline(&cfg, publishers).await?;
+        let outcome_sinks = transports.iter().filter_map(|t| t.outcome_sink()).collect();
+        let pipeline = build_pipeline_with(&cfg, publishers, outcome_sinks, false).await?;
         Ok(Service {
             cfg,
             started,
@@ -541,5 +644,19 @@ pub async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_day;
+
+    #[test]
+    fn unix_day_reads_iso_dates() {
+        assert_eq!(unix_day("1970-01-01"), Some(0));
+        assert_eq!(unix_day("2000-03-01"), Some(951_868_800));
+        assert_eq!(unix_day("2026-11-23"), Some(1_795_392_000));
+        assert_eq!(unix_day("2026-13-01"), None);
+        assert_eq!(unix_day("yesterday"), None);
     }
 }

@@ -26,6 +26,7 @@ pub mod jetstream;
 pub mod kafka;
 pub mod memory;
 pub mod nats;
+pub mod outcomes;
 
 pub use ingest::{DeadLetter, DeadLetterSink, Intake};
 
@@ -60,6 +61,10 @@ pub trait Transport: Send {
     fn name(&self) -> &'static str;
     /// Where predictions go on this transport (empty for an input-only transport).
     fn sinks(&self) -> Vec<Recipient<Publish>>;
+    /// Where outcome events go on this transport, if anywhere.
+    fn outcome_sink(&self) -> Option<Arc<dyn augur_actors::outcomes::OutcomeSink>> {
+        None
+    }
     fn health(&self) -> Arc<dyn Health>;
     /// Starts taking input: broker messages through `intake` into the pipeline.
     fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()>;

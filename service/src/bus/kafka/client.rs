@@ -68,8 +68,10 @@ pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
         cfg.dlq_topic.clone(),
         cfg.marks_topic.clone(),
     ];
-    if !cfg.members_topic.is_empty() {
-        names.push(cfg.members_topic.clone());
+    for t in [&cfg.members_topic, &cfg.outcomes_topic] {
+        if !t.is_empty() {
+            names.push(t.clone());
+        }
     }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
     loop {

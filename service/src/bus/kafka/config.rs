@@ -33,6 +33,8 @@ pub struct KafkaConfig {
     pub marks_topic: String,
     /// Per-member predictions (training-data capture); "" for off.
     pub members_topic: String,
+    /// Outcome events (`PredictionOutcome`, key = symbol); "" for off.
+    pub outcomes_topic: String,
     /// Create the topics at start-up (retried while the broker is down).
     pub create_topics: bool,
     /// Partitions of topics the service creates.
@@ -89,6 +91,7 @@ impl Default for KafkaConfig {
             dlq_topic: "ml-feature-vectors-dlq".into(),
             marks_topic: "ml-feature-vectors-predicted".into(),
             members_topic: String::new(),
+            outcomes_topic: "ml-prediction-outcomes".into(),
             create_topics: true,
             partitions: 6,
             idempotent_producer: false,
@@ -132,6 +135,7 @@ impl KafkaConfig {
             ("dlq_topic", &self.dlq_topic),
             ("marks_topic", &self.marks_topic),
             ("members_topic", &self.members_topic),
+            ("outcomes_topic", &self.outcomes_topic),
         ];
         for (i, (a, x)) in topics.iter().enumerate() {
             for (b, y) in &topics[i + 1..] {

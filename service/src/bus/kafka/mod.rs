@@ -99,6 +99,11 @@ impl Transport for KafkaTransport {
         vec![self.sink.clone().recipient()]
     }
 
+    fn outcome_sink(&self) -> Option<Arc<dyn augur_actors::outcomes::OutcomeSink>> {
+        (!self.cfg.outcomes_topic.is_empty())
+            .then(|| crate::bus::outcomes::kafka(self.producer.clone(), self.cfg.outcomes_topic.clone()))
+    }
+
     fn health(&self) -> Arc<dyn Health> {
         self.stats.clone()
     }

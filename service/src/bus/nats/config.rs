@@ -11,6 +11,9 @@ pub struct NatsConfig {
     pub input_prefix: String,
     /// Output subjects are `<output_prefix>.<timeframe>.<symbol>`.
     pub output_prefix: String,
+    /// Outcome events (`PredictionOutcome`) on `<outcome_prefix>.<timeframe>.<symbol>`; ""
+    /// for none.
+    pub outcome_prefix: String,
     pub dlq_subject: String,
     /// Removed: a queue group spreads messages, not streams, so each instance saw a stream with
     /// gaps and predicted from wrong windows without a word. Refused unless empty; use
@@ -39,6 +42,7 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             input_prefix: "features".into(),
             output_prefix: "predictions".into(),
+            outcome_prefix: "outcomes".into(),
             dlq_subject: "features.dlq".into(),
             queue_group: String::new(),
             partition_count: 0,
@@ -143,6 +147,15 @@ impl NatsConfig {
             ("dlq_subject", &self.dlq_subject),
         ] {
             p.extend(subject_problem("nats", k, v));
+        }
+        if !self.outcome_prefix.is_empty() {
+            p.extend(subject_problem("nats", "outcome_prefix", &self.outcome_prefix));
+            if self.outcome_prefix == self.input_prefix || self.outcome_prefix == self.output_prefix {
+                p.push(format!(
+                    "nats.outcome_prefix {:?} must differ from input_prefix and output_prefix",
+                    self.outcome_prefix
+                ));
+            }
         }
         if self.max_pending_publishes == 0 {
             p.push("nats.max_pending_publishes must be at least 1".into());

@@ -123,6 +123,11 @@ impl Transport for NatsTransport {
         vec![self.sink.clone().recipient()]
     }
 
+    fn outcome_sink(&self) -> Option<Arc<dyn augur_actors::outcomes::OutcomeSink>> {
+        (!self.cfg.outcome_prefix.is_empty())
+            .then(|| crate::bus::outcomes::nats(self.client.clone(), self.cfg.outcome_prefix.clone()))
+    }
+
     fn health(&self) -> Arc<dyn Health> {
         Arc::new(NatsHealth {
             name: TRANSPORT.as_str(),
