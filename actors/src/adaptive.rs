@@ -1,10 +1,16 @@
 //! Adaptive ensemble weights: the `adaptive` method is a weighted mean whose member weights
 //! follow each member's realized log-loss, per timeframe. An exponentially weighted
-//! multiplicative update (Hedge with forgetting): on every resolved outcome,
+//! multiplicative update (Hedge with forgetting), written as each member's exponentially
+//! weighted average log-loss: on every resolved outcome, for each member that answered,
 //!
 //! ```text
-//! L[m] = (1 - decay) * L[m] - eta * log_loss[m]        w = softmax(L), then floor <= w <= cap
+//! avg[m] = (1 - decay) * avg[m] + decay * log_loss[m]
+//! w = softmax(-(eta / decay) * avg), then floor <= w <= cap
 //! ```
+//!
+//! In steady state this is `L = (1 - decay) L - eta * loss` with `w = softmax(L)`; written as
+//! an average, a member that is absent for a while (circuit open, past the deadline) keeps its
+//! standing instead of gaining on the others as they pay their losses.
 //!
 //! Nothing moves before `min_outcomes` outcomes of the timeframe (equal weights until then).
 //! The outcomes actor updates; the aggregators read.
@@ -37,6 +43,7 @@ impl Default for AdaptiveConfig {
 
 #[derive(Debug, Default, Clone)]
 struct Timeframe {
+    /// Each member's exponentially weighted average log-loss.
     log_w: BTreeMap<Arc<str>, f64>,
     outcomes: u64,
 }
@@ -102,12 +109,13 @@ impl AdaptiveWeights {
     pub fn update(&self, timeframe: &Arc<str>, losses: &[(Arc<str>, f64)]) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let tf = state.entry(timeframe.clone()).or_default();
-        for l in tf.log_w.values_mut() {
-            *l *= 1.0 - self.cfg.decay;
-        }
         for (m, loss) in losses {
             if loss.is_finite() {
-                *tf.log_w.entry(m.clone()).or_insert(0.0) -= self.cfg.eta * loss;
+                let d = self.cfg.decay.max(1e-6);
+                tf.log_w
+                    .entry(m.clone())
+                    .and_modify(|avg| *avg = (1.0 - d) * *avg + d * loss)
+                    .or_insert(*loss);
             }
         }
         tf.outcomes += 1;
@@ -129,8 +137,14 @@ impl AdaptiveWeights {
         if tf.outcomes < self.cfg.min_outcomes || tf.log_w.is_empty() {
             return None;
         }
-        let top = tf.log_w.values().copied().fold(f64::NEG_INFINITY, f64::max);
-        let raw: Vec<f64> = tf.log_w.values().map(|l| (l - top).exp()).collect();
+        // log_w holds each member's average loss; its log-weight is -(eta / decay) * avg.
+        let scale = self.cfg.eta / self.cfg.decay.max(1e-6);
+        let top = tf
+            .log_w
+            .values()
+            .map(|a| -scale * a)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let raw: Vec<f64> = tf.log_w.values().map(|a| (-scale * a - top).exp()).collect();
         let sum: f64 = raw.iter().sum();
         let w = bound(
             raw.iter().map(|x| x / sum).collect(),
@@ -196,6 +210,27 @@ mod tests {
         // Inside the bounds: unchanged.
         let w = bound(vec![0.5, 0.3, 0.2], 0.05, 0.8);
         assert!((w[0] - 0.5).abs() < 1e-9 && (w[2] - 0.2).abs() < 1e-9, "{w:?}");
+    }
+
+    #[test]
+    fn an_absent_member_does_not_gain_weight() {
+        let a = AdaptiveWeights::new(
+            AdaptiveConfig {
+                min_outcomes: 1,
+                ..Default::default()
+            },
+            false,
+        );
+        let tf: Arc<str> = "1d".into();
+        for _ in 0..200 {
+            a.update(&tf, &[("a".into(), 1.0), ("b".into(), 1.0)]);
+        }
+        let before = a.weights("1d").unwrap();
+        for _ in 0..200 {
+            a.update(&tf, &[("a".into(), 1.0)]);
+        }
+        let after = a.weights("1d").unwrap();
+        assert!((after["b"] - before["b"]).abs() < 0.05, "{before:?} -> {after:?}");
     }
 
     #[test]

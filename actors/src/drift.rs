@@ -80,7 +80,9 @@ pub fn psi(counts: &[u32], reference: &[f64]) -> f64 {
 /// A sliding window of bin indices (one row per observation) with their counts.
 #[derive(Debug, Clone)]
 struct BinWindow {
-    rows: VecDeque<Vec<u8>>,
+    /// The rows' bins, `columns` per row, oldest first (flat: no allocation per row).
+    rows: VecDeque<u8>,
+    columns: usize,
     counts: Vec<Vec<u32>>,
     pushed: u64,
     peak: f64,
@@ -99,25 +101,30 @@ impl BinWindow {
     fn new(columns: usize, bins: usize) -> Self {
         BinWindow {
             rows: VecDeque::new(),
-            counts: vec![vec![0; bins]; columns],
+            columns: columns.max(1),
+            counts: vec![vec![0; bins]; columns.max(1)],
             pushed: 0,
             peak: 0.0,
         }
     }
 
-    fn push(&mut self, row: Vec<u8>, window: usize) {
-        for (c, b) in self.counts.iter_mut().zip(&row) {
-            if let Some(x) = c.get_mut(*b as usize) {
+    fn len(&self) -> usize {
+        self.rows.len() / self.columns
+    }
+
+    fn push(&mut self, row: impl Iterator<Item = u8>, window: usize) {
+        for (c, b) in self.counts.iter_mut().zip(row) {
+            if let Some(x) = c.get_mut(b as usize) {
                 *x += 1;
             }
+            self.rows.push_back(b);
         }
-        self.rows.push_back(row);
-        while self.rows.len() > window {
-            if let Some(old) = self.rows.pop_front() {
-                for (c, b) in self.counts.iter_mut().zip(&old) {
-                    if let Some(x) = c.get_mut(*b as usize) {
-                        *x = x.saturating_sub(1);
-                    }
+        while self.len() > window {
+            for c in self.counts.iter_mut() {
+                if let Some(b) = self.rows.pop_front()
+                    && let Some(x) = c.get_mut(b as usize)
+                {
+                    *x = x.saturating_sub(1);
                 }
             }
         }
@@ -195,11 +202,10 @@ impl DriftMonitor {
         if values.len() != r.edges.len() {
             return;
         }
-        let row: Vec<u8> = values
+        let row = values
             .iter()
             .zip(&r.edges)
-            .map(|(x, e)| e.partition_point(|edge| *edge <= *x as f64).min(255) as u8)
-            .collect();
+            .map(|(x, e)| e.partition_point(|edge| *edge <= *x as f64).min(255) as u8);
         let bins = r.proportions.first().map(Vec::len).unwrap_or(0);
         let window = self.cfg.window;
         let w = self
@@ -208,7 +214,7 @@ impl DriftMonitor {
             .or_insert_with(|| BinWindow::new(values.len(), bins));
         w.push(row, window);
         w.pushed += 1;
-        if w.pushed.is_multiple_of(25) && w.rows.len() * 2 >= window {
+        if w.pushed.is_multiple_of(25) && w.len() * 2 >= window {
             let (_, median) = median_psi(&w.counts, &r.proportions);
             w.peak = w.peak.max(median);
         }
@@ -220,7 +226,7 @@ impl DriftMonitor {
         self.classes
             .entry((model.clone(), version.clone(), timeframe.clone()))
             .or_insert_with(|| BinWindow::new(1, 3))
-            .push(vec![class.min(2) as u8], window);
+            .push(std::iter::once(class.min(2) as u8), window);
     }
 
     /// One scored prediction of a model version: right or not.
@@ -255,10 +261,10 @@ impl DriftMonitor {
                         .unwrap_or_else(|| format!("f{j}"))
                 };
                 // Alarms wait for a half-full window (a stream's first vectors say little).
-                let alarm = w.rows.len() * 2 >= self.cfg.window && median > self.cfg.psi_alarm;
+                let alarm = w.len() * 2 >= self.cfg.window && median > self.cfg.psi_alarm;
                 Some(FeatureDrift {
                     timeframe: tf.to_string(),
-                    vectors: w.rows.len(),
+                    vectors: w.len(),
                     psi: psis.iter().enumerate().map(|(j, p)| (name(j), *p)).collect(),
                     median_psi: median,
                     alarm,
@@ -282,7 +288,7 @@ impl DriftMonitor {
                     .cfg
                     .class_mix
                     .get(&(m.to_string(), v.to_string(), tf.to_string()));
-                let predictions = w.map(|w| w.rows.len()).unwrap_or(0);
+                let predictions = w.map(|w| w.len()).unwrap_or(0);
                 let prediction_psi = match (w, reference) {
                     (Some(w), Some(r)) => w.counts.first().map(|c| psi(c, r)),
                     _ => None,
@@ -374,7 +380,7 @@ mod tests {
         assert!(r.alarm && r.median_psi > 1.0, "{r:?}");
         // An edge value goes to the bin above it.
         d.vector(&tf, &[0.0]);
-        assert_eq!(d.features[&tf].rows.back(), Some(&vec![2]));
+        assert_eq!(d.features[&tf].rows.back(), Some(&2));
     }
 
     #[test]

@@ -24,8 +24,9 @@ use crate::messages::Publish;
 use crate::telemetry as t;
 use crate::types::{StreamKey, argmax};
 
-/// Predictions waiting for their horizon, per stream.
-const MAX_PENDING: usize = 512;
+/// Predictions waiting for their horizon, per stream (they arrive after their own bar, so
+/// only the last h bars' and a backlog's wait).
+const MAX_PENDING: usize = 64;
 /// Log-loss clipping, as `train.py` scores its test split.
 pub const EPS: f64 = 1e-7;
 /// The ensemble's model id on outcomes and quality rows (its version is the method).
@@ -157,6 +158,18 @@ impl StreamBook {
         close: f64,
     ) -> Vec<(u64, Pending, Resolution)> {
         let h = u64::from(spec.horizon);
+        let mut out = Vec::new();
+        // A sequence far behind the newest (the producer restarted its numbering, or one
+        // vector came with a huge sequence): start the stream's book again rather than give
+        // up on everything after it.
+        if sequence.saturating_add(h + 21 + max_lag) < self.newest {
+            for (t, p) in std::mem::take(&mut self.pending) {
+                out.push((t, p, Err(Unresolved::NoHistory)));
+            }
+            self.closes.clear();
+            self.labels.clear();
+            self.newest = 0;
+        }
         self.closes.insert(sequence, close);
         self.newest = self.newest.max(sequence);
         if let Some(t) = sequence.checked_sub(h)
@@ -179,7 +192,8 @@ impl StreamBook {
         while self.labels.len() as u64 > max_lag.max(1) {
             self.labels.pop_first();
         }
-        self.resolve(spec, max_lag)
+        out.extend(self.resolve(spec, max_lag));
+        out
     }
 
     fn predicted(
@@ -190,6 +204,11 @@ impl StreamBook {
         p: Pending,
     ) -> Vec<(u64, Pending, Resolution)> {
         let mut out = Vec::new();
+        // A stream whose vectors carry no bar can never be scored: nothing is kept for it.
+        if self.closes.is_empty() && self.labels.is_empty() {
+            out.push((sequence, p, Err(Unresolved::NoHistory)));
+            return out;
+        }
         if self.pending.len() >= MAX_PENDING
             && let Some((s, old)) = self.pending.pop_first()
         {
@@ -511,7 +530,8 @@ pub struct Scoreboard {
     cfg: QualityConfig,
     spec: LabelSpec,
     scores: Mutex<BTreeMap<ScoreKey, Scores>>,
-    references: HashMap<(String, String), Reference>,
+    /// Per model id, per version.
+    references: HashMap<String, HashMap<String, Reference>>,
     recorded: Mutex<Vec<Outcome>>,
     drift: Mutex<crate::drift::DriftMonitor>,
 }
@@ -523,11 +543,15 @@ impl Scoreboard {
         references: HashMap<(String, String), Reference>,
         drift: crate::drift::DriftConfig,
     ) -> Self {
+        let mut nested: HashMap<String, HashMap<String, Reference>> = HashMap::new();
+        for ((m, v), r) in references {
+            nested.entry(m).or_default().insert(v, r);
+        }
         Scoreboard {
             cfg,
             spec,
             scores: Mutex::new(BTreeMap::new()),
-            references,
+            references: nested,
             recorded: Mutex::new(Vec::new()),
             drift: Mutex::new(crate::drift::DriftMonitor::new(drift)),
         }
@@ -539,6 +563,10 @@ impl Scoreboard {
         (d.feature_report(), d.model_report())
     }
 
+    fn reference(&self, model: &str, version: &str) -> Option<&Reference> {
+        self.references.get(model)?.get(version)
+    }
+
     pub fn spec(&self) -> LabelSpec {
         self.spec
     }
@@ -547,8 +575,7 @@ impl Scoreboard {
         let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
         for s in &o.outputs {
             let baseline = self
-                .references
-                .get(&(s.model_id.to_string(), s.model_version.to_string()))
+                .reference(&s.model_id, &s.model_version)
                 .and_then(|r| r.baseline_accuracy);
             let key = (s.model_id.clone(), s.model_version.clone(), o.timeframe.clone());
             let sc = scores.entry(key).or_insert_with(Scores::new);
@@ -613,11 +640,7 @@ impl Scoreboard {
                 window: s.window_figures(),
                 ewm: s.ewm_figures(),
                 total: s.total_figures(),
-                reference: self
-                    .references
-                    .get(&(m.to_string(), v.to_string()))
-                    .cloned()
-                    .unwrap_or_default(),
+                reference: self.reference(m, v).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -626,7 +649,7 @@ impl Scoreboard {
     /// baseline accuracy for `below_baseline_for` on some timeframe (empty: it is not).
     pub fn expiry(&self, model: &str, version: &str) -> Vec<String> {
         let mut why = Vec::new();
-        let r = self.references.get(&(model.to_string(), version.to_string()));
+        let r = self.reference(model, version);
         if let (Some(max), Some(at)) = (self.cfg.max_age, r.and_then(|r| r.trained_at_s)) {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -693,7 +716,11 @@ impl Scoreboard {
                     .set(if m.quality_alarm { 1.0 } else { 0.0 });
             }
         }
-        for (m, v) in self.references.keys() {
+        for (m, v) in self
+            .references
+            .iter()
+            .flat_map(|(m, vs)| vs.keys().map(move |v| (m, v)))
+        {
             let expired = !self.expiry(m, v).is_empty();
             metrics::gauge!(t::MODEL_EXPIRED, "model" => m.clone(), "version" => v.clone()).set(if expired {
                 1.0
@@ -771,6 +798,8 @@ pub struct Outcomes {
     board: Arc<Scoreboard>,
     streams: lru::LruCache<StreamKey, StreamBook>,
     sinks: Vec<Arc<dyn OutcomeSink>>,
+    /// `augur_outcomes_resolved_total` per timeframe (looked up once).
+    resolved: HashMap<Arc<str>, metrics::Counter>,
 }
 
 impl Outcomes {
@@ -781,14 +810,19 @@ impl Outcomes {
             board,
             streams: lru::LruCache::new(cap),
             sinks,
+            resolved: HashMap::new(),
         }
     }
 
-    fn settle(&self, key: &StreamKey, done: Vec<(u64, Pending, Resolution)>) {
+    fn settle(&mut self, key: &StreamKey, done: Vec<(u64, Pending, Resolution)>) {
         for (sequence, p, result) in done {
             match result {
                 Ok((label, ret)) => {
-                    metrics::counter!(t::OUTCOMES_RESOLVED, "timeframe" => key.timeframe.to_string())
+                    self.resolved
+                        .entry(key.timeframe.clone())
+                        .or_insert_with(|| {
+                            metrics::counter!(t::OUTCOMES_RESOLVED, "timeframe" => key.timeframe.to_string())
+                        })
                         .increment(1);
                     let o = Arc::new(Outcome {
                         symbol: key.symbol.clone(),
@@ -813,6 +847,14 @@ impl Outcomes {
     }
 
     fn book(&mut self, key: &StreamKey) -> &mut StreamBook {
+        if !self.streams.contains(key)
+            && self.streams.len() == self.streams.cap().get()
+            && let Some((_, old)) = self.streams.pop_lru()
+            && !old.pending.is_empty()
+        {
+            metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => "evicted")
+                .increment(old.pending.len() as u64);
+        }
         self.streams.get_or_insert_mut(key.clone(), StreamBook::default)
     }
 }
@@ -954,6 +996,28 @@ mod tests {
             matches!(done[..], [(3, _, Err(Unresolved::NoHistory))]),
             "{done:?}"
         );
+    }
+
+    #[test]
+    fn a_stream_whose_sequences_restart_is_scored_again() {
+        let mut book = StreamBook::default();
+        book.bar(SPEC, 64, 1 << 50, 100.0);
+        for s in 1..=30 {
+            book.bar(SPEC, 64, s, 100.0 + s as f64);
+        }
+        let done = book.predicted(SPEC, 64, 25, pending("r"));
+        assert!(matches!(done[..], [(25, _, Ok(_))]), "{done:?}");
+    }
+
+    #[test]
+    fn a_stream_without_bars_keeps_no_prediction() {
+        let mut book = StreamBook::default();
+        let done = book.predicted(SPEC, 64, 25, pending("n"));
+        assert!(
+            matches!(done[..], [(25, _, Err(Unresolved::NoHistory))]),
+            "{done:?}"
+        );
+        assert!(book.pending.is_empty());
     }
 
     #[test]

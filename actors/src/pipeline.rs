@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use actix::dev::SendError;
 use actix::prelude::*;
 
 use crate::aggregator::{AggregatorConfig, Stacker};
@@ -214,8 +215,11 @@ impl Pipeline {
                 .collect();
             if !bars.is_empty() {
                 // Before the router: a bar is in the outcomes actor's mailbox before any
-                // prediction made from it.
-                b.send(crate::outcomes::Bars(bars)).await?;
+                // prediction made from it. Queued without waiting for it to be handled, unless
+                // its mailbox is full (then the intake waits: back-pressure, nothing dropped).
+                if let Err(SendError::Full(m)) = b.try_send(crate::outcomes::Bars(bars)) {
+                    b.send(m).await?;
+                }
             }
         }
         self.router.send(Ingest(vectors)).await

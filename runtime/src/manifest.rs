@@ -216,6 +216,18 @@ impl Manifest {
         if let Some(d) = &self.drift {
             p.extend(d.problems(self.features, self.classes.len()));
         }
+        if !(1..=1000).contains(&self.label.horizon_bars) {
+            p.push(format!(
+                "label.horizon_bars must be in 1..=1000, got {}",
+                self.label.horizon_bars
+            ));
+        }
+        if !(self.label.threshold_k.is_finite() && self.label.threshold_k >= 0.0) {
+            p.push(format!(
+                "label.threshold_k must be finite and >= 0, got {}",
+                self.label.threshold_k
+            ));
+        }
         if self.id.trim().is_empty() {
             p.push("id is empty".to_string());
         }

@@ -115,7 +115,7 @@ pub struct OutcomesConfig {
     /// The `adaptive` ensemble method (docs/QUALITY.md): learning rate of the multiplicative
     /// update on each member's realized log-loss.
     pub adaptive_eta: f64,
-    /// Forgetting per outcome, in [0, 1): old losses fade, so a member can earn weight back.
+    /// Forgetting per outcome, in (0, 1): old losses fade, so a member can earn weight back.
     pub adaptive_decay: f64,
     /// Least and most weight of one member.
     pub adaptive_floor: f64,
@@ -146,8 +146,8 @@ impl Default for OutcomesConfig {
             enabled: true,
             window: 500,
             ewm_alpha: 0.02,
-            max_streams: 100_000,
-            max_lag_bars: 256,
+            max_streams: 20_000,
+            max_lag_bars: 64,
             adaptive_eta: 0.5,
             adaptive_decay: 0.01,
             adaptive_floor: 0.05,
@@ -158,7 +158,7 @@ impl Default for OutcomesConfig {
             quality_window: 500,
             z_alarm: 4.0,
             max_model_age_days: 0,
-            below_baseline_seconds: 3600,
+            below_baseline_seconds: 0,
         }
     }
 }
@@ -184,9 +184,9 @@ impl OutcomesConfig {
                 self.adaptive_eta
             ));
         }
-        if !(0.0..1.0).contains(&self.adaptive_decay) {
+        if !(self.adaptive_decay > 0.0 && self.adaptive_decay < 1.0) {
             p.push(format!(
-                "outcomes.adaptive_decay must be in [0, 1), got {}",
+                "outcomes.adaptive_decay must be in (0, 1), got {}",
                 self.adaptive_decay
             ));
         }
@@ -230,15 +230,15 @@ impl OutcomesConfig {
                 self.max_model_age_days, self.below_baseline_seconds
             ));
         }
-        if !(1..=100_000).contains(&self.max_lag_bars) {
+        if !(1..=10_000).contains(&self.max_lag_bars) {
             p.push(format!(
-                "outcomes.max_lag_bars must be in 1..=100000, got {}",
+                "outcomes.max_lag_bars must be in 1..=10000, got {}",
                 self.max_lag_bars
             ));
         }
-        if !(1..=10_000_000).contains(&self.max_streams) {
+        if !(1..=1_000_000).contains(&self.max_streams) {
             p.push(format!(
-                "outcomes.max_streams must be in 1..=10000000, got {}",
+                "outcomes.max_streams must be in 1..=1000000, got {}",
                 self.max_streams
             ));
         }
@@ -349,22 +349,6 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = self.outcomes.problems();
         let s = &self.service;
-        if self.aggregator.method == augur_actors::aggregator::Method::Adaptive {
-            if !self.outcomes.enabled {
-                p.push(
-                    "aggregator.method = \"adaptive\" needs outcomes.enabled = true (it learns from them)"
-                        .into(),
-                );
-            }
-            let n = s.members.len() as f64;
-            let o = &self.outcomes;
-            if n > 0.0 && (o.adaptive_floor * n > 1.0 || o.adaptive_cap * n < 1.0) {
-                p.push(format!(
-                    "outcomes.adaptive_floor {} and adaptive_cap {} cannot hold for {} members (need floor * n <= 1 <= cap * n)",
-                    o.adaptive_floor, o.adaptive_cap, s.members.len()
-                ));
-            }
-        }
         if DeviceSpec::parse(&s.device).is_none() {
             p.push(format!(
                 "service.device {:?} is not one of cpu, cuda, cuda:N, auto",
@@ -432,6 +416,22 @@ impl Config {
         p.extend(self.executor.problems("executor"));
         p.extend(self.breaker.problems("breaker"));
         p.extend(self.aggregator.problems("aggregator", &self.service.members));
+        if self.aggregator.method == augur_actors::aggregator::Method::Adaptive {
+            if !self.outcomes.enabled {
+                p.push(
+                    "aggregator.method = \"adaptive\" needs outcomes.enabled = true (it learns from them)"
+                        .into(),
+                );
+            }
+            let n = self.service.members.len() as f64;
+            let o = &self.outcomes;
+            if n > 0.0 && (o.adaptive_floor * n > 1.0 || o.adaptive_cap * n < 1.0) {
+                p.push(format!(
+                    "outcomes.adaptive_floor {} and adaptive_cap {} cannot hold for {} members (need floor * n <= 1 <= cap * n)",
+                    o.adaptive_floor, o.adaptive_cap, self.service.members.len()
+                ));
+            }
+        }
         // The weighted mean sums the members' weights in float32: past its range the sum is
         // infinite and every probability NaN, however finite each weight is.
         let total: f32 = self

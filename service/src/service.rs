@@ -201,12 +201,34 @@ fn scoreboard(
 /// Unix seconds of a `YYYY-MM-DD` date (midnight UTC), or None.
 fn unix_day(date: &str) -> Option<i64> {
     let mut it = date.trim().splitn(3, '-');
+    let day = |s: &str| -> Option<i64> {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
     let (y, m, d): (i64, i64, i64) = (
         it.next()?.parse().ok()?,
         it.next()?.parse().ok()?,
-        it.next()?.get(..2)?.parse().ok()?,
+        day(it.next()?)?,
     );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in_month = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=days_in_month[(m - 1) as usize]).contains(&d)
+    {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm).
@@ -657,6 +679,10 @@ mod tests {
         assert_eq!(unix_day("2000-03-01"), Some(951_868_800));
         assert_eq!(unix_day("2026-11-23"), Some(1_795_392_000));
         assert_eq!(unix_day("2026-13-01"), None);
+        assert_eq!(unix_day("2026-02-31"), None);
+        assert_eq!(unix_day("2026-11-3"), Some(1_795_392_000 - 20 * 86_400));
+        assert_eq!(unix_day("2026-11-23T10:00:00Z"), Some(1_795_392_000));
+        assert_eq!(unix_day("99999999999999-01-01"), None);
         assert_eq!(unix_day("yesterday"), None);
     }
 }

@@ -100,13 +100,14 @@ pub fn spawn_health(
                 if up != stats.connected.swap(up, Ordering::Relaxed) {
                     tracing::info!(connected = up, "kafka connection");
                 }
-                if consumer.is_some() {
-                    let idle = up
-                        && stats
-                            .assigned
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .is_empty();
+                // Observed only while connected: a metadata fetch that timed out says nothing
+                // about the assignment, and must not end an idle spell.
+                if consumer.is_some() && up {
+                    let idle = stats
+                        .assigned
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty();
                     let (idle_for, warn) = unassigned.observe(idle, std::time::Instant::now());
                     if warn {
                         tracing::warn!(

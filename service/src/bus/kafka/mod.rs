@@ -100,8 +100,18 @@ impl Transport for KafkaTransport {
     }
 
     fn outcome_sink(&self) -> Option<Arc<dyn augur_actors::outcomes::OutcomeSink>> {
-        (!self.cfg.outcomes_topic.is_empty())
-            .then(|| crate::bus::outcomes::kafka(self.producer.clone(), self.cfg.outcomes_topic.clone()))
+        if self.cfg.outcomes_topic.is_empty() {
+            return None;
+        }
+        // A producer of its own: best-effort outcomes must not fill the local queue that
+        // must-deliver predictions wait on while the broker is away.
+        match producer(&self.cfg) {
+            Ok(p) => Some(crate::bus::outcomes::kafka(p, self.cfg.outcomes_topic.clone())),
+            Err(e) => {
+                tracing::error!(error = %e, "kafka outcomes producer; outcome events are not published on Kafka");
+                None
+            }
+        }
     }
 
     fn health(&self) -> Arc<dyn Health> {

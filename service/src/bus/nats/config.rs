@@ -150,11 +150,22 @@ impl NatsConfig {
         }
         if !self.outcome_prefix.is_empty() {
             p.extend(subject_problem("nats", "outcome_prefix", &self.outcome_prefix));
-            if self.outcome_prefix == self.input_prefix || self.outcome_prefix == self.output_prefix {
-                p.push(format!(
-                    "nats.outcome_prefix {:?} must differ from input_prefix and output_prefix",
-                    self.outcome_prefix
-                ));
+            // Neither equal to nor inside (nor around) another subject space: outcomes under
+            // the input prefix would come back in as input.
+            let nested = |a: &str, b: &str| {
+                a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
+            };
+            for (k, v) in [
+                ("input_prefix", &self.input_prefix),
+                ("output_prefix", &self.output_prefix),
+                ("dlq_subject", &self.dlq_subject),
+            ] {
+                if nested(&self.outcome_prefix, v) {
+                    p.push(format!(
+                        "nats.outcome_prefix {:?} overlaps nats.{k} {v:?}: outcome subjects must be their own",
+                        self.outcome_prefix
+                    ));
+                }
             }
         }
         if self.max_pending_publishes == 0 {
