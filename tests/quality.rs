@@ -541,3 +541,80 @@ fn test_feature_drift_stays_quiet_on_the_training_period_and_fires_on_a_shifted_
     );
     assert!(d.alarm && d.median_psi > 0.25, "{d:#?}");
 }
+
+/// Reads `augur replay --signals` output with pandas (a reader that never saw our code) and
+/// checks it against train.py's labels.
+const SIGNALS_PY: &str = r#"
+import json, sys
+import pandas as pd
+sys.path.insert(0, "models/train")
+import features, train
+df = pd.read_csv(sys.argv[1])
+labels = {}
+for sym, tf, ohlcv in train.load_series():
+    f = features.compute(ohlcv)
+    labels[(sym, tf)] = train.labels(ohlcv[:, 3], f[:, 19])
+bad = 0
+for r in df.itertuples():
+    if labels[(r.symbol, r.timeframe)][r.sequence - 1] - 1 != r.label:
+        bad += 1
+hits = (df["signal"] == df["label"]).mean()
+json.dump({"rows": len(df), "columns": list(df.columns), "bad_labels": bad,
+           "symbols": sorted(df["symbol"].unique().tolist()), "hit": float(hits),
+           "nulls": int(df.isna().sum().sum())}, sys.stdout)
+"#;
+
+#[test]
+fn test_replay_writes_scored_signals_that_pandas_reads_with_train_py_labels() {
+    let file = std::fs::read(common::root().join("models/data/replay/ta-v1.pb")).unwrap();
+    let msgs = augur_service::codec::read_length_delimited(&file).unwrap();
+    let mut part = Vec::new();
+    for m in msgs.iter().take(3000) {
+        prost::encoding::encode_varint(m.len() as u64, &mut part);
+        part.extend_from_slice(m);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("part.pb");
+    std::fs::write(&input, &part).unwrap();
+    let csv = dir.path().join("signals.csv");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["replay", "--output", "/dev/null", "--input"])
+        .arg(&input)
+        .arg("--signals")
+        .arg(&csv)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("scored signals written") && err.contains("lstm-direction\t1\t1d"),
+        "{err}"
+    );
+    let py = std::process::Command::new(common::root().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(SIGNALS_PY)
+        .arg(&csv)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    println!("{v}");
+    assert!(v["rows"].as_u64().unwrap() > 2000, "{v}");
+    assert_eq!(v["bad_labels"], 0, "{v}");
+    assert_eq!(v["nulls"], 0, "{v}");
+    assert_eq!(v["symbols"], serde_json::json!(["AAPL"]), "{v}");
+    for c in [
+        "cnn-pattern_p_long",
+        "lstm-direction_p_short",
+        "xgb-direction_p_neutral",
+        "realized_return",
+        "event_time_ms",
+    ] {
+        assert!(
+            v["columns"].as_array().unwrap().iter().any(|x| x == c),
+            "{c}: {v}"
+        );
+    }
+}
