@@ -865,9 +865,16 @@ fn fault_kafka_output_down_while_nats_goes_on() {
     let mut broker = common::Tansu::start(true);
     topics(&broker.brokers());
     let url = nats.url();
-    let (svc, _log, _) = service_with(
+    let (svc, log, _) = service_with(
         &broker.brokers(),
-        &[("AUGUR_NATS__ENABLED", "true"), ("AUGUR_NATS__URL", &url)],
+        &[
+            ("AUGUR_NATS__ENABLED", "true"),
+            ("AUGUR_NATS__URL", &url),
+            (
+                "RUST_LOG",
+                "warn,augur_service::service=info,augur_service::bus::kafka=info",
+            ),
+        ],
     );
     let ledger = Ledger {
         inputs: real(4, 240),
@@ -876,7 +883,7 @@ fn fault_kafka_output_down_while_nats_goes_on() {
     let on_nats = nats_outputs(
         url.clone(),
         expected_keys(&ledger.inputs),
-        Duration::from_secs(90),
+        Duration::from_secs(120),
     );
     let inputs = ledger.inputs.clone();
     let feeder = std::thread::spawn(move || common::publish(&url, &inputs, 48.0));
@@ -889,6 +896,21 @@ fn fault_kafka_output_down_while_nats_goes_on() {
     let nats_out = on_nats.join().unwrap();
     // NATS went on through the outage: every prediction once.
     let v = judge("Kafka output down: NATS side", &ledger, &nats_out, &[], 0);
+    if !v.pass() {
+        // A clean-clone CI run lost 4 (one per stream) here once, not reproduced locally:
+        // what was missing, and the service's log, for the failure's reader.
+        let seen: HashSet<_> = nats_out
+            .iter()
+            .filter_map(|m| pb::EnsemblePrediction::decode(&m[..]).ok())
+            .map(|p| key_of(&p))
+            .collect();
+        let mut missing: Vec<_> = expected_keys(&ledger.inputs).difference(&seen).cloned().collect();
+        missing.sort();
+        println!("missing on NATS: {missing:?}");
+        for l in log.try_iter() {
+            println!("service: {l}");
+        }
+    }
     assert!(v.pass(), "{}", v.row());
     collect(&broker.brokers(), &ledger, Duration::from_secs(90));
     stop(svc);
