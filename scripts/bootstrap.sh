@@ -22,7 +22,8 @@ fi
 
 # 2. Project-local Python venv: torch (libtorch for tch), training dependencies.
 # Training (models/train), the benchmark's Python baseline peer (bench/peers/python_asyncio)
-# and schemathesis, which fuzzes the HTTP API (scripts/schemathesis.sh).
+# schemathesis, which fuzzes the HTTP API (scripts/schemathesis.sh), and the clients the tests
+# read Augur's output with (tests/python: pyarrow for pandas' Parquet).
 REQ="$AUGUR_VENV/.augur-requirements.want"
 STAMP="$AUGUR_VENV/.augur-requirements"
 if [ ! -x "$AUGUR_VENV/bin/python" ]; then
@@ -30,7 +31,7 @@ if [ ! -x "$AUGUR_VENV/bin/python" ]; then
   python3 -m venv "$AUGUR_VENV"
 fi
 cat "$AUGUR_ROOT/models/train/requirements.txt" "$AUGUR_ROOT/bench/peers/python_asyncio/requirements.txt" \
-  "$AUGUR_ROOT/tests/schemathesis/requirements.txt" >"$REQ"
+  "$AUGUR_ROOT/tests/schemathesis/requirements.txt" "$AUGUR_ROOT/tests/python/requirements.txt" >"$REQ"
 if ! cmp -s "$REQ" "$STAMP"; then
   log "installing Python requirements (torch is ~4.6 GB the first time)"
   "$AUGUR_VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"

@@ -39,12 +39,31 @@ enum Command {
         /// "-" for stdout.
         #[arg(long, default_value = "-")]
         output: String,
-        /// Also write every scored signal as CSV, for a backtest (pandas, polars): one row per
-        /// prediction whose horizon bar is in the input, with its ensemble and member
-        /// probabilities, the realized label and return (docs/QUALITY.md). The per-model
-        /// quality table goes to stderr.
+        /// A plain OHLCV file instead of --input: CSV (.gz too) or Parquet (.parquet, .pq), with
+        /// open, high, low, close, volume columns and optional symbol and time columns;
+        /// ta-v1 is computed from it by the feed's code (docs/QUALITY.md).
+        #[arg(long, conflicts_with = "input")]
+        ohlcv: Option<PathBuf>,
+        /// The timeframe of the --ohlcv bars.
+        #[arg(long, default_value = "1d", requires = "ohlcv")]
+        timeframe: String,
+        /// The symbol of --ohlcv bars in a file without a symbol column (default: the file's
+        /// name up to its first dot).
+        #[arg(long, requires = "ohlcv")]
+        symbol: Option<String>,
+        /// Also write every scored signal, for a backtest (pandas, polars): CSV, or Parquet when
+        /// the name ends in .parquet or .pq. One row per prediction whose horizon bar is in
+        /// the input, with its ensemble and member probabilities, the realized label and
+        /// return (docs/QUALITY.md). The per-model quality table goes to stderr.
         #[arg(long)]
         signals: Option<PathBuf>,
+        /// Also draw a reliability diagram and a rolling-accuracy chart per model (and the
+        /// ensemble) as PNGs into this directory.
+        #[arg(long)]
+        charts: Option<PathBuf>,
+        /// Outcomes in the rolling-accuracy window of --charts.
+        #[arg(long, default_value_t = 250)]
+        rolling_window: usize,
     },
     /// Publish the committed real series to NATS (re-stamped, interleaved across streams).
     Publish {
@@ -219,11 +238,28 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Replay {
             config,
             input,
+            ohlcv,
+            timeframe,
+            symbol,
             output,
             signals,
+            charts,
+            rolling_window,
         } => {
             let cfg = Config::load(Some(&config))?;
-            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let bytes = match &ohlcv {
+                Some(path) => {
+                    let bars = augur_tools::ohlcv::read(path, symbol.as_deref())?;
+                    eprintln!(
+                        "replay: {} bars of {} symbol(s) from {}",
+                        bars.iter().map(|b| b.rows.len()).sum::<usize>(),
+                        bars.len(),
+                        path.display()
+                    );
+                    augur_tools::ohlcv::feature_stream(&bars, &timeframe)?
+                }
+                None => std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?,
+            };
             let out = actix_rt::System::new().block_on(augur_service::service::replay(&cfg, &bytes))?;
             for r in &out.rejects {
                 eprintln!("rejected: {r}");
@@ -245,13 +281,41 @@ fn run(command: Command) -> anyhow::Result<()> {
                 out.predictions.len(),
                 out.rejects.len()
             );
-            if let Some(path) = signals {
+            if signals.is_some() || charts.is_some() {
                 let board = out
                     .quality
                     .as_ref()
-                    .context("--signals needs outcomes.enabled = true")?;
-                let rows = write_signals(&path, &out.predictions, &board.recorded())?;
-                eprintln!("replay: {rows} scored signals written to {}", path.display());
+                    .context("--signals and --charts need outcomes.enabled = true")?;
+                let scored = augur_tools::signals::Signals::new(&out.predictions, &board.recorded());
+                if let Some(path) = &signals {
+                    scored.write(path)?;
+                    eprintln!(
+                        "replay: {} scored signals written to {}",
+                        scored.rows.len(),
+                        path.display()
+                    );
+                }
+                if let Some(dir) = &charts {
+                    let mut refs = std::collections::BTreeMap::new();
+                    for r in board.report() {
+                        refs.insert(
+                            r.model.clone(),
+                            augur_tools::charts::Reference {
+                                test_accuracy: r.reference.test_accuracy,
+                                baseline_accuracy: r.reference.baseline_accuracy,
+                            },
+                        );
+                    }
+                    let files = augur_tools::charts::draw(dir, &scored, &refs, rolling_window)?;
+                    let pngs = files
+                        .iter()
+                        .filter(|f| f.extension().is_some_and(|x| x == "png"))
+                        .count();
+                    eprintln!(
+                        "replay: {pngs} charts drawn into {} (their numbers: reliability.csv, rolling-accuracy.csv)",
+                        dir.display()
+                    );
+                }
                 eprintln!(
                     "model\tversion\ttimeframe\toutcomes\taccuracy\tlog_loss\tbrier\thit_rate\ttest_accuracy\tbaseline_accuracy"
                 );
@@ -409,91 +473,4 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The scored signals as CSV: one row per outcome, in (symbol, timeframe, sequence) order.
-/// Columns: symbol, timeframe, sequence, event_time_ms, event_id, method, signal (-1, 0, 1),
-/// confidence, p_short, p_neutral, p_long (the ensemble), then `<member>_p_short`,
-/// `<member>_p_neutral`, `<member>_p_long` per member, then horizon_bars, label (-1, 0, 1)
-/// and realized_return.
-fn write_signals(
-    path: &std::path::Path,
-    predictions: &[std::sync::Arc<augur_actors::types::Ensemble>],
-    outcomes: &[augur_actors::outcomes::Outcome],
-) -> anyhow::Result<usize> {
-    let by_id: std::collections::HashMap<&str, &augur_actors::types::Ensemble> = predictions
-        .iter()
-        .map(|p| (p.event_id.as_str(), p.as_ref()))
-        .collect();
-    let mut members: Vec<String> = outcomes
-        .iter()
-        .flat_map(|o| o.outputs.iter().skip(1).map(|m| m.model_id.to_string()))
-        .collect();
-    members.sort();
-    members.dedup();
-    let mut rows: Vec<&augur_actors::outcomes::Outcome> = outcomes.iter().collect();
-    rows.sort_by(|a, b| (&a.symbol, &a.timeframe, a.sequence).cmp(&(&b.symbol, &b.timeframe, b.sequence)));
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    let mut header = vec![
-        "symbol",
-        "timeframe",
-        "sequence",
-        "event_time_ms",
-        "event_id",
-        "method",
-        "signal",
-        "confidence",
-        "p_short",
-        "p_neutral",
-        "p_long",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    for m in &members {
-        for c in ["p_short", "p_neutral", "p_long"] {
-            header.push(format!("{m}_{c}"));
-        }
-    }
-    header.extend(["horizon_bars", "label", "realized_return"].map(String::from));
-    writeln!(w, "{}", header.join(","))?;
-    let quote = |s: &str| {
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    };
-    let probs = |p: &[f32]| {
-        (0..3)
-            .map(|k| p.get(k).map(|x| x.to_string()).unwrap_or_default())
-            .collect::<Vec<_>>()
-    };
-    for o in &rows {
-        let e = by_id.get(o.event_id.as_str());
-        let ens = o.outputs.first();
-        let mut row = vec![
-            quote(&o.symbol),
-            quote(&o.timeframe),
-            o.sequence.to_string(),
-            e.map(|e| e.event_time_ms.to_string()).unwrap_or_default(),
-            quote(&o.event_id),
-            ens.map(|s| quote(&s.model_version)).unwrap_or_default(),
-            e.map(|e| e.signal.to_string()).unwrap_or_default(),
-            e.map(|e| e.confidence.to_string()).unwrap_or_default(),
-        ];
-        row.extend(probs(ens.map(|s| s.probabilities.as_slice()).unwrap_or(&[])));
-        for m in &members {
-            let p = o.outputs.iter().skip(1).find(|x| *x.model_id == **m);
-            row.extend(probs(p.map(|x| x.probabilities.as_slice()).unwrap_or(&[])));
-        }
-        row.push(o.horizon.to_string());
-        row.push((o.label as i64 - 1).to_string());
-        row.push(o.realized_return.to_string());
-        writeln!(w, "{}", row.join(","))?;
-    }
-    w.flush()?;
-    Ok(rows.len())
 }

@@ -618,3 +618,266 @@ fn test_replay_writes_scored_signals_that_pandas_reads_with_train_py_labels() {
         );
     }
 }
+
+/// Writes AAPL's daily bars from the committed stocks file as a plain OHLCV CSV and as Parquet
+/// (pandas and pyarrow: writers that never saw our code), rows shuffled: the reader must put
+/// them back in time order. The Parquet file holds the date as a UTC nanosecond timestamp.
+const OHLCV_PY: &str = r#"
+import sys
+import pandas as pd
+out = sys.argv[1]
+df = pd.read_csv("models/data/stocks.csv.gz")
+a = df[df.Ticker == "AAPL"][["Ticker", "Date", "Open", "High", "Low", "Close", "Volume"]]
+a = a.sample(frac=1.0, random_state=7)
+a.to_csv(out + "/AAPL.csv", index=False)
+p = a.copy()
+p["Date"] = pd.to_datetime(p["Date"], utc=True)
+p.to_parquet(out + "/AAPL.parquet", index=False)
+"#;
+
+/// Reads the signals (CSV and Parquet) and the charts' numbers with pandas, and recomputes
+/// the reliability bins and the rolling accuracy from the signals.
+const REPORT_PY: &str = r#"
+import json, sys
+import numpy as np
+import pandas as pd
+d = sys.argv[1]
+c = pd.read_csv(d + "/signals.csv", float_precision="round_trip")
+q = pd.read_parquet(d + "/signals.parquet")
+out = {"rows": len(q), "columns_equal": list(c.columns) == list(q.columns), "diff": []}
+for col in q.columns:
+    x, y = q[col], c[col]
+    if x.dtype == np.float32:
+        # Two runs: libtorch rounds with the batch size, a few ulps.
+        same = np.abs(x.to_numpy() - y.astype(np.float32).to_numpy()).max() < 1e-5
+    else:
+        same = (x.astype(str) == y.astype(str)).all()
+    if not same:
+        out["diff"].append(col)
+rel = pd.read_csv(d + "/charts/reliability.csv")
+roll = pd.read_csv(d + "/charts/rolling-accuracy.csv")
+worst_bin, worst_roll = 0.0, 0.0
+models = ["ensemble"] + sorted({k[: -len("_p_short")] for k in q.columns if k.endswith("_p_short") and k != "p_short"})
+for m in models:
+    cols = ["p_short", "p_neutral", "p_long"] if m == "ensemble" else [f"{m}_p_short", f"{m}_p_neutral", f"{m}_p_long"]
+    p = q[cols].to_numpy()
+    top, conf = p.argmax(axis=1), p.max(axis=1).astype(np.float64)
+    hit = (top - 1 == q["label"].to_numpy())
+    b = np.minimum((conf * 10).astype(int), 9)
+    r = rel[rel.model == m]
+    for k in np.unique(b):
+        row = r[np.isclose(r.bin_lo, k / 10)]
+        sel = b == k
+        worst_bin = max(worst_bin, abs(row.accuracy.iloc[0] - hit[sel].mean()),
+                        abs(row.confidence.iloc[0] - conf[sel].mean()), abs(row["count"].iloc[0] - sel.sum()))
+    order = np.lexsort((q["sequence"].to_numpy(), q["event_time_ms"].to_numpy()))
+    w = int(sys.argv[2])
+    acc = pd.Series(hit[order].astype(float)).rolling(w).mean().dropna().to_numpy()
+    mine = roll[roll.model == m].accuracy.to_numpy()
+    worst_roll = max(worst_roll, float(np.abs(acc - mine).max()) if len(acc) == len(mine) else 1.0)
+out["worst_bin"], out["worst_roll"], out["models"] = float(worst_bin), float(worst_roll), models
+json.dump(out, sys.stdout)
+"#;
+
+fn run_augur(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .arg("replay")
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+/// Each prediction of a replay: (stream, sequence, event time, correlation id) and its
+/// ensemble and member probabilities.
+type Facts = Vec<((String, u64, i64, String), Vec<f64>)>;
+
+fn prediction_facts(path: &std::path::Path) -> Facts {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut p: Vec<f64> = v["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            for m in v["members"].as_array().unwrap() {
+                p.extend(
+                    m["probabilities"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap()),
+                );
+            }
+            let key = (
+                format!("{}/{}", v["symbol"], v["timeframe"]),
+                v["sequence"].as_u64().unwrap(),
+                v["event_time_ms"].as_i64().unwrap(),
+                v["correlation_id"].as_str().unwrap().to_string(),
+            );
+            (key, p)
+        })
+        .collect()
+}
+
+/// The same predictions, up to float rounding: libtorch's kernels round differently with the
+/// batch size, which depends on timing (a few ulps).
+fn assert_same_predictions(a: &Facts, b: &Facts) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.0, y.0);
+        assert_eq!(x.1.len(), y.1.len(), "{:?}", x.0);
+        let worst =
+            x.1.iter()
+                .zip(&y.1)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
+        assert!(worst < 1e-5, "{:?}: {:?} against {:?}", x.0, x.1, y.1);
+    }
+}
+
+#[test]
+fn test_quality_report_from_an_ohlcv_csv_or_parquet_file_equals_the_recorded_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let py = std::process::Command::new(common::root().join(".venv/bin/python"))
+        .args(["-c", OHLCV_PY])
+        .arg(d)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    // The recorded stream's AAPL vectors (computed by the Python trainer's features.py).
+    let aapl: Vec<_> = file_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .collect();
+    std::fs::write(d.join("aapl.pb"), replay_bytes(&aapl)).unwrap();
+    let os = |p: &std::path::Path| p.as_os_str().to_owned();
+    let s = |x: &str| std::ffi::OsString::from(x);
+    run_augur(&[
+        &s("--input"),
+        &os(&d.join("aapl.pb")),
+        &s("--output"),
+        &os(&d.join("ref.jsonl")),
+    ]);
+    let err_csv = run_augur(&[
+        &s("--ohlcv"),
+        &os(&d.join("AAPL.csv")),
+        &s("--output"),
+        &os(&d.join("csv.jsonl")),
+        &s("--signals"),
+        &os(&d.join("signals.csv")),
+    ]);
+    let window = "200";
+    let err_pq = run_augur(&[
+        &s("--ohlcv"),
+        &os(&d.join("AAPL.parquet")),
+        &s("--output"),
+        &os(&d.join("pq.jsonl")),
+        &s("--signals"),
+        &os(&d.join("signals.parquet")),
+        &s("--charts"),
+        &os(&d.join("charts")),
+        &s("--rolling-window"),
+        &s(window),
+    ]);
+    println!("{err_csv}\n{err_pq}");
+    assert!(err_csv.contains("3270 bars of 1 symbol(s)"), "{err_csv}");
+    // Same predictions from the bars as from the recorded features: no train/serve skew.
+    // The vectors computed from the bars (by the feed's Rust ta-v1) are the recorded ones
+    // (computed by the trainer's features.py), bit for bit, event times included.
+    for file in ["AAPL.csv", "AAPL.parquet"] {
+        let bars = augur_tools::ohlcv::read(&d.join(file), None).unwrap();
+        let stream = augur_tools::ohlcv::feature_stream(&bars, "1d").unwrap();
+        let mine: Vec<_> = augur_service::codec::read_length_delimited(&stream)
+            .unwrap()
+            .into_iter()
+            .flat_map(|p| {
+                <augur_service::pb::FeatureVectorBatch as prost::Message>::decode(p)
+                    .unwrap()
+                    .vectors
+            })
+            .collect();
+        assert_eq!(mine.len(), aapl.len(), "{file}");
+        for (m, r) in mine.iter().zip(&aapl) {
+            assert_eq!(m, r, "{file}: sequence {}", r.sequence);
+        }
+    }
+    let reference = prediction_facts(&d.join("ref.jsonl"));
+    assert!(
+        reference.len() > 3000 && reference.len() <= aapl.len(),
+        "{}",
+        reference.len()
+    );
+    assert_same_predictions(&prediction_facts(&d.join("csv.jsonl")), &reference);
+    assert_same_predictions(&prediction_facts(&d.join("pq.jsonl")), &reference);
+    // The report: Parquet equals CSV, and the charts' numbers equal pandas' own.
+    let py = std::process::Command::new(common::root().join(".venv/bin/python"))
+        .args(["-c", REPORT_PY])
+        .arg(d)
+        .arg(window)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    println!("{v}");
+    assert!(v["rows"].as_u64().unwrap() > 3000, "{v}");
+    assert_eq!(v["columns_equal"], true, "{v}");
+    assert_eq!(v["diff"], serde_json::json!([]), "{v}");
+    assert!(v["worst_bin"].as_f64().unwrap() < 1e-9, "{v}");
+    assert!(v["worst_roll"].as_f64().unwrap() < 1e-9, "{v}");
+    assert_eq!(v["models"].as_array().unwrap().len(), 4, "{v}");
+    // Eight PNGs: a reliability diagram and a rolling-accuracy chart per model and ensemble.
+    for m in ["ensemble", "lstm-direction", "cnn-pattern", "xgb-direction"] {
+        for (kind, w, h) in [("reliability", 720u32, 600u32), ("rolling-accuracy", 960, 520)] {
+            let png = std::fs::read(d.join(format!("charts/{kind}-{m}.png"))).unwrap();
+            assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+            let dim = |o: usize| u32::from_be_bytes([png[o], png[o + 1], png[o + 2], png[o + 3]]);
+            assert_eq!((dim(16), dim(20)), (w, h), "{kind}-{m}");
+            assert!(png.len() > 20_000, "{kind}-{m}: {} bytes", png.len());
+        }
+    }
+}
+
+#[test]
+fn test_a_bad_ohlcv_file_is_refused_with_every_problem_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "date,open,high,low,close,volume\n2000-01-03,1,2,0.5,1.5,100\n2000-01-04,1,nan,0.5,1.5,100\n2000-02-30,1,2,0.5,1.5,100\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["replay", "--output", "/dev/null", "--ohlcv"])
+        .arg(&bad)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("2 problem(s)") && err.contains("line 3: high") && err.contains("line 4: time"),
+        "{err}"
+    );
+    // A file that is not Parquet at all.
+    let pq = dir.path().join("x.parquet");
+    std::fs::write(&pq, b"not parquet").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["replay", "--output", "/dev/null", "--ohlcv"])
+        .arg(&pq)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a Parquet file"));
+}

@@ -210,6 +210,12 @@ fn unix_day(date: &str) -> Option<i64> {
         it.next()?.parse().ok()?,
         day(it.next()?)?,
     );
+    Some(civil_days(y, m, d)? * 86_400)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date, or None when the date does not exist
+/// (years 1-9999, real month lengths).
+pub fn civil_days(y: i64, m: i64, d: i64) -> Option<i64> {
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let days_in_month = [
         31,
@@ -237,7 +243,7 @@ fn unix_day(date: &str) -> Option<i64> {
     let yoe = y - era * 400;
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some((era * 146_097 + doe - 719_468) * 86_400)
+    Some(era * 146_097 + doe - 719_468)
 }
 
 /// The names of a feature set's columns, in order (empty when the file cannot be read: the
