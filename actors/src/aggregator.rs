@@ -13,7 +13,7 @@ use crate::events::{
 };
 use crate::executor::ExecError;
 use crate::gate::ModelGate;
-use crate::messages::{Drain, EventMeta, MemberDone, MemberStatus, Publish, StartEvent, Stop};
+use crate::messages::{Drain, EventMeta, MemberDone, MemberStatus, Publishers, StartEvent, Stop};
 use crate::telemetry::PipelineStats;
 use crate::types::{Ensemble, MemberPrediction, StreamKey, argmax};
 
@@ -225,7 +225,7 @@ pub struct Aggregator {
     config: Arc<RwLock<AggregatorConfig>>,
     adaptive: Arc<crate::adaptive::AdaptiveWeights>,
     stacker: Option<Stacker>,
-    publishers: Arc<[Recipient<Publish>]>,
+    publishers: Publishers,
     pending: HashMap<u64, Pending>,
     stats: Arc<PipelineStats>,
     /// Deadlines run on this clock.
@@ -244,7 +244,7 @@ impl Aggregator {
         config: Arc<RwLock<AggregatorConfig>>,
         adaptive: Arc<crate::adaptive::AdaptiveWeights>,
         stacker: Option<Stacker>,
-        publishers: Arc<[Recipient<Publish>]>,
+        publishers: Publishers,
         stats: Arc<PipelineStats>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -382,10 +382,7 @@ impl Aggregator {
             method.as_str(),
             published_at_ns,
         );
-        let e = Arc::new(e);
-        for p in self.publishers.iter() {
-            p.do_send(Publish(e.clone()));
-        }
+        self.publishers.publish(Arc::new(e));
         self.stats.emit(Predicted {
             timeframe: &self.key.timeframe,
             end_to_end_ns: (feature_published_at_ns > 0 && published_at_ns > feature_published_at_ns)

@@ -55,6 +55,44 @@ pub struct MemberDone {
 #[rtype(result = "()")]
 pub struct Publish(pub Arc<Ensemble>);
 
+/// A receiver of every ensemble prediction that takes it without an actor hop, on the
+/// aggregator's thread: it must only queue (the outcomes thread's intake).
+pub trait EnsembleSink: Send + Sync {
+    fn publish(&self, e: &Arc<Ensemble>);
+}
+
+/// Where every ensemble prediction goes: the sink actors (transports, status) and the
+/// direct sinks.
+#[derive(Clone, Default)]
+pub struct Publishers {
+    pub actors: Arc<[Recipient<Publish>]>,
+    pub direct: Arc<[Arc<dyn EnsembleSink>]>,
+}
+
+impl Publishers {
+    pub fn new(actors: Vec<Recipient<Publish>>, direct: Vec<Arc<dyn EnsembleSink>>) -> Self {
+        Publishers {
+            actors: actors.into(),
+            direct: direct.into(),
+        }
+    }
+
+    pub fn publish(&self, e: Arc<Ensemble>) {
+        for d in self.direct.iter() {
+            d.publish(&e);
+        }
+        for p in self.actors.iter() {
+            p.do_send(Publish(e.clone()));
+        }
+    }
+}
+
+impl From<Vec<Recipient<Publish>>> for Publishers {
+    fn from(actors: Vec<Recipient<Publish>>) -> Self {
+        Publishers::new(actors, Vec::new())
+    }
+}
+
 /// A model's circuit changed state (from the model's gate).
 #[derive(Message)]
 #[rtype(result = "()")]

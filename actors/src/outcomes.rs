@@ -11,18 +11,19 @@
 //! population standard deviation of the last 20 log returns, summed in order as
 //! `features.py` does), not read from the float32 feature, so that the label is exact.
 //!
-//! The [`Outcomes`] actor gets every bar (from the pipeline's intake, refills included) and
-//! every ensemble prediction (as one more `Publish` sink), in either order, and feeds the
-//! [`Scoreboard`]: live quality per (model, version, timeframe) and for the ensemble.
+//! The [`Outcomes`] thread gets every bar (from the pipeline's intake, refills included) and
+//! every ensemble prediction (a direct sink of the aggregators), in either order, and feeds
+//! the [`Scoreboard`]: live quality per (model, version, timeframe) and for the ensemble.
+//! It runs beside the actors, on a thread of its own that nothing wakes: the hot path only
+//! queues ([`OutcomesHandle`]), and the thread takes the queue every few milliseconds.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use actix::prelude::*;
 use serde::Serialize;
 
-use crate::messages::Publish;
+use crate::messages::EnsembleSink;
 use crate::telemetry as t;
-use crate::types::{StreamKey, argmax};
+use crate::types::{Ensemble, StreamKey, argmax};
 
 /// Predictions waiting for their horizon, per stream (they arrive after their own bar, so
 /// only the last h bars' and a backlog's wait).
@@ -788,12 +789,86 @@ pub struct Bar {
     pub refill: bool,
 }
 
-/// A batch of vectors' bars.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Bars(pub Vec<Bar>);
+/// What the outcomes thread takes in, in arrival order.
+enum Input {
+    Bars(Vec<Bar>),
+    Predicted(Arc<Ensemble>),
+    /// Answered once everything queued before it is handled.
+    Settle(tokio::sync::oneshot::Sender<()>),
+}
 
-/// Resolves predictions against later bars; see the module docs.
+/// Items the outcomes thread's queue holds at most. Full (the thread has fallen that far
+/// behind), bars and predictions are dropped and counted (`augur_outcomes_unresolved_total`,
+/// reason `queue_full`): scoring is derived data, and the signals must not wait for it.
+const QUEUE: usize = 1 << 18;
+/// How often the outcomes thread takes what was queued. Nothing wakes it: the hot path only
+/// queues, and a prediction is scored bars after it was made, so a few ms do not matter.
+const TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The intake of the outcomes thread: the pipeline queues every vector's bar and every
+/// ensemble prediction into it, without waiting and without waking anything.
+#[derive(Clone)]
+pub struct OutcomesHandle {
+    tx: std::sync::mpsc::SyncSender<Input>,
+}
+
+impl std::fmt::Debug for OutcomesHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutcomesHandle")
+    }
+}
+
+impl OutcomesHandle {
+    /// Starts the outcomes thread. It ends when every handle is gone.
+    pub fn start(board: Arc<Scoreboard>, sinks: Vec<Arc<dyn OutcomeSink>>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let mut o = Outcomes::new(board, sinks);
+        std::thread::Builder::new()
+            .name("outcomes".into())
+            .spawn(move || o.run(rx))?;
+        Ok(OutcomesHandle { tx })
+    }
+
+    fn queue(&self, input: Input, items: usize) {
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.tx.try_send(input) {
+            metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => "queue_full").increment(items as u64);
+        }
+    }
+
+    /// Queues the bars of ingested vectors (refills included).
+    pub fn bars(&self, bars: Vec<Bar>) {
+        if !bars.is_empty() {
+            let n = bars.len();
+            self.queue(Input::Bars(bars), n);
+        }
+    }
+
+    /// Waits until the thread has handled everything queued before.
+    pub async fn settle(&self) -> Result<(), tokio::sync::oneshot::error::RecvError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A full queue: wait for room, this is the replay's and the tests' barrier.
+        let mut input = Input::Settle(tx);
+        loop {
+            match self.tx.try_send(input) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    input = back;
+                    tokio::time::sleep(TICK).await;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
+            }
+        }
+        rx.await
+    }
+}
+
+impl EnsembleSink for OutcomesHandle {
+    fn publish(&self, e: &Arc<Ensemble>) {
+        self.queue(Input::Predicted(e.clone()), 1);
+    }
+}
+
+/// Resolves predictions against later bars, on its own thread; see the module docs.
 pub struct Outcomes {
     board: Arc<Scoreboard>,
     streams: lru::LruCache<StreamKey, StreamBook>,
@@ -811,6 +886,31 @@ impl Outcomes {
             streams: lru::LruCache::new(cap),
             sinks,
             resolved: HashMap::new(),
+        }
+    }
+
+    /// The thread: every `TICK`, takes what was queued; every second, exports the gauges;
+    /// ends when the queue's senders are all gone.
+    fn run(&mut self, rx: std::sync::mpsc::Receiver<Input>) {
+        let mut exported = std::time::Instant::now();
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(Input::Bars(b)) => self.on_bars(b),
+                    Ok(Input::Predicted(e)) => self.on_predicted(e),
+                    Ok(Input::Settle(done)) => {
+                        let _ = done.send(());
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            if exported.elapsed() >= std::time::Duration::from_secs(1) {
+                exported = std::time::Instant::now();
+                self.board.export();
+                metrics::gauge!(t::STATE_ENTRIES, "map" => "outcome_streams").set(self.streams.len() as f64);
+            }
+            std::thread::sleep(TICK);
         }
     }
 
@@ -857,45 +957,28 @@ impl Outcomes {
         }
         self.streams.get_or_insert_mut(key.clone(), StreamBook::default)
     }
-}
 
-impl Actor for Outcomes {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(1024);
-        ctx.run_interval(std::time::Duration::from_secs(1), |o, _| {
-            o.board.export();
-            metrics::gauge!(t::STATE_ENTRIES, "map" => "outcome_streams").set(o.streams.len() as f64);
-        });
-    }
-}
-
-impl Handler<Bars> for Outcomes {
-    type Result = ();
-
-    fn handle(&mut self, msg: Bars, _: &mut Context<Self>) {
+    /// Vectors' bars: their features feed the drift monitor (refills aside), their closes
+    /// the streams' books.
+    pub fn on_bars(&mut self, bars: Vec<Bar>) {
         let (spec, lag) = (self.board.spec, self.board.cfg.max_lag_bars);
         {
             let mut drift = self.board.drift.lock().unwrap_or_else(|e| e.into_inner());
-            for b in msg.0.iter().filter(|b| !b.refill) {
+            for b in bars.iter().filter(|b| !b.refill) {
                 drift.vector(&b.key.timeframe, &b.values);
             }
         }
-        for b in msg.0 {
+        for b in bars {
             if let Some(close) = b.close {
                 let done = self.book(&b.key).bar(spec, lag, b.sequence, close);
                 self.settle(&b.key, done);
             }
         }
     }
-}
 
-impl Handler<Publish> for Outcomes {
-    type Result = ();
-
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
-        let e = &msg.0;
+    /// An ensemble prediction: what is scored is copied out, and the prediction (with its
+    /// input's acknowledgement) let go.
+    pub fn on_predicted(&mut self, e: Arc<Ensemble>) {
         let key = StreamKey {
             symbol: e.symbol.clone(),
             timeframe: e.timeframe.clone(),
@@ -927,8 +1010,7 @@ impl Handler<Publish> for Outcomes {
             outputs,
         };
         let sequence = e.sequence;
-        // The ensemble (and its input's acknowledgement) is let go here.
-        drop(msg);
+        drop(e);
         let (spec, lag) = (self.board.spec, self.board.cfg.max_lag_bars);
         let done = self.book(&key).predicted(spec, lag, sequence, pending);
         self.settle(&key, done);

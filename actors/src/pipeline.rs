@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use actix::dev::SendError;
 use actix::prelude::*;
 
 use crate::aggregator::{AggregatorConfig, Stacker};
@@ -12,7 +11,7 @@ use crate::breaker::BreakerConfig;
 use crate::clock::Clock;
 use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig, ExecutorHandle};
 use crate::gate::ModelGate;
-use crate::messages::{Ingest, Publish, Release, ResetModel, SetEnabled};
+use crate::messages::{Ingest, Publishers, Release, ResetModel, SetEnabled};
 use crate::router::{Router, RouterConfig};
 use crate::supervisor::{SupervisedModel, Supervisor};
 use crate::telemetry::PipelineStats;
@@ -60,8 +59,8 @@ pub struct Pipeline {
     pub stacker: Option<Stacker>,
     /// The weights of the `adaptive` method, per timeframe.
     pub adaptive: Arc<crate::adaptive::AdaptiveWeights>,
-    /// The outcomes actor's intake of bars (scoring), when outcomes are on.
-    bars: Option<Recipient<crate::outcomes::Bars>>,
+    /// The outcomes thread's intake of bars (scoring), when outcomes are on.
+    bars: Option<crate::outcomes::OutcomesHandle>,
     /// Live quality, when outcomes are on.
     pub quality: Option<Arc<crate::outcomes::Scoreboard>>,
 }
@@ -76,7 +75,7 @@ impl Pipeline {
         cfg: PipelineConfig,
         members: Vec<ModelSpec>,
         stacker: Option<StackerSpec>,
-        publishers: Vec<Recipient<Publish>>,
+        publishers: Publishers,
         clock: Arc<dyn Clock>,
         observer: Arc<dyn BatchObserver>,
     ) -> Result<Pipeline, Vec<String>> {
@@ -150,7 +149,7 @@ impl Pipeline {
             aggregator_config.clone(),
             cfg.adaptive.clone(),
             stacker_out.clone(),
-            publishers.into(),
+            publishers,
             supervisor.clone().recipient(),
             stats.clone(),
             clock.clone(),
@@ -187,12 +186,12 @@ impl Pipeline {
         })
     }
 
-    /// Sends the bars of every vector ingested from now on to `bars` (the outcomes actor,
-    /// which must also be one of the publishers to see the predictions) and shows its
-    /// `quality`.
+    /// Queues the bars of every vector ingested from now on into `bars` (the outcomes
+    /// thread, which must also be one of the direct publishers to see the predictions) and
+    /// shows its `quality`.
     pub fn with_outcomes(
         mut self,
-        bars: Recipient<crate::outcomes::Bars>,
+        bars: crate::outcomes::OutcomesHandle,
         quality: Arc<crate::outcomes::Scoreboard>,
     ) -> Self {
         self.bars = Some(bars);
@@ -213,23 +212,17 @@ impl Pipeline {
                     refill: v.refill,
                 })
                 .collect();
-            if !bars.is_empty() {
-                // Before the router: a bar is in the outcomes actor's mailbox before any
-                // prediction made from it. Queued without waiting for it to be handled, unless
-                // its mailbox is full (then the intake waits: back-pressure, nothing dropped).
-                if let Err(SendError::Full(m)) = b.try_send(crate::outcomes::Bars(bars)) {
-                    b.send(m).await?;
-                }
-            }
+            // Before the router: a bar is queued before any prediction made from it.
+            b.bars(bars);
         }
         self.router.send(Ingest(vectors)).await
     }
 
-    /// Waits until the outcomes actor has handled everything sent to it before (the
-    /// predictions of every drained event among them): a round trip through its mailbox.
+    /// Waits until the outcomes thread has handled everything queued before (the
+    /// predictions of every drained event among them).
     pub async fn settle_outcomes(&self) -> Result<(), MailboxError> {
         match &self.bars {
-            Some(b) => b.send(crate::outcomes::Bars(Vec::new())).await,
+            Some(b) => b.settle().await.map_err(|_| MailboxError::Closed),
             None => Ok(()),
         }
     }

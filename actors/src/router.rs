@@ -15,7 +15,7 @@ use crate::events::{
 };
 use crate::gate::ModelGate;
 use crate::messages::{
-    Drain, EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publish, Release, SetEnabled,
+    Drain, EventMeta, Ingest, MemberDone, MemberStatus, ModelFailed, Publishers, Release, SetEnabled,
     StartEvent, Stop,
 };
 use crate::model_actor::ModelActor;
@@ -84,7 +84,7 @@ pub struct Router {
     aggregator_config: Arc<std::sync::RwLock<AggregatorConfig>>,
     adaptive: Arc<crate::adaptive::AdaptiveWeights>,
     stacker: Option<Stacker>,
-    publishers: Arc<[Recipient<Publish>]>,
+    publishers: Publishers,
     supervisor: Recipient<ModelFailed>,
     /// Every stream's state, least recently active first out.
     streams: lru::LruCache<StreamKey, Stream>,
@@ -103,7 +103,7 @@ impl Router {
         aggregator_config: Arc<std::sync::RwLock<AggregatorConfig>>,
         adaptive: Arc<crate::adaptive::AdaptiveWeights>,
         stacker: Option<Stacker>,
-        publishers: Arc<[Recipient<Publish>]>,
+        publishers: Publishers,
         supervisor: Recipient<ModelFailed>,
         stats: Arc<PipelineStats>,
         clock: Arc<dyn Clock>,

@@ -203,7 +203,7 @@ async fn start(members: Vec<ModelSpec>, cfg: PipelineConfig) -> (Pipeline, Out, 
         cfg,
         members,
         None,
-        vec![sink.clone().recipient()],
+        vec![sink.clone().recipient()].into(),
         clock.clone(),
         Arc::new(NoObserver),
     )

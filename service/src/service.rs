@@ -27,7 +27,7 @@ use augur_actors::clock::SystemClock;
 use augur_actors::drift::{DriftConfig, FeatureReference};
 use augur_actors::executor::BatchObserver;
 use augur_actors::messages::{Barrier, Publish};
-use augur_actors::outcomes::{LabelSpec, OutcomeSink, Outcomes, QualityConfig, Reference, Scoreboard};
+use augur_actors::outcomes::{LabelSpec, OutcomeSink, OutcomesHandle, QualityConfig, Reference, Scoreboard};
 use augur_actors::pipeline::{ModelSpec, Pipeline, PipelineConfig, StackerSpec};
 use augur_actors::telemetry::{self as t, PipelineStats};
 use augur_actors::types::{Ensemble, Transport as Label};
@@ -84,7 +84,7 @@ pub async fn build_pipeline(cfg: &Config, publishers: Vec<Recipient<Publish>>) -
 /// The scoreboard of the served models: their common label definition and their offline
 /// figures (manifests' `[label]` and `[metrics]`). Members that label differently cannot be
 /// scored against one outcome: a problem.
-fn scoreboard(
+pub fn scoreboard(
     cfg: &Config,
     record: bool,
     adaptive: Arc<AdaptiveWeights>,
@@ -335,12 +335,17 @@ pub async fn build_pipeline_with(
     if !problems.is_empty() {
         anyhow::bail!("models failed to load:\n  - {}", problems.join("\n  - "));
     }
-    let mut publishers = publishers;
-    let outcomes = outcomes.map(|board| {
-        let addr = Outcomes::new(board.clone(), outcome_sinks).start();
-        publishers.push(addr.clone().recipient());
-        (addr, board)
-    });
+    let outcomes = match outcomes {
+        Some(board) => Some((
+            OutcomesHandle::start(board.clone(), outcome_sinks).context("starting the outcomes thread")?,
+            board,
+        )),
+        None => None,
+    };
+    let direct: Vec<Arc<dyn augur_actors::messages::EnsembleSink>> = outcomes
+        .iter()
+        .map(|(h, _)| Arc::new(h.clone()) as Arc<dyn augur_actors::messages::EnsembleSink>)
+        .collect();
     let pcfg = PipelineConfig {
         router: cfg.router.clone(),
         executor: cfg.executor.clone(),
@@ -353,14 +358,14 @@ pub async fn build_pipeline_with(
         pcfg,
         members,
         stacker,
-        publishers,
+        augur_actors::messages::Publishers::new(publishers, direct),
         SystemClock::shared(),
         Arc::new(MetricsObserver),
     )
     .await
     .map_err(|p| anyhow::anyhow!("models failed to start:\n  - {}", p.join("\n  - ")))?;
     Ok(match outcomes {
-        Some((addr, board)) => pipeline.with_outcomes(addr.recipient(), board),
+        Some((handle, board)) => pipeline.with_outcomes(handle, board),
         None => pipeline,
     })
 }

@@ -15,15 +15,32 @@ use crate::codec::encode_outcome;
 /// Outcomes waiting per sink.
 const QUEUE: usize = 4096;
 
-/// A bounded queue into a publishing task.
+/// Where a sink sends an outcome: the NATS subject prefix, or Kafka (key = symbol).
+enum Route {
+    Nats { prefix: String },
+    Kafka,
+}
+
+/// A bounded queue into a publishing task. The outcome is encoded, and its subject or key
+/// made, by the caller (the outcomes thread): the task, on the actors' thread, only hands
+/// the bytes to the client.
 pub struct QueuedSink {
     transport: &'static str,
-    tx: mpsc::Sender<Arc<Outcome>>,
+    route: Route,
+    tx: mpsc::Sender<(String, Vec<u8>)>,
 }
 
 impl OutcomeSink for QueuedSink {
-    fn publish(&self, outcome: &Arc<Outcome>) {
-        if self.tx.try_send(outcome.clone()).is_err() {
+    fn publish(&self, o: &Arc<Outcome>) {
+        let to = match &self.route {
+            Route::Nats { prefix } => format!(
+                "{prefix}.{}.{}",
+                super::nats::subject_token(&o.timeframe),
+                super::nats::subject_token(&o.symbol)
+            ),
+            Route::Kafka => o.symbol.to_string(),
+        };
+        if self.tx.try_send((to, encode_outcome(o))).is_err() {
             metrics::counter!(t::OUTCOMES_DROPPED, "transport" => self.transport, "reason" => "queue_full")
                 .increment(1);
         }
@@ -40,32 +57,27 @@ fn counted(transport: &'static str, ok: bool) {
 
 /// NATS: `<prefix>.<timeframe>.<symbol>`. Must be called inside the actix system.
 pub fn nats(client: async_nats::Client, prefix: String) -> Arc<dyn OutcomeSink> {
-    let (tx, mut rx) = mpsc::channel::<Arc<Outcome>>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(QUEUE);
     actix_rt::spawn(async move {
-        while let Some(o) = rx.recv().await {
-            let subject = format!(
-                "{prefix}.{}.{}",
-                super::nats::subject_token(&o.timeframe),
-                super::nats::subject_token(&o.symbol)
-            );
-            let ok = client.publish(subject, encode_outcome(&o).into()).await.is_ok();
+        while let Some((subject, payload)) = rx.recv().await {
+            let ok = client.publish(subject, payload.into()).await.is_ok();
             counted("nats", ok);
         }
     });
     Arc::new(QueuedSink {
         transport: "nats",
+        route: Route::Nats { prefix },
         tx,
     })
 }
 
 /// Kafka: `topic`, key = symbol. Must be called inside the actix system.
 pub fn kafka(producer: rdkafka::producer::FutureProducer, topic: String) -> Arc<dyn OutcomeSink> {
-    let (tx, mut rx) = mpsc::channel::<Arc<Outcome>>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(QUEUE);
     actix_rt::spawn(async move {
-        while let Some(o) = rx.recv().await {
-            let payload = encode_outcome(&o);
+        while let Some((key, payload)) = rx.recv().await {
             let record = rdkafka::producer::FutureRecord::to(&topic)
-                .key(&*o.symbol)
+                .key(&key)
                 .payload(&payload);
             // Enqueued at once; the delivery is awaited beside, so that outcomes do not wait
             // for each other's round trips.
@@ -79,6 +91,7 @@ pub fn kafka(producer: rdkafka::producer::FutureProducer, topic: String) -> Arc<
     });
     Arc::new(QueuedSink {
         transport: "kafka",
+        route: Route::Kafka,
         tx,
     })
 }
