@@ -44,7 +44,11 @@ fn main() {
     let series: Vec<augur_service::pb::FeatureVector> = augur_service::codec::read_length_delimited(&file)
         .unwrap()
         .into_iter()
-        .flat_map(|p| <augur_service::pb::FeatureVectorBatch as prost::Message>::decode(p).unwrap().vectors)
+        .flat_map(|p| {
+            <augur_service::pb::FeatureVectorBatch as prost::Message>::decode(p)
+                .unwrap()
+                .vectors
+        })
         .filter(|v| v.symbol == "AAPL")
         .collect();
     let members = ["lstm-direction", "cnn-pattern", "xgb-direction"];

@@ -249,7 +249,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             let cfg = Config::load(Some(&config))?;
             let bytes = match &ohlcv {
                 Some(path) => {
+                    anyhow::ensure!(
+                        cfg.validation.timeframes.contains(&timeframe),
+                        "--timeframe {timeframe:?} is not one the service takes (validation.timeframes: {})",
+                        cfg.validation.timeframes.join(", ")
+                    );
                     let bars = augur_tools::ohlcv::read(path, symbol.as_deref())?;
+                    for w in augur_tools::ohlcv::warnings(&bars, &timeframe) {
+                        eprintln!("warning: {w}");
+                    }
                     eprintln!(
                         "replay: {} bars of {} symbol(s) from {}",
                         bars.iter().map(|b| b.rows.len()).sum::<usize>(),
@@ -261,9 +269,18 @@ fn run(command: Command) -> anyhow::Result<()> {
                 None => std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?,
             };
             let out = actix_rt::System::new().block_on(augur_service::service::replay(&cfg, &bytes))?;
-            for r in &out.rejects {
+            for r in out.rejects.iter().take(20) {
                 eprintln!("rejected: {r}");
             }
+            if out.rejects.len() > 20 {
+                eprintln!("rejected: ... and {} more", out.rejects.len() - 20);
+            }
+            anyhow::ensure!(
+                !out.predictions.is_empty() || out.rejects.is_empty(),
+                "no prediction: every one of the {} messages was rejected (first: {})",
+                out.rejects.len(),
+                out.rejects.first().map(String::as_str).unwrap_or_default()
+            );
             let mut w: Box<dyn Write> = if output == "-" {
                 Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
             } else {

@@ -158,6 +158,14 @@ pub struct Decoded {
 }
 
 /// Longest symbol, in bytes.
+/// A value that can be one token of a NATS subject: no control character, whitespace, `.`,
+/// `*` or `>`.
+pub fn is_subject_token(value: &str) -> bool {
+    !value
+        .chars()
+        .any(|c| c.is_control() || c == '.' || c == '*' || c == '>' || c.is_whitespace())
+}
+
 pub const MAX_SYMBOL: usize = 64;
 /// Longest timeframe, feature-set name or exchange, in bytes.
 pub const MAX_TOKEN: usize = 32;
@@ -355,10 +363,7 @@ impl Validator {
                 });
             }
             let token = field != "correlation_id";
-            if value
-                .chars()
-                .any(|c| c.is_control() || (token && (c == '.' || c == '*' || c == '>' || c.is_whitespace())))
-            {
+            if (token && !is_subject_token(value)) || value.chars().any(char::is_control) {
                 return Err(Reject::InvalidToken {
                     field,
                     value: value.clone(),

@@ -117,6 +117,11 @@ fn year(ms: i64) -> f64 {
 /// from the `window`-th on, in event-time order: (decimal year of the event, or the outcome's
 /// index when the signals have no event time; accuracy).
 pub fn rolling_accuracy(s: &Signals, model: &str, window: usize) -> BTreeMap<String, Vec<(f64, f64)>> {
+    rolling(s, model, window).0
+}
+
+/// [`rolling_accuracy`], and whether its x is time (every signal had an event time).
+fn rolling(s: &Signals, model: &str, window: usize) -> (BTreeMap<String, Vec<(f64, f64)>>, bool) {
     let window = window.max(1);
     // Per timeframe: (event time, the signal, its top class was right).
     type Calls<'a> = Vec<(Option<i64>, &'a Signal, bool)>;
@@ -128,10 +133,11 @@ pub fn rolling_accuracy(s: &Signals, model: &str, window: usize) -> BTreeMap<Str
                 .push((r.event_time_ms, r, call(p, r.label).0));
         }
     }
-    by.into_iter()
+    let timed = by.values().flatten().all(|x| x.0.is_some_and(|t| t > 0));
+    let series = by
+        .into_iter()
         .map(|(tf, mut v)| {
             v.sort_by(|a, b| (a.0, &a.1.symbol, a.1.sequence).cmp(&(b.0, &b.1.symbol, b.1.sequence)));
-            let timed = v.iter().all(|x| x.0.is_some_and(|t| t > 0));
             let mut hits = 0usize;
             let mut out = Vec::new();
             for (i, (t, _, hit)) in v.iter().enumerate() {
@@ -149,7 +155,8 @@ pub fn rolling_accuracy(s: &Signals, model: &str, window: usize) -> BTreeMap<Str
             }
             (tf, out)
         })
-        .collect()
+        .collect();
+    (series, timed)
 }
 
 fn font() -> anyhow::Result<()> {
@@ -184,7 +191,7 @@ pub fn draw(
         if rel.is_empty() {
             continue;
         }
-        let roll = rolling_accuracy(s, &m, window);
+        let (roll, timed) = rolling(s, &m, window);
         for (tf, bins) in &rel {
             for b in bins {
                 rel_csv.push_str(&format!(
@@ -211,9 +218,12 @@ pub fn draw(
         let p = dir.join(format!("reliability-{safe}.png"));
         draw_reliability(&p, &m, &rel)?;
         out.push(p);
-        let p = dir.join(format!("rolling-accuracy-{safe}.png"));
-        draw_rolling(&p, &m, &roll, window, references.get(&m))?;
-        out.push(p);
+        // Fewer outcomes than the window: no point to draw (an empty range hangs plotters).
+        if roll.values().any(|v| !v.is_empty()) {
+            let p = dir.join(format!("rolling-accuracy-{safe}.png"));
+            draw_rolling(&p, &m, &roll, window, timed, references.get(&m))?;
+            out.push(p);
+        }
     }
     for (name, text) in [("reliability.csv", rel_csv), ("rolling-accuracy.csv", roll_csv)] {
         let p = dir.join(name);
@@ -279,6 +289,7 @@ fn draw_rolling(
     model: &str,
     series: &BTreeMap<String, Vec<(f64, f64)>>,
     window: usize,
+    timed: bool,
     reference: Option<&Reference>,
 ) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (960, 520)).into_drawing_area();
@@ -287,6 +298,7 @@ fn draw_rolling(
     let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
         (a.min(x), b.max(x))
     });
+    anyhow::ensure!(x0.is_finite() && x1.is_finite(), "no point to draw");
     let (x0, x1) = if x0 < x1 { (x0, x1) } else { (x0 - 1.0, x0 + 1.0) };
     let refs = reference
         .map(|r| [r.test_accuracy, r.baseline_accuracy])
@@ -302,7 +314,6 @@ fn draw_rolling(
     } else {
         (0.0, 1.0)
     };
-    let timed = x0 > 1900.0;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!("{model}: accuracy over the last {window} outcomes"),
@@ -446,6 +457,9 @@ mod tests {
         )]);
         let files = draw(dir.path(), &s, &refs, 5).unwrap();
         assert_eq!(files.len(), 6, "{files:?}");
+        // Fewer outcomes than the window: the reliability diagrams only (this hung once).
+        let few = draw(&dir.path().join("few"), &s, &refs, 1000).unwrap();
+        assert_eq!(few.len(), 4, "{few:?}");
         for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "png")) {
             let bytes = std::fs::read(f).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.display());

@@ -64,28 +64,50 @@ pub fn read(path: &Path, symbol: Option<&str>) -> anyhow::Result<Vec<Bars>> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default()
-        .to_ascii_lowercase();
-    let table = if name.ends_with(".parquet") || name.ends_with(".pq") {
-        read_parquet(path)?
+        .to_string();
+    let lower = name.to_ascii_lowercase();
+    let table = if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+        // The parquet crate panics on some corrupt files (a negative column chunk offset in
+        // the footer): that is an error about the file, not a crash.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let read = std::panic::catch_unwind(|| read_parquet(path));
+        std::panic::set_hook(hook);
+        read.map_err(|_| anyhow::anyhow!("{}: a corrupt Parquet file (its reader gave up)", path.display()))??
     } else {
         let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let text = if name.ends_with(".gz") {
+        let text = if lower.ends_with(".gz") {
             let mut s = String::new();
-            flate2::read::GzDecoder::new(&raw[..])
+            // Every gzip member (concatenated files are one stream), and no more text than a
+            // bound: a gzip bomb is refused, not unpacked.
+            let n = flate2::read::MultiGzDecoder::new(&raw[..])
+                .take(MAX_TEXT + 1)
                 .read_to_string(&mut s)
                 .with_context(|| format!("gunzip {}", path.display()))?;
+            anyhow::ensure!(
+                n as u64 <= MAX_TEXT,
+                "{}: more than {} MB of text",
+                path.display(),
+                MAX_TEXT >> 20
+            );
             s
         } else {
+            anyhow::ensure!(
+                raw.len() as u64 <= MAX_TEXT,
+                "{}: more than {} MB of text",
+                path.display(),
+                MAX_TEXT >> 20
+            );
             String::from_utf8(raw).with_context(|| format!("{} is not UTF-8 text", path.display()))?
         };
         read_csv(&text)
     };
-    let stem = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('.').next())
-        .filter(|s| !s.is_empty())
-        .unwrap_or("SYMBOL");
+    // The file's name without the extensions this reads (BRK.B.csv is BRK.B).
+    let stem = [".csv.gz", ".csv", ".gz", ".parquet", ".pq", ".txt"]
+        .iter()
+        .find_map(|e| lower.ends_with(e).then(|| &name[..name.len() - e.len()]))
+        .unwrap_or(&name);
+    let stem = if stem.is_empty() { "SYMBOL" } else { stem };
     bars(&table, symbol.unwrap_or(stem)).map_err(|p| {
         anyhow::anyhow!(
             "{}: {} problem(s):\n  {}",
@@ -95,6 +117,9 @@ pub fn read(path: &Path, symbol: Option<&str>) -> anyhow::Result<Vec<Bars>> {
         )
     })
 }
+
+/// The most text a CSV may hold (after gunzip).
+const MAX_TEXT: u64 = 2 << 30;
 
 fn read_csv(text: &str) -> Table {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
@@ -186,11 +211,22 @@ fn read_parquet(path: &Path) -> anyhow::Result<Table> {
         }
     }
     anyhow::ensure!(problems.is_empty(), "{}: {}", path.display(), problems.join("; "));
+    // An INT64 timestamp in nanoseconds has no legacy converted type: its unit is in the
+    // logical type only, and the record reader hands it over as a plain integer.
+    let nanos: Vec<bool> = keep
+        .iter()
+        .map(|f| {
+            matches!(
+                f.get_basic_info().logical_type_ref(),
+                Some(parquet::basic::LogicalType::Timestamp(t)) if t.unit == parquet::basic::TimeUnit::NANOS
+            )
+        })
+        .collect();
+    let columns: Vec<String> = keep.iter().map(|f| f.name().to_string()).collect();
     let projection = parquet::schema::types::Type::group_type_builder(schema.name())
         .with_fields(keep)
         .build()
         .context("the Parquet projection")?;
-    let mut columns: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     for (i, row) in reader
         .get_row_iter(Some(projection))
@@ -200,16 +236,15 @@ fn read_parquet(path: &Path) -> anyhow::Result<Table> {
         let row = row.with_context(|| format!("{} row {}", path.display(), i + 1))?;
         let mut cells = Vec::new();
         for (j, (name, field)) in row.get_column_iter().enumerate() {
-            if i == 0 {
-                columns.push(name.clone());
-            } else if columns.get(j) != Some(name) {
+            if columns.get(j) != Some(name) {
                 anyhow::bail!(
-                    "{} row {}: columns differ from the first row's",
+                    "{} row {}: columns differ from the schema's",
                     path.display(),
                     i + 1
                 );
             }
             cells.push(match field {
+                Field::Long(x) if nanos[j] => Cell::TimeMs(x.div_euclid(1_000_000)),
                 Field::Null => Cell::Null,
                 Field::Float(x) => Cell::Num(f64::from(*x)),
                 Field::Double(x) => Cell::Num(*x),
@@ -255,22 +290,64 @@ fn role(column: &str) -> Option<Role> {
 
 fn bars(table: &Table, default_symbol: &str) -> Result<Vec<Bars>, Vec<String>> {
     let mut problems = Vec::new();
+    let lower: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
     let find = |r: Role| table.columns.iter().position(|c| role(c) == Some(r));
     let mut price = [0usize; 5];
     for (k, name) in ["open", "high", "low", "close", "volume"].iter().enumerate() {
         match find(Role::Price(k)) {
             Some(i) => price[k] = i,
-            None => problems.push(format!("no {name:?} column (columns: {:?})", table.columns)),
+            None => {
+                let mut cols: String = format!("{:?}", table.columns).chars().take(200).collect();
+                if cols.len() >= 200 {
+                    cols.push_str("...");
+                }
+                problems.push(format!("no {name:?} column (columns: {cols})"))
+            }
         }
     }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let (sym_col, time_col) = (find(Role::Symbol), find(Role::Time));
+    let sym_col = find(Role::Symbol);
+    // A `date` column and a `time` column together are one time (intraday files).
+    let date_col = lower.iter().position(|c| c == "date");
+    let clock_col = lower.iter().position(|c| c == "time");
+    let (time_col, clock_col) = match (date_col, clock_col) {
+        (Some(d), Some(t)) => (Some(d), Some(t)),
+        _ => (find(Role::Time), None),
+    };
+    // Epoch numbers have one unit per column, told by the largest (a 1971 time in ms is not
+    // a time in s).
+    let unit = time_col.map(|i| {
+        let most = table
+            .rows
+            .iter()
+            .filter_map(|(_, c)| match c.get(i) {
+                Some(Cell::Int(x)) if !is_yyyymmdd(*x) => Some(x.unsigned_abs()),
+                Some(Cell::Num(x)) if x.fract() == 0.0 => Some(x.abs() as u64),
+                Some(Cell::Text(t)) => t
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|x| !is_yyyymmdd(*x))
+                    .map(i64::unsigned_abs),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        epoch_unit(most)
+    });
     // Per symbol: (bar time, open, high, low, close, volume).
     type Rows = Vec<(Option<i64>, [f64; 5])>;
     let mut by: BTreeMap<String, Rows> = BTreeMap::new();
     for (line, cells) in &table.rows {
+        if problems.len() >= MAX_PROBLEMS {
+            problems.push(format!("... (stopped at {MAX_PROBLEMS} problems)"));
+            break;
+        }
         if cells.len() != table.columns.len() {
             problems.push(format!(
                 "line {line}: {} fields, the header has {}",
@@ -296,23 +373,35 @@ fn bars(table: &Table, default_symbol: &str) -> Result<Vec<Bars>, Vec<String>> {
                 }
             }
         }
-        let t = match time_col {
-            Some(i) => match time_ms(&cells[i]) {
-                Some(t) => Some(t),
-                None => {
-                    ok = false;
-                    problems.push(format!(
-                        "line {line}: time {:?} is not a date or time this reads",
-                        show(&cells[i])
-                    ));
-                    None
+        let t = match (time_col, unit) {
+            (Some(i), Some(unit)) => {
+                let t = match clock_col {
+                    Some(c) => parse_time(&format!("{} {}", show(&cells[i]), show(&cells[c]))),
+                    None => time_ms(&cells[i], unit),
+                };
+                match t {
+                    Some(t) if t >= 0 => Some(t),
+                    Some(_) => {
+                        ok = false;
+                        problems.push(format!("line {line}: time {:?} is before 1970", show(&cells[i])));
+                        None
+                    }
+                    None => {
+                        ok = false;
+                        problems.push(format!(
+                            "line {line}: time {:?} is not a date or time this reads",
+                            show(&cells[i])
+                        ));
+                        None
+                    }
                 }
-            },
-            None => None,
+            }
+            _ => None,
         };
         let sym = match sym_col {
             Some(i) => match &cells[i] {
                 Cell::Text(s) if !s.trim().is_empty() => s.trim().to_string(),
+                Cell::Int(x) => x.to_string(),
                 c => {
                     problems.push(format!("line {line}: symbol {:?} is empty", show(c)));
                     continue;
@@ -320,12 +409,16 @@ fn bars(table: &Table, default_symbol: &str) -> Result<Vec<Bars>, Vec<String>> {
             },
             None => default_symbol.to_string(),
         };
+        if sym.len() > augur_service::codec::MAX_SYMBOL || !augur_service::codec::is_subject_token(&sym) {
+            problems.push(format!(
+                "line {line}: symbol {:?} is not a subject token of at most {} bytes (no '.', '*', '>', space)",
+                sym.chars().take(80).collect::<String>(),
+                augur_service::codec::MAX_SYMBOL
+            ));
+            continue;
+        }
         if ok && problems.is_empty() {
             by.entry(sym).or_default().push((t, r));
-        }
-        if problems.len() >= MAX_PROBLEMS {
-            problems.push("... (stopped at 20 problems)".into());
-            break;
         }
     }
     if by.is_empty() && problems.is_empty() {
@@ -377,42 +470,71 @@ fn number(c: &Cell) -> Option<f64> {
     }
 }
 
-/// An epoch number in s, ms, us or ns (by magnitude: years 1973-5138 in s, 1973+ in ms...).
-fn epoch_ms(x: i64) -> Option<i64> {
-    let a = x.unsigned_abs();
-    Some(if a < 100_000_000_000 {
-        x.checked_mul(1000)?
-    } else if a < 100_000_000_000_000 {
-        x
-    } else if a < 100_000_000_000_000_000 {
-        x.div_euclid(1000)
+/// The unit of a column of epoch numbers, from its largest magnitude: ms per unit, or a
+/// divisor (negative) for us and ns.
+fn epoch_unit(most: u64) -> i64 {
+    if most < 100_000_000_000 {
+        1000
+    } else if most < 100_000_000_000_000 {
+        1
+    } else if most < 100_000_000_000_000_000 {
+        -1000
     } else {
-        x.div_euclid(1_000_000)
-    })
+        -1_000_000
+    }
 }
 
-fn time_ms(c: &Cell) -> Option<i64> {
+fn epoch_ms(x: i64, unit: i64) -> Option<i64> {
+    if unit > 0 {
+        x.checked_mul(unit)
+    } else {
+        Some(x.div_euclid(-unit))
+    }
+}
+
+/// `YYYYMMDD` as an integer, a real date of 1900-2199.
+fn is_yyyymmdd(x: i64) -> bool {
+    (19_000_101..=21_991_231).contains(&x)
+        && augur_service::service::civil_days(x / 10_000, x / 100 % 100, x % 100).is_some()
+}
+
+fn time_ms(c: &Cell, unit: i64) -> Option<i64> {
     match c {
         Cell::TimeMs(t) => Some(*t),
-        Cell::Int(x) => epoch_ms(*x),
-        Cell::Num(x) if x.fract() == 0.0 && x.abs() < 9e18 => epoch_ms(*x as i64),
-        Cell::Text(s) => parse_time(s.trim()),
+        Cell::Int(x) if is_yyyymmdd(*x) => parse_time(&x.to_string()),
+        Cell::Int(x) => epoch_ms(*x, unit),
+        Cell::Num(x) if x.fract() == 0.0 && x.abs() < 9e18 => time_ms(&Cell::Int(*x as i64), unit),
+        Cell::Text(s) => match s.trim().parse::<i64>() {
+            Ok(x) => time_ms(&Cell::Int(x), unit),
+            Err(_) => parse_time(s.trim()),
+        },
         _ => None,
     }
 }
 
-/// `YYYY-MM-DD[( |T)HH:MM[:SS[.fff]]][Z]`, `DD.MM.YYYY[ HH:MM[:SS[.fff]]]`, or an epoch.
+/// `YYYY-MM-DD[( |T)HH:MM[:SS[.fff]]][Z|±HH[:MM]]`, `DD.MM.YYYY[ HH:MM[:SS[.fff]]]`,
+/// `YYYYMMDD`, or an epoch number (its unit told by its size); Unix ms.
 pub fn parse_time(s: &str) -> Option<i64> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !s[1..].contains('-') {
-        return epoch_ms(s.parse().ok()?);
+    let s = s.trim();
+    if !s.is_empty()
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+    {
+        let x: i64 = s.parse().ok()?;
+        if is_yyyymmdd(x) {
+            return Some(
+                augur_service::service::civil_days(x / 10_000, x / 100 % 100, x % 100)? * 86_400_000,
+            );
+        }
+        return epoch_ms(x, epoch_unit(x.unsigned_abs()));
     }
-    let s = s.strip_suffix('Z').unwrap_or(s);
     let (date, clock) = match s.find([' ', 'T']) {
         Some(i) => (&s[..i], Some(s[i + 1..].trim())),
         None => (s, None),
     };
     let num = |x: &str| -> Option<i64> {
-        (!x.is_empty() && x.bytes().all(|b| b.is_ascii_digit())).then(|| x.parse().ok())?
+        (!x.is_empty() && x.len() <= 9 && x.bytes().all(|b| b.is_ascii_digit())).then(|| x.parse().ok())?
     };
     let parts: Vec<&str> = date.split(['-', '.', '/']).collect();
     if parts.len() != 3 {
@@ -428,6 +550,23 @@ pub fn parse_time(s: &str) -> Option<i64> {
     let day = augur_service::service::civil_days(y, m, d)?;
     let mut ms = 0i64;
     if let Some(c) = clock.filter(|c| !c.is_empty()) {
+        // A zone: Z, or an offset from UTC (what pandas writes for an aware time).
+        let (c, offset_ms) = if let Some(c) = c.strip_suffix('Z') {
+            (c, 0)
+        } else if let Some(i) = c.rfind(['+', '-']) {
+            let (sign, z) = (if &c[i..=i] == "-" { -1 } else { 1 }, c[i + 1..].replace(':', ""));
+            let (h, mi) = match z.len() {
+                2 => (num(&z)?, 0),
+                4 => (num(&z[..2])?, num(&z[2..])?),
+                _ => return None,
+            };
+            if h > 14 || mi > 59 {
+                return None;
+            }
+            (&c[..i], sign * (h * 60 + mi) * 60_000)
+        } else {
+            (c, 0)
+        };
         let (hms, frac) = match c.split_once('.') {
             Some((a, b)) => (a, Some(b)),
             None => (c, None),
@@ -438,13 +577,15 @@ pub fn parse_time(s: &str) -> Option<i64> {
         }
         let (h, mi) = (num(f[0])?, num(f[1])?);
         let sec = if f.len() == 3 { num(f[2])? } else { 0 };
-        if h > 23 || mi > 59 || sec > 60 {
+        if h > 23 || mi > 59 || sec > 59 {
             return None;
         }
-        ms = ((h * 60 + mi) * 60 + sec) * 1000;
+        ms = ((h * 60 + mi) * 60 + sec) * 1000 - offset_ms;
         if let Some(fr) = frac {
             let digits = fr.get(..fr.len().min(3))?;
-            num(fr)?;
+            if fr.is_empty() || !fr.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             ms += num(digits)? * 10i64.pow(3 - digits.len() as u32);
         }
     }
@@ -453,17 +594,52 @@ pub fn parse_time(s: &str) -> Option<i64> {
 
 /// The length of a bar of `timeframe` (`<n>s`, `m`, `h`, `d` or `w`), ms.
 pub fn timeframe_ms(timeframe: &str) -> Option<i64> {
-    let (n, unit) = timeframe.split_at(timeframe.len().checked_sub(1)?);
-    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
-    let unit = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
+    let unit = match timeframe.chars().last()? {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        'w' => 7 * 86_400_000,
         _ => return None,
     };
+    let n = &timeframe[..timeframe.len() - 1];
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
     n.checked_mul(unit)
+}
+
+/// What may be wrong with bars that read well: a symbol too short to warm the features up,
+/// bars spaced unlike `timeframe` (median spacing off by more than half).
+pub fn warnings(bars: &[Bars], timeframe: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let step = timeframe_ms(timeframe);
+    for b in bars {
+        if b.rows.len() < crate::features::WARMUP_BARS {
+            out.push(format!(
+                "{}: {} bars, fewer than the {} ta-v1 needs before its first vector: nothing to predict",
+                b.symbol,
+                b.rows.len(),
+                crate::features::WARMUP_BARS
+            ));
+        }
+        if let (Some(t), Some(step)) = (&b.times_ms, step) {
+            let mut gaps: Vec<i64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+            gaps.sort_unstable();
+            if let Some(&median) = gaps.get(gaps.len() / 2)
+                && (median * 2 < step || median > step + step / 2)
+            {
+                out.push(format!(
+                    "{}: the bars are {} s apart (median), and --timeframe {timeframe} is {} s: the models of that timeframe score bars of another",
+                    b.symbol,
+                    median / 1000,
+                    step / 1000
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The ta-v1 vectors of every symbol's bars, stamped with each bar's close time, as the
@@ -522,6 +698,14 @@ mod tests {
         assert_eq!(timeframe_ms("0h"), None);
         assert_eq!(timeframe_ms("d"), None);
         assert_eq!(timeframe_ms("1y"), None);
+        assert_eq!(timeframe_ms("1\u{e9}"), None);
+        assert_eq!(timeframe_ms("+1d"), None);
+        // YYYYMMDD is a date, not seconds of 1970; zones are applied.
+        assert_eq!(parse_time("20000301"), Some(951_868_800_000));
+        assert_eq!(parse_time("2000-03-01 00:00:00+00:00"), Some(951_868_800_000));
+        assert_eq!(parse_time("2000-03-01T02:30:00+02:30"), Some(951_868_800_000));
+        assert_eq!(parse_time("2000-02-29 19:00:00-05:00"), Some(951_868_800_000));
+        assert_eq!(parse_time("2000-03-01 10:15:60"), None);
     }
 
     #[test]
@@ -557,5 +741,71 @@ mod tests {
         assert_eq!(b[1].times_ms.as_ref().map(|t| t[0]), Some(946_857_600_000));
         let dup = read_csv("time,open,high,low,close,volume\n2000-01-03,1,1,1,1,1\n2000-01-03,1,1,1,1,1\n");
         assert!(bars(&dup, "A").unwrap_err()[0].contains("same time"));
+    }
+
+    #[test]
+    fn epochs_take_one_unit_per_column_and_times_before_1970_are_refused() {
+        // Milliseconds of 1971 (small enough to pass for seconds alone) beside 2000's.
+        let t = read_csv("time,open,high,low,close,volume\n31536000000,1,1,1,1,1\n946684800000,1,1,1,1,1\n");
+        let b = bars(&t, "A").unwrap();
+        assert_eq!(b[0].times_ms, Some(vec![31_536_000_000, 946_684_800_000]));
+        let old = read_csv("date,open,high,low,close,volume\n1969-12-31,1,1,1,1,1\n");
+        assert!(bars(&old, "A").unwrap_err()[0].contains("before 1970"));
+    }
+
+    #[test]
+    fn intraday_date_and_time_columns_are_one_time_and_symbols_must_be_tokens() {
+        let t = read_csv(
+            "Date,Time,Open,High,Low,Close,Volume\n2000-01-03,10:00,1,1,1,1,1\n2000-01-03,11:00,1,1,1,1,1\n",
+        );
+        let b = bars(&t, "A").unwrap();
+        assert_eq!(b[0].times_ms.as_ref().map(|t| t[1] - t[0]), Some(3_600_000));
+        let t = read_csv("symbol,open,high,low,close,volume\nBRK.B,1,1,1,1,1\n");
+        assert!(bars(&t, "A").unwrap_err()[0].contains("not a subject token"));
+        // A ragged file stops at 20 problems.
+        let mut text = String::from("open,high,low,close,volume\n");
+        for _ in 0..100 {
+            text.push_str("1,1,1,1,1,\n");
+        }
+        assert_eq!(bars(&read_csv(&text), "A").unwrap_err().len(), MAX_PROBLEMS + 1);
+    }
+
+    #[test]
+    fn the_symbol_of_a_file_keeps_its_dots_and_every_gzip_member_is_read() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("BRK-B.v2.csv.gz");
+        let mut bytes = Vec::new();
+        for part in ["open,high,low,close,volume\n1,1,1,1,1\n", "2,2,2,2,2\n"] {
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(part.as_bytes()).unwrap();
+            bytes.extend(z.finish().unwrap());
+        }
+        std::fs::write(&p, bytes).unwrap();
+        let err = read(&p, None).unwrap_err().to_string();
+        assert!(
+            err.contains("symbol \"BRK-B.v2\" is not a subject token"),
+            "{err}"
+        );
+        let b = read(&p, Some("BRK-B")).unwrap();
+        assert_eq!(b[0].rows.len(), 2);
+        // A footer that is not Parquet: an error, not a crash.
+        let q = dir.path().join("x.parquet");
+        std::fs::write(&q, b"PAR1 not really PAR1").unwrap();
+        assert!(read(&q, None).is_err());
+    }
+
+    #[test]
+    fn warnings_name_short_symbols_and_a_timeframe_unlike_the_bars() {
+        let b = Bars {
+            symbol: "A".into(),
+            times_ms: Some((0..10).map(|i| i * 86_400_000).collect()),
+            rows: vec![[1.0; 5]; 10],
+        };
+        let w = warnings(std::slice::from_ref(&b), "1h");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("fewer than the 50"), "{w:?}");
+        assert!(w[1].contains("86400 s apart"), "{w:?}");
+        assert_eq!(warnings(&[b], "1d").len(), 1);
     }
 }
