@@ -179,18 +179,18 @@ type ModelKey = (Arc<str>, Arc<str>, Arc<str>);
 #[derive(Debug)]
 pub struct DriftMonitor {
     cfg: DriftConfig,
-    features: HashMap<Arc<str>, BinWindow>,
-    classes: HashMap<ModelKey, BinWindow>,
-    hits: HashMap<ModelKey, Hits>,
+    features: HashMap<Arc<str>, BinWindow, ahash::RandomState>,
+    classes: HashMap<ModelKey, BinWindow, ahash::RandomState>,
+    hits: HashMap<ModelKey, Hits, ahash::RandomState>,
 }
 
 impl DriftMonitor {
     pub fn new(cfg: DriftConfig) -> Self {
         DriftMonitor {
             cfg,
-            features: HashMap::new(),
-            classes: HashMap::new(),
-            hits: HashMap::new(),
+            features: HashMap::default(),
+            classes: HashMap::default(),
+            hits: HashMap::default(),
         }
     }
 

@@ -573,18 +573,19 @@ impl Scoreboard {
     }
 
     fn add(&self, o: &Outcome) {
+        let obs: Vec<Obs> = o
+            .outputs
+            .iter()
+            .map(|s| observe(&s.probabilities, o.label, o.realized_return))
+            .collect();
         let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        for s in &o.outputs {
+        for (s, ob) in o.outputs.iter().zip(&obs) {
             let baseline = self
                 .reference(&s.model_id, &s.model_version)
                 .and_then(|r| r.baseline_accuracy);
             let key = (s.model_id.clone(), s.model_version.clone(), o.timeframe.clone());
             let sc = scores.entry(key).or_insert_with(Scores::new);
-            sc.add(
-                observe(&s.probabilities, o.label, o.realized_return),
-                self.cfg.window,
-                self.cfg.ewm_alpha,
-            );
+            sc.add(*ob, self.cfg.window, self.cfg.ewm_alpha);
             let below = baseline.is_some_and(|b| {
                 sc.window.len() >= MIN_EXPIRY_OUTCOMES
                     && (sc.window_correct as f64) < b * sc.window.len() as f64
@@ -598,26 +599,17 @@ impl Scoreboard {
         drop(scores);
         {
             let mut drift = self.drift.lock().unwrap_or_else(|e| e.into_inner());
-            for s in o.outputs.iter().filter(|s| &*s.model_id != ENSEMBLE) {
-                drift.scored(
-                    &s.model_id,
-                    &s.model_version,
-                    &o.timeframe,
-                    argmax(&s.probabilities).0 == o.label,
-                );
+            for (s, ob) in o.outputs.iter().zip(&obs).filter(|(s, _)| &*s.model_id != ENSEMBLE) {
+                drift.scored(&s.model_id, &s.model_version, &o.timeframe, ob.correct);
             }
         }
         if let Some(a) = &self.cfg.adaptive {
             let losses: Vec<(Arc<str>, f64)> = o
                 .outputs
                 .iter()
-                .filter(|s| &*s.model_id != ENSEMBLE)
-                .map(|s| {
-                    (
-                        s.model_id.clone(),
-                        observe(&s.probabilities, o.label, o.realized_return).log_loss,
-                    )
-                })
+                .zip(&obs)
+                .filter(|(s, _)| &*s.model_id != ENSEMBLE)
+                .map(|(s, ob)| (s.model_id.clone(), ob.log_loss))
                 .collect();
             a.update(&o.timeframe, &losses);
         }
@@ -871,7 +863,7 @@ impl EnsembleSink for OutcomesHandle {
 /// Resolves predictions against later bars, on its own thread; see the module docs.
 pub struct Outcomes {
     board: Arc<Scoreboard>,
-    streams: lru::LruCache<StreamKey, StreamBook>,
+    streams: lru::LruCache<StreamKey, StreamBook, ahash::RandomState>,
     sinks: Vec<Arc<dyn OutcomeSink>>,
     /// `augur_outcomes_resolved_total` per timeframe (looked up once).
     resolved: HashMap<Arc<str>, metrics::Counter>,
@@ -883,7 +875,7 @@ impl Outcomes {
             std::num::NonZeroUsize::new(board.cfg.max_streams.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         Outcomes {
             board,
-            streams: lru::LruCache::new(cap),
+            streams: lru::LruCache::with_hasher(cap, ahash::RandomState::new()),
             sinks,
             resolved: HashMap::new(),
         }

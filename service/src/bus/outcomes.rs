@@ -55,15 +55,42 @@ fn counted(transport: &'static str, ok: bool) {
     }
 }
 
-/// NATS: `<prefix>.<timeframe>.<symbol>`. Must be called inside the actix system.
-pub fn nats(client: async_nats::Client, prefix: String) -> Arc<dyn OutcomeSink> {
+/// NATS: `<prefix>.<timeframe>.<symbol>`, on a connection and a thread of their own
+/// ("outcome-events"): one event per prediction doubles the messages a service publishes,
+/// and none of that work may fall on the actors' thread, which every prediction crosses.
+/// The thread ends (after a flush) when the sink is dropped.
+pub fn nats(url: String, connect_timeout_ms: u64, prefix: String) -> Arc<dyn OutcomeSink> {
     let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(QUEUE);
-    actix_rt::spawn(async move {
-        while let Some((subject, payload)) = rx.recv().await {
-            let ok = client.publish(subject, payload.into()).await.is_ok();
-            counted("nats", ok);
-        }
-    });
+    let run = move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "outcome events: no runtime; they are not published on NATS");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let stats = Arc::new(super::nats::NatsStats::default());
+            // Retries its first connection in the background: events queue meanwhile.
+            let client =
+                match super::nats::connect_client(&url, "augur-outcomes", 64, connect_timeout_ms, stats).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "outcome events: NATS connection; they are not published on NATS");
+                        return;
+                    }
+                };
+            while let Some((subject, payload)) = rx.recv().await {
+                let ok = client.publish(subject, payload.into()).await.is_ok();
+                counted("nats", ok);
+            }
+            let _ = client.flush().await;
+        });
+    };
+    if let Err(e) = std::thread::Builder::new().name("outcome-events".into()).spawn(run) {
+        // The queue's receiver is gone with the closure: every event counts as dropped.
+        tracing::error!(error = %e, "outcome events: no thread; they are not published on NATS");
+    }
     Arc::new(QueuedSink {
         transport: "nats",
         route: Route::Nats { prefix },
