@@ -13,7 +13,7 @@
 //! standing instead of gaining on the others as they pay their losses.
 //!
 //! Nothing moves before `min_outcomes` outcomes of the timeframe (equal weights until then).
-//! The outcomes actor updates; the aggregators read.
+//! The outcomes thread updates; the aggregators read.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -48,7 +48,7 @@ struct Timeframe {
     outcomes: u64,
 }
 
-/// The weights in use, per timeframe (shared by the aggregators, the outcomes actor, the
+/// The weights in use, per timeframe (shared by the aggregators, the outcomes thread, the
 /// HTTP config view and the gauges).
 #[derive(Debug, Default)]
 pub struct AdaptiveWeights {

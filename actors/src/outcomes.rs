@@ -133,7 +133,7 @@ type Resolution = Result<(usize, f64), Unresolved>;
 pub struct StreamBook {
     /// The last h + 21 closes: a row's label needs its 21 closes and the one h later.
     closes: BTreeMap<u64, f64>,
-    /// Labels of the last `max_lag` rows, for predictions that reach the outcomes actor
+    /// Labels of the last `max_lag` rows, for predictions that reach the outcomes thread
     /// after later bars (a fast replay, a backlog).
     labels: BTreeMap<u64, Resolution>,
     pending: BTreeMap<u64, Pending>,
@@ -493,7 +493,7 @@ pub struct QualityConfig {
     pub record: bool,
     /// Streams followed at most (the least recently active beyond it are forgotten).
     pub max_streams: usize,
-    /// Bars a prediction may reach the outcomes actor after its horizon bar and still be
+    /// Bars a prediction may reach the outcomes thread after its horizon bar and still be
     /// scored (row labels kept per stream).
     pub max_lag_bars: u64,
     /// The `adaptive` method's weights, updated with every outcome's member log-losses.
@@ -599,7 +599,12 @@ impl Scoreboard {
         drop(scores);
         {
             let mut drift = self.drift.lock().unwrap_or_else(|e| e.into_inner());
-            for (s, ob) in o.outputs.iter().zip(&obs).filter(|(s, _)| &*s.model_id != ENSEMBLE) {
+            for (s, ob) in o
+                .outputs
+                .iter()
+                .zip(&obs)
+                .filter(|(s, _)| &*s.model_id != ENSEMBLE)
+            {
                 drift.scored(&s.model_id, &s.model_version, &o.timeframe, ob.correct);
             }
         }
@@ -769,7 +774,7 @@ pub trait OutcomeSink: Send + Sync {
     fn publish(&self, outcome: &Arc<Outcome>);
 }
 
-/// What the outcomes actor takes of one vector as it comes in.
+/// What the outcomes thread takes of one vector as it comes in.
 #[derive(Debug, Clone)]
 pub struct Bar {
     pub key: StreamKey,

@@ -35,7 +35,7 @@ pub struct PipelineConfig {
     pub executor: ExecutorConfig,
     pub breaker: BreakerConfig,
     pub aggregator: AggregatorConfig,
-    /// The weights of the `adaptive` method (updated by the outcomes actor).
+    /// The weights of the `adaptive` method (updated by the outcomes thread).
     pub adaptive: Arc<crate::adaptive::AdaptiveWeights>,
 }
 

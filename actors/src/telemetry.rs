@@ -198,7 +198,7 @@ pub fn describe() {
     );
     describe_counter!(
         OUTCOMES_UNRESOLVED,
-        "Predictions that could not be scored, by reason (no_history, bad_close, overflow)"
+        "Predictions that could not be scored, by reason (no_history, bad_close, overflow, evicted; queue_full counts bars and predictions dropped when the outcomes thread fell behind)"
     );
     describe_gauge!(
         KAFKA_UNASSIGNED_SECONDS,

@@ -87,7 +87,10 @@ pub fn nats(url: String, connect_timeout_ms: u64, prefix: String) -> Arc<dyn Out
             let _ = client.flush().await;
         });
     };
-    if let Err(e) = std::thread::Builder::new().name("outcome-events".into()).spawn(run) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("outcome-events".into())
+        .spawn(run)
+    {
         // The queue's receiver is gone with the closure: every event counts as dropped.
         tracing::error!(error = %e, "outcome events: no thread; they are not published on NATS");
     }

@@ -124,14 +124,13 @@ impl Transport for NatsTransport {
     }
 
     fn outcome_sink(&self) -> Option<Arc<dyn augur_actors::outcomes::OutcomeSink>> {
-        (!self.cfg.outcome_prefix.is_empty())
-            .then(|| {
-                crate::bus::outcomes::nats(
-                    self.cfg.url.clone(),
-                    self.cfg.connect_timeout_ms,
-                    self.cfg.outcome_prefix.clone(),
-                )
-            })
+        (!self.cfg.outcome_prefix.is_empty()).then(|| {
+            crate::bus::outcomes::nats(
+                self.cfg.url.clone(),
+                self.cfg.connect_timeout_ms,
+                self.cfg.outcome_prefix.clone(),
+            )
+        })
     }
 
     fn health(&self) -> Arc<dyn Health> {
