@@ -65,37 +65,32 @@ fn main() {
                 },
                 false,
             ));
-            let board = augur_service::service::scoreboard(&cfg, false, adaptive).unwrap();
+            let board = augur_service::service::scoreboard(&cfg, false, adaptive.clone()).unwrap();
+            let fresh = augur_service::service::scoreboard(&cfg, false, adaptive).unwrap();
             let sinks: Vec<Arc<dyn OutcomeSink>> = if events {
                 vec![Arc::new(Encode(Default::default()))]
             } else {
                 Vec::new()
             };
-            let mut o = Outcomes::new(board.clone(), sinks.clone());
             let keys: Vec<StreamKey> = (0..streams)
                 .map(|k| StreamKey {
                     symbol: format!("AAPL_{k}").into(),
                     timeframe: "1d".into(),
                 })
                 .collect();
-            // Every message is built before the clock starts.
-            enum Msg {
-                Bars(Vec<Bar>),
-                Publish(Arc<Ensemble>),
+            // Every vector's bar and prediction, built before the clocks start.
+            struct Item {
+                key: StreamKey,
+                sequence: u64,
+                close: Option<f64>,
+                values: Arc<[f32]>,
+                e: Arc<Ensemble>,
             }
-            let mut rounds: Vec<Vec<Msg>> = Vec::new();
-            let mut batch = Vec::new();
+            let mut rounds: Vec<Vec<Item>> = Vec::new();
             for v in series.iter().take(bars) {
                 let values: Arc<[f32]> = v.values.clone().into();
                 let mut round = Vec::new();
                 for key in &keys {
-                    batch.push(Bar {
-                        key: key.clone(),
-                        sequence: v.sequence,
-                        close: v.bar.as_ref().map(|b| b.close),
-                        values: values.clone(),
-                        refill: false,
-                    });
                     let p = vec![0.3f32, 0.3, 0.4];
                     let e = Ensemble {
                         event_id: format!("{}-{}", key.symbol, v.sequence),
@@ -131,46 +126,56 @@ fn main() {
                         late_ms: 0,
                         ack: None,
                     };
-                    if batch.len() == 3 {
-                        round.push(Msg::Bars(std::mem::take(&mut batch)));
-                    }
-                    round.push(Msg::Publish(Arc::new(e)));
+                    round.push(Item {
+                        key: key.clone(),
+                        sequence: v.sequence,
+                        close: v.bar.as_ref().map(|b| b.close),
+                        values: values.clone(),
+                        e: Arc::new(e),
+                    });
                 }
                 rounds.push(round);
             }
-            // The hot path's share: queueing into a running outcomes thread.
-            let queued: Vec<Vec<Msg>> = rounds
-                .iter()
-                .map(|r| {
-                    r.iter()
-                        .map(|m| match m {
-                            Msg::Bars(b) => Msg::Bars(b.clone()),
-                            Msg::Publish(e) => Msg::Publish(e.clone()),
-                        })
-                        .collect()
-                })
-                .collect();
-            let handle = OutcomesHandle::start(board, sinks).unwrap();
-            let start = Instant::now();
-            for round in queued {
-                for m in round {
-                    match m {
-                        Msg::Bars(b) => handle.bars(b),
-                        Msg::Publish(e) => handle.publish(&e),
+            let bar = |it: &Item| Bar {
+                key: it.key.clone(),
+                sequence: it.sequence,
+                close: it.close,
+                values: it.values.clone(),
+                refill: false,
+            };
+            // The actors' thread's share: the bars built as the intake builds them, the
+            // prediction copied out, both queued into a running outcomes thread. The thread
+            // catches up between rounds (a live feed's pace), outside the clock.
+            let handle = OutcomesHandle::start(board, sinks.clone()).unwrap();
+            let mut hot = std::time::Duration::ZERO;
+            for round in &rounds {
+                let start = Instant::now();
+                let mut batch = Vec::with_capacity(3);
+                for it in round {
+                    batch.push(bar(it));
+                    if batch.len() == 3 {
+                        handle.bars(std::mem::take(&mut batch));
                     }
+                    handle.publish(&it.e);
                 }
+                handle.bars(batch);
+                hot += start.elapsed();
+                handle.settle().await.unwrap();
             }
-            let hot = start.elapsed();
-            handle.settle().await.unwrap();
-            // The thread's share, on this thread.
+            drop(handle);
+            // The outcomes thread's share, on this thread, into a scoreboard of its own.
+            let mut o = Outcomes::new(fresh, sinks);
             let start = Instant::now();
-            for round in rounds {
-                for m in round {
-                    match m {
-                        Msg::Bars(b) => o.on_bars(b),
-                        Msg::Publish(e) => o.on_predicted(e),
+            for round in &rounds {
+                let mut batch = Vec::with_capacity(3);
+                for it in round {
+                    batch.push(bar(it));
+                    if batch.len() == 3 {
+                        o.on_bars(std::mem::take(&mut batch));
                     }
+                    o.on_predicted(&it.e);
                 }
+                o.on_bars(batch);
             }
             (start.elapsed(), hot)
         });

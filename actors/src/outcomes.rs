@@ -772,6 +772,11 @@ impl Scoreboard {
 /// queues, and drops (counted) when its queue is full.
 pub trait OutcomeSink: Send + Sync {
     fn publish(&self, outcome: &Arc<Outcome>);
+    /// Answers `done` once what was published before has left (or could not, within the
+    /// sink's own bound). At shutdown.
+    fn flush(&self, done: tokio::sync::oneshot::Sender<()>) {
+        let _ = done.send(());
+    }
 }
 
 /// What the outcomes thread takes of one vector as it comes in.
@@ -789,24 +794,79 @@ pub struct Bar {
 /// What the outcomes thread takes in, in arrival order.
 enum Input {
     Bars(Vec<Bar>),
-    Predicted(Arc<Ensemble>),
+    Predicted(Prediction),
     /// Answered once everything queued before it is handled.
     Settle(tokio::sync::oneshot::Sender<()>),
+    /// Asks every outcome sink to flush; answered with one receiver per sink.
+    Flush(tokio::sync::oneshot::Sender<Vec<tokio::sync::oneshot::Receiver<()>>>),
 }
 
-/// Items the outcomes thread's queue holds at most. Full (the thread has fallen that far
-/// behind), bars and predictions are dropped and counted (`augur_outcomes_unresolved_total`,
-/// reason `queue_full`): scoring is derived data, and the signals must not wait for it.
-const QUEUE: usize = 1 << 18;
+/// What is scored of an ensemble prediction, copied out of it where it is made: the queue
+/// never holds a prediction (nor its input's acknowledgement).
+#[derive(Debug)]
+pub struct Prediction {
+    key: StreamKey,
+    sequence: u64,
+    pending: Pending,
+    /// (model, version, predicted class) of each member that answered, for the drift monitor.
+    classes: Vec<(Arc<str>, Arc<str>, usize)>,
+}
+
+impl Prediction {
+    pub fn new(e: &Ensemble) -> Self {
+        let mut outputs = Vec::with_capacity(e.members.len() + 1);
+        outputs.push(Scored {
+            model_id: ENSEMBLE.into(),
+            model_version: e.method.into(),
+            probabilities: e.probabilities.clone(),
+        });
+        let answered = e.members.iter().filter(|m| !m.fallback);
+        outputs.extend(answered.clone().map(|m| Scored {
+            model_id: m.model_id.clone(),
+            model_version: m.model_version.clone(),
+            probabilities: m.probabilities.clone(),
+        }));
+        Prediction {
+            key: StreamKey {
+                symbol: e.symbol.clone(),
+                timeframe: e.timeframe.clone(),
+            },
+            sequence: e.sequence,
+            pending: Pending {
+                event_id: e.event_id.clone(),
+                outputs,
+            },
+            classes: answered
+                .map(|m| {
+                    (
+                        m.model_id.clone(),
+                        m.model_version.clone(),
+                        argmax(&m.probabilities).0,
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Items the outcomes thread's queue holds at most (a bar batch or a prediction each). Full
+/// (the thread has fallen that far behind), bars and predictions are dropped and counted:
+/// scoring is derived data, and the signals must not wait for it. A replay (record mode)
+/// waits for room instead: its report must be whole.
+const QUEUE: usize = 1 << 16;
 /// How often the outcomes thread takes what was queued. Nothing wakes it: the hot path only
 /// queues, and a prediction is scored bars after it was made, so a few ms do not matter.
 const TICK: std::time::Duration = std::time::Duration::from_millis(5);
+/// Items handled between two looks at the clock (the gauges' export).
+const BURST: usize = 4096;
 
 /// The intake of the outcomes thread: the pipeline queues every vector's bar and every
-/// ensemble prediction into it, without waiting and without waking anything.
+/// ensemble prediction into it, without waking anything.
 #[derive(Clone)]
 pub struct OutcomesHandle {
     tx: std::sync::mpsc::SyncSender<Input>,
+    /// Wait for room rather than drop (replay).
+    wait: bool,
 }
 
 impl std::fmt::Debug for OutcomesHandle {
@@ -819,49 +879,98 @@ impl OutcomesHandle {
     /// Starts the outcomes thread. It ends when every handle is gone.
     pub fn start(board: Arc<Scoreboard>, sinks: Vec<Arc<dyn OutcomeSink>>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let wait = board.cfg.record;
         let mut o = Outcomes::new(board, sinks);
         std::thread::Builder::new()
             .name("outcomes".into())
             .spawn(move || o.run(rx))?;
-        Ok(OutcomesHandle { tx })
+        Ok(OutcomesHandle { tx, wait })
     }
 
-    fn queue(&self, input: Input, items: usize) {
-        if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.tx.try_send(input) {
-            metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => "queue_full").increment(items as u64);
+    fn queue(&self, mut input: Input) {
+        loop {
+            match self.tx.try_send(input) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::TrySendError::Full(back)) if self.wait => {
+                    input = back;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(std::sync::mpsc::TrySendError::Full(dropped)) => {
+                    return dropped_input(&dropped, "queue_full");
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(dropped)) => {
+                    return dropped_input(&dropped, "thread_gone");
+                }
+            }
         }
     }
 
     /// Queues the bars of ingested vectors (refills included).
     pub fn bars(&self, bars: Vec<Bar>) {
         if !bars.is_empty() {
-            let n = bars.len();
-            self.queue(Input::Bars(bars), n);
+            self.queue(Input::Bars(bars));
         }
     }
 
     /// Waits until the thread has handled everything queued before.
     pub async fn settle(&self) -> Result<(), tokio::sync::oneshot::error::RecvError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // A full queue: wait for room, this is the replay's and the tests' barrier.
-        let mut input = Input::Settle(tx);
+        self.barrier(Input::Settle(tx)).await;
+        rx.await
+    }
+
+    /// Waits until everything queued before is handled and every outcome sink has flushed
+    /// (each sink bounds its own wait; the caller bounds the whole).
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.barrier(Input::Flush(tx)).await;
+        if let Ok(sinks) = rx.await {
+            futures_join(sinks).await;
+        }
+    }
+
+    /// Queues a barrier, waiting for room (a barrier is never dropped).
+    async fn barrier(&self, mut input: Input) {
         loop {
             match self.tx.try_send(input) {
-                Ok(()) => break,
+                Ok(()) => return,
                 Err(std::sync::mpsc::TrySendError::Full(back)) => {
                     input = back;
                     tokio::time::sleep(TICK).await;
                 }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
+                // Its answer's sender is dropped with it: the caller's receive fails at once.
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
             }
         }
-        rx.await
+    }
+}
+
+/// Waits for every receiver (each answered or dropped).
+async fn futures_join(rs: Vec<tokio::sync::oneshot::Receiver<()>>) {
+    for r in rs {
+        let _ = r.await;
+    }
+}
+
+/// Counts what a full queue or a dead thread dropped: bars in
+/// `augur_outcomes_bars_dropped_total`, predictions as unresolved.
+fn dropped_input(input: &Input, reason: &'static str) {
+    match input {
+        Input::Bars(b) => {
+            metrics::counter!(t::OUTCOMES_BARS_DROPPED, "reason" => reason).increment(b.len() as u64);
+        }
+        Input::Predicted(_) => metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => reason).increment(1),
+        Input::Settle(_) | Input::Flush(_) => {}
+    }
+    if reason == "thread_gone" {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| tracing::error!("the outcomes thread is gone: predictions are no longer scored"));
     }
 }
 
 impl EnsembleSink for OutcomesHandle {
     fn publish(&self, e: &Arc<Ensemble>) {
-        self.queue(Input::Predicted(e.clone()), 1);
+        self.queue(Input::Predicted(Prediction::new(e)));
     }
 }
 
@@ -887,19 +996,21 @@ impl Outcomes {
     }
 
     /// The thread: every `TICK`, takes what was queued; every second, exports the gauges;
-    /// ends when the queue's senders are all gone.
+    /// ends when the queue's senders are all gone. An item whose handling panics is counted
+    /// and skipped: the thread goes on.
     fn run(&mut self, rx: std::sync::mpsc::Receiver<Input>) {
         let mut exported = std::time::Instant::now();
         loop {
-            loop {
-                match rx.try_recv() {
-                    Ok(Input::Bars(b)) => self.on_bars(b),
-                    Ok(Input::Predicted(e)) => self.on_predicted(e),
-                    Ok(Input::Settle(done)) => {
-                        let _ = done.send(());
-                    }
+            for _ in 0..BURST {
+                let item = match rx.try_recv() {
+                    Ok(item) => item,
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                };
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(item)));
+                if handled.is_err() {
+                    metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => "panic").increment(1);
+                    tracing::error!("the outcomes thread failed on an item; it goes on");
                 }
             }
             if exported.elapsed() >= std::time::Duration::from_secs(1) {
@@ -908,6 +1019,28 @@ impl Outcomes {
                 metrics::gauge!(t::STATE_ENTRIES, "map" => "outcome_streams").set(self.streams.len() as f64);
             }
             std::thread::sleep(TICK);
+        }
+    }
+
+    fn handle(&mut self, item: Input) {
+        match item {
+            Input::Bars(b) => self.on_bars(b),
+            Input::Predicted(p) => self.on_prediction(p),
+            Input::Settle(done) => {
+                let _ = done.send(());
+            }
+            Input::Flush(done) => {
+                let waits = self
+                    .sinks
+                    .iter()
+                    .map(|s| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        s.flush(tx);
+                        rx
+                    })
+                    .collect();
+                let _ = done.send(waits);
+            }
         }
     }
 
@@ -973,44 +1106,21 @@ impl Outcomes {
         }
     }
 
-    /// An ensemble prediction: what is scored is copied out, and the prediction (with its
-    /// input's acknowledgement) let go.
-    pub fn on_predicted(&mut self, e: Arc<Ensemble>) {
-        let key = StreamKey {
-            symbol: e.symbol.clone(),
-            timeframe: e.timeframe.clone(),
-        };
-        let mut outputs = Vec::with_capacity(e.members.len() + 1);
-        outputs.push(Scored {
-            model_id: ENSEMBLE.into(),
-            model_version: e.method.into(),
-            probabilities: e.probabilities.clone(),
-        });
-        outputs.extend(e.members.iter().filter(|m| !m.fallback).map(|m| Scored {
-            model_id: m.model_id.clone(),
-            model_version: m.model_version.clone(),
-            probabilities: m.probabilities.clone(),
-        }));
+    /// An ensemble prediction (copied out: see [`Prediction`]).
+    pub fn on_predicted(&mut self, e: &Ensemble) {
+        self.on_prediction(Prediction::new(e));
+    }
+
+    fn on_prediction(&mut self, p: Prediction) {
         {
             let mut drift = self.board.drift.lock().unwrap_or_else(|e| e.into_inner());
-            for m in e.members.iter().filter(|m| !m.fallback) {
-                drift.predicted(
-                    &m.model_id,
-                    &m.model_version,
-                    &e.timeframe,
-                    argmax(&m.probabilities).0,
-                );
+            for (model, version, class) in &p.classes {
+                drift.predicted(model, version, &p.key.timeframe, *class);
             }
         }
-        let pending = Pending {
-            event_id: e.event_id.clone(),
-            outputs,
-        };
-        let sequence = e.sequence;
-        drop(e);
         let (spec, lag) = (self.board.spec, self.board.cfg.max_lag_bars);
-        let done = self.book(&key).predicted(spec, lag, sequence, pending);
-        self.settle(&key, done);
+        let done = self.book(&p.key).predicted(spec, lag, p.sequence, p.pending);
+        self.settle(&p.key, done);
     }
 }
 
@@ -1192,5 +1302,74 @@ mod tests {
         assert_eq!(spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]), Some(1.0));
         assert_eq!(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
         assert_eq!(spearman(&[1.0, 1.0, 1.0], &[3.0, 2.0, 1.0]), None);
+    }
+
+    struct Flushed(std::sync::atomic::AtomicUsize);
+
+    impl OutcomeSink for Flushed {
+        fn publish(&self, _: &Arc<Outcome>) {}
+        fn flush(&self, done: tokio::sync::oneshot::Sender<()>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = done.send(());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_thread_scores_what_was_queued_in_order_and_flushes_its_sinks() {
+        let board = Arc::new(Scoreboard::new(
+            QualityConfig {
+                record: true,
+                ..Default::default()
+            },
+            SPEC,
+            HashMap::new(),
+            Default::default(),
+        ));
+        let sink = Arc::new(Flushed(Default::default()));
+        let handle = OutcomesHandle::start(board.clone(), vec![sink.clone()]).unwrap();
+        let key = StreamKey {
+            symbol: "S".into(),
+            timeframe: "1d".into(),
+        };
+        let e = Ensemble {
+            event_id: "e30".into(),
+            symbol: key.symbol.clone(),
+            timeframe: key.timeframe.clone(),
+            event_time_ms: 0,
+            sequence: 30,
+            direction: crate::types::Direction::Long,
+            confidence: 0.5,
+            probabilities: vec![0.2, 0.3, 0.5],
+            members: Vec::new(),
+            models_expected: 0,
+            models_used: 0,
+            method: "mean",
+            correlation_id: "c".into(),
+            feature_published_at_ns: 0,
+            published_at_ns: 0,
+            service_version: "0",
+            signal: 1,
+            late_ms: 0,
+            ack: None,
+        };
+        for s in 1..=40u64 {
+            handle.bars(vec![Bar {
+                key: key.clone(),
+                sequence: s,
+                close: Some(100.0 + (s % 7) as f64),
+                values: Arc::from(Vec::new()),
+                refill: false,
+            }]);
+            if s == 30 {
+                // Queued after its own bar, before its horizon bar (35).
+                handle.publish(&Arc::new(e.clone()));
+            }
+        }
+        handle.settle().await.unwrap();
+        let got = board.recorded();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].sequence, got[0].event_id.as_str()), (30, "e30"));
+        handle.flush().await;
+        assert_eq!(sink.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -218,6 +218,14 @@ impl Pipeline {
         self.router.send(Ingest(vectors)).await
     }
 
+    /// At shutdown, after the drain: waits until the outcomes thread has scored what was
+    /// queued and its sinks have flushed the events (each sink bounds its wait).
+    pub async fn flush_outcomes(&self) {
+        if let Some(b) = &self.bars {
+            b.flush().await;
+        }
+    }
+
     /// Waits until the outcomes thread has handled everything queued before (the
     /// predictions of every drained event among them).
     pub async fn settle_outcomes(&self) -> Result<(), MailboxError> {

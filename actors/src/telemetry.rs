@@ -29,6 +29,7 @@ pub const MODEL_QUALITY: &str = "augur_model_quality";
 pub const MODEL_QUALITY_REFERENCE: &str = "augur_model_quality_reference";
 pub const OUTCOMES_RESOLVED: &str = "augur_outcomes_resolved_total";
 pub const OUTCOMES_UNRESOLVED: &str = "augur_outcomes_unresolved_total";
+pub const OUTCOMES_BARS_DROPPED: &str = "augur_outcomes_bars_dropped_total";
 pub const OUTCOMES_PUBLISHED: &str = "augur_outcomes_published_total";
 pub const OUTCOMES_DROPPED: &str = "augur_outcomes_dropped_total";
 pub const KAFKA_UNASSIGNED_SECONDS: &str = "augur_kafka_unassigned_seconds";
@@ -198,7 +199,11 @@ pub fn describe() {
     );
     describe_counter!(
         OUTCOMES_UNRESOLVED,
-        "Predictions that could not be scored, by reason (no_history, bad_close, overflow, evicted; queue_full counts bars and predictions dropped when the outcomes thread fell behind)"
+        "Predictions that could not be scored, by reason (no_history, bad_close, overflow, evicted; queue_full and thread_gone: dropped before the outcomes thread had them; panic)"
+    );
+    describe_counter!(
+        OUTCOMES_BARS_DROPPED,
+        "Bars dropped before the outcomes thread had them, by reason (queue_full: it fell behind; thread_gone)"
     );
     describe_gauge!(
         KAFKA_UNASSIGNED_SECONDS,

@@ -476,7 +476,12 @@ impl Service {
         let status = Status::default();
         let mut publishers: Vec<Recipient<Publish>> = transports.iter().flat_map(|t| t.sinks()).collect();
         publishers.push(status.clone().start().recipient());
-        let outcome_sinks = transports.iter().filter_map(|t| t.outcome_sink()).collect();
+        // Outcome events only when outcomes are scored (a sink opens its own connection).
+        let outcome_sinks = if cfg.outcomes.enabled {
+            transports.iter().filter_map(|t| t.outcome_sink()).collect()
+        } else {
+            Vec::new()
+        };
         let pipeline = build_pipeline_with(&cfg, publishers, outcome_sinks, false).await?;
         Ok(Service {
             cfg,
@@ -623,6 +628,13 @@ impl Service {
         let deadline = Deadline::after(Duration::from_millis(self.cfg.service.shutdown_timeout_ms));
         self.stop_intake(deadline).await;
         let drained = self.drain(deadline).await;
+        // The drained predictions' outcomes scored and their events sent, within the budget.
+        if tokio::time::timeout(deadline.remaining(), self.pipeline.flush_outcomes())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: outcome events not flushed within the budget");
+        }
         self.flush(deadline).await;
         self.settle(deadline).await;
         self.stop_http().await;

@@ -14,6 +14,15 @@ use crate::codec::encode_outcome;
 
 /// Outcomes waiting per sink.
 const QUEUE: usize = 4096;
+/// How long one event's publish, or a flush, may wait on a broker that is away.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What a publishing task is asked to do.
+enum Cmd {
+    /// Subject or key, and the encoded event.
+    Event(String, Vec<u8>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
 
 /// Where a sink sends an outcome: the NATS subject prefix, or Kafka (key = symbol).
 enum Route {
@@ -22,12 +31,11 @@ enum Route {
 }
 
 /// A bounded queue into a publishing task. The outcome is encoded, and its subject or key
-/// made, by the caller (the outcomes thread): the task, on the actors' thread, only hands
-/// the bytes to the client.
+/// made, by the caller (the outcomes thread).
 pub struct QueuedSink {
     transport: &'static str,
     route: Route,
-    tx: mpsc::Sender<(String, Vec<u8>)>,
+    tx: mpsc::Sender<Cmd>,
 }
 
 impl OutcomeSink for QueuedSink {
@@ -40,10 +48,18 @@ impl OutcomeSink for QueuedSink {
             ),
             Route::Kafka => o.symbol.to_string(),
         };
-        if self.tx.try_send((to, encode_outcome(o))).is_err() {
-            metrics::counter!(t::OUTCOMES_DROPPED, "transport" => self.transport, "reason" => "queue_full")
-                .increment(1);
-        }
+        let reason = match self.tx.try_send(Cmd::Event(to, encode_outcome(o))) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => "queue_full",
+            Err(mpsc::error::TrySendError::Closed(_)) => "closed",
+        };
+        metrics::counter!(t::OUTCOMES_DROPPED, "transport" => self.transport, "reason" => reason)
+            .increment(1);
+    }
+
+    fn flush(&self, done: tokio::sync::oneshot::Sender<()>) {
+        // A full queue or a task gone: `done` is dropped, and the waiter goes on.
+        let _ = self.tx.try_send(Cmd::Flush(done));
     }
 }
 
@@ -56,11 +72,12 @@ fn counted(transport: &'static str, ok: bool) {
 }
 
 /// NATS: `<prefix>.<timeframe>.<symbol>`, on a connection and a thread of their own
-/// ("outcome-events"): one event per prediction doubles the messages a service publishes,
-/// and none of that work may fall on the actors' thread, which every prediction crosses.
-/// The thread ends (after a flush) when the sink is dropped.
+/// ("outcome-events", client name "augur-outcomes"): one event per prediction doubles the
+/// messages a service publishes, and none of that work may fall on the actors' thread,
+/// which every prediction crosses. Each publish and flush waits at most `WAIT` on a server
+/// that is away; the thread ends (after a bounded flush) when the sink is dropped.
 pub fn nats(url: String, connect_timeout_ms: u64, prefix: String) -> Arc<dyn OutcomeSink> {
-    let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Cmd>(QUEUE);
     let run = move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -80,11 +97,19 @@ pub fn nats(url: String, connect_timeout_ms: u64, prefix: String) -> Arc<dyn Out
                         return;
                     }
                 };
-            while let Some((subject, payload)) = rx.recv().await {
-                let ok = client.publish(subject, payload.into()).await.is_ok();
-                counted("nats", ok);
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Cmd::Event(subject, payload) => {
+                        let sent = tokio::time::timeout(WAIT, client.publish(subject, payload.into())).await;
+                        counted("nats", matches!(sent, Ok(Ok(()))));
+                    }
+                    Cmd::Flush(done) => {
+                        let _ = tokio::time::timeout(WAIT, client.flush()).await;
+                        let _ = done.send(());
+                    }
+                }
             }
-            let _ = client.flush().await;
+            let _ = tokio::time::timeout(WAIT, client.flush()).await;
         });
     };
     if let Err(e) = std::thread::Builder::new()
@@ -101,11 +126,20 @@ pub fn nats(url: String, connect_timeout_ms: u64, prefix: String) -> Arc<dyn Out
     })
 }
 
-/// Kafka: `topic`, key = symbol. Must be called inside the actix system.
+/// Kafka: `topic`, key = symbol. Must be called inside the actix system. Its task only
+/// enqueues into librdkafka (deliveries are awaited beside), so a flush is answered once
+/// what was queued before is enqueued.
 pub fn kafka(producer: rdkafka::producer::FutureProducer, topic: String) -> Arc<dyn OutcomeSink> {
-    let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Cmd>(QUEUE);
     actix_rt::spawn(async move {
-        while let Some((key, payload)) = rx.recv().await {
+        while let Some(cmd) = rx.recv().await {
+            let (key, payload) = match cmd {
+                Cmd::Event(key, payload) => (key, payload),
+                Cmd::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             let record = rdkafka::producer::FutureRecord::to(&topic)
                 .key(&key)
                 .payload(&payload);
