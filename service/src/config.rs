@@ -375,6 +375,11 @@ impl Config {
                     s.models_dir.display()
                 ));
             }
+            if self.outcomes.enabled && m == augur_actors::outcomes::ENSEMBLE {
+                p.push(format!(
+                    "model {m:?}: \"ensemble\" is the ensemble's own name in the quality rows; a member of that name would be left out of the adaptive weights and the drift monitor (rename its folder, or set outcomes.enabled = false)"
+                ));
+            }
         }
         if !s.feature_sets_dir.is_dir() {
             p.push(format!(
@@ -643,5 +648,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.0.iter().any(|p| p.contains("nobody")), "{:?}", err.0);
+    }
+
+    #[test]
+    fn test_a_member_may_not_take_the_ensembles_name_in_quality_rows() {
+        // "ensemble" names the ensemble's quality rows: a member of that name would be left
+        // out of the adaptive weights and of the drift monitor without a word.
+        let err = load("members = [\"ensemble\", \"xgb-direction\"]\n", &[]).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.contains("\"ensemble\" is the ensemble's own name")),
+            "{:?}",
+            err.0
+        );
     }
 }

@@ -184,6 +184,7 @@ pub fn draw(
     let mut out = Vec::new();
     let models = std::iter::once("ensemble".to_string()).chain(s.members.iter().cloned());
     // The numbers behind the charts, for whoever wants to redraw or check them.
+    let mut used = std::collections::HashSet::new();
     let mut rel_csv = String::from("model,timeframe,bin_lo,bin_hi,count,confidence,accuracy\n");
     let mut roll_csv = String::from("model,timeframe,x,accuracy\n");
     for m in models {
@@ -195,17 +196,27 @@ pub fn draw(
         for (tf, bins) in &rel {
             for b in bins {
                 rel_csv.push_str(&format!(
-                    "{m},{tf},{},{},{},{},{}\n",
-                    b.lo, b.hi, b.count, b.confidence, b.accuracy
+                    "{},{},{},{},{},{},{}\n",
+                    crate::signals::quote(&m),
+                    crate::signals::quote(tf),
+                    b.lo,
+                    b.hi,
+                    b.count,
+                    b.confidence,
+                    b.accuracy
                 ));
             }
         }
         for (tf, pts) in &roll {
             for (x, a) in pts {
-                roll_csv.push_str(&format!("{m},{tf},{x},{a}\n"));
+                roll_csv.push_str(&format!(
+                    "{},{},{x},{a}\n",
+                    crate::signals::quote(&m),
+                    crate::signals::quote(tf)
+                ));
             }
         }
-        let safe: String = m
+        let mut safe: String = m
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -215,6 +226,13 @@ pub fn draw(
                 }
             })
             .collect();
+        // Two ids that sanitize alike ("a.b", "a_b") keep a file each.
+        let base = safe.clone();
+        let mut k = 2;
+        while !used.insert(safe.clone()) {
+            safe = format!("{base}-{k}");
+            k += 1;
+        }
         let p = dir.join(format!("reliability-{safe}.png"));
         draw_reliability(&p, &m, &rel)?;
         out.push(p);
@@ -465,5 +483,29 @@ mod tests {
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.display());
             assert!(bytes.len() > 5_000, "{}: {} bytes", f.display(), bytes.len());
         }
+    }
+
+    #[test]
+    fn models_whose_names_sanitize_alike_get_files_of_their_own() {
+        let mut rows: Vec<Signal> = (1..=20)
+            .map(|i| signal("1d", 1_500_000_000_000 + i * 86_400_000, [0.2, 0.3, 0.5], 1))
+            .collect();
+        for r in &mut rows {
+            r.members.push(r.members[0]);
+        }
+        let s = Signals {
+            members: vec!["a.b".into(), "a_b".into()],
+            rows,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files = draw(dir.path(), &s, &BTreeMap::new(), 5).unwrap();
+        let mut pngs: Vec<_> = files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|x| x == "png"))
+            .collect();
+        let n = pngs.len();
+        pngs.sort();
+        pngs.dedup();
+        assert_eq!((n, pngs.len()), (6, 6), "{files:?}");
     }
 }

@@ -323,7 +323,8 @@ impl Signals {
     }
 }
 
-fn quote(s: &str) -> String {
+/// A CSV field, quoted when it must be (RFC 4180).
+pub(crate) fn quote(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
