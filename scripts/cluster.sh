@@ -83,7 +83,7 @@ for i in $(seq 0 $((N - 1))); do
     if [ $((p % N)) -eq "$i" ]; then nats_parts="$nats_parts${nats_parts:+,}$p"; fi
   done
   nats_parts="[$nats_parts]"
-  env=(AUGUR_HTTP__BIND="$http" AUGUR_NATS__URL="$NATS_URL" AUGUR_NATS__PARTITION_COUNT=4
+  env=(AUGUR_HTTP__BIND="$http" AUGUR_GRPC__BIND="127.0.0.1:0" AUGUR_NATS__URL="$NATS_URL" AUGUR_NATS__PARTITION_COUNT=4
        AUGUR_KAFKA__ENABLED=true AUGUR_KAFKA__BROKERS="$BROKERS" AUGUR_KAFKA__PARTITIONS="$PARTITIONS"
        AUGUR_KAFKA__INSTANCE_ID="")
   if [ "$INPUT" = "nats" ]; then

@@ -84,7 +84,7 @@ port_open "$NATS_PORT" || { log "nats-server did not start (see $OUT/nats.log)";
 HTTP_PORT=$(free_port)
 BASE="http://127.0.0.1:$HTTP_PORT"
 TOKEN="schemathesis-$SEED-$RANDOM"
-AUGUR_NATS__URL="nats://127.0.0.1:$NATS_PORT" AUGUR_HTTP__BIND="127.0.0.1:$HTTP_PORT" \
+AUGUR_NATS__URL="nats://127.0.0.1:$NATS_PORT" AUGUR_HTTP__BIND="127.0.0.1:$HTTP_PORT" AUGUR_GRPC__BIND="127.0.0.1:0" \
   AUGUR_HTTP__TOKEN="$TOKEN" "$AUGUR_BIN" serve --config config.toml >"$OUT/augur.out" 2>"$OUT/augur.log" &
 AUGUR_PID=$!
 pids+=("$AUGUR_PID")

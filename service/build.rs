@@ -12,6 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("augur.fds"), prost::Message::encode_to_vec(&fds))?;
     prost_build::Config::new().compile_fds(fds)?;
+    // The Open Inference Protocol's gRPC service (Triton's GRPCInferenceService, a wire-exact
+    // subset of its grpc_service.proto): server and client (the tests' client).
+    let fds = protox::compile(["inference/grpc_service.proto"], ["../proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
     link_libtorch();
     Ok(())
 }

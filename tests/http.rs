@@ -29,6 +29,7 @@ async fn state(token: &str) -> AppState {
         started: Instant::now(),
         buses: Vec::new(),
         stopping: Default::default(),
+        oip: Default::default(),
     }
 }
 
@@ -399,6 +400,7 @@ async fn test_credentials_inside_urls_are_masked_in_the_config_view() {
         started: Instant::now(),
         buses: Vec::new(),
         stopping: Default::default(),
+        oip: Default::default(),
     };
     let app = app!(st);
     let r = test::call_service(&app, test::TestRequest::get().uri("/api/v1/config").to_request()).await;

@@ -301,6 +301,7 @@ fn test_sigkill_mid_stream_then_restart_loses_nothing() {
             .current_dir(common::root())
             .env("AUGUR_NATS__ENABLED", "false")
             .env("AUGUR_HTTP__ENABLED", "false")
+            .env("AUGUR_GRPC__ENABLED", "false")
             .env("AUGUR_KAFKA__ENABLED", "true")
             .env("AUGUR_KAFKA__BROKERS", broker.brokers())
             .env("AUGUR_KAFKA__PARTITIONS", "3")

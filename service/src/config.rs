@@ -98,6 +98,28 @@ impl Default for HttpConfig {
     }
 }
 
+/// The `[grpc]` section: the Open Inference Protocol over gRPC (Triton's
+/// `GRPCInferenceService`), on its own port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub enabled: bool,
+    /// host:port; port 0 picks a free one (tests). 8001 is Triton's gRPC port.
+    pub bind: String,
+    /// Largest accepted request message (tonic's default is 4 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            enabled: true,
+            bind: "127.0.0.1:8001".into(),
+            max_message_bytes: 16 << 20,
+        }
+    }
+}
+
 /// The `[outcomes]` section: scoring every prediction against the market (docs/QUALITY.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -257,6 +279,7 @@ pub struct Config {
     pub aggregator: AggregatorConfig,
     pub breaker: BreakerConfig,
     pub http: HttpConfig,
+    pub grpc: GrpcConfig,
     pub kafka: KafkaConfig,
     pub jetstream: JetStreamConfig,
     pub outcomes: OutcomesConfig,
@@ -397,6 +420,12 @@ impl Config {
         }
         if self.http.enabled && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!("http.bind {:?} is not host:port", self.http.bind));
+        }
+        if self.grpc.enabled && self.grpc.bind.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("grpc.bind {:?} is not host:port", self.grpc.bind));
+        }
+        if self.grpc.max_message_bytes < 1024 {
+            p.push("grpc.max_message_bytes must be at least 1024".into());
         }
         if self.http.max_body_bytes < 1024 {
             p.push("http.max_body_bytes must be at least 1024".into());

@@ -64,10 +64,12 @@ pub struct AppState {
     pub buses: Vec<Arc<dyn Health>>,
     /// Set when the shutdown begins (readiness then answers 503).
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The Open Inference Protocol's statistics (both transports).
+    pub oip: Arc<crate::oip::Stats>,
 }
 
 impl AppState {
-    fn token(&self) -> Option<String> {
+    pub(crate) fn token(&self) -> Option<String> {
         self.config
             .read()
             .ok()
@@ -78,7 +80,7 @@ impl AppState {
 
 /// The largest request body the handlers read (`[http].max_body_bytes`).
 #[derive(Clone, Copy)]
-struct BodyLimit(usize);
+pub(crate) struct BodyLimit(pub(crate) usize);
 
 /// One route: what `configure` registers, and what the document must describe.
 struct Endpoint {
@@ -147,6 +149,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: AppState, max_body_bytes: 
             .fold(web::resource(path), |r, route| r.route(route));
         cfg.service(resource);
     }
+    // The Open Inference Protocol's routes: described by the protocol, not by this document.
+    crate::oip_http::configure(cfg);
 }
 
 /// Every error: the reason phrase of the status and each problem found.
@@ -185,7 +189,7 @@ fn is_json(media: &str) -> bool {
 }
 
 /// The body, or 413 past the limit (checked on the declared length first, then while reading).
-async fn read_body(
+pub(crate) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
@@ -249,7 +253,7 @@ pub struct Readiness {
 }
 
 /// Reasons the service is not ready; empty when it is.
-async fn not_ready(s: &AppState) -> Vec<String> {
+pub(crate) async fn not_ready(s: &AppState) -> Vec<String> {
     let mut reasons = Vec::new();
     if s.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         reasons.push("shutting down".to_string());
@@ -615,7 +619,7 @@ async fn get_config(s: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-fn authorized(req: &HttpRequest, s: &AppState) -> Result<(), Box<HttpResponse>> {
+pub(crate) fn authorized(req: &HttpRequest, s: &AppState) -> Result<(), Box<HttpResponse>> {
     let Some(token) = s.token() else { return Ok(()) };
     let given = req
         .headers()
@@ -637,7 +641,7 @@ fn authorized(req: &HttpRequest, s: &AppState) -> Result<(), Box<HttpResponse>> 
 /// Compares keyed hashes (SipHash with this process's random keys) of both sides in constant
 /// time: neither the position of the first difference nor the token's length shows in the
 /// time taken.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use std::hash::{BuildHasher, Hasher};
     static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
     let keys = KEYS.get_or_init(std::collections::hash_map::RandomState::new);
@@ -1072,10 +1076,10 @@ pub struct PredictResponse {
 }
 
 /// One window's ensemble, before it is shown as JSON or protobuf.
-struct Combined {
-    probabilities: Vec<f32>,
-    method: Method,
-    members: Vec<MemberPrediction>,
+pub(crate) struct Combined {
+    pub(crate) probabilities: Vec<f32>,
+    pub(crate) method: Method,
+    pub(crate) members: Vec<MemberPrediction>,
 }
 
 impl Combined {
@@ -1093,10 +1097,11 @@ impl Combined {
     }
 }
 
-/// One window through every member (batched with the streams' calls in the executors), then
-/// the same ensemble rule as the aggregator ([`combine`]). Asked for stacking, it refuses
-/// rather than silently falling back.
-async fn predict_one(
+/// One window through every member that is serving (batched with the streams' calls in the
+/// executors; an unloaded member is left out, as the streams' ensembles leave it out), then the
+/// same ensemble rule as the aggregator ([`combine`]). Asked for stacking, it refuses rather
+/// than silently falling back.
+pub(crate) async fn predict_one(
     s: &AppState,
     window: &[Vec<f32>],
     method: Method,
@@ -1104,7 +1109,12 @@ async fn predict_one(
 ) -> Result<Combined, Vec<String>> {
     let mut errs = Vec::new();
     let mut members = Vec::new();
-    for g in &s.pipeline.gates {
+    for g in s
+        .pipeline
+        .gates
+        .iter()
+        .filter(|g| g.enabled.load(Ordering::Relaxed))
+    {
         let (w, f) = (g.info.window, g.info.features);
         if window.len() < w {
             errs.push(format!(

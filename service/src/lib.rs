@@ -13,6 +13,8 @@
 //!   shared ingest path and the in-process collector.
 //! - [`service`]: the service's lifecycle stages (`serve`) and `replay`, callable in-process.
 //! - [`http`]: the HTTP actor (health, readiness, config, models, predict, metrics).
+//! - [`oip`], [`oip_http`], [`grpc`]: the Open Inference Protocol (KServe v2): its models, and
+//!   its HTTP and gRPC (tonic, Triton's `GRPCInferenceService`) bindings.
 //! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
 //! - [`status`]: the live status line.
 //!
@@ -20,7 +22,10 @@
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod grpc;
 pub mod http;
+pub mod oip;
+pub mod oip_http;
 pub mod pb;
 pub mod service;
 pub mod status;

@@ -441,6 +441,8 @@ pub struct Ready {
     pub pipeline: Pipeline,
     /// Where the HTTP actor listens, when enabled.
     pub http: Option<std::net::SocketAddr>,
+    /// Where the gRPC server listens, when enabled.
+    pub grpc: Option<std::net::SocketAddr>,
 }
 
 /// The running service: its transports, its pipeline, its HTTP actor. Built by
@@ -455,6 +457,10 @@ pub struct Service {
     pipeline: Pipeline,
     status: Status,
     http: Option<actix_web::dev::ServerHandle>,
+    /// Stops the gRPC server (it finishes the calls in progress).
+    grpc: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The Open Inference Protocol's statistics, shared by HTTP and gRPC.
+    oip: Arc<crate::oip::Stats>,
     /// Background tasks aborted when the service stops (telemetry upkeep, status line).
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
     /// Set when the shutdown begins: readiness answers 503 from then on.
@@ -492,6 +498,8 @@ impl Service {
             pipeline,
             status,
             http: None,
+            grpc: None,
+            oip: Default::default(),
             tasks: Vec::new(),
             stopping: Default::default(),
             abandoned: 0,
@@ -533,6 +541,7 @@ impl Service {
                 started: self.started,
                 buses: self.health.clone(),
                 stopping: self.stopping.clone(),
+                oip: self.oip.clone(),
             };
             let limit = cfg.http.max_body_bytes;
             let server = actix_web::HttpServer::new(move || {
@@ -547,6 +556,35 @@ impl Service {
             self.http = Some(server.handle());
             actix_rt::spawn(server);
             tracing::info!(addr = ?http_addr, "http listening");
+        }
+        let mut grpc_addr = None;
+        if cfg.grpc.enabled {
+            let state = crate::http::AppState {
+                pipeline: self.pipeline.clone(),
+                config: Arc::new(std::sync::RwLock::new(cfg.clone())),
+                metrics: self.metrics.clone(),
+                started: self.started,
+                buses: self.health.clone(),
+                stopping: self.stopping.clone(),
+                oip: self.oip.clone(),
+            };
+            let listener = tokio::net::TcpListener::bind(cfg.grpc.bind.as_str())
+                .await
+                .with_context(|| format!("binding the gRPC server to {}", cfg.grpc.bind))?;
+            grpc_addr = listener.local_addr().ok();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tonic::transport::Server::builder()
+                .add_service(crate::grpc::service(state, cfg.grpc.max_message_bytes))
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                });
+            self.grpc = Some(stop);
+            actix_rt::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "the gRPC server stopped");
+                }
+            });
+            tracing::info!(addr = ?grpc_addr, "grpc listening");
         }
         if let Some(every) = status_every {
             let (status, stats) = (self.status.clone(), self.pipeline.stats.clone());
@@ -570,6 +608,7 @@ impl Service {
         Ok(Ready {
             pipeline: self.pipeline.clone(),
             http: http_addr,
+            grpc: grpc_addr,
         })
     }
 
@@ -612,10 +651,14 @@ impl Service {
         }
     }
 
-    /// Stage 5: the HTTP actor stops (gracefully: requests in progress are answered).
+    /// Stage 5: the HTTP actor and the gRPC server stop (gracefully: requests in progress are
+    /// answered).
     pub async fn stop_http(&mut self) {
         if let Some(h) = self.http.take() {
             h.stop(true).await;
+        }
+        if let Some(stop) = self.grpc.take() {
+            let _ = stop.send(());
         }
         for t in self.tasks.drain(..) {
             t.abort();

@@ -145,6 +145,7 @@ pub fn root() -> PathBuf {
 pub fn config(nats_url: &str) -> Config {
     let mut cfg = Config::default();
     cfg.http.bind = "127.0.0.1:0".into();
+    cfg.grpc.bind = "127.0.0.1:0".into();
     cfg.service.models_dir = root().join("models");
     cfg.service.feature_sets_dir = root().join("models/feature_sets");
     cfg.nats.url = nats_url.to_string();
@@ -374,6 +375,7 @@ pub fn spawn_ready(env: &[(&str, &str)]) -> (std::process::Child, std::sync::mps
     cmd.args(["serve", "--config", "config.toml"])
         .current_dir(root())
         .env("AUGUR_HTTP__BIND", "127.0.0.1:0")
+        .env("AUGUR_GRPC__BIND", "127.0.0.1:0")
         .stderr(std::process::Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);

@@ -83,6 +83,7 @@ impl Peer {
                     .arg(&p.config)
                     .env("AUGUR_NATS__URL", nats_url)
                     .env("AUGUR_HTTP__BIND", format!("127.0.0.1:{port}"))
+                    .env("AUGUR_GRPC__BIND", "127.0.0.1:0")
                     .env("AUGUR_SERVICE__DEVICE", &p.device)
                     .env("AUGUR_KAFKA__ENABLED", "false")
                     .env("RUST_LOG", "info");

@@ -1,0 +1,335 @@
+//! The Open Inference Protocol over gRPC: Triton's `inference.GRPCInferenceService`
+//! (`proto/inference/grpc_service.proto`, a wire-exact subset of Triton's, KServe's
+//! `grpc_predict_v2.proto` plus the repository and statistics calls), so `tritonclient.grpc`
+//! and KServe's clients work unchanged. On its own port (`[grpc]`), tonic on the actix
+//! system's tokio runtime; the models and their semantics are `oip.rs`.
+//!
+//! Tensor data comes in `raw_input_contents` (what tritonclient sends) or in the typed
+//! `contents` (`fp32_contents`, `fp64_contents`); outputs go out in `raw_output_contents`, one
+//! entry per output in order (what tritonclient reads). Errors are gRPC statuses: NOT_FOUND,
+//! INVALID_ARGUMENT, UNAVAILABLE, INTERNAL, UNAUTHENTICATED (a bearer token in the
+//! `authorization` metadata when `[http].token` is set, for infer, load and unload).
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status};
+
+use crate::http::AppState;
+use crate::oip::{self, InferRequest, Input, OipError};
+
+/// The generated messages, server and client.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/inference.rs"));
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use pb::infer_parameter::ParameterChoice;
+
+pub struct Inference {
+    state: AppState,
+}
+
+/// The service, ready to add to a tonic server: requests up to `max_message_bytes`, gzip and
+/// deflate accepted.
+pub fn service(state: AppState, max_message_bytes: usize) -> GrpcInferenceServiceServer<Inference> {
+    use tonic::codec::CompressionEncoding;
+    GrpcInferenceServiceServer::new(Inference { state })
+        .max_decoding_message_size(max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+}
+
+fn status(e: OipError) -> Status {
+    match e {
+        OipError::NotFound(m) => Status::not_found(m),
+        OipError::Invalid(m) => Status::invalid_argument(m),
+        OipError::Unavailable(m) => Status::unavailable(m),
+        OipError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn version(v: &str) -> Option<&str> {
+    Some(v).filter(|v| !v.is_empty())
+}
+
+impl Inference {
+    fn authorized<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(token) = self.state.token() else {
+            return Ok(());
+        };
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        match given.and_then(|g| g.strip_prefix("Bearer ")) {
+            Some(g) if crate::http::constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
+            None => Err(Status::unauthenticated(
+                "a bearer token is required (metadata authorization: Bearer ...)",
+            )),
+        }
+    }
+}
+
+fn string_param(p: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Option<String>, Status> {
+    match p.get(key).and_then(|v| v.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Status::invalid_argument(format!(
+            "parameter {key:?} must be a string"
+        ))),
+    }
+}
+
+/// The request as the core reads it: each input's numbers from its raw contents (in input
+/// order, when any are given) or its typed contents.
+fn read_request(r: pb::ModelInferRequest) -> Result<InferRequest, Status> {
+    if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(Status::invalid_argument(format!(
+            "{} raw_input_contents for {} inputs",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut errs = Vec::new();
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (i, t) in r.inputs.into_iter().enumerate() {
+        let data = match (r.raw_input_contents.get(i), &t.contents) {
+            (Some(raw), None) => oip::numbers_from_raw(&t.name, &t.datatype, raw),
+            (Some(_), Some(_)) => Err(OipError::Invalid(format!(
+                "input {:?}: both raw and typed contents",
+                t.name
+            ))),
+            (None, Some(c)) => match t.datatype.as_str() {
+                "FP32" => Ok(c.fp32_contents.clone()),
+                "FP64" => Ok(c.fp64_contents.iter().map(|&x| x as f32).collect()),
+                other => Err(oip::unsupported(&t.name, other)),
+            },
+            (None, None) => Err(OipError::Invalid(format!("input {:?}: no data", t.name))),
+        };
+        match data {
+            Ok(data) => inputs.push(Input {
+                name: t.name,
+                datatype: t.datatype,
+                shape: t.shape,
+                data,
+            }),
+            Err(e) => errs.push(e.message().to_string()),
+        }
+    }
+    let method = string_param(&r.parameters, "method");
+    let timeframe = string_param(&r.parameters, "timeframe");
+    let (method, timeframe) = match (method, timeframe) {
+        (Ok(m), Ok(t)) => (m, t),
+        (Err(e), _) | (_, Err(e)) => {
+            errs.push(e.message().to_string());
+            (None, None)
+        }
+    };
+    if !errs.is_empty() {
+        return Err(Status::invalid_argument(errs.join("; ")));
+    }
+    Ok(InferRequest {
+        id: r.id,
+        inputs,
+        outputs: Some(r.outputs)
+            .filter(|o| !o.is_empty())
+            .map(|o| o.into_iter().map(|o| o.name).collect()),
+        method,
+        timeframe,
+    })
+}
+
+fn duration(d: oip::Duration2) -> Option<pb::StatisticDuration> {
+    Some(pb::StatisticDuration {
+        count: d.count,
+        ns: d.ns,
+    })
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let ready = crate::http::not_ready(&self.state).await.is_empty();
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        r: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        let ready = oip::ready(&self.state, &r.name, version(&r.version)).map_err(status)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "augur".into(),
+            version: crate::SERVICE_VERSION.into(),
+            extensions: oip::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        r: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let m = oip::metadata(&self.state, &r.name, version(&r.version)).map_err(status)?;
+        let tensors = |ts: Vec<oip::TensorMeta>| {
+            ts.into_iter()
+                .map(|t| pb::model_metadata_response::TensorMetadata {
+                    name: t.name.into(),
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform,
+            inputs: tensors(m.inputs),
+            outputs: tensors(m.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        r: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        self.authorized(&r)?;
+        let r = r.into_inner();
+        let (name, ver) = (r.model_name.clone(), r.model_version.clone());
+        let req = read_request(r)?;
+        let resp = oip::infer(&self.state, &name, version(&ver), req)
+            .await
+            .map_err(status)?;
+        let mut outputs = Vec::with_capacity(resp.outputs.len());
+        let mut raw = Vec::with_capacity(resp.outputs.len());
+        for o in resp.outputs {
+            raw.push(o.data.raw());
+            outputs.push(pb::model_infer_response::InferOutputTensor {
+                name: o.name.into(),
+                datatype: o.datatype.into(),
+                shape: o.shape,
+                parameters: o
+                    .parameters
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            pb::InferParameter {
+                                parameter_choice: Some(ParameterChoice::StringParam(v)),
+                            },
+                        )
+                    })
+                    .collect(),
+                contents: None,
+            });
+        }
+        Ok(Response::new(pb::ModelInferResponse {
+            model_name: resp.model_name,
+            model_version: resp.model_version,
+            id: resp.id,
+            parameters: HashMap::new(),
+            outputs,
+            raw_output_contents: raw,
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        r: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = r.into_inner();
+        let stats = oip::statistics(&self.state, version(&r.name), version(&r.version)).map_err(status)?;
+        let zero = oip::Duration2::default();
+        Ok(Response::new(pb::ModelStatisticsResponse {
+            model_stats: stats
+                .into_iter()
+                .map(|m| pb::ModelStatistics {
+                    name: m.name,
+                    version: m.version,
+                    last_inference: m.last_inference,
+                    inference_count: m.inference_count,
+                    execution_count: m.execution_count,
+                    inference_stats: Some(pb::InferStatistics {
+                        success: duration(m.success),
+                        fail: duration(m.fail),
+                        queue: duration(zero),
+                        compute_input: duration(zero),
+                        compute_infer: duration(m.compute_infer),
+                        compute_output: duration(zero),
+                        cache_hit: duration(zero),
+                        cache_miss: duration(zero),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        r: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let only_ready = r.into_inner().ready;
+        Ok(Response::new(pb::RepositoryIndexResponse {
+            models: oip::index(&self.state)
+                .into_iter()
+                .filter(|e| !only_ready || e.state == "READY")
+                .map(|e| pb::repository_index_response::ModelIndex {
+                    name: e.name,
+                    version: e.version,
+                    state: e.state.into(),
+                    reason: e.reason,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        r: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        self.authorized(&r)?;
+        let r = r.into_inner();
+        if let Some(k) = r
+            .parameters
+            .keys()
+            .find(|k| k.as_str() == "config" || k.starts_with("file:"))
+        {
+            return Err(Status::invalid_argument(format!(
+                "parameter {k:?} is not supported: models come from the repository folder"
+            )));
+        }
+        oip::set_loaded(&self.state, &r.model_name, true)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        r: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        self.authorized(&r)?;
+        let r = r.into_inner();
+        oip::set_loaded(&self.state, &r.model_name, false)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}

@@ -1,0 +1,777 @@
+//! The Open Inference Protocol (KServe v2, the protocol Triton, KServe and Seldon speak), the
+//! part both transports share: which models there are, their metadata and readiness,
+//! inference on tensors, the repository calls and Triton's statistics extension. The HTTP
+//! binding is `oip_http.rs`, the gRPC one `grpc.rs`; they only translate the wire.
+//!
+//! Models:
+//!
+//! | name | input | outputs |
+//! | --- | --- | --- |
+//! | each member (`lstm-direction`, ...) | `window` FP32 `[N, T, F]`, raw feature vectors, oldest first (`T` the member's window) | `probabilities` FP32 `[N, 3]`, `direction` BYTES `[N]` |
+//! | the stacker (`ensemble-meta`) | `probabilities` FP32 `[N, 3k]`, its `k` members' probabilities in its order | the same two |
+//! | `augur-ensemble` | `window` FP32 `[N, T, F]`, `T` the longest member window | `probabilities`, `direction`, `members` FP32 `[N, M, 3]` (the members in the output's `members` parameter) |
+//!
+//! Rows go to the executors concurrently, so they batch with each other and with the streams'
+//! calls. `augur-ensemble` uses the streams' ensemble rule (the aggregator's `combine`) over the
+//! members that are loaded; the request parameter `method` picks another rule and `timeframe`
+//! the adaptive weights of a timeframe.
+//!
+//! The repository calls act on members: `unload` takes a member out of serving (out of the
+//! streams' ensembles and `augur-ensemble`, its `infer` refused), `load` puts it back. Its
+//! weights stay in memory: loading a version from disk is the model lifecycle's work (#14).
+//! Statistics count the calls of this protocol (both transports), not the streams' calls,
+//! which `/metrics` and `/api/v1/models` show.
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use augur_actors::aggregator::{AggregatorConfig, Method};
+use augur_actors::executor::ExecError;
+use augur_actors::gate::ModelGate;
+use augur_actors::types::{Direction, argmax};
+use futures::future::join_all;
+
+use crate::http::AppState;
+
+/// The whole ensemble as a model.
+pub const ENSEMBLE: &str = "augur-ensemble";
+/// Its version (the ensemble rule over whatever members are loaded).
+pub const ENSEMBLE_VERSION: &str = "1";
+/// Rows in one request at most: each row is a queued call per member.
+pub const MAX_ROWS: usize = 256;
+/// The protocol's extensions this server implements (server metadata).
+pub const EXTENSIONS: [&str; 4] = [
+    "binary_tensor_data",
+    "statistics",
+    "model_repository",
+    "parameters",
+];
+
+/// What went wrong, as the protocol's status: HTTP 404 / 400 / 503 / 500, gRPC NOT_FOUND /
+/// INVALID_ARGUMENT / UNAVAILABLE / INTERNAL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OipError {
+    NotFound(String),
+    Invalid(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl OipError {
+    pub fn message(&self) -> &str {
+        match self {
+            OipError::NotFound(m)
+            | OipError::Invalid(m)
+            | OipError::Unavailable(m)
+            | OipError::Internal(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for OipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// A tensor's name, datatype and shape (-1: any size).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorMeta {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMeta {
+    pub name: String,
+    pub versions: Vec<String>,
+    /// The framework: "torchscript", "xgboost-json", "ensemble".
+    pub platform: String,
+    pub inputs: Vec<TensorMeta>,
+    pub outputs: Vec<TensorMeta>,
+}
+
+/// One input tensor, its numbers already read from JSON, binary data or protobuf contents.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    pub data: Vec<f32>,
+}
+
+/// An output tensor's values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutData {
+    Fp32(Vec<f32>),
+    /// BYTES elements (UTF-8 strings here).
+    Bytes(Vec<String>),
+}
+
+impl OutData {
+    /// The binary form: little-endian floats; BYTES as a 4-byte little-endian length and the
+    /// bytes, per element (the binary-data extension's and gRPC raw contents' layout).
+    pub fn raw(&self) -> Vec<u8> {
+        match self {
+            OutData::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutData::Bytes(v) => {
+                let mut out = Vec::with_capacity(v.iter().map(|s| s.len() + 4).sum());
+                for s in v {
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                out
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+    pub data: OutData,
+    /// String parameters of the tensor (`members` of `augur-ensemble`'s `members` output).
+    pub parameters: Vec<(&'static str, String)>,
+}
+
+/// An inference request, transport-neutral.
+#[derive(Debug, Clone, Default)]
+pub struct InferRequest {
+    pub id: String,
+    pub inputs: Vec<Input>,
+    /// The outputs asked for, by name; `None` for all.
+    pub outputs: Option<Vec<String>>,
+    /// `augur-ensemble` only: the ensemble rule (request parameter `method`).
+    pub method: Option<String>,
+    /// `augur-ensemble` only: the timeframe whose adaptive weights apply.
+    pub timeframe: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub outputs: Vec<Output>,
+}
+
+/// One line of the repository index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: String,
+    /// "READY", "UNAVAILABLE" or "LOADING" (Triton's states).
+    pub state: &'static str,
+    pub reason: String,
+}
+
+/// Triton's statistics per model: the protocol's calls (both transports).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelStats {
+    pub name: String,
+    pub version: String,
+    /// Unix ms of the last call (0 for none).
+    pub last_inference: u64,
+    /// Rows run.
+    pub inference_count: u64,
+    /// Requests run.
+    pub execution_count: u64,
+    pub success: Duration2,
+    pub fail: Duration2,
+    /// Time spent in the models' forward passes (each row's batch time).
+    pub compute_infer: Duration2,
+}
+
+/// A count and the nanoseconds they took (Triton's `StatisticDuration`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Duration2 {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// The statistics of every model, kept by name.
+#[derive(Debug, Default)]
+pub struct Stats(Mutex<BTreeMap<String, ModelStats>>);
+
+impl Stats {
+    fn record(&self, model: &str, version: &str, rows: u64, took: Duration, compute_ns: u64, ok: bool) {
+        let Ok(mut g) = self.0.lock() else { return };
+        let s = g.entry(model.to_string()).or_insert_with(|| ModelStats {
+            name: model.to_string(),
+            version: version.to_string(),
+            ..Default::default()
+        });
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        let d = if ok { &mut s.success } else { &mut s.fail };
+        d.count += 1;
+        d.ns = d.ns.saturating_add(ns);
+        if ok {
+            s.inference_count += rows;
+            s.execution_count += 1;
+            s.compute_infer.count += rows;
+            s.compute_infer.ns = s.compute_infer.ns.saturating_add(compute_ns);
+        }
+        s.last_inference = augur_actors::clock::unix_ns().max(0) as u64 / 1_000_000;
+    }
+
+    fn get(&self, model: &str, version: &str) -> ModelStats {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|g| g.get(model).cloned())
+            .unwrap_or_else(|| ModelStats {
+                name: model.to_string(),
+                version: version.to_string(),
+                ..Default::default()
+            })
+    }
+}
+
+/// What a model name stands for.
+enum Target<'a> {
+    Member(&'a Arc<ModelGate>),
+    Stacker(&'a Arc<ModelGate>, usize),
+    Ensemble,
+}
+
+impl Target<'_> {
+    fn version(&self) -> String {
+        match self {
+            Target::Member(g) | Target::Stacker(g, _) => g.info.version.to_string(),
+            Target::Ensemble => ENSEMBLE_VERSION.to_string(),
+        }
+    }
+}
+
+fn target<'a>(s: &'a AppState, name: &str, version: Option<&str>) -> Result<Target<'a>, OipError> {
+    let t = if name == ENSEMBLE {
+        Target::Ensemble
+    } else if let Some(g) = s.pipeline.gates.iter().find(|g| *g.info.id == *name) {
+        Target::Member(g)
+    } else if let Some(st) = s.pipeline.stacker.as_ref().filter(|st| *st.gate.info.id == *name) {
+        Target::Stacker(&st.gate, st.inputs.len())
+    } else {
+        return Err(OipError::NotFound(format!(
+            "unknown model {name:?}: the models are {}",
+            names(s).join(", ")
+        )));
+    };
+    match version.filter(|v| !v.is_empty()) {
+        Some(v) if v != t.version() => Err(OipError::NotFound(format!(
+            "model {name:?} has no version {v:?}: its version is {:?}",
+            t.version()
+        ))),
+        _ => Ok(t),
+    }
+}
+
+/// Every model's name: the members, the stacker, `augur-ensemble`.
+pub fn names(s: &AppState) -> Vec<String> {
+    s.pipeline
+        .all_gates()
+        .map(|g| g.info.id.to_string())
+        .chain([ENSEMBLE.to_string()])
+        .collect()
+}
+
+fn features(s: &AppState) -> usize {
+    s.pipeline.gates.first().map(|g| g.info.features).unwrap_or(0)
+}
+
+/// The longest member window: `augur-ensemble`'s input length.
+fn longest_window(s: &AppState) -> usize {
+    s.pipeline.gates.iter().map(|g| g.info.window).max().unwrap_or(0)
+}
+
+fn serving(g: &ModelGate) -> bool {
+    g.enabled.load(Ordering::Relaxed)
+}
+
+fn gate_ready(g: &ModelGate) -> Result<(), String> {
+    let e = g.executor();
+    if e.is_down() {
+        Err(format!("model {} executor is down", g.info.id))
+    } else if !e.is_ready() {
+        Err(format!("model {} is loading", g.info.id))
+    } else {
+        Ok(())
+    }
+}
+
+fn outputs_meta(ensemble_members: Option<usize>) -> Vec<TensorMeta> {
+    let mut v = vec![
+        TensorMeta {
+            name: "probabilities",
+            datatype: "FP32",
+            shape: vec![-1, 3],
+        },
+        TensorMeta {
+            name: "direction",
+            datatype: "BYTES",
+            shape: vec![-1],
+        },
+    ];
+    if let Some(m) = ensemble_members {
+        v.push(TensorMeta {
+            name: "members",
+            datatype: "FP32",
+            shape: vec![-1, m as i64, 3],
+        });
+    }
+    v
+}
+
+pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<ModelMeta, OipError> {
+    let t = target(s, name, version)?;
+    let f = features(s) as i64;
+    let (platform, inputs, outputs) = match &t {
+        Target::Member(g) => (
+            g.info.kind.to_string(),
+            vec![TensorMeta {
+                name: "window",
+                datatype: "FP32",
+                shape: vec![-1, g.info.window as i64, f],
+            }],
+            outputs_meta(None),
+        ),
+        Target::Stacker(g, k) => (
+            g.info.kind.to_string(),
+            vec![TensorMeta {
+                name: "probabilities",
+                datatype: "FP32",
+                shape: vec![-1, 3 * *k as i64],
+            }],
+            outputs_meta(None),
+        ),
+        Target::Ensemble => (
+            "ensemble".to_string(),
+            vec![TensorMeta {
+                name: "window",
+                datatype: "FP32",
+                shape: vec![-1, longest_window(s) as i64, f],
+            }],
+            outputs_meta(Some(s.pipeline.gates.len())),
+        ),
+    };
+    Ok(ModelMeta {
+        name: name.to_string(),
+        versions: vec![t.version()],
+        platform,
+        inputs,
+        outputs,
+    })
+}
+
+/// Why the model cannot take a call now; `Ok` when it can.
+fn readiness(s: &AppState, t: &Target<'_>) -> Result<(), String> {
+    if s.stopping.load(Ordering::SeqCst) {
+        return Err("shutting down".into());
+    }
+    match t {
+        Target::Member(g) if !serving(g) => Err(format!(
+            "model {} is unloaded (POST /v2/repository/models/{}/load puts it back)",
+            g.info.id, g.info.id
+        )),
+        Target::Member(g) | Target::Stacker(g, _) => gate_ready(g),
+        Target::Ensemble => {
+            let live: Vec<&Arc<ModelGate>> = s.pipeline.gates.iter().filter(|g| serving(g)).collect();
+            if live.is_empty() {
+                return Err("every member is unloaded".into());
+            }
+            live.iter().try_for_each(|g| gate_ready(g))
+        }
+    }
+}
+
+pub fn ready(s: &AppState, name: &str, version: Option<&str>) -> Result<bool, OipError> {
+    let t = target(s, name, version)?;
+    Ok(readiness(s, &t).is_ok())
+}
+
+/// The repository index: every model, its version and state.
+pub fn index(s: &AppState) -> Vec<IndexEntry> {
+    names(s)
+        .into_iter()
+        .filter_map(|n| {
+            let t = target(s, &n, None).ok()?;
+            let (state, reason) = match readiness(s, &t) {
+                Ok(()) => ("READY", String::new()),
+                Err(r) if r.contains("is loading") => ("LOADING", r),
+                Err(r) => ("UNAVAILABLE", r),
+            };
+            Some(IndexEntry {
+                version: t.version(),
+                name: n,
+                state,
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// `load` (`on`) or `unload` a member: in or out of serving, for the streams too. Waits (up to
+/// a second) until the router has applied it, so a readiness call right after sees it.
+pub async fn set_loaded(s: &AppState, name: &str, on: bool) -> Result<(), OipError> {
+    let g = match target(s, name, None)? {
+        Target::Member(g) => g.clone(),
+        Target::Stacker(..) | Target::Ensemble => {
+            return Err(OipError::Invalid(format!(
+                "{name} cannot be {}: only members can (the stacker and {ENSEMBLE} follow them)",
+                if on { "loaded" } else { "unloaded" }
+            )));
+        }
+    };
+    if !on && s.pipeline.gates.iter().filter(|g| serving(g)).count() == 1 && serving(&g) {
+        return Err(OipError::Invalid(format!(
+            "{name} is the last member serving: unloading it would stop every prediction"
+        )));
+    }
+    s.pipeline.set_enabled(name, on).map_err(OipError::NotFound)?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while serving(&g) != on && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if serving(&g) != on {
+        return Err(OipError::Unavailable(format!(
+            "{name}: the router did not apply the change within a second"
+        )));
+    }
+    augur_actors::events::ConfigChanged {
+        what: &format!("repository: {} {name}", if on { "load" } else { "unload" }),
+    }
+    .emit();
+    Ok(())
+}
+
+/// Statistics of one model (`name`) or of every model.
+pub fn statistics(
+    s: &AppState,
+    name: Option<&str>,
+    version: Option<&str>,
+) -> Result<Vec<ModelStats>, OipError> {
+    let wanted: Vec<String> = match name.filter(|n| !n.is_empty()) {
+        Some(n) => {
+            target(s, n, version)?;
+            vec![n.to_string()]
+        }
+        None => names(s),
+    };
+    Ok(wanted
+        .iter()
+        .filter_map(|n| {
+            let v = target(s, n, None).ok()?.version();
+            Some(s.oip.get(n, &v))
+        })
+        .collect())
+}
+
+/// Reads `count` little-endian numbers of `datatype` (FP32 or FP64) from raw bytes.
+pub fn numbers_from_raw(name: &str, datatype: &str, raw: &[u8]) -> Result<Vec<f32>, OipError> {
+    let width = match datatype {
+        "FP32" => 4,
+        "FP64" => 8,
+        other => return Err(unsupported(name, other)),
+    };
+    if !raw.len().is_multiple_of(width) {
+        return Err(OipError::Invalid(format!(
+            "input {name:?}: {} bytes is not a whole number of {datatype} values",
+            raw.len()
+        )));
+    }
+    Ok(raw
+        .chunks_exact(width)
+        .map(|c| match c {
+            [a, b, c, d] => f32::from_le_bytes([*a, *b, *c, *d]),
+            [a, b, c, d, e, f, g, h] => f64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]) as f32,
+            _ => f32::NAN,
+        })
+        .collect())
+}
+
+pub fn unsupported(name: &str, datatype: &str) -> OipError {
+    OipError::Invalid(format!(
+        "input {name:?}: datatype {datatype:?} is not supported: send FP32 (or FP64)"
+    ))
+}
+
+/// The number of elements a shape holds, refused when a dimension is negative or the product
+/// overflows.
+pub fn elements(name: &str, shape: &[i64]) -> Result<usize, OipError> {
+    shape.iter().try_fold(1usize, |acc, &d| {
+        usize::try_from(d)
+            .ok()
+            .and_then(|d| acc.checked_mul(d))
+            .ok_or_else(|| OipError::Invalid(format!("input {name:?}: shape {shape:?} is not a valid shape")))
+    })
+}
+
+/// The one input a model takes, checked: its name, its shape against `want` (rows free), its
+/// values finite. Answers the rows.
+fn the_input<'a>(req: &'a InferRequest, name: &str, want: &[i64]) -> Result<(&'a Input, usize), OipError> {
+    let mut errs = Vec::new();
+    for i in &req.inputs {
+        if i.name != name {
+            errs.push(format!("unknown input {:?}: the input is {name:?}", i.name));
+        }
+    }
+    let Some(input) = req.inputs.iter().find(|i| i.name == name) else {
+        errs.push(format!("input {name:?} is missing"));
+        return Err(OipError::Invalid(errs.join("; ")));
+    };
+    if req.inputs.iter().filter(|i| i.name == name).count() > 1 {
+        errs.push(format!("input {name:?} is given more than once"));
+    }
+    let shape_ok = input.shape.len() == want.len()
+        && input.shape.iter().zip(want).all(|(&g, &w)| w < 0 || g == w)
+        && input.shape.first().is_some_and(|&n| n >= 1);
+    if !shape_ok {
+        errs.push(format!(
+            "input {name:?}: shape {:?}, expected {want:?} (-1: one or more rows)",
+            input.shape
+        ));
+    } else if let Ok(n) = elements(name, &input.shape)
+        && n != input.data.len()
+    {
+        errs.push(format!(
+            "input {name:?}: shape {:?} holds {n} values, the data has {}",
+            input.shape,
+            input.data.len()
+        ));
+    }
+    let rows = input.shape.first().copied().unwrap_or(0).max(0) as usize;
+    if rows > MAX_ROWS {
+        errs.push(format!(
+            "input {name:?}: {rows} rows, at most {MAX_ROWS} in one request"
+        ));
+    }
+    if let Some(j) = input.data.iter().position(|x| !x.is_finite()) {
+        errs.push(format!(
+            "input {name:?}: value {j} is not finite (or outside float32's range)"
+        ));
+    }
+    if errs.is_empty() {
+        Ok((input, rows))
+    } else {
+        Err(OipError::Invalid(errs.join("; ")))
+    }
+}
+
+fn exec_error(model: &str, e: &ExecError) -> OipError {
+    match e {
+        ExecError::QueueFull | ExecError::Down => OipError::Unavailable(format!("{model}: {e}")),
+        ExecError::Input(_) => OipError::Invalid(format!("{model}: {e}")),
+        ExecError::Model(_) | ExecError::Panicked(_) => OipError::Internal(format!("{model}: {e}")),
+    }
+}
+
+/// Runs `rows` rows of `width` values each through one model's executor, concurrently.
+/// Answers the probabilities, row after row, and the summed forward time.
+async fn run_rows(g: &ModelGate, data: &[f32], rows: usize) -> Result<(Vec<f32>, u64), OipError> {
+    let width = data.len() / rows.max(1);
+    let exec = g.executor();
+    let calls = data
+        .chunks_exact(width.max(1))
+        .take(rows)
+        .map(|r| exec.infer(r.to_vec()));
+    let mut probs = Vec::with_capacity(rows * 3);
+    let mut compute_ns = 0u64;
+    for r in join_all(calls).await {
+        let out = r.map_err(|e| exec_error(&g.info.id, &e))?;
+        if out.probabilities.len() != 3 {
+            return Err(OipError::Internal(format!(
+                "{}: {} outputs, expected 3",
+                g.info.id,
+                out.probabilities.len()
+            )));
+        }
+        probs.extend_from_slice(&out.probabilities);
+        compute_ns += out.inference_us as u64 * 1000;
+    }
+    Ok((probs, compute_ns))
+}
+
+fn direction_of(p: &[f32]) -> String {
+    match Direction::from_index(argmax(p).0) {
+        Direction::Short => "short",
+        Direction::Neutral => "neutral",
+        Direction::Long => "long",
+    }
+    .to_string()
+}
+
+fn class_outputs(probs: Vec<f32>, rows: usize) -> Vec<Output> {
+    let directions = probs.chunks_exact(3).map(direction_of).collect();
+    vec![
+        Output {
+            name: "probabilities",
+            datatype: "FP32",
+            shape: vec![rows as i64, 3],
+            data: OutData::Fp32(probs),
+            parameters: Vec::new(),
+        },
+        Output {
+            name: "direction",
+            datatype: "BYTES",
+            shape: vec![rows as i64],
+            data: OutData::Bytes(directions),
+            parameters: Vec::new(),
+        },
+    ]
+}
+
+fn method_of(s: &AppState, req: &InferRequest) -> Result<AggregatorConfig, OipError> {
+    let settings = s
+        .pipeline
+        .aggregator_config
+        .read()
+        .map(|g| g.clone())
+        .unwrap_or_default();
+    let method = match req.method.as_deref() {
+        None => settings.method,
+        Some(m) => {
+            serde_json::from_value::<Method>(serde_json::Value::String(m.to_string())).map_err(|_| {
+                OipError::Invalid(format!(
+                    "parameter method {m:?}: one of weighted_mean, majority, stacking, adaptive"
+                ))
+            })?
+        }
+    };
+    Ok(AggregatorConfig { method, ..settings }
+        .with_adaptive(&s.pipeline.adaptive, req.timeframe.as_deref().unwrap_or_default()))
+}
+
+async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<(Vec<Output>, u64, u64), OipError> {
+    let f = features(s) as i64;
+    match t {
+        Target::Member(g) => {
+            let (input, rows) = the_input(req, "window", &[-1, g.info.window as i64, f])?;
+            let (probs, ns) = run_rows(g, &input.data, rows).await?;
+            Ok((class_outputs(probs, rows), rows as u64, ns))
+        }
+        Target::Stacker(g, k) => {
+            let (input, rows) = the_input(req, "probabilities", &[-1, 3 * *k as i64])?;
+            let (probs, ns) = run_rows(g, &input.data, rows).await?;
+            Ok((class_outputs(probs, rows), rows as u64, ns))
+        }
+        Target::Ensemble => {
+            let t_max = longest_window(s);
+            let (input, rows) = the_input(req, "window", &[-1, t_max as i64, f])?;
+            let settings = method_of(s, req)?;
+            let per_row = t_max * f as usize;
+            let windows: Vec<Vec<Vec<f32>>> = input
+                .data
+                .chunks_exact(per_row.max(1))
+                .take(rows)
+                .map(|w| w.chunks_exact((f as usize).max(1)).map(<[f32]>::to_vec).collect())
+                .collect();
+            let calls = windows
+                .iter()
+                .map(|w| crate::http::predict_one(s, w, settings.method, &settings));
+            let mut probs = Vec::with_capacity(rows * 3);
+            let mut members = Vec::new();
+            let mut member_ids: Option<Vec<String>> = None;
+            let mut ns = 0u64;
+            for r in join_all(calls).await {
+                let c = r.map_err(|e| OipError::Invalid(e.join("; ")))?;
+                let ids: Vec<String> = c.members.iter().map(|m| m.model_id.to_string()).collect();
+                if member_ids.get_or_insert_with(|| ids.clone()) != &ids {
+                    return Err(OipError::Unavailable(
+                        "the members changed during the request (a load or unload): send it again".into(),
+                    ));
+                }
+                probs.extend_from_slice(&c.probabilities);
+                for m in &c.members {
+                    members.extend_from_slice(&m.probabilities);
+                    ns += m.inference_us as u64 * 1000;
+                }
+            }
+            let ids = member_ids.unwrap_or_default();
+            let mut out = class_outputs(probs, rows);
+            out.push(Output {
+                name: "members",
+                datatype: "FP32",
+                shape: vec![rows as i64, ids.len() as i64, 3],
+                data: OutData::Fp32(members),
+                parameters: vec![("members", ids.join(","))],
+            });
+            Ok((out, rows as u64, ns))
+        }
+    }
+}
+
+/// Runs an inference request on model `name` (`version` when given).
+pub async fn infer(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+    req: InferRequest,
+) -> Result<InferResponse, OipError> {
+    let t = target(s, name, version)?;
+    if let Some(wanted) = &req.outputs {
+        let known = metadata(s, name, version)?.outputs;
+        let unknown: Vec<&String> = wanted
+            .iter()
+            .filter(|w| !known.iter().any(|k| k.name == *w))
+            .collect();
+        if !unknown.is_empty() {
+            let names: Vec<&str> = known.iter().map(|k| k.name).collect();
+            return Err(OipError::Invalid(format!(
+                "unknown outputs {unknown:?}: the outputs are {names:?}"
+            )));
+        }
+    }
+    readiness(s, &t).map_err(OipError::Unavailable)?;
+    let started = Instant::now();
+    let result = run(s, &t, &req).await;
+    let version = t.version();
+    match result {
+        Ok((mut outputs, rows, ns)) => {
+            s.oip.record(name, &version, rows, started.elapsed(), ns, true);
+            if let Some(wanted) = &req.outputs {
+                outputs.retain(|o| wanted.iter().any(|w| w == o.name));
+            }
+            Ok(InferResponse {
+                model_name: name.to_string(),
+                model_version: version,
+                id: req.id,
+                outputs,
+            })
+        }
+        Err(e) => {
+            s.oip.record(name, &version, 0, started.elapsed(), 0, false);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_binary_forms_are_little_endian_and_length_prefixed() {
+        assert_eq!(OutData::Fp32(vec![1.0]).raw(), 1.0f32.to_le_bytes());
+        assert_eq!(
+            OutData::Bytes(vec!["ab".into(), String::new()]).raw(),
+            [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]
+        );
+        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(numbers_from_raw("x", "FP32", &raw).unwrap(), [1.5, -2.0]);
+        let raw: Vec<u8> = 0.25f64.to_le_bytes().to_vec();
+        assert_eq!(numbers_from_raw("x", "FP64", &raw).unwrap(), [0.25]);
+        assert!(numbers_from_raw("x", "FP32", &[0, 0, 0]).is_err());
+        assert!(numbers_from_raw("x", "INT8", &[0]).is_err());
+    }
+
+    #[test]
+    fn test_a_shape_whose_product_overflows_or_is_negative_is_refused() {
+        assert_eq!(elements("x", &[2, 3, 4]).unwrap(), 24);
+        assert_eq!(elements("x", &[]).unwrap(), 1);
+        assert!(elements("x", &[-1, 3]).is_err());
+        assert!(elements("x", &[i64::MAX, i64::MAX, 4]).is_err());
+    }
+}

@@ -1,0 +1,487 @@
+//! The Open Inference Protocol (KServe v2) against a running service, over HTTP (JSON and the
+//! binary-data extension) and gRPC (Triton's `GRPCInferenceService`, through the client tonic
+//! generates from the same proto): every member and `augur-ensemble` answer what `augur
+//! replay` computes for the same windows; metadata, readiness, the repository's index, load
+//! and unload, statistics, the token, and bad requests answered with the protocol's errors.
+//! tests/python/test_tritonclient.py does the same with Triton's own client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use std::collections::HashMap;
+
+use augur_service::grpc::pb;
+use augur_service::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use augur_service::pb as contract;
+use prost::Message;
+use serde_json::{Value, json};
+
+const MEMBERS: [&str; 3] = ["lstm-direction", "cnn-pattern", "xgb-direction"];
+
+/// 40 real AAPL vectors and what replay predicts for the last one.
+fn reference() -> (
+    Vec<contract::FeatureVector>,
+    std::sync::Arc<augur_actors::types::Ensemble>,
+) {
+    let aapl: Vec<contract::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(40)
+        .collect();
+    let mut file = Vec::new();
+    for v in &aapl {
+        contract::FeatureVectorBatch {
+            vectors: vec![v.clone()],
+        }
+        .encode_length_delimited(&mut file)
+        .unwrap();
+    }
+    let cfg = common::config("nats://unused:4222");
+    let out = actix_rt::System::new()
+        .block_on(augur_service::service::replay(&cfg, &file))
+        .unwrap();
+    let last = out.predictions.last().unwrap().clone();
+    assert_eq!(last.sequence, aapl.last().unwrap().sequence);
+    (aapl, last)
+}
+
+fn start(token: &str) -> common::Service {
+    let mut cfg = common::config("nats://unused:4222");
+    cfg.nats.enabled = false;
+    cfg.http.token = token.into();
+    common::Service::start(cfg)
+}
+
+/// The last `t` vectors, flattened.
+fn window(vs: &[contract::FeatureVector], t: usize) -> Vec<f32> {
+    vs[vs.len() - t..].iter().flat_map(|v| v.values.clone()).collect()
+}
+
+fn close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 1e-6, "{a:?} vs {b:?}");
+    }
+}
+
+fn post_json(addr: &str, path: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    let (s, b) = common::http(addr, "POST", path, headers, body.to_string().as_bytes());
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn test_http_infer_of_every_model_equals_replay_in_json_and_binary() {
+    let (vs, want) = reference();
+    let svc = start("");
+    let addr = svc.http();
+    let (s, meta) = common::get_json(&addr, "/v2");
+    assert_eq!(s, 200);
+    assert_eq!(meta["name"], "augur");
+    assert!(
+        meta["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("binary_tensor_data"))
+    );
+
+    for m in &want.members {
+        let (s, md) = common::get_json(&addr, &format!("/v2/models/{}", m.model_id));
+        assert_eq!(s, 200, "{md}");
+        assert_eq!(md["versions"], json!([m.model_version.to_string()]));
+        let shape = md["inputs"][0]["shape"].clone();
+        let t = shape[1].as_u64().unwrap() as usize;
+        let f = shape[2].as_u64().unwrap() as usize;
+        let (s, _) = common::http(
+            &addr,
+            "GET",
+            &format!("/v2/models/{}/ready", m.model_id),
+            &[],
+            b"",
+        );
+        assert_eq!(s, 200);
+        let body = json!({
+            "id": "r1",
+            "inputs": [{"name": "window", "shape": [1, t, f], "datatype": "FP32", "data": window(&vs, t)}],
+        });
+        let (s, r) = post_json(&addr, &format!("/v2/models/{}/infer", m.model_id), &body, &[]);
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["id"], "r1");
+        assert_eq!(r["model_version"], m.model_version.to_string());
+        let probs = r["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "probabilities")
+            .unwrap();
+        assert_eq!(probs["shape"], json!([1, 3]));
+        close(&floats(&probs["data"]), &m.probabilities);
+    }
+
+    // The ensemble, binary in and out: the JSON header, then the little-endian floats.
+    let (_, md) = common::get_json(&addr, "/v2/models/augur-ensemble");
+    let t = md["inputs"][0]["shape"][1].as_u64().unwrap() as usize;
+    let f = md["inputs"][0]["shape"][2].as_u64().unwrap() as usize;
+    let raw: Vec<u8> = window(&vs, t).iter().flat_map(|x| x.to_le_bytes()).collect();
+    let head = json!({
+        "inputs": [{"name": "window", "shape": [1, t, f], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}],
+        "parameters": {"binary_data_output": true},
+        "outputs": [{"name": "probabilities"}, {"name": "direction", "parameters": {"binary_data": false}}, {"name": "members"}],
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(&raw);
+    let len = head.len().to_string();
+    let (s, b) = common::http(
+        &addr,
+        "POST",
+        "/v2/models/augur-ensemble/infer",
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    // The response's JSON part is a whole object; the bytes follow it.
+    let mut de = serde_json::Deserializer::from_slice(&b).into_iter::<Value>();
+    let r = de.next().unwrap().unwrap();
+    let mut tail = &b[de.byte_offset()..];
+    let mut got = HashMap::new();
+    for o in r["outputs"].as_array().unwrap() {
+        let name = o["name"].as_str().unwrap().to_string();
+        if let Some(n) = o["parameters"]["binary_data_size"].as_u64() {
+            let (x, rest) = tail.split_at(n as usize);
+            tail = rest;
+            got.insert(
+                name,
+                x.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<f32>>(),
+            );
+        } else {
+            assert_eq!(name, "direction");
+            let d = o["data"][0].as_str().unwrap();
+            let want_d = format!("{:?}", want.direction).to_lowercase();
+            assert_eq!(d, want_d);
+        }
+    }
+    assert!(tail.is_empty());
+    close(&got["probabilities"], &want.probabilities);
+    let members: Vec<f32> = want
+        .members
+        .iter()
+        .flat_map(|m| m.probabilities.clone())
+        .collect();
+    close(&got["members"], &members);
+    let listed = r["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "members")
+        .unwrap();
+    assert_eq!(listed["parameters"]["members"], MEMBERS.join(","));
+
+    // Statistics count the calls.
+    let (_, st) = common::get_json(&addr, "/v2/models/augur-ensemble/stats");
+    assert_eq!(
+        st["model_stats"][0]["inference_stats"]["success"]["count"], 1,
+        "{st}"
+    );
+    let (_, all) = common::get_json(&addr, "/v2/models/stats");
+    assert_eq!(all["model_stats"].as_array().unwrap().len(), 5, "{all}");
+    svc.stop();
+}
+
+#[test]
+fn test_http_protocol_errors_and_repository_calls() {
+    let svc = start("s3cret");
+    let addr = svc.http();
+    let auth = [("Authorization", "Bearer s3cret")];
+    let one = |name: &str, shape: Value, data: Value| json!({"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "data": data}]});
+    // The token: infer and the repository's load/unload need it.
+    let (s, r) = post_json(
+        &addr,
+        "/v2/models/xgb-direction/infer",
+        &one("window", json!([1, 1, 20]), json!(vec![0.0f64; 20])),
+        &[],
+    );
+    assert_eq!(s, 401, "{r}");
+    assert!(r["error"].is_string());
+    let (s, r) = post_json(
+        &addr,
+        "/v2/repository/models/xgb-direction/unload",
+        &json!({}),
+        &[],
+    );
+    assert_eq!(s, 401, "{r}");
+    // Unknown model, unknown version, wrong shape, not finite, wrong input, junk.
+    for (path, body, status) in [
+        (
+            "/v2/models/nope/infer",
+            one("window", json!([1, 1, 20]), json!(vec![0.0f64; 20])),
+            404,
+        ),
+        (
+            "/v2/models/xgb-direction/versions/99/infer",
+            one("window", json!([1, 1, 20]), json!(vec![0.0f64; 20])),
+            404,
+        ),
+        (
+            "/v2/models/xgb-direction/infer",
+            one("window", json!([1, 2, 20]), json!(vec![0.0f64; 20])),
+            400,
+        ),
+        (
+            "/v2/models/xgb-direction/infer",
+            one("window", json!([1, 1, 20]), json!(vec![0.0f64; 19])),
+            400,
+        ),
+        (
+            "/v2/models/xgb-direction/infer",
+            one("window", json!([1, 1, 20]), json!(vec![1e39f64; 20])),
+            400,
+        ),
+        (
+            "/v2/models/xgb-direction/infer",
+            one("x", json!([1, 1, 20]), json!(vec![0.0f64; 20])),
+            400,
+        ),
+        (
+            "/v2/models/xgb-direction/infer",
+            one("window", json!([i64::MAX, i64::MAX, 20]), json!(vec![0.0f64; 20])),
+            400,
+        ),
+        ("/v2/models/xgb-direction/infer", json!([1, 2]), 400),
+    ] {
+        let (s, r) = post_json(&addr, path, &body, &auth);
+        assert_eq!(s, status, "{path} {body}: {r}");
+        assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    }
+    let (s, _) = common::http(
+        &addr,
+        "POST",
+        "/v2/models/xgb-direction/infer",
+        &[auth[0], ("Inference-Header-Content-Length", "99999")],
+        b"{}",
+    );
+    assert_eq!(s, 400);
+    let (s, _) = common::get_json(&addr, "/v2/models/nope");
+    assert_eq!(s, 404);
+
+    // Unload a member: it is out of the index's READY list and of augur-ensemble's members;
+    // load puts it back.
+    let (s, _) = common::http(
+        &addr,
+        "POST",
+        "/v2/repository/models/cnn-pattern/unload",
+        &auth,
+        b"",
+    );
+    assert_eq!(s, 200);
+    let (s, _) = common::http(&addr, "GET", "/v2/models/cnn-pattern/ready", &[], b"");
+    assert_eq!(s, 400);
+    let (_, idx) = post_json(&addr, "/v2/repository/index", &json!({}), &[]);
+    let cnn = idx
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "cnn-pattern")
+        .unwrap();
+    assert_eq!(cnn["state"], "UNAVAILABLE", "{idx}");
+    let (s, r) = post_json(
+        &addr,
+        "/v2/models/cnn-pattern/infer",
+        &one("window", json!([1, 32, 20]), json!(vec![0.0f64; 640])),
+        &auth,
+    );
+    assert_eq!(s, 503, "{r}");
+    let (_, md) = common::get_json(&addr, "/v2/models/augur-ensemble");
+    let t = md["inputs"][0]["shape"][1].as_u64().unwrap() as usize;
+    let body = one("window", json!([2, t, 20]), json!(vec![0.1f32; 2 * t * 20]));
+    let (s, r) = post_json(&addr, "/v2/models/augur-ensemble/infer", &body, &auth);
+    assert_eq!(s, 200, "{r}");
+    let members = r["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "members")
+        .unwrap();
+    assert_eq!(members["shape"], json!([2, 2, 3]));
+    assert_eq!(members["parameters"]["members"], "lstm-direction,xgb-direction");
+    let (s, _) = common::http(
+        &addr,
+        "POST",
+        "/v2/repository/models/cnn-pattern/load",
+        &auth,
+        b"{}",
+    );
+    assert_eq!(s, 200);
+    let (s, _) = common::http(&addr, "GET", "/v2/models/cnn-pattern/ready", &[], b"");
+    assert_eq!(s, 200);
+    // The stacker and the ensemble follow the members: they cannot be unloaded.
+    let (s, _) = common::http(
+        &addr,
+        "POST",
+        "/v2/repository/models/augur-ensemble/unload",
+        &auth,
+        b"",
+    );
+    assert_eq!(s, 400);
+    svc.stop();
+}
+
+#[test]
+fn test_grpc_infer_metadata_repository_and_statistics() {
+    let (vs, want) = reference();
+    let svc = start("tok");
+    let addr = format!("http://{}", svc.ready.grpc.expect("grpc enabled"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = GrpcInferenceServiceClient::connect(addr).await.unwrap();
+        assert!(
+            c.server_live(pb::ServerLiveRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .live
+        );
+        assert!(
+            c.server_ready(pb::ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        let md = c
+            .model_metadata(pb::ModelMetadataRequest {
+                name: "augur-ensemble".into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (t, f) = (md.inputs[0].shape[1] as usize, md.inputs[0].shape[2] as usize);
+        let authed = |m: pb::ModelInferRequest| {
+            let mut r = tonic::Request::new(m);
+            r.metadata_mut()
+                .insert("authorization", "Bearer tok".parse().unwrap());
+            r
+        };
+        let req = |name: &str, t: usize| pb::ModelInferRequest {
+            model_name: name.into(),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: "window".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, t as i64, f as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![window(&vs, t).iter().flat_map(|x| x.to_le_bytes()).collect()],
+            ..Default::default()
+        };
+        let e = c.model_infer(req("augur-ensemble", t)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let r = c
+            .model_infer(authed(req("augur-ensemble", t)))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["probabilities", "direction", "members"]);
+        let f32s = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        close(&f32s(&r.raw_output_contents[0]), &want.probabilities);
+        for m in &want.members {
+            let w = c
+                .model_metadata(pb::ModelMetadataRequest {
+                    name: m.model_id.to_string(),
+                    version: m.model_version.to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .inputs[0]
+                .shape[1] as usize;
+            let r = c
+                .model_infer(authed(req(&m.model_id, w)))
+                .await
+                .unwrap()
+                .into_inner();
+            close(&f32s(&r.raw_output_contents[0]), &m.probabilities);
+        }
+        let e = c
+            .model_ready(pb::ModelReadyRequest {
+                name: "nope".into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let mut bad = req("xgb-direction", 1);
+        bad.raw_input_contents[0].pop();
+        let e = c.model_infer(authed(bad)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
+        let unload = |name: &str| {
+            let mut r = tonic::Request::new(pb::RepositoryModelUnloadRequest {
+                model_name: name.into(),
+                ..Default::default()
+            });
+            r.metadata_mut()
+                .insert("authorization", "Bearer tok".parse().unwrap());
+            r
+        };
+        c.repository_model_unload(unload("xgb-direction")).await.unwrap();
+        let idx = c
+            .repository_index(pb::RepositoryIndexRequest {
+                ready: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!idx.models.iter().any(|m| m.name == "xgb-direction"), "{idx:?}");
+        let mut load = tonic::Request::new(pb::RepositoryModelLoadRequest {
+            model_name: "xgb-direction".into(),
+            ..Default::default()
+        });
+        load.metadata_mut()
+            .insert("authorization", "Bearer tok".parse().unwrap());
+        c.repository_model_load(load).await.unwrap();
+        assert!(
+            c.model_ready(pb::ModelReadyRequest {
+                name: "xgb-direction".into(),
+                version: String::new()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+        );
+        let st = c
+            .model_statistics(pb::ModelStatisticsRequest {
+                name: "augur-ensemble".into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let s = st.model_stats[0].inference_stats.clone().unwrap();
+        assert_eq!(s.success.unwrap().count, 1);
+        assert_eq!(
+            s.fail.unwrap().count,
+            0,
+            "the unauthenticated call never reached the model"
+        );
+    });
+    svc.stop();
+}
