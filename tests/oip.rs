@@ -485,3 +485,53 @@ fn test_grpc_infer_metadata_repository_and_statistics() {
     });
     svc.stop();
 }
+
+/// NVIDIA's tritonclient (tests/python/test_tritonclient.py, pytest in the project's venv)
+/// against this service over HTTP and gRPC, checked against replay.
+#[test]
+fn test_tritonclient_over_http_and_grpc_gets_what_replay_computes() {
+    let (vs, want) = reference();
+    let svc = start("triton-token");
+    // Kept after the run, to rerun the Python side by hand against a service.
+    let case = common::root().join("target/tritonclient-case.json");
+    let direction = format!("{:?}", want.direction).to_lowercase();
+    std::fs::write(
+        &case,
+        json!({
+            "http": svc.http(),
+            "grpc": svc.ready.grpc.unwrap().to_string(),
+            "token": "triton-token",
+            "vectors": vs.iter().map(|v| v.values.clone()).collect::<Vec<_>>(),
+            "ensemble": {"probabilities": want.probabilities, "direction": direction},
+            "members": want.members.iter().map(|m| json!({
+                "name": m.model_id.to_string(),
+                "version": m.model_version.to_string(),
+                "probabilities": m.probabilities,
+            })).collect::<Vec<_>>(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::root().join(".venv/bin/python"))
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/python/test_tritonclient.py",
+        ])
+        .current_dir(common::root())
+        .env("AUGUR_OIP_CASE", &case)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    // Every case ran, on both transports (no skips, nothing deselected).
+    assert!(log.contains("14 passed"), "{log}");
+    svc.stop();
+}

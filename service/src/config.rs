@@ -339,8 +339,10 @@ impl Config {
         unknown_keys(&mut table, &known, "", &mut problems);
         // Types, section by section so that each bad section is reported.
         let mut cfg = Config::default();
+        let mut read: Vec<&str> = Vec::new();
         macro_rules! section {
             ($name:literal, $field:ident) => {
+                read.push($name);
                 if let Some(v) = table.get($name) {
                     match v.clone().try_into() {
                         Ok(x) => cfg.$field = x,
@@ -360,6 +362,12 @@ impl Config {
         section!("kafka", kafka);
         section!("jetstream", jetstream);
         section!("outcomes", outcomes);
+        section!("grpc", grpc);
+        for section in known.keys().filter(|k| !read.contains(&k.as_str())) {
+            problems.push(format!(
+                "[{section}] is never read (a defect of this build: report it)"
+            ));
+        }
         problems.extend(cfg.problems());
         if problems.is_empty() {
             Ok(cfg)
@@ -533,6 +541,25 @@ mod tests {
             "[service]\nmodels_dir = \"{root}/models\"\nfeature_sets_dir = \"{root}/models/feature_sets\"\n{text}"
         );
         Config::from_sources(&text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn test_every_section_is_read_from_the_file_and_the_environment() {
+        // A section the reader forgot kept its defaults silently ([grpc] did): now every load
+        // fails naming it, so this test (and every other) would too.
+        let cfg = load(
+            "[grpc]\nenabled = false\nbind = \"127.0.0.1:9\"\n",
+            &[("AUGUR_GRPC__MAX_MESSAGE_BYTES", "2048")],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.grpc,
+            GrpcConfig {
+                enabled: false,
+                bind: "127.0.0.1:9".into(),
+                max_message_bytes: 2048,
+            }
+        );
     }
 
     #[test]
