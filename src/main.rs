@@ -152,6 +152,9 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Make a new API key for a tenant (`[access].keys_file`): prints the key (give it to the
+    /// tenant; it is not stored) and the line of its SHA-256 for the keys file.
+    Key,
     /// Load every model of a model repository, check it, and print what was loaded.
     Models {
         #[arg(long, default_value = "models")]
@@ -461,6 +464,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .flat_map(|p| p.errors.iter().map(move |e| format!("{}: {e}", p.peer)))
                 .collect();
             anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join("; "));
+        }
+        Command::Key => {
+            use std::io::Read;
+            let mut raw = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut raw))
+                .context("reading /dev/urandom")?;
+            let key = format!(
+                "augur_{}",
+                raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            println!("key:  {key}");
+            println!("keys = [\"{}\"]", augur_service::tenants::hash_line(&key));
         }
         Command::Models { root, device } => {
             let spec = DeviceSpec::parse(&device).with_context(|| format!("unknown device {device:?}"))?;

@@ -30,6 +30,7 @@ async fn state(token: &str) -> AppState {
         buses: Vec::new(),
         stopping: Default::default(),
         oip: Default::default(),
+        access: None,
     }
 }
 
@@ -401,6 +402,7 @@ async fn test_credentials_inside_urls_are_masked_in_the_config_view() {
         buses: Vec::new(),
         stopping: Default::default(),
         oip: Default::default(),
+        access: None,
     };
     let app = app!(st);
     let r = test::call_service(&app, test::TestRequest::get().uri("/api/v1/config").to_request()).await;

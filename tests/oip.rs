@@ -475,7 +475,7 @@ fn test_grpc_infer_metadata_repository_and_statistics() {
             .await
             .unwrap()
             .into_inner();
-        let s = st.model_stats[0].inference_stats.clone().unwrap();
+        let s = st.model_stats[0].inference_stats.unwrap();
         assert_eq!(s.success.unwrap().count, 1);
         assert_eq!(
             s.fail.unwrap().count,
@@ -533,5 +533,191 @@ fn test_tritonclient_over_http_and_grpc_gets_what_replay_computes() {
     assert!(out.status.success(), "{log}");
     // Every case ran, on both transports (no skips, nothing deselected).
     assert!(log.contains("14 passed"), "{log}");
+    svc.stop();
+}
+
+/// A keys file of one tenant per tier (and a rate-limited one), its keys.
+fn keys_file(dir: &std::path::Path, revoke_pro: bool) -> std::path::PathBuf {
+    use augur_service::tenants::hash_line;
+    let p = dir.join("keys.toml");
+    let revoked = if revoke_pro {
+        format!("\"{}\"", hash_line("k-pro"))
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "revoked = [\"{}\", {revoked}]\n\
+         [[tenant]]\nname = \"desk-free\"\ntier = \"free\"\nrate_per_s = 1000\nmax_concurrency = 8\nkeys = [\"{}\"]\n\
+         [[tenant]]\nname = \"desk-pro\"\ntier = \"pro\"\nrate_per_s = 1000\nmax_concurrency = 8\nkeys = [\"{}\"]\n\
+         [[tenant]]\nname = \"desk-ent\"\ntier = \"enterprise\"\nrate_per_s = 1000\nmax_concurrency = 8\nkeys = [\"{}\"]\n\
+         [[tenant]]\nname = \"desk-slow\"\ntier = \"pro\"\nrate_per_s = 0.01\nburst = 3\nmax_concurrency = 8\nkeys = [\"{}\"]\n",
+        hash_line("k-old"),
+        hash_line("k-free"),
+        hash_line("k-pro"),
+        hash_line("k-ent"),
+        hash_line("k-slow"),
+    )
+    .replace(", ]", "]");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Each tier sees what it allows, a slow tenant is limited at its rate, missing, unknown and
+/// revoked keys are refused, a revocation is picked up without a restart; over HTTP and gRPC.
+#[test]
+fn test_tenants_see_their_tier_and_are_limited_over_http_and_grpc() {
+    let (vs, _) = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys_file(dir.path(), false);
+    let mut cfg = common::config("nats://unused:4222");
+    cfg.nats.enabled = false;
+    cfg.http.token = "operator".into();
+    cfg.access.keys_file = keys.display().to_string();
+    cfg.access.reload_ms = 100;
+    let svc = common::Service::start(cfg);
+    let addr = svc.http();
+    let w = |t: usize| json!({"inputs": [{"name": "window", "shape": [1, t, 20], "datatype": "FP32", "data": window(&vs, t)}]});
+    let call = |key: &str, model: &str, t: usize, outputs: Option<&[&str]>| {
+        let mut body = w(t);
+        if let Some(o) = outputs {
+            body["outputs"] = json!(o.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
+        }
+        let auth = format!("Bearer {key}");
+        let h: Vec<(&str, &str)> = if key.is_empty() {
+            vec![]
+        } else {
+            vec![("Authorization", &auth)]
+        };
+        post_json(&addr, &format!("/v2/models/{model}/infer"), &body, &h)
+    };
+    let names = |r: &Value| -> Vec<String> {
+        r["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // free: the ensemble's direction, nothing else.
+    let (s, r) = call("k-free", "augur-ensemble", 32, None);
+    assert_eq!((s, names(&r)), (200, vec!["direction".to_string()]), "{r}");
+    let (s, r) = call("k-free", "augur-ensemble", 32, Some(&["probabilities"]));
+    assert_eq!(s, 403, "{r}");
+    let (s, r) = call("k-free", "lstm-direction", 32, None);
+    assert_eq!(s, 403, "{r}");
+    // pro: the ensemble in full and the members, not the stacker.
+    let (s, r) = call("k-pro", "augur-ensemble", 32, None);
+    assert_eq!((s, names(&r).len()), (200, 3), "{r}");
+    let (s, _) = call("k-pro", "xgb-direction", 3, None);
+    assert_eq!(s, 200);
+    let stacker = |key: &str| {
+        let body = json!({"inputs": [{"name": "probabilities", "shape": [1, 9], "datatype": "FP32", "data": [0.2, 0.5, 0.3, 0.2, 0.5, 0.3, 0.2, 0.5, 0.3]}]});
+        post_json(
+            &addr,
+            "/v2/models/ensemble-meta/infer",
+            &body,
+            &[("Authorization", &format!("Bearer {key}"))],
+        )
+    };
+    assert_eq!(stacker("k-pro").0, 403);
+    // enterprise and the operator: everything.
+    assert_eq!(stacker("k-ent").0, 200);
+    assert_eq!(stacker("operator").0, 200);
+    // A tenant may not load or unload.
+    let (s, _) = common::http(
+        &addr,
+        "POST",
+        "/v2/repository/models/cnn-pattern/unload",
+        &[("Authorization", "Bearer k-ent")],
+        b"",
+    );
+    assert_eq!(s, 403);
+    // Refused keys.
+    for (key, want) in [("", "required"), ("k-nope", "unknown"), ("k-old", "revoked")] {
+        let (s, r) = call(key, "augur-ensemble", 32, None);
+        assert_eq!(s, 401, "{key}: {r}");
+        assert!(r["error"].as_str().unwrap().contains(want), "{key}: {r}");
+    }
+    // The rate: a burst of 3, then 429 (refills one per 100 s).
+    let codes: Vec<u16> = (0..5)
+        .map(|_| call("k-slow", "xgb-direction", 3, None).0)
+        .collect();
+    assert_eq!(codes, [200, 200, 200, 429, 429]);
+
+    // gRPC: the same keys, the same answers.
+    let grpc = format!("http://{}", svc.ready.grpc.unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = GrpcInferenceServiceClient::connect(grpc).await.unwrap();
+        let req = |key: &str, model: &str, t: usize| {
+            let mut r = tonic::Request::new(pb::ModelInferRequest {
+                model_name: model.into(),
+                inputs: vec![pb::model_infer_request::InferInputTensor {
+                    name: "window".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![1, t as i64, 20],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![window(&vs, t).iter().flat_map(|x| x.to_le_bytes()).collect()],
+                ..Default::default()
+            });
+            if !key.is_empty() {
+                r.metadata_mut()
+                    .insert("authorization", format!("Bearer {key}").parse().unwrap());
+            }
+            r
+        };
+        let r = c
+            .model_infer(req("k-free", "augur-ensemble", 32))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            ["direction"]
+        );
+        assert_eq!(r.raw_output_contents.len(), 1);
+        let e = c.model_infer(req("k-free", "cnn-pattern", 32)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        let r = c
+            .model_infer(req("k-pro", "augur-ensemble", 32))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.outputs.len(), 3);
+        for key in ["", "k-nope", "k-old"] {
+            let e = c.model_infer(req(key, "augur-ensemble", 32)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{key}: {e}");
+        }
+        let e = c
+            .model_infer(req("k-slow", "xgb-direction", 3))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+
+        // Revoke the pro key in the file: refused within a few reloads, no restart.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        keys_file(dir.path(), true);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match c.model_infer(req("k-pro", "augur-ensemble", 32)).await {
+                Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                    assert!(e.message().contains("revoked"), "{e}");
+                    break;
+                }
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                other => panic!("the revoked key still works: {other:?}"),
+            }
+        }
+    });
+    let (s, r) = call("k-pro", "augur-ensemble", 32, None);
+    assert_eq!(s, 401, "{r}");
+    let (_, m) = common::get_json(&addr, "/metrics");
+    let _ = m;
     svc.stop();
 }

@@ -120,6 +120,26 @@ impl Default for GrpcConfig {
     }
 }
 
+/// The `[access]` section: API keys of tenants with tiers, for the Open Inference Protocol
+/// (`tenants.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// The keys file ("" for none: the `[http].token` alone guards infer).
+    pub keys_file: String,
+    /// How often the keys file is checked for changes.
+    pub reload_ms: u64,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            keys_file: String::new(),
+            reload_ms: 1000,
+        }
+    }
+}
+
 /// The `[outcomes]` section: scoring every prediction against the market (docs/QUALITY.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -280,6 +300,7 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub http: HttpConfig,
     pub grpc: GrpcConfig,
+    pub access: AccessConfig,
     pub kafka: KafkaConfig,
     pub jetstream: JetStreamConfig,
     pub outcomes: OutcomesConfig,
@@ -363,6 +384,7 @@ impl Config {
         section!("jetstream", jetstream);
         section!("outcomes", outcomes);
         section!("grpc", grpc);
+        section!("access", access);
         for section in known.keys().filter(|k| !read.contains(&k.as_str())) {
             problems.push(format!(
                 "[{section}] is never read (a defect of this build: report it)"
@@ -431,6 +453,14 @@ impl Config {
         }
         if self.grpc.enabled && self.grpc.bind.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!("grpc.bind {:?} is not host:port", self.grpc.bind));
+        }
+        if self.access.reload_ms < 100 {
+            p.push("access.reload_ms must be at least 100".into());
+        }
+        if !self.access.keys_file.is_empty()
+            && let Err(errs) = crate::tenants::Access::load(std::path::Path::new(&self.access.keys_file))
+        {
+            p.extend(errs.into_iter().map(|e| format!("access.keys_file: {e}")));
         }
         if self.grpc.max_message_bytes < 1024 {
             p.push("grpc.max_message_bytes must be at least 1024".into());

@@ -45,6 +45,11 @@ fn status(e: OipError) -> Status {
         OipError::Invalid(m) => Status::invalid_argument(m),
         OipError::Unavailable(m) => Status::unavailable(m),
         OipError::Internal(m) => Status::internal(m),
+        OipError::Refused(r) => match r.status() {
+            401 => Status::unauthenticated(r.message()),
+            429 => Status::resource_exhausted(r.message()),
+            _ => Status::permission_denied(r.message()),
+        },
     }
 }
 
@@ -53,18 +58,15 @@ fn version(v: &str) -> Option<&str> {
 }
 
 impl Inference {
-    fn authorized<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(token) = self.state.token() else {
-            return Ok(());
-        };
-        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        match given.and_then(|g| g.strip_prefix("Bearer ")) {
-            Some(g) if crate::http::constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
-            None => Err(Status::unauthenticated(
-                "a bearer token is required (metadata authorization: Bearer ...)",
-            )),
-        }
+    /// Who is calling: the bearer value of the `authorization` metadata against the token and
+    /// the keys.
+    fn caller<T>(&self, req: &Request<T>) -> Result<crate::tenants::Caller, Status> {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|g| g.strip_prefix("Bearer "));
+        self.state.caller(given).map_err(|r| status(OipError::Refused(r)))
     }
 }
 
@@ -111,7 +113,7 @@ fn read_request(r: pb::ModelInferRequest) -> Result<InferRequest, Status> {
                 shape: t.shape,
                 data,
             }),
-            Err(e) => errs.push(e.message().to_string()),
+            Err(e) => errs.push(e.message()),
         }
     }
     let method = string_param(&r.parameters, "method");
@@ -209,11 +211,11 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        self.authorized(&r)?;
+        let caller = self.caller(&r)?;
         let r = r.into_inner();
         let (name, ver) = (r.model_name.clone(), r.model_version.clone());
         let req = read_request(r)?;
-        let resp = oip::infer(&self.state, &name, version(&ver), req)
+        let resp = oip::infer(&self.state, &caller, &name, version(&ver), req)
             .await
             .map_err(status)?;
         let mut outputs = Vec::with_capacity(resp.outputs.len());
@@ -304,7 +306,7 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        self.authorized(&r)?;
+        let caller = self.caller(&r)?;
         let r = r.into_inner();
         if let Some(k) = r
             .parameters
@@ -315,7 +317,7 @@ impl GrpcInferenceService for Inference {
                 "parameter {k:?} is not supported: models come from the repository folder"
             )));
         }
-        oip::set_loaded(&self.state, &r.model_name, true)
+        oip::set_loaded(&self.state, &caller, &r.model_name, true)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
@@ -325,9 +327,9 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        self.authorized(&r)?;
+        let caller = self.caller(&r)?;
         let r = r.into_inner();
-        oip::set_loaded(&self.state, &r.model_name, false)
+        oip::set_loaded(&self.state, &caller, &r.model_name, false)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))

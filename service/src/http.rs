@@ -66,9 +66,19 @@ pub struct AppState {
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The Open Inference Protocol's statistics (both transports).
     pub oip: Arc<crate::oip::Stats>,
+    /// The tenants' keys (`[access].keys_file`), when configured.
+    pub access: Option<Arc<crate::tenants::Access>>,
 }
 
 impl AppState {
+    /// Who is calling, from the bearer value given.
+    pub(crate) fn caller(
+        &self,
+        given: Option<&str>,
+    ) -> Result<crate::tenants::Caller, crate::tenants::Refusal> {
+        crate::tenants::caller(self.access.as_deref(), self.token().as_deref(), given)
+    }
+
     pub(crate) fn token(&self) -> Option<String> {
         self.config
             .read()

@@ -15,6 +15,7 @@
 //! - [`http`]: the HTTP actor (health, readiness, config, models, predict, metrics).
 //! - [`oip`], [`oip_http`], [`grpc`]: the Open Inference Protocol (KServe v2): its models, and
 //!   its HTTP and gRPC (tonic, Triton's `GRPCInferenceService`) bindings.
+//! - [`tenants`]: API keys of tenants with tiers, rate and concurrency limits.
 //! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
 //! - [`status`]: the live status line.
 //!
@@ -30,6 +31,7 @@ pub mod pb;
 pub mod service;
 pub mod status;
 pub mod telemetry;
+pub mod tenants;
 
 /// The version stamped on every prediction.
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -33,6 +33,7 @@ use augur_actors::types::{Direction, argmax};
 use futures::future::join_all;
 
 use crate::http::AppState;
+use crate::tenants::{Caller, ModelKind, Refusal};
 
 /// The whole ensemble as a model.
 pub const ENSEMBLE: &str = "augur-ensemble";
@@ -56,22 +57,25 @@ pub enum OipError {
     Invalid(String),
     Unavailable(String),
     Internal(String),
+    /// The caller may not (no key, a wrong one, its tier, its limits): `tenants.rs`.
+    Refused(crate::tenants::Refusal),
 }
 
 impl OipError {
-    pub fn message(&self) -> &str {
+    pub fn message(&self) -> String {
         match self {
             OipError::NotFound(m)
             | OipError::Invalid(m)
             | OipError::Unavailable(m)
-            | OipError::Internal(m) => m,
+            | OipError::Internal(m) => m.clone(),
+            OipError::Refused(r) => r.message(),
         }
     }
 }
 
 impl std::fmt::Display for OipError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.message())
+        f.write_str(&self.message())
     }
 }
 
@@ -239,6 +243,14 @@ enum Target<'a> {
 }
 
 impl Target<'_> {
+    fn kind(&self) -> ModelKind {
+        match self {
+            Target::Member(_) => ModelKind::Member,
+            Target::Stacker(..) => ModelKind::Stacker,
+            Target::Ensemble => ModelKind::Ensemble,
+        }
+    }
+
     fn version(&self) -> String {
         match self {
             Target::Member(g) | Target::Stacker(g, _) => g.info.version.to_string(),
@@ -414,8 +426,15 @@ pub fn index(s: &AppState) -> Vec<IndexEntry> {
 }
 
 /// `load` (`on`) or `unload` a member: in or out of serving, for the streams too. Waits (up to
-/// a second) until the router has applied it, so a readiness call right after sees it.
-pub async fn set_loaded(s: &AppState, name: &str, on: bool) -> Result<(), OipError> {
+/// a second) until the router has applied it, so a readiness call right after sees it. The
+/// operator's: a tenant's key is refused.
+pub async fn set_loaded(s: &AppState, caller: &Caller, name: &str, on: bool) -> Result<(), OipError> {
+    if let Caller::Tenant(t) = caller {
+        return Err(OipError::Refused(Refusal::Model(format!(
+            "tenant {}: loading and unloading models is the operator's (the [http].token)",
+            t.name
+        ))));
+    }
     let g = match target(s, name, None)? {
         Target::Member(g) => g.clone(),
         Target::Stacker(..) | Target::Ensemble => {
@@ -703,9 +722,12 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<(Vec<Ou
     }
 }
 
-/// Runs an inference request on model `name` (`version` when given).
+/// Runs an inference request on model `name` (`version` when given) for `caller`: its tier
+/// and limits apply (an output the tier does not show is refused when named, left out when
+/// not).
 pub async fn infer(
     s: &AppState,
+    caller: &Caller,
     name: &str,
     version: Option<&str>,
     req: InferRequest,
@@ -724,6 +746,10 @@ pub async fn infer(
             )));
         }
     }
+    caller
+        .check_outputs(req.outputs.as_deref())
+        .map_err(OipError::Refused)?;
+    let _permit = caller.admit(name, t.kind()).map_err(OipError::Refused)?;
     readiness(s, &t).map_err(OipError::Unavailable)?;
     let started = Instant::now();
     let result = run(s, &t, &req).await;
@@ -733,6 +759,9 @@ pub async fn infer(
             s.oip.record(name, &version, rows, started.elapsed(), ns, true);
             if let Some(wanted) = &req.outputs {
                 outputs.retain(|o| wanted.iter().any(|w| w == o.name));
+            }
+            if let Some(allowed) = caller.outputs() {
+                outputs.retain(|o| allowed.contains(&o.name));
             }
             Ok(InferResponse {
                 model_name: name.to_string(),

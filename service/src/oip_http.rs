@@ -21,7 +21,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::http::{AppState, BodyLimit, authorized, read_body};
+use crate::http::{AppState, BodyLimit, read_body};
 use crate::oip::{self, InferRequest, Input, OipError, OutData};
 
 /// The binary-data extension's header: the length of the JSON part of the body.
@@ -69,19 +69,30 @@ pub fn error(e: &OipError) -> HttpResponse {
         OipError::Invalid(_) => StatusCode::BAD_REQUEST,
         OipError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         OipError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        OipError::Refused(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN),
     };
-    error_with(status, e.message())
+    error_with(status, &e.message())
 }
 
 fn error_with(status: StatusCode, msg: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": msg }))
 }
 
-/// The HTTP actor's own refusals (401, 413, 400 on reading the body) in the protocol's format.
+/// Who is calling: the bearer value of `Authorization` against the token and the keys.
+fn caller(req: &HttpRequest, s: &AppState) -> Result<crate::tenants::Caller, Box<HttpResponse>> {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|g| g.strip_prefix("Bearer "));
+    s.caller(given)
+        .map_err(|r| Box::new(error(&OipError::Refused(r))))
+}
+
+/// The HTTP actor's refusals on reading the body (413, 400) in the protocol's format.
 fn protocol_error(r: HttpResponse) -> HttpResponse {
     let status = r.status();
     let msg = match status {
-        StatusCode::UNAUTHORIZED => "a valid bearer token is required (Authorization: Bearer ...)",
         StatusCode::PAYLOAD_TOO_LARGE => "the body is larger than [http].max_body_bytes",
         _ => "the body could not be read",
     };
@@ -228,9 +239,10 @@ async fn set_loaded(
     payload: web::Payload,
     on: bool,
 ) -> HttpResponse {
-    if let Err(r) = authorized(&req, &s) {
-        return protocol_error(*r);
-    }
+    let caller = match caller(&req, &s) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     let body = match read_body(&req, payload, limit.0).await {
         Ok(b) => b,
         Err(r) => return protocol_error(r),
@@ -255,7 +267,7 @@ async fn set_loaded(
             _ => return error_with(StatusCode::BAD_REQUEST, "the body must be empty or a JSON object"),
         }
     }
-    match oip::set_loaded(&s, &p.model, on).await {
+    match oip::set_loaded(&s, &caller, &p.model, on).await {
         Ok(()) => HttpResponse::Ok().finish(),
         Err(e) => error(&e),
     }
@@ -364,11 +376,11 @@ fn parse(json_part: &[u8], mut binary: &[u8]) -> Result<Parsed, String> {
             (Some(n), None) => {
                 let (raw, rest) = binary.split_at(n);
                 binary = rest;
-                oip::numbers_from_raw(&i.name, &i.datatype, raw).map_err(|e| e.message().to_string())
+                oip::numbers_from_raw(&i.name, &i.datatype, raw).map_err(|e| e.message())
             }
             (None, Some(d)) => {
                 if i.datatype != "FP32" && i.datatype != "FP64" {
-                    Err(oip::unsupported(&i.name, &i.datatype).message().to_string())
+                    Err(oip::unsupported(&i.name, &i.datatype).message())
                 } else {
                     let mut out = Vec::new();
                     flatten(&i.name, d, &mut out).map(|()| out)
@@ -442,9 +454,10 @@ async fn infer(
     limit: web::Data<BodyLimit>,
     payload: web::Payload,
 ) -> HttpResponse {
-    if let Err(r) = authorized(&req, &s) {
-        return protocol_error(*r);
-    }
+    let caller = match caller(&req, &s) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     let body = match read_body(&req, payload, limit.0).await {
         Ok(b) => b,
         Err(r) => return protocol_error(r),
@@ -470,7 +483,7 @@ async fn infer(
         Ok(p) => p,
         Err(e) => return error_with(StatusCode::BAD_REQUEST, &e),
     };
-    let r = match oip::infer(&s, &p.model, p.version.as_deref(), parsed.req).await {
+    let r = match oip::infer(&s, &caller, &p.model, p.version.as_deref(), parsed.req).await {
         Ok(r) => r,
         Err(e) => return error(&e),
     };

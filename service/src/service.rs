@@ -461,6 +461,8 @@ pub struct Service {
     grpc: Option<tokio::sync::oneshot::Sender<()>>,
     /// The Open Inference Protocol's statistics, shared by HTTP and gRPC.
     oip: Arc<crate::oip::Stats>,
+    /// The tenants' keys, reloaded when the file changes.
+    access: Option<Arc<crate::tenants::Access>>,
     /// Background tasks aborted when the service stops (telemetry upkeep, status line).
     tasks: Vec<actix_rt::task::JoinHandle<()>>,
     /// Set when the shutdown begins: readiness answers 503 from then on.
@@ -489,6 +491,13 @@ impl Service {
             Vec::new()
         };
         let pipeline = build_pipeline_with(&cfg, publishers, outcome_sinks, false).await?;
+        let access = match cfg.access.keys_file.as_str() {
+            "" => None,
+            f => Some(Arc::new(
+                crate::tenants::Access::load(std::path::Path::new(f))
+                    .map_err(|errs| anyhow::anyhow!("access.keys_file: {}", errs.join("; ")))?,
+            )),
+        };
         Ok(Service {
             cfg,
             started,
@@ -500,6 +509,7 @@ impl Service {
             http: None,
             grpc: None,
             oip: Default::default(),
+            access,
             tasks: Vec::new(),
             stopping: Default::default(),
             abandoned: 0,
@@ -542,6 +552,7 @@ impl Service {
                 buses: self.health.clone(),
                 stopping: self.stopping.clone(),
                 oip: self.oip.clone(),
+                access: self.access.clone(),
             };
             let limit = cfg.http.max_body_bytes;
             let server = actix_web::HttpServer::new(move || {
@@ -567,6 +578,7 @@ impl Service {
                 buses: self.health.clone(),
                 stopping: self.stopping.clone(),
                 oip: self.oip.clone(),
+                access: self.access.clone(),
             };
             let listener = tokio::net::TcpListener::bind(cfg.grpc.bind.as_str())
                 .await
@@ -585,6 +597,16 @@ impl Service {
                 }
             });
             tracing::info!(addr = ?grpc_addr, "grpc listening");
+        }
+        if let Some(access) = self.access.clone() {
+            let every = Duration::from_millis(cfg.access.reload_ms);
+            self.tasks.push(actix_rt::spawn(async move {
+                let mut tick = actix_rt::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    access.reload_if_changed();
+                }
+            }));
         }
         if let Some(every) = status_every {
             let (status, stats) = (self.status.clone(), self.pipeline.stats.clone());
