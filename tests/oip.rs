@@ -271,6 +271,55 @@ fn test_http_protocol_errors_and_repository_calls() {
     assert_eq!(s, 400);
     let (s, _) = common::get_json(&addr, "/v2/models/nope");
     assert_eq!(s, 404);
+    // A huge name is not echoed whole; a compressed body, a duplicate or classification
+    // output, an unknown timeframe are refused with the reason.
+    let long = "m".repeat(5_000);
+    let (s, r) = post_json(
+        &addr,
+        &format!("/v2/models/{long}/infer"),
+        &one("window", json!([1, 1, 20]), json!(vec![0.0f64; 20])),
+        &auth,
+    );
+    assert_eq!(s, 404);
+    assert!(
+        r["error"].as_str().unwrap().len() < 2000,
+        "{}",
+        r["error"].as_str().unwrap().len()
+    );
+    let (s, _) = common::http(
+        &addr,
+        "POST",
+        "/v2/models/xgb-direction/infer",
+        &[auth[0], ("Content-Encoding", "gzip")],
+        b"\x1f\x8b",
+    );
+    assert_eq!(s, 415);
+    let x3 = one("window", json!([1, 3, 20]), json!(vec![0.1f64; 60]));
+    let mut dup = x3.clone();
+    dup["outputs"] = json!([{"name": "direction"}, {"name": "direction"}]);
+    let mut class = x3.clone();
+    class["outputs"] = json!([{"name": "probabilities", "parameters": {"classification": 2}}]);
+    let mut tf = x3.clone();
+    tf["parameters"] = json!({"timeframe": "7m"});
+    for (what, body) in [("twice", dup), ("classification", class), ("timeframe", tf)] {
+        let model = if what == "timeframe" {
+            "augur-ensemble"
+        } else {
+            "xgb-direction"
+        };
+        let body = if what == "timeframe" {
+            let mut b = one("window", json!([1, 32, 20]), json!(vec![0.1f64; 640]));
+            b["parameters"] = body["parameters"].clone();
+            b
+        } else {
+            body
+        };
+        let (s, r) = post_json(&addr, &format!("/v2/models/{model}/infer"), &body, &auth);
+        assert_eq!(s, 400, "{what}: {r}");
+        assert!(r["error"].as_str().unwrap().contains(what), "{what}: {r}");
+    }
+    let (_, md) = common::get_json(&addr, "/v2/models/augur-ensemble");
+    assert_eq!(md["outputs"][2]["shape"], json!([-1, -1, 3]), "{md}");
 
     // Unload a member: it is out of the index's READY list and of augur-ensemble's members;
     // load puts it back.
@@ -483,6 +532,7 @@ fn test_grpc_infer_metadata_repository_and_statistics() {
             "the unauthenticated call never reached the model"
         );
     });
+    drop(rt);
     svc.stop();
 }
 
@@ -717,7 +767,24 @@ fn test_tenants_see_their_tier_and_are_limited_over_http_and_grpc() {
     });
     let (s, r) = call("k-pro", "augur-ensemble", 32, None);
     assert_eq!(s, 401, "{r}");
-    let (_, m) = common::get_json(&addr, "/metrics");
-    let _ = m;
+    // Refusals are counted per tenant, and by reason before a tenant is known.
+    let (_, m) = common::http(&addr, "GET", "/metrics", &[], b"");
+    let m = String::from_utf8_lossy(&m);
+    let line = |name: &str, labels: &[&str]| {
+        m.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        line("augur_tenant_calls_total", &["desk-slow", "rate_limited"]) >= 3.0,
+        "{m}"
+    );
+    assert!(
+        line("augur_tenant_calls_total", &["desk-free", "model_refused"]) >= 2.0,
+        "{m}"
+    );
+    assert!(line("augur_auth_refused_total", &["revoked"]) >= 3.0, "{m}");
+    drop(rt);
     svc.stop();
 }

@@ -115,7 +115,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             enabled: true,
             bind: "127.0.0.1:8001".into(),
-            max_message_bytes: 16 << 20,
+            max_message_bytes: 4 << 20,
         }
     }
 }
@@ -462,6 +462,13 @@ impl Config {
         {
             p.extend(errs.into_iter().map(|e| format!("access.keys_file: {e}")));
         }
+        for id in s.members.iter().chain([&s.stacker]) {
+            if id == crate::oip::ENSEMBLE || id == "stats" {
+                p.push(format!(
+                    "a model may not be called {id:?}: the Open Inference Protocol's paths use the name"
+                ));
+            }
+        }
         if self.grpc.max_message_bytes < 1024 {
             p.push("grpc.max_message_bytes must be at least 1024".into());
         }
@@ -571,6 +578,16 @@ mod tests {
             "[service]\nmodels_dir = \"{root}/models\"\nfeature_sets_dir = \"{root}/models/feature_sets\"\n{text}"
         );
         Config::from_sources(&text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn test_a_model_may_not_take_a_name_the_inference_protocol_uses() {
+        let e = load("", &[("AUGUR_SERVICE__STACKER", "augur-ensemble")]).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.contains("may not be called \"augur-ensemble\"")),
+            "{e}"
+        );
     }
 
     #[test]

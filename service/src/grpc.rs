@@ -39,18 +39,79 @@ pub fn service(state: AppState, max_message_bytes: usize) -> GrpcInferenceServic
         .accept_compressed(CompressionEncoding::Deflate)
 }
 
+/// Serves on `listener` until `stop`, on the calling thread (a runtime of its own): at most
+/// 64 concurrent streams per connection and 32 calls in progress per connection, 30 s per call;
+/// a key that is given but wrong or revoked is refused before the message is decoded.
+pub fn serve(
+    listener: std::net::TcpListener,
+    state: AppState,
+    max_message_bytes: usize,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "the gRPC server's runtime did not start");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "the gRPC listener");
+                return;
+            }
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let early = state.clone();
+        let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+            let given = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|g| g.strip_prefix("Bearer "));
+            // Without a key the method decides (metadata and health need none).
+            if given.is_some() {
+                early.caller(given).map_err(|r| status(OipError::Refused(r)))?;
+            }
+            Ok(req)
+        };
+        let svc =
+            tonic::service::interceptor::InterceptedService::new(service(state, max_message_bytes), check);
+        let served = tonic::transport::Server::builder()
+            .max_concurrent_streams(64)
+            .concurrency_limit_per_connection(32)
+            .timeout(std::time::Duration::from_secs(30))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the gRPC server stopped");
+        }
+    });
+}
+
 fn status(e: OipError) -> Status {
+    let message = e.message();
     match e {
-        OipError::NotFound(m) => Status::not_found(m),
-        OipError::Invalid(m) => Status::invalid_argument(m),
-        OipError::Unavailable(m) => Status::unavailable(m),
-        OipError::Internal(m) => Status::internal(m),
+        OipError::NotFound(_) => Status::not_found(message),
+        OipError::Invalid(_) => Status::invalid_argument(message),
+        OipError::Unavailable(_) => Status::unavailable(message),
+        OipError::Internal(_) => Status::internal(message),
         OipError::Refused(r) => match r.status() {
-            401 => Status::unauthenticated(r.message()),
-            429 => Status::resource_exhausted(r.message()),
-            _ => Status::permission_denied(r.message()),
+            401 => Status::unauthenticated(message),
+            429 => Status::resource_exhausted(message),
+            _ => Status::permission_denied(message),
         },
     }
+}
+
+/// INVALID_ARGUMENT with the message clipped.
+fn invalid(m: String) -> Status {
+    status(OipError::Invalid(m))
 }
 
 fn version(v: &str) -> Option<&str> {
@@ -74,9 +135,7 @@ fn string_param(p: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Op
     match p.get(key).and_then(|v| v.parameter_choice.as_ref()) {
         None => Ok(None),
         Some(ParameterChoice::StringParam(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Status::invalid_argument(format!(
-            "parameter {key:?} must be a string"
-        ))),
+        Some(_) => Err(invalid(format!("parameter {key:?} must be a string"))),
     }
 }
 
@@ -84,7 +143,7 @@ fn string_param(p: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Op
 /// order, when any are given) or its typed contents.
 fn read_request(r: pb::ModelInferRequest) -> Result<InferRequest, Status> {
     if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "{} raw_input_contents for {} inputs",
             r.raw_input_contents.len(),
             r.inputs.len()
@@ -126,7 +185,17 @@ fn read_request(r: pb::ModelInferRequest) -> Result<InferRequest, Status> {
         }
     };
     if !errs.is_empty() {
-        return Err(Status::invalid_argument(errs.join("; ")));
+        return Err(invalid(errs.join("; ")));
+    }
+    if let Some(o) = r
+        .outputs
+        .iter()
+        .find(|o| o.parameters.contains_key("classification"))
+    {
+        return Err(invalid(format!(
+            "output {:?}: the classification extension is not supported",
+            o.name
+        )));
     }
     Ok(InferRequest {
         id: r.id,
@@ -313,7 +382,7 @@ impl GrpcInferenceService for Inference {
             .keys()
             .find(|k| k.as_str() == "config" || k.starts_with("file:"))
         {
-            return Err(Status::invalid_argument(format!(
+            return Err(invalid(format!(
                 "parameter {k:?} is not supported: models come from the repository folder"
             )));
         }

@@ -62,7 +62,12 @@ pub enum OipError {
 }
 
 impl OipError {
+    /// The message, at most [`MAX_MESSAGE_CHARS`] characters.
     pub fn message(&self) -> String {
+        clip_message(self.full_message())
+    }
+
+    fn full_message(&self) -> String {
         match self {
             OipError::NotFound(m)
             | OipError::Invalid(m)
@@ -197,13 +202,47 @@ pub struct Duration2 {
     pub ns: u64,
 }
 
-/// The statistics of every model, kept by name.
+/// Rows of this protocol in the executors' queues at once, all requests together: the
+/// streams share those queues, and a flood of requests must not crowd them out.
+pub const MAX_ROWS_IN_FLIGHT: usize = 1024;
+/// Longest error message sent back (grpc clients cap their metadata near 8 KiB).
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// The protocol's shared state: statistics of every model by name, the rows in flight, and
+/// the lock that serialises repository loads and unloads.
 #[derive(Debug, Default)]
-pub struct Stats(Mutex<BTreeMap<String, ModelStats>>);
+pub struct Stats {
+    models: Mutex<BTreeMap<String, ModelStats>>,
+    rows: std::sync::atomic::AtomicUsize,
+    repository: tokio::sync::Mutex<()>,
+}
+
+/// Rows counted in flight until dropped.
+struct Rows<'a>(&'a Stats, usize);
+
+impl Drop for Rows<'_> {
+    fn drop(&mut self) {
+        self.0.rows.fetch_sub(self.1, Ordering::AcqRel);
+    }
+}
 
 impl Stats {
+    /// Takes `n` rows of the shared allowance, or says how many are in flight.
+    fn take_rows(&self, n: usize) -> Result<Rows<'_>, OipError> {
+        let before = self.rows.fetch_add(n, Ordering::AcqRel);
+        if before + n > MAX_ROWS_IN_FLIGHT {
+            self.rows.fetch_sub(n, Ordering::AcqRel);
+            return Err(OipError::Unavailable(format!(
+                "{before} rows are in flight, {MAX_ROWS_IN_FLIGHT} at most: send again shortly"
+            )));
+        }
+        Ok(Rows(self, n))
+    }
+
+    /// One request: its rows, its time, and its forward time (the longest of its rows' batches:
+    /// they run side by side).
     fn record(&self, model: &str, version: &str, rows: u64, took: Duration, compute_ns: u64, ok: bool) {
-        let Ok(mut g) = self.0.lock() else { return };
+        let Ok(mut g) = self.models.lock() else { return };
         let s = g.entry(model.to_string()).or_insert_with(|| ModelStats {
             name: model.to_string(),
             version: version.to_string(),
@@ -216,14 +255,14 @@ impl Stats {
         if ok {
             s.inference_count += rows;
             s.execution_count += 1;
-            s.compute_infer.count += rows;
+            s.compute_infer.count += 1;
             s.compute_infer.ns = s.compute_infer.ns.saturating_add(compute_ns);
+            s.last_inference = augur_actors::clock::unix_ns().max(0) as u64 / 1_000_000;
         }
-        s.last_inference = augur_actors::clock::unix_ns().max(0) as u64 / 1_000_000;
     }
 
     fn get(&self, model: &str, version: &str) -> ModelStats {
-        self.0
+        self.models
             .lock()
             .ok()
             .and_then(|g| g.get(model).cloned())
@@ -268,16 +307,34 @@ fn target<'a>(s: &'a AppState, name: &str, version: Option<&str>) -> Result<Targ
         Target::Stacker(&st.gate, st.inputs.len())
     } else {
         return Err(OipError::NotFound(format!(
-            "unknown model {name:?}: the models are {}",
+            "unknown model {:?}: the models are {}",
+            clip(name),
             names(s).join(", ")
         )));
     };
     match version.filter(|v| !v.is_empty()) {
         Some(v) if v != t.version() => Err(OipError::NotFound(format!(
-            "model {name:?} has no version {v:?}: its version is {:?}",
+            "model {name:?} has no version {:?}: its version is {:?}",
+            clip(v),
             t.version()
         ))),
         _ => Ok(t),
+    }
+}
+
+/// A message sent back: at most [`MAX_MESSAGE_CHARS`] characters.
+pub fn clip_message(m: String) -> String {
+    match m.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((i, _)) => format!("{}… ({} characters more)", &m[..i], m[i..].chars().count()),
+        None => m,
+    }
+}
+
+/// A name as errors quote it: at most 64 characters.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 
@@ -314,7 +371,7 @@ fn gate_ready(g: &ModelGate) -> Result<(), String> {
     }
 }
 
-fn outputs_meta(ensemble_members: Option<usize>) -> Vec<TensorMeta> {
+fn outputs_meta(ensemble: bool) -> Vec<TensorMeta> {
     let mut v = vec![
         TensorMeta {
             name: "probabilities",
@@ -327,11 +384,13 @@ fn outputs_meta(ensemble_members: Option<usize>) -> Vec<TensorMeta> {
             shape: vec![-1],
         },
     ];
-    if let Some(m) = ensemble_members {
+    if ensemble {
         v.push(TensorMeta {
             name: "members",
             datatype: "FP32",
-            shape: vec![-1, m as i64, 3],
+            // -1: the members serving (an unloaded one is left out), listed in the output's
+            // `members` parameter.
+            shape: vec![-1, -1, 3],
         });
     }
     v
@@ -348,7 +407,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, g.info.window as i64, f],
             }],
-            outputs_meta(None),
+            outputs_meta(false),
         ),
         Target::Stacker(g, k) => (
             g.info.kind.to_string(),
@@ -357,7 +416,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, 3 * *k as i64],
             }],
-            outputs_meta(None),
+            outputs_meta(false),
         ),
         Target::Ensemble => (
             "ensemble".to_string(),
@@ -366,7 +425,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, longest_window(s) as i64, f],
             }],
-            outputs_meta(Some(s.pipeline.gates.len())),
+            outputs_meta(true),
         ),
     };
     Ok(ModelMeta {
@@ -444,6 +503,8 @@ pub async fn set_loaded(s: &AppState, caller: &Caller, name: &str, on: bool) -> 
             )));
         }
     };
+    // One load or unload at a time: two unloads racing could each see another member serving.
+    let _one = s.oip.repository.lock().await;
     if !on && s.pipeline.gates.iter().filter(|g| serving(g)).count() == 1 && serving(&g) {
         return Err(OipError::Invalid(format!(
             "{name} is the last member serving: unloading it would stop every prediction"
@@ -532,10 +593,19 @@ pub fn elements(name: &str, shape: &[i64]) -> Result<usize, OipError> {
 /// values finite. Answers the rows.
 fn the_input<'a>(req: &'a InferRequest, name: &str, want: &[i64]) -> Result<(&'a Input, usize), OipError> {
     let mut errs = Vec::new();
-    for i in &req.inputs {
-        if i.name != name {
-            errs.push(format!("unknown input {:?}: the input is {name:?}", i.name));
-        }
+    let unknown: Vec<String> = req
+        .inputs
+        .iter()
+        .filter(|i| i.name != name)
+        .map(|i| clip(&i.name))
+        .collect();
+    match unknown.len() {
+        0 => {}
+        n if n <= 4 => errs.push(format!("unknown inputs {unknown:?}: the input is {name:?}")),
+        n => errs.push(format!(
+            "{n} unknown inputs ({:?}, ...): the input is {name:?}",
+            &unknown[..4]
+        )),
     }
     let Some(input) = req.inputs.iter().find(|i| i.name == name) else {
         errs.push(format!("input {name:?} is missing"));
@@ -548,9 +618,14 @@ fn the_input<'a>(req: &'a InferRequest, name: &str, want: &[i64]) -> Result<(&'a
         && input.shape.iter().zip(want).all(|(&g, &w)| w < 0 || g == w)
         && input.shape.first().is_some_and(|&n| n >= 1);
     if !shape_ok {
+        let shown: Vec<i64> = input.shape.iter().take(8).copied().collect();
         errs.push(format!(
-            "input {name:?}: shape {:?}, expected {want:?} (-1: one or more rows)",
-            input.shape
+            "input {name:?}: shape {shown:?}{}, expected {want:?} (-1: one or more rows)",
+            if input.shape.len() > 8 {
+                " (and more dimensions)"
+            } else {
+                ""
+            }
         ));
     } else if let Ok(n) = elements(name, &input.shape)
         && n != input.data.len()
@@ -608,7 +683,7 @@ async fn run_rows(g: &ModelGate, data: &[f32], rows: usize) -> Result<(Vec<f32>,
             )));
         }
         probs.extend_from_slice(&out.probabilities);
-        compute_ns += out.inference_us as u64 * 1000;
+        compute_ns = compute_ns.max(out.inference_us as u64 * 1000);
     }
     Ok((probs, compute_ns))
 }
@@ -659,6 +734,19 @@ fn method_of(s: &AppState, req: &InferRequest) -> Result<AggregatorConfig, OipEr
             })?
         }
     };
+    if let Some(tf) = req.timeframe.as_deref() {
+        let known = s
+            .config
+            .read()
+            .map(|c| c.validation.timeframes.clone())
+            .unwrap_or_default();
+        if !known.iter().any(|k| k == tf) {
+            return Err(OipError::Invalid(format!(
+                "parameter timeframe {:?}: one of {known:?}",
+                clip(tf)
+            )));
+        }
+    }
     Ok(AggregatorConfig { method, ..settings }
         .with_adaptive(&s.pipeline.adaptive, req.timeframe.as_deref().unwrap_or_default()))
 }
@@ -695,7 +783,9 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<(Vec<Ou
             let mut member_ids: Option<Vec<String>> = None;
             let mut ns = 0u64;
             for r in join_all(calls).await {
-                let c = r.map_err(|e| OipError::Invalid(e.join("; ")))?;
+                // The window was checked: what is left is a member that could not answer (a full
+                // queue, a failure, stacking without its inputs), which a retry may not meet.
+                let c = r.map_err(|e| OipError::Unavailable(e.join("; ")))?;
                 let ids: Vec<String> = c.members.iter().map(|m| m.model_id.to_string()).collect();
                 if member_ids.get_or_insert_with(|| ids.clone()) != &ids {
                     return Err(OipError::Unavailable(
@@ -705,7 +795,7 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<(Vec<Ou
                 probs.extend_from_slice(&c.probabilities);
                 for m in &c.members {
                     members.extend_from_slice(&m.probabilities);
-                    ns += m.inference_us as u64 * 1000;
+                    ns = ns.max(m.inference_us as u64 * 1000);
                 }
             }
             let ids = member_ids.unwrap_or_default();
@@ -734,6 +824,12 @@ pub async fn infer(
 ) -> Result<InferResponse, OipError> {
     let t = target(s, name, version)?;
     if let Some(wanted) = &req.outputs {
+        if let Some(d) = wanted.iter().enumerate().find(|(i, w)| wanted[..*i].contains(w)) {
+            return Err(OipError::Invalid(format!(
+                "output {:?} is asked for twice",
+                clip(d.1)
+            )));
+        }
         let known = metadata(s, name, version)?.outputs;
         let unknown: Vec<&String> = wanted
             .iter()
@@ -751,6 +847,12 @@ pub async fn infer(
         .map_err(OipError::Refused)?;
     let _permit = caller.admit(name, t.kind()).map_err(OipError::Refused)?;
     readiness(s, &t).map_err(OipError::Unavailable)?;
+    let rows = req
+        .inputs
+        .first()
+        .and_then(|i| i.shape.first())
+        .map_or(1, |&n| n.clamp(1, MAX_ROWS as i64) as usize);
+    let _rows = s.oip.take_rows(rows)?;
     let started = Instant::now();
     let result = run(s, &t, &req).await;
     let version = t.version();
@@ -794,6 +896,26 @@ mod tests {
         assert_eq!(numbers_from_raw("x", "FP64", &raw).unwrap(), [0.25]);
         assert!(numbers_from_raw("x", "FP32", &[0, 0, 0]).is_err());
         assert!(numbers_from_raw("x", "INT8", &[0]).is_err());
+    }
+
+    #[test]
+    fn test_rows_in_flight_are_capped_and_given_back() {
+        let s = Stats::default();
+        let a = s.take_rows(MAX_ROWS_IN_FLIGHT - 1).unwrap();
+        assert!(s.take_rows(2).is_err());
+        let b = s.take_rows(1).unwrap();
+        drop(a);
+        assert!(s.take_rows(MAX_ROWS_IN_FLIGHT - 1).is_ok());
+        drop(b);
+        assert_eq!(s.rows.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn test_messages_are_clipped() {
+        let m = OipError::NotFound("é".repeat(5000)).message();
+        assert!(m.chars().count() < MAX_MESSAGE_CHARS + 40, "{}", m.len());
+        assert!(m.ends_with("(3976 characters more)"), "{m}");
+        assert_eq!(clip_message("short".into()), "short");
     }
 
     #[test]

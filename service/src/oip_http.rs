@@ -75,7 +75,7 @@ pub fn error(e: &OipError) -> HttpResponse {
 }
 
 fn error_with(status: StatusCode, msg: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": msg }))
+    HttpResponse::build(status).json(json!({ "error": oip::clip_message(msg.to_string()) }))
 }
 
 /// Who is calling: the bearer value of `Authorization` against the token and the keys.
@@ -419,6 +419,12 @@ fn parse(json_part: &[u8], mut binary: &[u8]) -> Result<Parsed, String> {
         .unwrap_or(false);
     let mut wanted = Vec::new();
     for o in r.outputs.iter().flatten() {
+        if o.parameters.contains_key("classification") {
+            errs.push(format!(
+                "output {:?}: the classification extension is not supported",
+                o.name
+            ));
+        }
         let b = bool_param(&o.parameters, "binary_data")
             .unwrap_or_else(|e| {
                 errs.push(format!("output {:?}: {e}", o.name));
@@ -458,6 +464,14 @@ async fn infer(
         Ok(c) => c,
         Err(r) => return *r,
     };
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return error_with(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "compressed requests are not supported: send the body uncompressed",
+        );
+    }
     let body = match read_body(&req, payload, limit.0).await {
         Ok(b) => b,
         Err(r) => return protocol_error(r),

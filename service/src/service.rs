@@ -457,8 +457,8 @@ pub struct Service {
     pipeline: Pipeline,
     status: Status,
     http: Option<actix_web::dev::ServerHandle>,
-    /// Stops the gRPC server (it finishes the calls in progress).
-    grpc: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Stops the gRPC server (it finishes the calls in progress), and its thread.
+    grpc: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
     /// The Open Inference Protocol's statistics, shared by HTTP and gRPC.
     oip: Arc<crate::oip::Stats>,
     /// The tenants' keys, reloaded when the file changes.
@@ -542,11 +542,13 @@ impl Service {
             self.health.clone(),
             Duration::from_secs(1),
         )));
+        // One config for HTTP and gRPC: a run-time PATCH is seen by both.
+        let shared_config = Arc::new(std::sync::RwLock::new(cfg.clone()));
         let mut http_addr = None;
         if cfg.http.enabled {
             let state = crate::http::AppState {
                 pipeline: self.pipeline.clone(),
-                config: Arc::new(std::sync::RwLock::new(cfg.clone())),
+                config: shared_config.clone(),
                 metrics: self.metrics.clone(),
                 started: self.started,
                 buses: self.health.clone(),
@@ -572,7 +574,7 @@ impl Service {
         if cfg.grpc.enabled {
             let state = crate::http::AppState {
                 pipeline: self.pipeline.clone(),
-                config: Arc::new(std::sync::RwLock::new(cfg.clone())),
+                config: shared_config.clone(),
                 metrics: self.metrics.clone(),
                 started: self.started,
                 buses: self.health.clone(),
@@ -580,22 +582,18 @@ impl Service {
                 oip: self.oip.clone(),
                 access: self.access.clone(),
             };
-            let listener = tokio::net::TcpListener::bind(cfg.grpc.bind.as_str())
-                .await
+            let listener = std::net::TcpListener::bind(cfg.grpc.bind.as_str())
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .with_context(|| format!("binding the gRPC server to {}", cfg.grpc.bind))?;
             grpc_addr = listener.local_addr().ok();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tonic::transport::Server::builder()
-                .add_service(crate::grpc::service(state, cfg.grpc.max_message_bytes))
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
-                    let _ = stopped.await;
-                });
-            self.grpc = Some(stop);
-            actix_rt::spawn(async move {
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "the gRPC server stopped");
-                }
-            });
+            let max = cfg.grpc.max_message_bytes;
+            // Its own thread and runtime: decoding requests never runs on the actors' thread.
+            let thread = std::thread::Builder::new()
+                .name("grpc".into())
+                .spawn(move || crate::grpc::serve(listener, state, max, stopped))
+                .context("starting the gRPC thread")?;
+            self.grpc = Some((stop, thread));
             tracing::info!(addr = ?grpc_addr, "grpc listening");
         }
         if let Some(access) = self.access.clone() {
@@ -679,8 +677,16 @@ impl Service {
         if let Some(h) = self.http.take() {
             h.stop(true).await;
         }
-        if let Some(stop) = self.grpc.take() {
+        if let Some((stop, thread)) = self.grpc.take() {
             let _ = stop.send(());
+            // The calls in progress are answered; a call stuck past 5 s is left to the exit.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !thread.is_finished() && Instant::now() < deadline {
+                actix_rt::time::sleep(Duration::from_millis(5)).await;
+            }
+            if !thread.is_finished() {
+                tracing::warn!("the gRPC server did not stop within 5 s");
+            }
         }
         for t in self.tasks.drain(..) {
             t.abort();

@@ -135,7 +135,9 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(&self) -> String {
         match self {
-            Refusal::Missing => "an API key is required (Authorization: Bearer <key>)".into(),
+            Refusal::Missing => {
+                "a bearer token is required (Authorization: Bearer <API key or operator token>)".into()
+            }
             Refusal::Unknown => "unknown API key".into(),
             Refusal::Revoked => "this API key is revoked".into(),
             Refusal::Model(m) | Refusal::Output(m) | Refusal::RateLimited(m) | Refusal::Busy(m) => m.clone(),
@@ -198,6 +200,16 @@ impl Caller {
                 t.tier.as_str()
             )));
         }
+        // The slot first: a call refused as busy spends no rate token.
+        let before = t.in_flight.fetch_add(1, Ordering::AcqRel);
+        let permit = Permit(Some(t.clone()));
+        if before >= t.max_concurrency {
+            count(&t.name, "busy");
+            return Err(Refusal::Busy(format!(
+                "tenant {} has {} calls in progress, its limit",
+                t.name, t.max_concurrency
+            )));
+        }
         if let Ok(mut b) = t.bucket.lock() {
             let now = Instant::now();
             b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * t.rate_per_s).min(t.burst);
@@ -211,17 +223,8 @@ impl Caller {
             }
             b.tokens -= 1.0;
         }
-        let before = t.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= t.max_concurrency {
-            t.in_flight.fetch_sub(1, Ordering::AcqRel);
-            count(&t.name, "busy");
-            return Err(Refusal::Busy(format!(
-                "tenant {} has {} calls in progress, its limit",
-                t.name, t.max_concurrency
-            )));
-        }
         count(&t.name, "ok");
-        Ok(Permit(Some(t.clone())))
+        Ok(permit)
     }
 
     /// The outputs this caller may see, `None` for all.
