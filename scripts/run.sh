@@ -25,6 +25,11 @@ if ! port_free "$NATS_PORT"; then
   NATS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 fi
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
+# The Open Inference Protocol over gRPC: Triton's port, or a free one when it is taken.
+GRPC_BIND="${AUGUR_GRPC__BIND:-127.0.0.1:8001}"
+if ! port_free "${GRPC_BIND##*:}"; then
+  GRPC_BIND="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+fi
 NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
 
 pids=()
@@ -63,7 +68,7 @@ NATS_PID=$!
 for _ in $(seq 100); do port_free "$NATS_PORT" || break; sleep 0.05; done
 echo "run: nats-server on $NATS_URL" >&2
 
-AUGUR_NATS__URL="$NATS_URL" target/release/augur serve --config config.toml --status-ms 1000 \
+AUGUR_NATS__URL="$NATS_URL" AUGUR_GRPC__BIND="$GRPC_BIND" target/release/augur serve --config config.toml --status-ms 1000 \
   2>"$RUN_DIR/augur.log" &
 AUGUR_PID=$!
 for _ in $(seq 600); do
@@ -72,6 +77,7 @@ for _ in $(seq 600); do
   sleep 0.05
 done
 echo "run: augur ready ($(grep -o 'startup_ms=[0-9]*' "$RUN_DIR/augur.log" | head -1)); predictions on predictions.<tf>.<symbol>" >&2
+echo "run: Open Inference Protocol on http://127.0.0.1:8080/v2 and gRPC $GRPC_BIND (tritonclient works as is)" >&2
 
 target/release/augur publish --url "$NATS_URL" --rate "${AUGUR_FEED_RATE:-500}" --repeat \
   2>"$RUN_DIR/feed.log" &

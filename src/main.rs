@@ -152,6 +152,28 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Latency and throughput of the Open Inference Protocol's infer against a running service,
+    /// over HTTP (binary data) and gRPC, closed-loop at each concurrency (scripts/bench-oip.sh
+    /// starts the service and writes the report).
+    BenchOip {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        grpc: String,
+        /// The bearer token or API key, if the service needs one.
+        #[arg(long, default_value = "")]
+        token: String,
+        #[arg(long, value_delimiter = ',', default_value = "augur-ensemble,lstm-direction")]
+        models: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        concurrency: Vec<usize>,
+        /// Measured seconds per cell (after one second of warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Write the table (.md) and the figures (.json) under this path prefix.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Make a new API key for a tenant (`[access].keys_file`): prints the key (give it to the
     /// tenant; it is not stored) and the line of its SHA-256 for the keys file.
     Key,
@@ -464,6 +486,55 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .flat_map(|p| p.errors.iter().map(move |e| format!("{}: {e}", p.peer)))
                 .collect();
             anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join("; "));
+        }
+        Command::BenchOip {
+            http,
+            grpc,
+            token,
+            models,
+            concurrency,
+            seconds,
+            out,
+        } => {
+            use augur_tools::bench::oip;
+            let vectors: Vec<Vec<f32>> = {
+                let file = std::fs::read("models/data/replay/ta-v1.pb").context("reading models/data/replay/ta-v1.pb")?;
+                augur_tools::publish::interleave(&file)?
+                    .into_iter()
+                    .filter(|v| v.symbol == "AAPL" && v.timeframe == "1d")
+                    .map(|v| v.values)
+                    .collect()
+            };
+            let o = oip::OipBench {
+                http: http.clone(),
+                grpc,
+                token,
+                models: models.clone(),
+                concurrency,
+                seconds,
+                warmup_seconds: 1.0,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let cells = rt.block_on(async {
+                let mut shapes = std::collections::HashMap::new();
+                for m in &models {
+                    shapes.insert(m.clone(), oip::input_shape(&http, m).await?);
+                }
+                oip::run(&o, |m| {
+                    let &(t, f) = shapes.get(m).context("no shape")?;
+                    anyhow::ensure!(vectors.len() >= t, "{} AAPL vectors, {m} needs {t}", vectors.len());
+                    let w: Vec<f32> = vectors[vectors.len() - t..].iter().flatten().copied().collect();
+                    anyhow::ensure!(w.len() == t * f, "{m}: the vectors are not {f} wide");
+                    Ok((w, t, f))
+                })
+                .await
+            })?;
+            let table = oip::markdown(&cells);
+            println!("{table}");
+            if let Some(out) = out {
+                std::fs::write(out.with_extension("md"), &table)?;
+                std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&cells)?)?;
+            }
         }
         Command::Key => {
             use std::io::Read;

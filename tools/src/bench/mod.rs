@@ -11,6 +11,7 @@
 //!
 //! Results go to `<out>/<stamp>.json` and `.md`, and `latest.json` / `latest.md`.
 pub mod floor;
+pub mod oip;
 pub mod peer;
 pub mod procfs;
 pub mod receiver;
