@@ -498,7 +498,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             use augur_tools::bench::oip;
             let vectors: Vec<Vec<f32>> = {
-                let file = std::fs::read("models/data/replay/ta-v1.pb").context("reading models/data/replay/ta-v1.pb")?;
+                let file = std::fs::read("models/data/replay/ta-v1.pb")
+                    .context("reading models/data/replay/ta-v1.pb")?;
                 augur_tools::publish::interleave(&file)?
                     .into_iter()
                     .filter(|v| v.symbol == "AAPL" && v.timeframe == "1d")
@@ -522,7 +523,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 oip::run(&o, |m| {
                     let &(t, f) = shapes.get(m).context("no shape")?;
-                    anyhow::ensure!(vectors.len() >= t, "{} AAPL vectors, {m} needs {t}", vectors.len());
+                    anyhow::ensure!(
+                        vectors.len() >= t,
+                        "{} AAPL vectors, {m} needs {t}",
+                        vectors.len()
+                    );
                     let w: Vec<f32> = vectors[vectors.len() - t..].iter().flatten().copied().collect();
                     anyhow::ensure!(w.len() == t * f, "{m}: the vectors are not {f} wide");
                     Ok((w, t, f))

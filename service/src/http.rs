@@ -578,10 +578,24 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
 fn masked(c: &Config) -> Result<Value, String> {
     let mut v = serde_json::to_value(c).map_err(|e| format!("showing the config: {e}"))?;
     mask_url_credentials(&mut v);
-    if let Some(tok) = v.pointer_mut("/http/token")
-        && tok.as_str().is_some_and(|s| !s.is_empty())
-    {
-        *tok = Value::String("***".into());
+    for at in [
+        "/http/token",
+        "/nats/password",
+        "/nats/token",
+        "/jetstream/password",
+    ] {
+        if let Some(tok) = v.pointer_mut(at)
+            && tok.as_str().is_some_and(|s| !s.is_empty())
+        {
+            *tok = Value::String("***".into());
+        }
+    }
+    if let Some(Value::Object(sec)) = v.pointer_mut("/kafka/security") {
+        for (k, val) in sec.iter_mut() {
+            if ["password", "secret", "key"].iter().any(|w| k.contains(w)) {
+                *val = Value::String("***".into());
+            }
+        }
     }
     Ok(v)
 }

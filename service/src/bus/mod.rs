@@ -128,7 +128,8 @@ pub async fn connect(s: Sections<'_>, timeframes: &[String]) -> anyhow::Result<V
     }
     if s.jetstream.enabled {
         out.push(Box::new(
-            jetstream::JetStreamTransport::connect(s.jetstream, timeframes, nats_client).await?,
+            jetstream::JetStreamTransport::connect(s.jetstream, timeframes, nats_client, &s.nats.auth())
+                .await?,
         ));
     }
     if s.kafka.enabled {

@@ -76,7 +76,12 @@ fn counted(transport: &'static str, ok: bool) {
 /// messages a service publishes, and none of that work may fall on the actors' thread,
 /// which every prediction crosses. Each publish and flush waits at most `WAIT` on a server
 /// that is away; the thread ends (after a bounded flush) when the sink is dropped.
-pub fn nats(url: String, connect_timeout_ms: u64, prefix: String) -> Arc<dyn OutcomeSink> {
+pub fn nats(
+    url: String,
+    connect_timeout_ms: u64,
+    prefix: String,
+    auth: super::nats::NatsAuth,
+) -> Arc<dyn OutcomeSink> {
     let (tx, mut rx) = mpsc::channel::<Cmd>(QUEUE);
     let run = move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -90,7 +95,7 @@ pub fn nats(url: String, connect_timeout_ms: u64, prefix: String) -> Arc<dyn Out
             let stats = Arc::new(super::nats::NatsStats::default());
             // Retries its first connection in the background: events queue meanwhile.
             let client =
-                match super::nats::connect_client(&url, "augur-outcomes", 64, connect_timeout_ms, stats).await {
+                match super::nats::connect_client(&url, "augur-outcomes", 64, connect_timeout_ms, stats, &auth).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "outcome events: NATS connection; they are not published on NATS");

@@ -37,7 +37,9 @@ struct HttpConn {
 
 impl HttpConn {
     async fn connect(addr: &str) -> anyhow::Result<HttpConn> {
-        let s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let s = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
         s.set_nodelay(true)?;
         Ok(HttpConn { r: BufReader::new(s) })
     }
@@ -110,7 +112,14 @@ fn requests(model: &str, window: &[f32], t: usize, f: usize) -> (Vec<u8>, usize,
     (body, head.len(), grpc)
 }
 
-fn cell(model: &str, transport: &'static str, c: usize, hist: &Histogram<u64>, errors: u64, took: f64) -> Cell {
+fn cell(
+    model: &str,
+    transport: &'static str,
+    c: usize,
+    hist: &Histogram<u64>,
+    errors: u64,
+    took: f64,
+) -> Cell {
     let n = hist.len();
     Cell {
         model: model.to_string(),
@@ -129,9 +138,13 @@ fn cell(model: &str, transport: &'static str, c: usize, hist: &Histogram<u64>, e
 
 /// The input shape `[-1, t, f]` of `model`, from its metadata (`GET /v2/models/{model}`).
 pub async fn input_shape(http: &str, model: &str) -> anyhow::Result<(usize, usize)> {
-    let mut s = TcpStream::connect(http).await.with_context(|| format!("connecting to {http}"))?;
-    s.write_all(format!("GET /v2/models/{model} HTTP/1.1\r\nHost: augur\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    let mut s = TcpStream::connect(http)
+        .await
+        .with_context(|| format!("connecting to {http}"))?;
+    s.write_all(
+        format!("GET /v2/models/{model} HTTP/1.1\r\nHost: augur\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
     let at = raw
@@ -199,8 +212,9 @@ pub async fn run(
                                 .connect()
                                 .await?;
                             let mut client = GrpcInferenceServiceClient::new(ch);
-                            let auth: Option<tonic::metadata::MetadataValue<_>> =
-                                (!o.token.is_empty()).then(|| format!("Bearer {}", o.token).parse()).transpose()?;
+                            let auth: Option<tonic::metadata::MetadataValue<_>> = (!o.token.is_empty())
+                                .then(|| format!("Bearer {}", o.token).parse())
+                                .transpose()?;
                             while Instant::now() < end {
                                 let mut req = tonic::Request::new(grpc_req.clone());
                                 if let Some(a) = &auth {
@@ -247,7 +261,15 @@ pub fn markdown(cells: &[Cell]) -> String {
     for c in cells {
         s.push_str(&format!(
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
-            c.model, c.transport, c.concurrency, c.requests_per_s, c.p50_us, c.p90_us, c.p99_us, c.max_us, c.errors
+            c.model,
+            c.transport,
+            c.concurrency,
+            c.requests_per_s,
+            c.p50_us,
+            c.p90_us,
+            c.p99_us,
+            c.max_us,
+            c.errors
         ));
     }
     s

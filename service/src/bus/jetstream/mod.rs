@@ -54,6 +54,7 @@ impl JetStreamTransport {
         cfg: &JetStreamConfig,
         timeframes: &[String],
         shared: Option<Client>,
+        auth: &crate::bus::nats::NatsAuth,
     ) -> anyhow::Result<Self> {
         let client = match shared {
             Some(c) => c,
@@ -63,6 +64,7 @@ impl JetStreamTransport {
                 65_536,
                 cfg.connect_timeout_ms,
                 Arc::new(NatsStats::default()),
+                auth,
             )
             .await
             .map_err(|e| anyhow::anyhow!("connecting to NATS (JetStream) at {}: {e}", cfg.url))?,

@@ -11,9 +11,18 @@ use tokio::sync::watch;
 use super::KafkaConfig;
 use super::handover::{GroupConsumer, HandOver};
 
+/// The brokers and the security properties, the start of every client's config.
+pub fn base(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.security {
+        c.set(k, v);
+    }
+    c
+}
+
 pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
+    base(cfg)
         .set("client.id", "augur")
         .set(
             "enable.idempotence",
@@ -29,15 +38,14 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::Kaf
 /// offsets and predicted-up-to marks together), never automatically; the cooperative-sticky
 /// assignor moves only the partitions that change owner in a rebalance.
 pub fn consumer(cfg: &KafkaConfig, hand_over: HandOver) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
-    let mut c = ClientConfig::new();
+    let mut c = base(cfg);
     if !cfg.instance_id.is_empty() {
         c.set("group.instance.id", &cfg.instance_id);
     }
     if !cfg.debug.is_empty() {
         c.set("debug", &cfg.debug);
     }
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("client.id", "augur")
+    c.set("client.id", "augur")
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -52,10 +60,7 @@ pub fn consumer(cfg: &KafkaConfig, hand_over: HandOver) -> Result<GroupConsumer,
 
 /// Creates the topics, retrying while the broker is unreachable, until done or `stop`.
 pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
-    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .create()
-    {
+    let admin: AdminClient<DefaultClientContext> = match base(&cfg).create() {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "kafka admin client");
@@ -107,5 +112,23 @@ pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_every_client_carries_the_security_properties() {
+        let mut cfg = KafkaConfig::default();
+        cfg.security.insert("security.protocol".into(), "SASL_SSL".into());
+        cfg.security.insert("sasl.mechanism".into(), "SCRAM-SHA-512".into());
+        let c = base(&cfg);
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("bootstrap.servers"), Some(cfg.brokers.as_str()));
+        cfg.security.insert("acks".into(), "0".into());
+        assert!(cfg.problems().iter().any(|p| p.contains("\"acks\" is not a security property")));
     }
 }

@@ -57,6 +57,12 @@ pub struct KafkaConfig {
     /// before it leaves its group. The intake keeps polling while it holds input back (its
     /// partitions paused), so a slow or stalled output never reaches it.
     pub max_poll_interval_ms: u64,
+    /// librdkafka's security properties, passed to every client (producer, consumer, admin):
+    /// `security.protocol` and `sasl.*` / `ssl.*` keys, e.g. `{ "security.protocol" =
+    /// "SASL_SSL", "sasl.mechanism" = "SCRAM-SHA-512", "sasl.username" = "augur",
+    /// "sasl.password" = "..." }`. Values of keys naming a password, secret or key are shown
+    /// masked.
+    pub security: std::collections::BTreeMap<String, String>,
     /// Longest a fetch waits for data (librdkafka `fetch.wait.max.ms`). tansu answers a fetch
     /// only when this passes, so it is the consumer's latency floor: keep it small.
     pub fetch_wait_max_ms: u64,
@@ -100,6 +106,7 @@ impl Default for KafkaConfig {
             commit_interval_ms: 1_000,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
+            security: Default::default(),
             fetch_wait_max_ms: 5,
             rewind_max_messages: 50_000,
             rewind_quiet_ms: 3 * 24 * 3600 * 1000,
@@ -112,6 +119,13 @@ impl Default for KafkaConfig {
 impl KafkaConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        for k in self.security.keys() {
+            if !(k == "security.protocol" || k.starts_with("sasl.") || k.starts_with("ssl.")) {
+                p.push(format!(
+                    "kafka.security: {k:?} is not a security property (security.protocol, sasl.*, ssl.*)"
+                ));
+            }
+        }
         if !self.enabled {
             return p;
         }

@@ -33,6 +33,32 @@ pub struct NatsConfig {
     /// (counted, their inputs given back where the transport can), so that a NATS stall
     /// neither grows memory nor holds up the Kafka output.
     pub max_pending_publishes: usize,
+    /// Credentials for the server ("" for none); the JetStream and outcome-event connections
+    /// use them too. Prefer `AUGUR_NATS__PASSWORD` / `AUGUR_NATS__TOKEN`; shown masked.
+    pub user: String,
+    pub password: String,
+    pub token: String,
+    /// A `.creds` file (a user JWT and its NKey seed), for operator/account-based servers.
+    pub credentials_file: String,
+    /// TLS: the CA to check the server's certificate against ("" for the system's roots),
+    /// a client certificate and key for mutual TLS, and whether a plain connection is refused.
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub tls_required: bool,
+}
+
+/// How a client proves itself to the server and checks it: `[nats]`'s credentials and TLS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NatsAuth {
+    pub user: String,
+    pub password: String,
+    pub token: String,
+    pub credentials_file: String,
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub tls_required: bool,
 }
 
 impl Default for NatsConfig {
@@ -50,6 +76,14 @@ impl Default for NatsConfig {
             subscription_capacity: 65_536,
             connect_timeout_ms: 5_000,
             max_pending_publishes: 10_000,
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            credentials_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_required: false,
         }
     }
 }
@@ -135,8 +169,45 @@ impl NatsConfig {
         subject_names(&self.input_prefix, self.partition_count > 0, subject)
     }
 
+    pub fn auth(&self) -> NatsAuth {
+        NatsAuth {
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            credentials_file: self.credentials_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            tls_required: self.tls_required,
+        }
+    }
+
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        let ways = [
+            !self.user.is_empty(),
+            !self.token.is_empty(),
+            !self.credentials_file.is_empty(),
+        ];
+        if ways.iter().filter(|&&w| w).count() > 1 {
+            p.push("nats: set one of user (and password), token, credentials_file".into());
+        }
+        if self.user.is_empty() && !self.password.is_empty() {
+            p.push("nats.password is set without nats.user".into());
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            p.push("nats.tls_cert_file and nats.tls_key_file go together".into());
+        }
+        for (k, f) in [
+            ("credentials_file", &self.credentials_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if !f.is_empty() && !std::path::Path::new(f).is_file() {
+                p.push(format!("nats.{k} {f:?} is not a readable file"));
+            }
+        }
         if !self.enabled {
             return p;
         }

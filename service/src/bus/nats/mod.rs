@@ -22,7 +22,7 @@ mod health;
 mod ingress;
 mod sink;
 
-pub use config::{NatsConfig, partition_problems, subject_names, subject_problem, url_problem};
+pub use config::{NatsAuth, NatsConfig, partition_problems, subject_names, subject_problem, url_problem};
 pub use dead_letters::NatsDeadLetters;
 pub use health::{NatsHealth, NatsStats, is_connected};
 pub use sink::{Flush, NatsSink, subject_token};
@@ -40,10 +40,34 @@ pub async fn connect_client(
     subscription_capacity: usize,
     connect_timeout_ms: u64,
     stats: Arc<NatsStats>,
+    auth: &NatsAuth,
 ) -> Result<Client, async_nats::ConnectError> {
     let cb_stats = stats.clone();
-    async_nats::ConnectOptions::new()
-        .name(name)
+    let mut o = async_nats::ConnectOptions::new();
+    if !auth.user.is_empty() {
+        o = o.user_and_password(auth.user.clone(), auth.password.clone());
+    }
+    if !auth.token.is_empty() {
+        o = o.token(auth.token.clone());
+    }
+    if !auth.credentials_file.is_empty() {
+        o = o.credentials_file(&auth.credentials_file).await.map_err(|e| {
+            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Authentication, e)
+        })?;
+    }
+    if !auth.tls_ca_file.is_empty() {
+        o = o.add_root_certificates(auth.tls_ca_file.clone().into());
+    }
+    if !auth.tls_cert_file.is_empty() {
+        o = o.add_client_certificate(
+            auth.tls_cert_file.clone().into(),
+            auth.tls_key_file.clone().into(),
+        );
+    }
+    if auth.tls_required {
+        o = o.require_tls(true);
+    }
+    o.name(name)
         .subscription_capacity(subscription_capacity)
         .connection_timeout(Duration::from_millis(connect_timeout_ms))
         .retry_on_initial_connect()
@@ -89,6 +113,7 @@ impl NatsTransport {
             cfg.subscription_capacity,
             cfg.connect_timeout_ms,
             stats.clone(),
+            &cfg.auth(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", cfg.url))?;
@@ -129,6 +154,7 @@ impl Transport for NatsTransport {
                 self.cfg.url.clone(),
                 self.cfg.connect_timeout_ms,
                 self.cfg.outcome_prefix.clone(),
+                self.cfg.auth(),
             )
         })
     }
