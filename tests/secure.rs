@@ -286,3 +286,152 @@ fn test_the_service_connects_over_tls_with_a_password_and_not_with_a_wrong_ca_or
         svc.stop();
     }
 }
+
+/// curl's status for `url` trusting `ca` ("000" when the TLS handshake fails).
+fn curl(url: &str, ca: &Path) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// tritonclient's gRPC client over TLS trusting `ca`: whether the server is live.
+fn triton_grpc_live(addr: &str, ca: &Path) -> String {
+    let script = format!(
+        "import tritonclient.grpc as g\ntry:\n    c = g.InferenceServerClient('{addr}', ssl=True, root_certificates='{}')\n    print(c.is_server_live(client_timeout=5))\nexcept Exception as e:\n    print('error', e)\n",
+        ca.display()
+    );
+    let out = Command::new(common::root().join(".venv/bin/python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// HTTPS and gRPC over TLS with the certificate from the config, checked by curl and by
+/// tritonclient; a renewed certificate (another CA's) is served without a restart.
+#[test]
+fn test_https_and_grpc_tls_serve_the_configured_certificate_and_reload_a_renewed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d);
+    // The renewal: a certificate for the same names, signed by the other CA.
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server2.key",
+            "-out",
+            "server2.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server2.csr",
+            "-CA",
+            "other.pem",
+            "-CAkey",
+            "other.key",
+            "-CAcreateserial",
+            "-out",
+            "server2.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let (cert, key) = (d.join("live.pem"), d.join("live.key"));
+    std::fs::copy(d.join("server.pem"), &cert).unwrap();
+    std::fs::copy(d.join("server.key"), &key).unwrap();
+    let nats = common::NatsServer::start();
+    let mut cfg = common::config(&nats.url());
+    for (c, k) in [
+        (&mut cfg.http.tls_cert_file, &mut cfg.http.tls_key_file),
+        (&mut cfg.grpc.tls_cert_file, &mut cfg.grpc.tls_key_file),
+    ] {
+        *c = cert.display().to_string();
+        *k = key.display().to_string();
+    }
+    let svc = common::Service::start(cfg);
+    let https = format!(
+        "https://127.0.0.1:{}/v2/health/live",
+        svc.ready.http.unwrap().port()
+    );
+    let grpc = format!("127.0.0.1:{}", svc.ready.grpc.unwrap().port());
+    let (ca, other) = (d.join("ca.pem"), d.join("other.pem"));
+    assert_eq!(curl(&https, &ca), "200");
+    assert_eq!(
+        curl(&https, &other),
+        "000",
+        "a CA that signed nothing here is not trusted"
+    );
+    assert_eq!(triton_grpc_live(&grpc, &ca), "True");
+    assert!(triton_grpc_live(&grpc, &other).starts_with("error"));
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = format!(
+        "http://127.0.0.1:{}/v2/health/live",
+        svc.ready.http.unwrap().port()
+    );
+    assert_ne!(curl(&plain, &ca), "200");
+
+    // Renewed in place (each file replaced whole): the next handshakes get the new one.
+    for (from, to) in [("server2.key", &key), ("server2.pem", &cert)] {
+        let tmp = d.join("tmp");
+        std::fs::copy(d.join(from), &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(&https, &other) != "200" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(curl(&https, &other), "200");
+    assert_eq!(curl(&https, &ca), "000");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while triton_grpc_live(&grpc, &other) != "True" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(triton_grpc_live(&grpc, &other), "True");
+    svc.stop();
+}
+
+#[test]
+fn test_a_missing_or_mismatched_certificate_fails_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let mut cfg = common::config("nats://127.0.0.1:4222");
+    cfg.http.tls_cert_file = dir.path().join("server.pem").display().to_string();
+    cfg.http.tls_key_file = dir.path().join("other.key").display().to_string();
+    cfg.grpc.tls_cert_file = dir.path().join("nope.pem").display().to_string();
+    let errs = cfg.problems();
+    assert!(errs.iter().any(|e| e.starts_with("http TLS") && e.contains("KeyMismatch")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("grpc.tls_cert_file and grpc.tls_key_file go together")),
+        "{errs:?}"
+    );
+}

@@ -85,6 +85,9 @@ pub struct HttpConfig {
     pub token: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// HTTPS: a PEM certificate chain and its key ("" for plain HTTP); reloaded when they change.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for HttpConfig {
@@ -94,6 +97,8 @@ impl Default for HttpConfig {
             bind: "127.0.0.1:8080".into(),
             token: String::new(),
             max_body_bytes: 1 << 20,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -108,6 +113,9 @@ pub struct GrpcConfig {
     pub bind: String,
     /// Largest accepted request message (tonic's default is 4 MiB).
     pub max_message_bytes: usize,
+    /// TLS: a PEM certificate chain and its key ("" for plaintext); reloaded when they change.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for GrpcConfig {
@@ -116,6 +124,8 @@ impl Default for GrpcConfig {
             enabled: true,
             bind: "127.0.0.1:8001".into(),
             max_message_bytes: 4 << 20,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -454,6 +464,31 @@ impl Config {
         if self.grpc.enabled && self.grpc.bind.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!("grpc.bind {:?} is not host:port", self.grpc.bind));
         }
+        for (section, on, cert, key) in [
+            (
+                "http",
+                self.http.enabled,
+                &self.http.tls_cert_file,
+                &self.http.tls_key_file,
+            ),
+            (
+                "grpc",
+                self.grpc.enabled,
+                &self.grpc.tls_cert_file,
+                &self.grpc.tls_key_file,
+            ),
+        ] {
+            if cert.is_empty() != key.is_empty() {
+                p.push(format!(
+                    "{section}.tls_cert_file and {section}.tls_key_file go together"
+                ));
+            } else if on
+                && !cert.is_empty()
+                && let Err(e) = crate::tls::Reloading::load(section, cert, key)
+            {
+                p.push(e);
+            }
+        }
         if self.access.reload_ms < 100 {
             p.push("access.reload_ms must be at least 100".into());
         }
@@ -605,6 +640,8 @@ mod tests {
                 enabled: false,
                 bind: "127.0.0.1:9".into(),
                 max_message_bytes: 2048,
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
             }
         );
     }

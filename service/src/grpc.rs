@@ -10,6 +10,7 @@
 //! INVALID_ARGUMENT, UNAVAILABLE, INTERNAL, UNAUTHENTICATED (a bearer token in the
 //! `authorization` metadata when `[http].token` is set, for infer, load and unload).
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
@@ -46,6 +47,7 @@ pub fn serve(
     listener: std::net::TcpListener,
     state: AppState,
     max_message_bytes: usize,
+    tls: Option<Arc<crate::tls::Reloading>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -63,7 +65,6 @@ pub fn serve(
                 return;
             }
         };
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let early = state.clone();
         let check = move |req: Request<()>| -> Result<Request<()>, Status> {
             let given = req
@@ -79,15 +80,33 @@ pub fn serve(
         };
         let svc =
             tonic::service::interceptor::InterceptedService::new(service(state, max_message_bytes), check);
-        let served = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .max_concurrent_streams(64)
             .concurrency_limit_per_connection(32)
             .timeout(std::time::Duration::from_secs(30))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop.await;
-            })
-            .await;
+            .add_service(svc);
+        let stop = async {
+            let _ = stop.await;
+        };
+        let served = match tls {
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            Some(tls) => {
+                let config = match tls.server_config(&[b"h2"]) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the gRPC server's TLS config");
+                        return;
+                    }
+                };
+                tokio::spawn(tls.watch());
+                router
+                    .serve_with_incoming_shutdown(crate::tls::incoming(listener, config), stop)
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "the gRPC server stopped");
         }

@@ -16,6 +16,7 @@
 //! - [`oip`], [`oip_http`], [`grpc`]: the Open Inference Protocol (KServe v2): its models, and
 //!   its HTTP and gRPC (tonic, Triton's `GRPCInferenceService`) bindings.
 //! - [`tenants`]: API keys of tenants with tiers, rate and concurrency limits.
+//! - [`tls`]: TLS for the HTTP and gRPC listeners, certificates reloaded when they change.
 //! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
 //! - [`status`]: the live status line.
 //!
@@ -32,6 +33,7 @@ pub mod service;
 pub mod status;
 pub mod telemetry;
 pub mod tenants;
+pub mod tls;
 
 /// The version stamped on every prediction.
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");

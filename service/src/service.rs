@@ -561,8 +561,19 @@ impl Service {
                 actix_web::App::new().configure(|c| crate::http::configure(c, state.clone(), limit))
             })
             .workers(1)
-            .disable_signals()
-            .bind(cfg.http.bind.as_str())
+            .disable_signals();
+            let server = if cfg.http.tls_cert_file.is_empty() {
+                server.bind(cfg.http.bind.as_str())
+            } else {
+                let tls =
+                    crate::tls::Reloading::load("http", &cfg.http.tls_cert_file, &cfg.http.tls_key_file)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                let sc = tls
+                    .server_config(&[b"http/1.1"])
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                self.tasks.push(actix_rt::spawn(tls.watch()));
+                server.bind_rustls_0_23(cfg.http.bind.as_str(), sc)
+            }
             .with_context(|| format!("binding the HTTP actor to {}", cfg.http.bind))?;
             http_addr = server.addrs().first().copied();
             let server = server.run();
@@ -588,10 +599,17 @@ impl Service {
             grpc_addr = listener.local_addr().ok();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let max = cfg.grpc.max_message_bytes;
+            let tls = match cfg.grpc.tls_cert_file.as_str() {
+                "" => None,
+                cert => Some(
+                    crate::tls::Reloading::load("grpc", cert, &cfg.grpc.tls_key_file)
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                ),
+            };
             // Its own thread and runtime: decoding requests never runs on the actors' thread.
             let thread = std::thread::Builder::new()
                 .name("grpc".into())
-                .spawn(move || crate::grpc::serve(listener, state, max, stopped))
+                .spawn(move || crate::grpc::serve(listener, state, max, tls, stopped))
                 .context("starting the gRPC thread")?;
             self.grpc = Some((stop, thread));
             tracing::info!(addr = ?grpc_addr, "grpc listening");

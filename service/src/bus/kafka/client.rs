@@ -123,12 +123,17 @@ mod tests {
     fn test_every_client_carries_the_security_properties() {
         let mut cfg = KafkaConfig::default();
         cfg.security.insert("security.protocol".into(), "SASL_SSL".into());
-        cfg.security.insert("sasl.mechanism".into(), "SCRAM-SHA-512".into());
+        cfg.security
+            .insert("sasl.mechanism".into(), "SCRAM-SHA-512".into());
         let c = base(&cfg);
         assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(c.get("bootstrap.servers"), Some(cfg.brokers.as_str()));
         cfg.security.insert("acks".into(), "0".into());
-        assert!(cfg.problems().iter().any(|p| p.contains("\"acks\" is not a security property")));
+        assert!(
+            cfg.problems()
+                .iter()
+                .any(|p| p.contains("\"acks\" is not a security property"))
+        );
     }
 }
