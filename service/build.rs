@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_build::Config::new().compile_fds(fds)?;
     // The Open Inference Protocol's gRPC service (Triton's GRPCInferenceService, a wire-exact
     // subset of its grpc_service.proto): server and client (the tests' client).
-    let fds = protox::compile(["inference/grpc_service.proto"], ["../proto"])?;
+    // With it, Augur's management service (the run-time config and the models).
+    let fds = protox::compile(
+        ["inference/grpc_service.proto", "augur/management.proto"],
+        ["../proto"],
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

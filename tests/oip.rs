@@ -673,6 +673,23 @@ fn test_tenants_see_their_tier_and_are_limited_over_http_and_grpc() {
     // enterprise and the operator: everything.
     assert_eq!(stacker("k-ent").0, 200);
     assert_eq!(stacker("operator").0, 200);
+    // Below enterprise, a tenant may not choose the ensemble rule (stacking runs the stacker).
+    let mut body = w(32);
+    body["parameters"] = json!({"method": "stacking"});
+    let (s, r) = post_json(
+        &addr,
+        "/v2/models/augur-ensemble/infer",
+        &body,
+        &[("Authorization", "Bearer k-pro")],
+    );
+    assert_eq!(s, 403, "{r}");
+    let (s, r) = post_json(
+        &addr,
+        "/v2/models/augur-ensemble/infer",
+        &body,
+        &[("Authorization", "bearer  k-ent")],
+    );
+    assert_eq!(s, 200, "enterprise, and the scheme in any case: {r}");
     // A tenant may not load or unload.
     let (s, _) = common::http(
         &addr,
@@ -785,6 +802,97 @@ fn test_tenants_see_their_tier_and_are_limited_over_http_and_grpc() {
         "{m}"
     );
     assert!(line("augur_auth_refused_total", &["revoked"]) >= 3.0, "{m}");
+    drop(rt);
+    svc.stop();
+}
+
+/// The management service on the gRPC port: the config read and patched (all or nothing, every
+/// problem listed), the models listed and taken out of serving; the operator's token only.
+#[test]
+fn test_grpc_management_reads_and_patches_the_config_and_lists_the_models() {
+    use augur_service::grpc::mgmt;
+    use augur_service::grpc::mgmt::management_client::ManagementClient;
+    let svc = start("op-token");
+    let addr = format!("http://{}", svc.ready.grpc.unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = ManagementClient::connect(addr).await.unwrap();
+        fn authed<T>(m: T) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(m);
+            r.metadata_mut()
+                .insert("authorization", "Bearer op-token".parse().unwrap());
+            r
+        }
+        let e = c.get_config(mgmt::GetConfigRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let cfg: Value = serde_json::from_str(
+            &c.get_config(authed(mgmt::GetConfigRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .config_json,
+        )
+        .unwrap();
+        assert_eq!(cfg["http"]["token"], "***", "the token is masked");
+        assert_eq!(cfg["aggregator"]["method"], "weighted_mean");
+        let patched = c
+            .patch_config(authed(mgmt::PatchConfigRequest {
+                patch_json: json!({"aggregator": {"method": "majority"}}).to_string(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let v: Value = serde_json::from_str(&patched.config_json).unwrap();
+        assert_eq!(v["aggregator"]["method"], "majority");
+        // The HTTP API sees the same config.
+        let (_, shown) = common::get_json(&svc.http(), "/api/v1/config");
+        assert_eq!(shown["aggregator"]["method"], "majority");
+        let e = c
+            .patch_config(authed(mgmt::PatchConfigRequest {
+                patch_json: json!({"breaker": {"failure_rate": 7.0}, "models": {"enabled": {"nope": true}}})
+                    .to_string(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("failure_rate") && e.message().contains("nope"),
+            "{}",
+            e.message()
+        );
+        let models = c
+            .list_models(authed(mgmt::ListModelsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .models;
+        let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["lstm-direction", "cnn-pattern", "xgb-direction", "ensemble-meta"]
+        );
+        assert!(
+            models
+                .iter()
+                .all(|m| m.state == "ready" && m.circuit == "closed" && m.serving)
+        );
+        c.set_serving(authed(mgmt::SetServingRequest {
+            model: "cnn-pattern".into(),
+            serving: false,
+        }))
+        .await
+        .unwrap();
+        let models = c
+            .list_models(authed(mgmt::ListModelsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .models;
+        assert!(!models[1].serving);
+    });
     drop(rt);
     svc.stop();
 }

@@ -428,7 +428,11 @@ fn test_a_missing_or_mismatched_certificate_fails_at_start_up() {
     cfg.http.tls_key_file = dir.path().join("other.key").display().to_string();
     cfg.grpc.tls_cert_file = dir.path().join("nope.pem").display().to_string();
     let errs = cfg.problems();
-    assert!(errs.iter().any(|e| e.starts_with("http TLS") && e.contains("KeyMismatch")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("http TLS") && e.contains("KeyMismatch")),
+        "{errs:?}"
+    );
     assert!(
         errs.iter()
             .any(|e| e.contains("grpc.tls_cert_file and grpc.tls_key_file go together")),

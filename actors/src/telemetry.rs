@@ -65,6 +65,15 @@ pub const PROCESS_CPU_RATIO: &str = "augur_process_cpu_usage_ratio";
 pub const UPTIME_SECONDS: &str = "augur_uptime_seconds";
 pub const CONFIG_CHANGES: &str = "augur_config_changes_total";
 pub const STATE_ENTRIES: &str = "augur_state_entries";
+/// Open Inference Protocol calls of tenants, by tenant and outcome (`ok`, `rate_limited`,
+/// `busy`, `model_refused`, `output_refused`).
+pub const TENANT_CALLS: &str = "augur_tenant_calls_total";
+/// Calls refused before a tenant was known, by reason (`missing`, `unknown`, `revoked`).
+pub const AUTH_REFUSED: &str = "augur_auth_refused_total";
+/// Reloads of the keys file, by result (`ok`, `error`).
+pub const KEYS_RELOADS: &str = "augur_keys_reloads_total";
+/// Reloads of a listener's TLS certificate, by listener and result (`ok`, `error`).
+pub const TLS_RELOADS: &str = "augur_tls_reloads_total";
 
 /// Registers the descriptions with whatever recorder is installed.
 pub fn describe() {
@@ -274,6 +283,16 @@ pub fn describe() {
     describe_counter!(
         CONFIG_CHANGES,
         "Runtime configuration changes applied through the HTTP API"
+    );
+    describe_counter!(
+        TENANT_CALLS,
+        "Open Inference Protocol calls of tenants, by tenant and outcome"
+    );
+    describe_counter!(AUTH_REFUSED, "Calls refused before a tenant was known, by reason");
+    describe_counter!(KEYS_RELOADS, "Reloads of the API keys file, by result");
+    describe_counter!(
+        TLS_RELOADS,
+        "Reloads of a listener's TLS certificate, by listener and result"
     );
 }
 

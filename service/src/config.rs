@@ -492,6 +492,13 @@ impl Config {
         if self.access.reload_ms < 100 {
             p.push("access.reload_ms must be at least 100".into());
         }
+        if !self.access.keys_file.is_empty() && self.http.token.is_empty() {
+            p.push(
+                "access.keys_file needs http.token: without the operator's token, /api/v1/predict and \
+                 PATCH /api/v1/config would be open to anyone while the tenants are limited"
+                    .into(),
+            );
+        }
         if !self.access.keys_file.is_empty()
             && let Err(errs) = crate::tenants::Access::load(std::path::Path::new(&self.access.keys_file))
         {

@@ -23,6 +23,12 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/inference.rs"));
 }
 
+/// Augur's management service (`proto/augur/management.proto`): messages, server and client.
+pub mod mgmt {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/augur.management.v1.rs"));
+}
+
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use pb::infer_parameter::ParameterChoice;
 
@@ -71,20 +77,26 @@ pub fn serve(
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|g| g.strip_prefix("Bearer "));
+                .and_then(crate::tenants::bearer);
             // Without a key the method decides (metadata and health need none).
             if given.is_some() {
                 early.caller(given).map_err(|r| status(OipError::Refused(r)))?;
             }
             Ok(req)
         };
+        let management = mgmt::management_server::ManagementServer::new(Management { state: state.clone() })
+            .max_decoding_message_size(1 << 20);
+        let management = tonic::service::interceptor::InterceptedService::new(management, check.clone());
         let svc =
             tonic::service::interceptor::InterceptedService::new(service(state, max_message_bytes), check);
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(64)
             .concurrency_limit_per_connection(32)
             .timeout(std::time::Duration::from_secs(30))
-            .add_service(svc);
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .add_service(svc)
+            .add_service(management);
         let stop = async {
             let _ = stop.await;
         };
@@ -145,7 +157,7 @@ impl Inference {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|g| g.strip_prefix("Bearer "));
+            .and_then(crate::tenants::bearer);
         self.state.caller(given).map_err(|r| status(OipError::Refused(r)))
     }
 }
@@ -421,5 +433,128 @@ impl GrpcInferenceService for Inference {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// Augur's management service: the config and the models, for the operator.
+pub struct Management {
+    state: AppState,
+}
+
+impl Management {
+    /// The operator only (its token, or anyone when none is set and there are no keys).
+    fn operator<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::tenants::bearer);
+        match self.state.caller(given) {
+            Ok(crate::tenants::Caller::Tenant(t)) => Err(Status::permission_denied(format!(
+                "tenant {}: management is the operator's (the [http].token)",
+                t.name
+            ))),
+            Ok(_) => Ok(()),
+            Err(r) => Err(status(OipError::Refused(r))),
+        }
+    }
+
+    fn config_json(&self) -> Result<String, Status> {
+        let c = self
+            .state
+            .config
+            .read()
+            .map_err(|_| Status::internal("config lock poisoned"))?
+            .clone();
+        crate::http::masked(&c)
+            .map(|v| v.to_string())
+            .map_err(Status::internal)
+    }
+}
+
+#[tonic::async_trait]
+impl mgmt::management_server::Management for Management {
+    async fn get_config(
+        &self,
+        r: Request<mgmt::GetConfigRequest>,
+    ) -> Result<Response<mgmt::ConfigReply>, Status> {
+        self.operator(&r)?;
+        Ok(Response::new(mgmt::ConfigReply {
+            config_json: self.config_json()?,
+        }))
+    }
+
+    async fn patch_config(
+        &self,
+        r: Request<mgmt::PatchConfigRequest>,
+    ) -> Result<Response<mgmt::ConfigReply>, Status> {
+        self.operator(&r)?;
+        let patch = r.into_inner().patch_json;
+        match crate::http::apply_patch(&self.state, patch.as_bytes()).await {
+            Ok(_) => Ok(Response::new(mgmt::ConfigReply {
+                config_json: self.config_json()?,
+            })),
+            Err((code, errs)) if code.is_client_error() => Err(invalid(errs.join("; "))),
+            Err((_, errs)) => Err(Status::internal(errs.join("; "))),
+        }
+    }
+
+    async fn list_models(
+        &self,
+        r: Request<mgmt::ListModelsRequest>,
+    ) -> Result<Response<mgmt::ListModelsReply>, Status> {
+        self.operator(&r)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let models = self
+            .state
+            .pipeline
+            .all_gates()
+            .map(|g| {
+                let e = g.executor();
+                let state = if e.is_down() {
+                    "down"
+                } else if e.is_ready() {
+                    "ready"
+                } else {
+                    "loading"
+                };
+                mgmt::ModelStatus {
+                    id: g.info.id.to_string(),
+                    version: g.info.version.to_string(),
+                    family: g.info.family.to_string(),
+                    kind: g.info.kind.to_string(),
+                    state: state.into(),
+                    circuit: match g.state() {
+                        augur_actors::breaker::CircuitState::Closed => "closed",
+                        augur_actors::breaker::CircuitState::Open => "open",
+                        augur_actors::breaker::CircuitState::HalfOpen => "half_open",
+                        augur_actors::breaker::CircuitState::Faulted => "faulted",
+                    }
+                    .into(),
+                    serving: g.enabled.load(Relaxed),
+                    calls: g.calls.load(Relaxed),
+                    failures: g.failures.load(Relaxed),
+                    restarts: g.restarts.load(Relaxed),
+                }
+            })
+            .collect();
+        Ok(Response::new(mgmt::ListModelsReply { models }))
+    }
+
+    async fn set_serving(
+        &self,
+        r: Request<mgmt::SetServingRequest>,
+    ) -> Result<Response<mgmt::SetServingReply>, Status> {
+        self.operator(&r)?;
+        let r = r.into_inner();
+        oip::set_loaded(
+            &self.state,
+            &crate::tenants::Caller::Operator,
+            &r.model,
+            r.serving,
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(mgmt::SetServingReply {}))
     }
 }

@@ -575,15 +575,10 @@ async fn health(s: web::Data<AppState>) -> HttpResponse {
 
 /// The config as shown: the token masked, and the credentials of every URL
 /// (`scheme://user:pass@host` -> `scheme://***@host`).
-fn masked(c: &Config) -> Result<Value, String> {
+pub(crate) fn masked(c: &Config) -> Result<Value, String> {
     let mut v = serde_json::to_value(c).map_err(|e| format!("showing the config: {e}"))?;
     mask_url_credentials(&mut v);
-    for at in [
-        "/http/token",
-        "/nats/password",
-        "/nats/token",
-        "/jetstream/password",
-    ] {
+    for at in ["/http/token", "/nats/password", "/nats/token"] {
         if let Some(tok) = v.pointer_mut(at)
             && tok.as_str().is_some_and(|s| !s.is_empty())
         {
@@ -927,35 +922,45 @@ async fn patch_config(
             vec![format!("content-type {media:?}: send application/json")],
         );
     }
-    let body: Value = match serde_json::from_slice(&body) {
+    match apply_patch(&s, &body).await {
+        Ok(next) => config_response(&next),
+        Err((status, errs)) => problems(status, errs),
+    }
+}
+
+/// Validates a config patch (a JSON object) as a whole and applies it: the effective config,
+/// or the status and every problem. Shared by `PATCH /api/v1/config` and the gRPC management
+/// service.
+pub(crate) async fn apply_patch(s: &AppState, body: &[u8]) -> Result<Config, (StatusCode, Vec<String>)> {
+    let body: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return problems(StatusCode::BAD_REQUEST, vec![format!("invalid JSON body: {e}")]),
+        Err(e) => return Err((StatusCode::BAD_REQUEST, vec![format!("invalid JSON body: {e}")])),
     };
     // serde reads a struct from an array of its fields too (`[]` would be an empty patch): only
     // objects are taken. (`aggregator`, `breaker` and `executor` are merged as objects below.)
     if !body.is_object() {
-        return problems(
+        return Err((
             StatusCode::BAD_REQUEST,
             vec!["the body must be a JSON object".into()],
-        );
+        ));
     }
     if body
         .get("models")
         .is_some_and(|m| !(m.is_object() || m.is_null()))
     {
-        return problems(StatusCode::BAD_REQUEST, vec!["models must be an object".into()]);
+        return Err((StatusCode::BAD_REQUEST, vec!["models must be an object".into()]));
     }
     let patch: ConfigPatch = match serde_json::from_value(body) {
         Ok(p) => p,
-        Err(e) => return problems(StatusCode::BAD_REQUEST, vec![e.to_string()]),
+        Err(e) => return Err((StatusCode::BAD_REQUEST, vec![e.to_string()])),
     };
     let current = match s.config.read() {
         Ok(c) => c.clone(),
         Err(_) => {
-            return problems(
+            return Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
                 vec!["config lock poisoned".into()],
-            );
+            ));
         }
     };
     let mut next = current.clone();
@@ -1001,7 +1006,7 @@ async fn patch_config(
     }
     errs.extend(next.runtime_problems());
     if !errs.is_empty() {
-        return problems(StatusCode::BAD_REQUEST, errs);
+        return Err((StatusCode::BAD_REQUEST, errs));
     }
     // Valid as a whole: apply everything.
     let p = &s.pipeline;
@@ -1027,7 +1032,7 @@ async fn patch_config(
         what: &format!("{patch:?}"),
     }
     .emit();
-    config_response(&next)
+    Ok(next)
 }
 
 /// JSON body of /api/v1/predict: windows of feature vectors, oldest first, each at least as

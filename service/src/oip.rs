@@ -842,16 +842,20 @@ pub async fn infer(
             )));
         }
     }
+    let members: Vec<&str> = s.pipeline.gates.iter().map(|g| &*g.info.id).collect();
     caller
-        .check_outputs(req.outputs.as_deref())
+        .check_outputs(req.outputs.as_deref(), &members)
         .map_err(OipError::Refused)?;
-    let _permit = caller.admit(name, t.kind()).map_err(OipError::Refused)?;
-    readiness(s, &t).map_err(OipError::Unavailable)?;
+    caller
+        .check_method(req.method.as_deref())
+        .map_err(OipError::Refused)?;
     let rows = req
         .inputs
         .first()
         .and_then(|i| i.shape.first())
         .map_or(1, |&n| n.clamp(1, MAX_ROWS as i64) as usize);
+    let _permit = caller.admit(name, t.kind(), rows).map_err(OipError::Refused)?;
+    readiness(s, &t).map_err(OipError::Unavailable)?;
     let _rows = s.oip.take_rows(rows)?;
     let started = Instant::now();
     let result = run(s, &t, &req).await;
@@ -862,7 +866,7 @@ pub async fn infer(
             if let Some(wanted) = &req.outputs {
                 outputs.retain(|o| wanted.iter().any(|w| w == o.name));
             }
-            if let Some(allowed) = caller.outputs() {
+            if let Some(allowed) = caller.outputs(&members) {
                 outputs.retain(|o| allowed.contains(&o.name));
             }
             Ok(InferResponse {

@@ -84,7 +84,7 @@ fn caller(req: &HttpRequest, s: &AppState) -> Result<crate::tenants::Caller, Box
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|g| g.strip_prefix("Bearer "));
+        .and_then(crate::tenants::bearer);
     s.caller(given)
         .map_err(|r| Box::new(error(&OipError::Refused(r))))
 }

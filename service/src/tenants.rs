@@ -37,13 +37,7 @@ use std::time::{Instant, SystemTime};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// Metric: calls by tenant and outcome (`ok`, `rate_limited`, `busy`, `model_refused`,
-/// `output_refused`).
-pub const TENANT_CALLS: &str = "augur_tenant_calls_total";
-/// Metric: calls refused before a tenant was known, by reason (`missing`, `unknown`, `revoked`).
-pub const AUTH_REFUSED: &str = "augur_auth_refused_total";
-/// Metric: reloads of the keys file by result (`ok`, `error`).
-pub const KEYS_RELOADS: &str = "augur_keys_reloads_total";
+pub use augur_actors::telemetry::{AUTH_REFUSED, KEYS_RELOADS, TENANT_CALLS};
 /// Tenants in one file at most (the `tenant` label stays bounded).
 pub const MAX_TENANTS: usize = 1000;
 
@@ -111,6 +105,13 @@ pub struct Tenant {
     rate_per_s: f64,
     burst: f64,
     max_concurrency: u32,
+    /// The bucket and the calls in progress: kept by name across reloads of the file, so an
+    /// edit neither refills the buckets nor forgets the calls in progress.
+    limits: Arc<Limits>,
+}
+
+#[derive(Debug)]
+struct Limits {
     bucket: Mutex<Bucket>,
     in_flight: AtomicU32,
 }
@@ -171,7 +172,7 @@ pub struct Permit(Option<Arc<Tenant>>);
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(t) = self.0.take() {
-            t.in_flight.fetch_sub(1, Ordering::AcqRel);
+            t.limits.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -181,8 +182,9 @@ fn count(tenant: &str, outcome: &'static str) {
 }
 
 impl Caller {
-    /// May this caller call `model`? Takes a rate token and a concurrency slot for a tenant.
-    pub fn admit(&self, model: &str, kind: ModelKind) -> Result<Permit, Refusal> {
+    /// May this caller call `model` with `rows` rows? Takes a concurrency slot and `rows` rate
+    /// tokens (a row is a prediction) for a tenant.
+    pub fn admit(&self, model: &str, kind: ModelKind, rows: usize) -> Result<Permit, Refusal> {
         let Caller::Tenant(t) = self else {
             return Ok(Permit(None));
         };
@@ -201,7 +203,7 @@ impl Caller {
             )));
         }
         // The slot first: a call refused as busy spends no rate token.
-        let before = t.in_flight.fetch_add(1, Ordering::AcqRel);
+        let before = t.limits.in_flight.fetch_add(1, Ordering::AcqRel);
         let permit = Permit(Some(t.clone()));
         if before >= t.max_concurrency {
             count(&t.name, "busy");
@@ -210,34 +212,66 @@ impl Caller {
                 t.name, t.max_concurrency
             )));
         }
-        if let Ok(mut b) = t.bucket.lock() {
+        let rows = rows.max(1) as f64;
+        if rows > t.burst {
+            count(&t.name, "rate_limited");
+            return Err(Refusal::RateLimited(format!(
+                "tenant {}: {rows} rows in one call, its burst is {}: send fewer rows per call",
+                t.name, t.burst
+            )));
+        }
+        if let Ok(mut b) = t.limits.bucket.lock() {
             let now = Instant::now();
             b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * t.rate_per_s).min(t.burst);
             b.last = now;
-            if b.tokens < 1.0 {
+            if b.tokens < rows {
                 count(&t.name, "rate_limited");
                 return Err(Refusal::RateLimited(format!(
-                    "tenant {} is over its rate of {} calls/s",
+                    "tenant {} is over its rate of {} rows/s",
                     t.name, t.rate_per_s
                 )));
             }
-            b.tokens -= 1.0;
+            b.tokens -= rows;
         }
         count(&t.name, "ok");
         Ok(permit)
     }
 
-    /// The outputs this caller may see, `None` for all.
-    pub fn outputs(&self) -> Option<&'static [&'static str]> {
+    /// The outputs this caller may see, `None` for all: a free tenant sees the direction; a
+    /// tenant whose model list leaves out a member does not see the members' outputs.
+    pub fn outputs(&self, members: &[&str]) -> Option<&'static [&'static str]> {
         match self {
             Caller::Tenant(t) if t.tier == Tier::Free => Some(&["direction"]),
+            Caller::Tenant(t)
+                if t.models
+                    .as_ref()
+                    .is_some_and(|m| members.iter().any(|x| !m.iter().any(|y| y == x))) =>
+            {
+                Some(&["probabilities", "direction"])
+            }
             _ => None,
         }
     }
 
+    /// Only the operator and enterprise tenants choose the ensemble rule (`method`): stacking
+    /// runs the stacker, which the lower tiers may not call.
+    pub fn check_method(&self, method: Option<&str>) -> Result<(), Refusal> {
+        match (self, method) {
+            (Caller::Tenant(t), Some(m)) if t.tier != Tier::Enterprise => {
+                count(&t.name, "model_refused");
+                Err(Refusal::Model(format!(
+                    "tenant {} ({} tier) may not choose the ensemble method ({m:?}): the service's applies",
+                    t.name,
+                    t.tier.as_str()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses outputs asked for by name that the tier does not allow.
-    pub fn check_outputs(&self, wanted: Option<&[String]>) -> Result<(), Refusal> {
-        let (Some(allowed), Some(wanted), Caller::Tenant(t)) = (self.outputs(), wanted, self) else {
+    pub fn check_outputs(&self, wanted: Option<&[String]>, members: &[&str]) -> Result<(), Refusal> {
+        let (Some(allowed), Some(wanted), Caller::Tenant(t)) = (self.outputs(members), wanted, self) else {
             return Ok(());
         };
         let refused: Vec<&String> = wanted.iter().filter(|w| !allowed.contains(&w.as_str())).collect();
@@ -295,8 +329,13 @@ fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Reads and checks a keys file: every problem, not only the first.
-fn read(path: &Path) -> Result<Loaded, Vec<String>> {
+/// Reads and checks a keys file: every problem, not only the first. A tenant of `previous`
+/// keeps its bucket and its calls in progress.
+fn read(path: &Path, previous: Option<&Loaded>) -> Result<Loaded, Vec<String>> {
+    let mut kept: HashMap<&str, Arc<Limits>> = HashMap::new();
+    for t in previous.into_iter().flat_map(|p| p.by_hash.values()) {
+        kept.insert(t.name.as_str(), t.limits.clone());
+    }
     let text =
         std::fs::read_to_string(path).map_err(|e| vec![format!("keys file {}: {e}", path.display())])?;
     let file: KeysFile =
@@ -348,11 +387,15 @@ fn read(path: &Path) -> Result<Loaded, Vec<String>> {
             rate_per_s: t.rate_per_s,
             burst,
             max_concurrency: t.max_concurrency,
-            bucket: Mutex::new(Bucket {
-                tokens: burst,
-                last: Instant::now(),
+            limits: kept.get(t.name.as_str()).cloned().unwrap_or_else(|| {
+                Arc::new(Limits {
+                    bucket: Mutex::new(Bucket {
+                        tokens: burst,
+                        last: Instant::now(),
+                    }),
+                    in_flight: AtomicU32::new(0),
+                })
             }),
-            in_flight: AtomicU32::new(0),
         });
         for k in &t.keys {
             match parse_hash(k) {
@@ -374,7 +417,7 @@ impl Access {
     /// Reads the file at start-up: every problem, or the keys.
     pub fn load(path: &Path) -> Result<Access, Vec<String>> {
         let stamp = stamp_of(path);
-        let loaded = read(path)?;
+        let loaded = read(path, None)?;
         Ok(Access {
             path: path.to_path_buf(),
             loaded: RwLock::new(loaded),
@@ -393,7 +436,22 @@ impl Access {
             return false;
         }
         *last = now;
-        match read(&self.path) {
+        let read = match self.loaded.read() {
+            Ok(before) => read(&self.path, Some(&before)).and_then(|l| {
+                // A file caught in the middle of a rewrite (truncated, then written) reads as no
+                // tenants at all: not taken; the next change is read again.
+                if l.by_hash.is_empty() && !before.by_hash.is_empty() {
+                    Err(vec![
+                        "no tenants in it (caught mid-write?): write the file by renaming a complete one"
+                            .into(),
+                    ])
+                } else {
+                    Ok(l)
+                }
+            }),
+            Err(_) => Err(vec!["the keys lock is poisoned".into()]),
+        };
+        match read {
             Ok(l) => {
                 let tenants = l
                     .by_hash
@@ -425,6 +483,16 @@ impl Access {
         }
         g.by_hash.get(&h).cloned().ok_or(Refusal::Unknown)
     }
+}
+
+/// The credentials of an `Authorization` value: `Bearer <value>`, the scheme in any case
+/// (RFC 7235), spaces around the value ignored.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, value) = header.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| value.trim())
+        .filter(|v| !v.is_empty())
 }
 
 /// Who is calling, from the bearer value given (if any): the operator's token, a tenant's
@@ -487,7 +555,7 @@ mod tests {
     #[test]
     fn test_tiers_rates_and_concurrency() {
         let text = format!(
-            "revoked = [\"{}\"]\n[[tenant]]\nname = \"f\"\ntier = \"free\"\nrate_per_s = 0.001\nburst = 2\nmax_concurrency = 1\nkeys = [\"{}\"]\n",
+            "revoked = [\"{}\"]\n[[tenant]]\nname = \"f\"\ntier = \"free\"\nrate_per_s = 0.001\nburst = 3\nmax_concurrency = 1\nkeys = [\"{}\"]\n",
             hash_line("old"),
             hash_line("k-free")
         );
@@ -505,24 +573,57 @@ mod tests {
         ));
         let c = caller(Some(&a), Some("op"), Some("k-free")).unwrap();
         assert!(matches!(
-            c.admit("lstm-direction", ModelKind::Member),
+            c.admit("lstm-direction", ModelKind::Member, 1),
             Err(Refusal::Model(_))
         ));
-        let first = c.admit("augur-ensemble", ModelKind::Ensemble).unwrap();
+        assert!(
+            matches!(
+                c.admit("augur-ensemble", ModelKind::Ensemble, 4),
+                Err(Refusal::RateLimited(_))
+            ),
+            "rows over the burst"
+        );
+        let first = c.admit("augur-ensemble", ModelKind::Ensemble, 1).unwrap();
         assert!(matches!(
-            c.admit("augur-ensemble", ModelKind::Ensemble),
+            c.admit("augur-ensemble", ModelKind::Ensemble, 1),
             Err(Refusal::Busy(_))
         ));
         drop(first);
-        c.admit("augur-ensemble", ModelKind::Ensemble).unwrap();
-        // Burst 2 spent, the refill is one per 1000 s.
+        // A reload keeps the calls in progress (the held call still counts) and the bucket.
+        let held = c.admit("augur-ensemble", ModelKind::Ensemble, 1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, text.replace("rate_per_s = 0.001", "rate_per_s = 0.0011")).unwrap();
+        assert!(a.reload_if_changed());
+        let c2 = caller(Some(&a), None, Some("k-free")).unwrap();
         assert!(matches!(
-            c.admit("augur-ensemble", ModelKind::Ensemble),
+            c2.admit("augur-ensemble", ModelKind::Ensemble, 1),
+            Err(Refusal::Busy(_))
+        ));
+        drop(held);
+        let _third = c2.admit("augur-ensemble", ModelKind::Ensemble, 1).unwrap();
+        // Burst 3 spent across the reload, the refill one per 1000 s.
+        drop(_third);
+        assert!(matches!(
+            c2.admit("augur-ensemble", ModelKind::Ensemble, 1),
             Err(Refusal::RateLimited(_))
         ));
-        assert!(c.check_outputs(Some(&["probabilities".to_string()])).is_err());
-        assert!(c.check_outputs(Some(&["direction".to_string()])).is_ok());
-        assert!(c.check_outputs(None).is_ok());
+        assert!(
+            c.check_outputs(Some(&["probabilities".to_string()]), &[])
+                .is_err()
+        );
+        assert!(c.check_outputs(Some(&["direction".to_string()]), &[]).is_ok());
+        assert!(c.check_outputs(None, &[]).is_ok());
+        assert!(c.check_method(Some("stacking")).is_err());
+        assert!(c.check_method(None).is_ok());
+        // A file caught mid-write (empty) is not taken.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, "").unwrap();
+        assert!(!a.reload_if_changed());
+        assert!(caller(Some(&a), None, Some("k-free")).is_ok());
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("BEARER abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
         assert!(matches!(caller(None, None, None).unwrap(), Caller::Open));
         assert_eq!(caller(None, Some("op"), Some("x")).unwrap_err(), Refusal::Unknown);
     }

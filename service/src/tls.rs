@@ -16,8 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
-/// Metric: certificate reloads by listener and result (`ok`, `error`).
-pub const TLS_RELOADS: &str = "augur_tls_reloads_total";
+pub use augur_actors::telemetry::TLS_RELOADS;
 
 type Stamp = Option<(SystemTime, u64, SystemTime, u64)>;
 
@@ -173,31 +172,43 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// Handshakes in progress at most; a connection beyond it is closed at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
 /// TLS connections accepted on `listener`: each handshake in a task of its own (a slow or
-/// silent client holds up no other), at most 10 s; failed handshakes are logged at debug.
+/// silent client holds up no other), at most 3 s and [`MAX_HANDSHAKES`] at once; failed
+/// handshakes are logged at debug. The listener closes when the server stops taking them.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
 ) -> impl futures::Stream<Item = Result<TlsConn, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tx.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
+                    // Out of descriptors, most likely: wait instead of spinning (and logging).
                     tracing::warn!(error = %e, "gRPC accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
+            let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "gRPC TLS: too many handshakes in progress, connection closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
-            if tx.is_closed() {
-                break;
-            }
             let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let _slot = slot;
+                match tokio::time::timeout(Duration::from_secs(3), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => {
                         let _ = conn_tx.send(Ok(TlsConn(s))).await;
                     }

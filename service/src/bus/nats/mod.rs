@@ -64,7 +64,9 @@ pub async fn connect_client(
             auth.tls_key_file.clone().into(),
         );
     }
-    if auth.tls_required {
+    // A CA or a client certificate means TLS: never a silent plaintext fallback (a server, or
+    // someone on the path, that does not offer TLS is refused).
+    if auth.tls_required || !auth.tls_ca_file.is_empty() || !auth.tls_cert_file.is_empty() {
         o = o.require_tls(true);
     }
     o.name(name)
