@@ -516,6 +516,20 @@ impl Service {
         })
     }
 
+    /// What the HTTP actor and the gRPC server share.
+    fn app_state(&self, config: &Arc<std::sync::RwLock<Config>>) -> crate::http::AppState {
+        crate::http::AppState {
+            pipeline: self.pipeline.clone(),
+            config: config.clone(),
+            metrics: self.metrics.clone(),
+            started: self.started,
+            buses: self.health.clone(),
+            stopping: self.stopping.clone(),
+            oip: self.oip.clone(),
+            access: self.access.clone(),
+        }
+    }
+
     /// Starts every transport's intake, telemetry and the HTTP actor; the service is ready.
     pub async fn start(&mut self, status_every: Option<Duration>) -> anyhow::Result<Ready> {
         let cfg = &self.cfg;
@@ -546,16 +560,7 @@ impl Service {
         let shared_config = Arc::new(std::sync::RwLock::new(cfg.clone()));
         let mut http_addr = None;
         if cfg.http.enabled {
-            let state = crate::http::AppState {
-                pipeline: self.pipeline.clone(),
-                config: shared_config.clone(),
-                metrics: self.metrics.clone(),
-                started: self.started,
-                buses: self.health.clone(),
-                stopping: self.stopping.clone(),
-                oip: self.oip.clone(),
-                access: self.access.clone(),
-            };
+            let state = self.app_state(&shared_config);
             let limit = cfg.http.max_body_bytes;
             let server = actix_web::HttpServer::new(move || {
                 actix_web::App::new().configure(|c| crate::http::configure(c, state.clone(), limit))
@@ -583,16 +588,7 @@ impl Service {
         }
         let mut grpc_addr = None;
         if cfg.grpc.enabled {
-            let state = crate::http::AppState {
-                pipeline: self.pipeline.clone(),
-                config: shared_config.clone(),
-                metrics: self.metrics.clone(),
-                started: self.started,
-                buses: self.health.clone(),
-                stopping: self.stopping.clone(),
-                oip: self.oip.clone(),
-                access: self.access.clone(),
-            };
+            let state = self.app_state(&shared_config);
             let listener = std::net::TcpListener::bind(cfg.grpc.bind.as_str())
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .with_context(|| format!("binding the gRPC server to {}", cfg.grpc.bind))?;
