@@ -388,10 +388,6 @@ fn run(
         rows.clear();
         let mut accepted: Vec<Job> = Vec::with_capacity(jobs.len());
         for job in jobs.drain(..) {
-            // Its caller gave up (a request cancelled or timed out): no forward pass for nobody.
-            if job.reply.is_closed() {
-                continue;
-            }
             match backend.prepare_into(&job.raw, &mut rows) {
                 Ok(()) => accepted.push(job),
                 Err(RowRejected(code)) => {
