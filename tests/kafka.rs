@@ -238,7 +238,20 @@ fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_dupl
     {
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Which transport brought what, and the consumer's state, for a failure's message: a
+    // clean-clone CI run once saw one transport's 10,000 copies never arrive.
+    let (_, metrics) = common::http(&svc.http(), "GET", "/metrics", &[], b"");
+    let seen: Vec<String> = String::from_utf8_lossy(&metrics)
+        .lines()
+        .filter(|l| {
+            l.starts_with("augur_features_received_total")
+                || l.starts_with("augur_kafka_")
+                || l.starts_with("augur_bus_connected")
+        })
+        .map(str::to_string)
+        .collect();
     let report = svc.stop();
+    println!("{}", seen.join("\n"));
     println!(
         "report: {report:?}; nats {} kafka {} expected {}",
         from_nats.len(),
@@ -262,8 +275,9 @@ fn test_both_transports_on_give_one_prediction_per_vector_on_each_and_count_dupl
     // redeliver a few more (at-least-once), which are dropped the same way.
     assert!(
         report.duplicates >= n as u64,
-        "every vector arrived twice; the second copy was dropped: {} of {n}",
-        report.duplicates
+        "every vector arrived twice; the second copy was dropped: {} of {n}\n{}",
+        report.duplicates,
+        seen.join("\n")
     );
     let _ = produce_lat;
 }
