@@ -264,6 +264,40 @@ fn feed(
     })
 }
 
+/// How the input log holds each stream, for a failure's reader: vectors repeated, and
+/// vectors after a later one of their stream (the service drops those as stale sequences).
+fn input_order(brokers: &str) -> String {
+    let msgs = rt().block_on(read_topic(brokers, INPUT, Duration::from_secs(5), |_| false));
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    let mut seen: HashSet<(String, String, u64)> = HashSet::new();
+    let (mut repeated, mut behind) = (Vec::new(), Vec::new());
+    let mut msgs: Vec<_> = msgs
+        .iter()
+        .map(|m| (m.partition(), m.offset(), m.payload().unwrap_or_default()))
+        .collect();
+    msgs.sort();
+    for (p, o, payload) in msgs {
+        let Ok(batch) = pb::FeatureVectorBatch::decode(payload) else {
+            continue;
+        };
+        for v in batch.vectors {
+            let stream = (v.symbol.clone(), v.timeframe.clone());
+            if !seen.insert((v.symbol.clone(), v.timeframe.clone(), v.sequence)) {
+                repeated.push((p, o, v.symbol.clone(), v.sequence));
+            } else if last.get(&stream).is_some_and(|l| *l > v.sequence) {
+                behind.push((p, o, v.symbol.clone(), v.sequence));
+            }
+            let l = last.entry(stream).or_default();
+            *l = (*l).max(v.sequence);
+        }
+    }
+    format!(
+        "input log: {} vectors; repeated (partition, offset, symbol, sequence): {repeated:?}; \
+         behind a later one of their stream: {behind:?}",
+        seen.len()
+    )
+}
+
 /// Reads the output until every expected prediction is there (or the timeout), then the DLQ.
 fn collect(brokers: &str, ledger: &Ledger, timeout: Duration) -> (Vec<OwnedMessage>, Vec<OwnedMessage>) {
     let expected = expected_keys(&ledger.inputs);
@@ -505,6 +539,7 @@ fn fault_connection_to_the_broker_cut_then_half_open() {
     let (out, dlq) = final_read(&proxy.addr());
     let v = judge("broker link: latency, cut, half-open", &ledger, &out, &dlq, 80);
     if !v.pass() {
+        println!("{}", input_order(&proxy.addr()));
         // What the consumer went through (rebalances, commits), for the failure's reader.
         for l in log.try_iter() {
             println!("service: {l}");

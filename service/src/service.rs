@@ -430,6 +430,10 @@ pub struct ServeReport {
     pub predictions: u64,
     /// Vectors dropped as already seen (the other transport, or redelivery).
     pub duplicates: u64,
+    /// Vectors dropped as older than their stream's last (a producer that reordered them).
+    pub stale_sequences: u64,
+    /// Sequences a stream skipped (never seen before a later one).
+    pub sequence_gaps: u64,
     pub drained: bool,
     /// Events still in flight when the shutdown budget ran out (0 when drained).
     pub abandoned: u64,
@@ -729,6 +733,8 @@ impl Service {
             vectors_in: PipelineStats::get(&stats.vectors_in),
             predictions: PipelineStats::get(&stats.predictions),
             duplicates: PipelineStats::get(&stats.duplicates),
+            stale_sequences: PipelineStats::get(&stats.stale_sequence),
+            sequence_gaps: PipelineStats::get(&stats.sequence_gaps),
             drained,
             abandoned: self.abandoned,
         };
@@ -736,6 +742,8 @@ impl Service {
             vectors = report.vectors_in,
             predictions = report.predictions,
             duplicates = report.duplicates,
+            stale_sequences = report.stale_sequences,
+            sequence_gaps = report.sequence_gaps,
             drained,
             abandoned = report.abandoned,
             "augur stopped"

@@ -14,10 +14,17 @@ pub const INPUT: &str = "ml-feature-vectors";
 pub const OUTPUT: &str = "ml-predictions-output";
 pub const DLQ: &str = "ml-feature-vectors-dlq";
 
+/// A feature producer that keeps each stream's order through retries (one request in
+/// flight; idempotence is not used against tansu). With librdkafka's default of many requests
+/// in flight, a batch retried after a cut or a half-open link lands after a later one, and
+/// Augur drops the older vector as a stale sequence (the likely cause of one prediction lost,
+/// next to one duplicate input, in a clean-clone CI run of the broker-link fault; that test
+/// now reports the input log's order when it fails).
 pub fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "1")
+        .set("max.in.flight.requests.per.connection", "1")
         .create()
         .unwrap()
 }

@@ -194,6 +194,10 @@ impl Feed {
                 rdkafka::ClientConfig::new()
                     .set("bootstrap.servers", b)
                     .set("linger.ms", "1")
+                    // A stream's vectors stay in order through retries (Augur drops a vector
+                    // older than its stream's last): with several requests in flight and no
+                    // idempotence, a retried batch lands after a later one.
+                    .set("max.in.flight.requests.per.connection", "1")
                     .create()
                     .context("kafka producer")?,
                 o.kafka_topic.clone(),
