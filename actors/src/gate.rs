@@ -11,7 +11,7 @@ use actix::Recipient;
 use crate::breaker::{Admission, BreakerConfig, CircuitBreaker, CircuitState, Transition, TripReason};
 use crate::clock::Clock;
 use crate::events::{CallRejected, CircuitTransition};
-use crate::executor::ExecutorHandle;
+use crate::executor::{BackendFactory, ExecutorHandle};
 use crate::messages::CircuitChanged;
 use crate::telemetry::{self as t, PipelineStats};
 use crate::types::ModelInfo;
@@ -29,6 +29,23 @@ impl Ticket {
     }
 }
 
+/// What serves a model's calls now.
+struct Serving {
+    version: Arc<str>,
+    executor: ExecutorHandle,
+    /// Loads the serving version again after a crash; `None`: the start-up version's loader.
+    factory: Option<BackendFactory>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("version", &self.version)
+            .field("executor", &self.executor)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub struct ModelGate {
     pub index: usize,
@@ -36,8 +53,9 @@ pub struct ModelGate {
     breaker: Mutex<CircuitBreaker>,
     clock: Arc<dyn Clock>,
     supervisor: Recipient<CircuitChanged>,
-    /// The model's executor; replaced by the supervisor when it restarts a dead one.
-    executor: std::sync::RwLock<ExecutorHandle>,
+    /// The version serving and its executor: the executor is replaced by the supervisor when
+    /// it restarts a dead one, both (with the loader) when an operator swaps versions.
+    serving: std::sync::RwLock<Serving>,
     stats: Arc<PipelineStats>,
     pub enabled: AtomicBool,
     pub calls: AtomicU64,
@@ -83,6 +101,7 @@ impl ModelGate {
         stats: Arc<PipelineStats>,
     ) -> Self {
         let info_id = info.id.to_string();
+        let version = info.version.clone();
         metrics::gauge!(t::CIRCUIT_STATE, "model" => info_id.clone()).set(0.0);
         ModelGate {
             index,
@@ -90,7 +109,11 @@ impl ModelGate {
             info,
             clock,
             supervisor,
-            executor: std::sync::RwLock::new(executor),
+            serving: std::sync::RwLock::new(Serving {
+                version,
+                executor,
+                factory: None,
+            }),
             stats,
             enabled: AtomicBool::new(true),
             calls: AtomicU64::new(0),
@@ -107,20 +130,54 @@ impl ModelGate {
         }
     }
 
+    fn read_serving(&self) -> std::sync::RwLockReadGuard<'_, Serving> {
+        self.serving.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_serving(&self) -> std::sync::RwLockWriteGuard<'_, Serving> {
+        self.serving.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The model's current executor.
     pub fn executor(&self) -> ExecutorHandle {
-        match self.executor.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.read_serving().executor.clone()
+    }
+
+    /// The version serving and its executor, read together: a call's output is labelled with
+    /// the version that computed it, even when a swap lands while it runs.
+    pub fn serving(&self) -> (Arc<str>, ExecutorHandle) {
+        let s = self.read_serving();
+        (s.version.clone(), s.executor.clone())
+    }
+
+    /// The version serving.
+    pub fn version(&self) -> Arc<str> {
+        self.read_serving().version.clone()
+    }
+
+    /// The loader of the version serving, when it is not the one the model started with.
+    pub fn factory(&self) -> Option<BackendFactory> {
+        self.read_serving().factory.clone()
     }
 
     /// A fresh executor (the supervisor, after the old one died).
     pub fn set_executor(&self, h: ExecutorHandle) {
-        match self.executor.write() {
-            Ok(mut g) => *g = h,
-            Err(p) => *p.into_inner() = h,
-        }
+        self.write_serving().executor = h;
+    }
+
+    /// Another version takes the model's calls from the next one on (the supervisor, on the
+    /// actors' thread, so that a restart and a swap never interleave). Returns the executor
+    /// replaced: it answers what it was given, then stops once its last handle is dropped.
+    pub fn swap(
+        &self,
+        version: Arc<str>,
+        executor: ExecutorHandle,
+        factory: BackendFactory,
+    ) -> ExecutorHandle {
+        let mut s = self.write_serving();
+        s.version = version;
+        s.factory = Some(factory);
+        std::mem::replace(&mut s.executor, executor)
     }
 
     pub fn now(&self) -> Duration {

@@ -134,6 +134,17 @@ pub struct Drain;
 #[rtype(result = "Result<(), String>")]
 pub struct ResetModel(pub String);
 
+/// Another version of a model, loaded and warmed, takes its calls (the supervisor swaps it
+/// into the gate between two calls); answered with the version it replaced.
+#[derive(Message)]
+#[rtype(result = "Result<std::sync::Arc<str>, String>")]
+pub struct SwapVersion {
+    pub model: String,
+    pub version: std::sync::Arc<str>,
+    pub executor: crate::executor::ExecutorHandle,
+    pub factory: crate::executor::BackendFactory,
+}
+
 /// Enables or disables a model at run time (disabled members are not expected by new events).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -55,9 +55,10 @@ impl ModelActor {
         });
     }
 
-    fn reporter(&self) -> Reporter {
+    fn reporter(&self, version: Arc<str>) -> Reporter {
         Reporter {
             gate: self.gate.clone(),
+            version,
             member: self.member,
             aggregator: self.aggregator.clone(),
             supervisor: self.supervisor.clone(),
@@ -71,6 +72,8 @@ impl ModelActor {
 /// being stopped by a restart.
 struct Reporter {
     gate: Arc<ModelGate>,
+    /// The version the call went to (a swap may land while it runs).
+    version: Arc<str>,
     member: usize,
     aggregator: Recipient<MemberDone>,
     supervisor: Recipient<ModelFailed>,
@@ -96,13 +99,15 @@ impl Reporter {
                     std::time::Duration::from_micros(out.inference_us as u64),
                     None,
                 );
-                MemberStatus::Output(MemberPrediction::new(
+                let mut p = MemberPrediction::new(
                     &self.gate.info,
                     out.probabilities,
                     false,
                     out.inference_us,
                     out.batch_size,
-                ))
+                );
+                p.model_version = self.version.clone();
+                MemberStatus::Output(p)
             }
             Err(ExecError::QueueFull) => {
                 // Shed under load: counted, the member misses this event, nobody is at fault.
@@ -178,10 +183,12 @@ impl Handler<Vector> for ModelActor {
             raw.extend_from_slice(w);
         }
         let started = Instant::now();
-        let reporter = self.reporter();
+        // The model's current version and executor: a restart or a version swap replaces them
+        // in the gate, the window stays.
+        let (version, executor) = self.gate.serving();
+        let reporter = self.reporter(version);
         let sequence = v.sequence;
-        // The model's current executor: a restart swaps it in the gate, the window stays.
-        match self.gate.executor().submit(raw) {
+        match executor.submit(raw) {
             Ok(rx) => {
                 actix::spawn(async move {
                     let res = rx.await.unwrap_or(Err(ExecError::Down));

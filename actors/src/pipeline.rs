@@ -11,7 +11,7 @@ use crate::breaker::BreakerConfig;
 use crate::clock::Clock;
 use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig, ExecutorHandle};
 use crate::gate::ModelGate;
-use crate::messages::{Ingest, Publishers, Release, ResetModel, SetEnabled};
+use crate::messages::{Ingest, Publishers, Release, ResetModel, SetEnabled, SwapVersion};
 use crate::router::{Router, RouterConfig};
 use crate::supervisor::{SupervisedModel, Supervisor};
 use crate::telemetry::PipelineStats;
@@ -49,6 +49,11 @@ pub struct Pipeline {
     release: Recipient<Release>,
     /// Operator resets (the supervisor).
     reset: Recipient<ResetModel>,
+    /// Version swaps (the supervisor).
+    swap: Recipient<SwapVersion>,
+    /// What a new version's executor is started with.
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn BatchObserver>,
     pub stats: Arc<PipelineStats>,
     /// The `[aggregator]` settings in force (changeable at run time).
     pub aggregator_config: Arc<RwLock<AggregatorConfig>>,
@@ -166,15 +171,18 @@ impl Pipeline {
         supervisor_ctx.run(Supervisor::new(
             supervised,
             executor_config.clone(),
-            observer,
-            clock,
+            observer.clone(),
+            clock.clone(),
             stats.clone(),
         ));
         Ok(Pipeline {
             router: router.clone().recipient(),
             enable: router.clone().recipient(),
             release: router.recipient(),
-            reset: supervisor.recipient(),
+            reset: supervisor.clone().recipient(),
+            swap: supervisor.recipient(),
+            clock,
+            observer,
             stats,
             aggregator_config,
             executor_config,
@@ -268,6 +276,52 @@ impl Pipeline {
     pub async fn reset_model(&self, id: &str) -> Result<(), String> {
         self.reset
             .send(ResetModel(id.to_string()))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Starts `version` of member or stacker `id` from `factory` on an executor of its own,
+    /// waits until it is loaded and warmed (every batch size), then swaps it into the gate:
+    /// calls from the next one on go to it, the old executor answers what it was given and
+    /// stops. Windows are the streams' and stay. Until the swap, and when loading fails, the
+    /// version serving keeps serving. Returns the version replaced.
+    pub async fn swap_version(
+        &self,
+        id: &str,
+        version: Arc<str>,
+        factory: crate::executor::BackendFactory,
+    ) -> Result<Arc<str>, String> {
+        if !self.all_gates().any(|g| *g.info.id == *id) {
+            return Err(format!("unknown model {id:?}"));
+        }
+        let config = self
+            .executor_config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let (handle, ready) = executor::spawn(
+            id,
+            factory.clone(),
+            config,
+            self.observer.clone(),
+            self.clock.clone(),
+        );
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("{id} version {version}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "{id} version {version}: its executor ended before it was ready"
+                ));
+            }
+        }
+        self.swap
+            .send(SwapVersion {
+                model: id.to_string(),
+                version,
+                executor: handle,
+                factory,
+            })
             .await
             .map_err(|e| e.to_string())?
     }

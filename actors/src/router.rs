@@ -344,6 +344,18 @@ impl Router {
                     member: slot,
                     status: MemberStatus::Failed("disabled"),
                 });
+                // Out of serving, its windows still move (no call): loaded again, its next
+                // output is over the stream's last vectors, not over a window with a gap.
+                let actor = Self::actor(s, slot, &self.gates, &self.cfg, &self.supervisor, &self.stats);
+                if actor
+                    .try_send(Vector {
+                        refill: true,
+                        ..v.clone()
+                    })
+                    .is_err()
+                {
+                    self.stats.emit(MailboxFull { model: &gate.info.id });
+                }
                 continue;
             }
             let actor = Self::actor(s, slot, &self.gates, &self.cfg, &self.supervisor, &self.stats);

@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::events::ModelRestarted;
 use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig};
 use crate::gate::ModelGate;
-use crate::messages::{CircuitChanged, ModelFailed, ResetModel};
+use crate::messages::{CircuitChanged, ModelFailed, ResetModel, SwapVersion};
 use crate::telemetry::PipelineStats;
 
 pub struct SupervisedModel {
@@ -62,9 +62,11 @@ impl Supervisor {
         let reloaded = m.gate.executor().is_down();
         if reloaded {
             let config = self.executor_config.read().map(|b| b.clone()).unwrap_or_default();
+            // The version serving now (an operator may have swapped it in since start-up).
+            let factory = m.gate.factory().unwrap_or_else(|| m.factory.clone());
             let (handle, _ready) = executor::spawn(
                 &m.gate.info.id,
-                m.factory.clone(),
+                factory,
                 config,
                 self.observer.clone(),
                 self.clock.clone(),
@@ -185,6 +187,25 @@ impl Handler<ModelFailed> for Supervisor {
         {
             *g = Some(m.error);
         }
+    }
+}
+
+impl Handler<SwapVersion> for Supervisor {
+    type Result = Result<Arc<str>, String>;
+
+    fn handle(&mut self, m: SwapVersion, _: &mut Context<Self>) -> Self::Result {
+        let g = &self
+            .models
+            .iter()
+            .find(|s| *s.gate.info.id == *m.model)
+            .ok_or_else(|| format!("unknown model {:?}", m.model))?
+            .gate;
+        let replaced = g.version();
+        // The old executor answers what it was given, then stops when its last handle (a call
+        // in flight holds one) is dropped.
+        drop(g.swap(m.version.clone(), m.executor, m.factory));
+        tracing::info!(model = %m.model, from = %replaced, to = %m.version, "model version swapped");
+        Ok(replaced)
     }
 }
 

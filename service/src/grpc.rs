@@ -417,7 +417,23 @@ impl GrpcInferenceService for Inference {
                 "parameter {k:?} is not supported: models come from the repository folder"
             )));
         }
-        oip::set_loaded(&self.state, &caller, &r.model_name, true)
+        // `version`: one of the repository's versions (a string or an int64).
+        use pb::model_repository_parameter::ParameterChoice as P;
+        let version = match r
+            .parameters
+            .get("version")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
+            None => None,
+            Some(P::StringParam(v)) => Some(v.clone()),
+            Some(P::Int64Param(v)) if *v >= 0 => Some(v.to_string()),
+            Some(_) => {
+                return Err(invalid(
+                    "parameter \"version\" must be a string or a whole number".to_string(),
+                ));
+            }
+        };
+        oip::set_loaded(&self.state, &caller, &r.model_name, true, version.as_deref())
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
@@ -429,7 +445,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let caller = self.caller(&r)?;
         let r = r.into_inner();
-        oip::set_loaded(&self.state, &caller, &r.model_name, false)
+        oip::set_loaded(&self.state, &caller, &r.model_name, false, None)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
@@ -520,7 +536,7 @@ impl mgmt::management_server::Management for Management {
                 };
                 mgmt::ModelStatus {
                     id: g.info.id.to_string(),
-                    version: g.info.version.to_string(),
+                    version: g.version().to_string(),
                     family: g.info.family.to_string(),
                     kind: g.info.kind.to_string(),
                     state: state.into(),
@@ -552,6 +568,7 @@ impl mgmt::management_server::Management for Management {
             &crate::tenants::Caller::Operator,
             &r.model,
             r.serving,
+            None,
         )
         .await
         .map_err(status)?;

@@ -391,7 +391,7 @@ fn model_views(s: &AppState) -> Vec<ModelView> {
             };
             ModelView {
                 id: g.info.id.to_string(),
-                version: g.info.version.to_string(),
+                version: g.version().to_string(),
                 family: g.info.family.to_string(),
                 kind: g.info.kind.to_string(),
                 timeframes: g.info.timeframes.clone(),
@@ -413,7 +413,7 @@ fn model_views(s: &AppState) -> Vec<ModelView> {
                     .pipeline
                     .quality
                     .as_ref()
-                    .map(|b| b.expiry(&g.info.id, &g.info.version))
+                    .map(|b| b.expiry(&g.info.id, &g.version()))
                     .unwrap_or_default(),
             }
         })

@@ -29,6 +29,7 @@ pub mod http;
 pub mod oip;
 pub mod oip_http;
 pub mod pb;
+pub mod repository;
 pub mod service;
 pub mod status;
 pub mod telemetry;

@@ -215,6 +215,8 @@ pub struct Stats {
     models: Mutex<BTreeMap<String, ModelStats>>,
     rows: std::sync::atomic::AtomicUsize,
     repository: tokio::sync::Mutex<()>,
+    /// Why the last load of a (model, version) failed, for the repository's index.
+    failed_loads: Mutex<BTreeMap<(String, String), String>>,
 }
 
 /// Rows counted in flight until dropped.
@@ -292,7 +294,7 @@ impl Target<'_> {
 
     fn version(&self) -> String {
         match self {
-            Target::Member(g) | Target::Stacker(g, _) => g.info.version.to_string(),
+            Target::Member(g) | Target::Stacker(g, _) => g.version().to_string(),
             Target::Ensemble => ENSEMBLE_VERSION.to_string(),
         }
     }
@@ -463,31 +465,106 @@ pub fn ready(s: &AppState, name: &str, version: Option<&str>) -> Result<bool, Oi
     Ok(readiness(s, &t).is_ok())
 }
 
-/// The repository index: every model, its version and state.
+/// The repository index: every model, the version serving and its state, then every other
+/// version on disk (UNAVAILABLE: not loaded, or why its last load failed).
 pub fn index(s: &AppState) -> Vec<IndexEntry> {
-    names(s)
-        .into_iter()
-        .filter_map(|n| {
-            let t = target(s, &n, None).ok()?;
-            let (state, reason) = match readiness(s, &t) {
-                Ok(()) => ("READY", String::new()),
-                Err(r) if r.contains("is loading") => ("LOADING", r),
-                Err(r) => ("UNAVAILABLE", r),
-            };
-            Some(IndexEntry {
-                version: t.version(),
-                name: n,
-                state,
-                reason,
-            })
-        })
-        .collect()
+    let models_dir = s
+        .config
+        .read()
+        .map(|c| c.service.models_dir.clone())
+        .unwrap_or_default();
+    let failed = s.oip.failed_loads.lock().map(|f| f.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    for n in names(s) {
+        let Ok(t) = target(s, &n, None) else { continue };
+        let (state, reason) = match readiness(s, &t) {
+            Ok(()) => ("READY", String::new()),
+            Err(r) if r.contains("is loading") => ("LOADING", r),
+            Err(r) => ("UNAVAILABLE", r),
+        };
+        let serving = t.version();
+        if !matches!(t, Target::Ensemble) {
+            for v in crate::repository::versions(&models_dir, &n) {
+                if v != serving {
+                    let reason = failed
+                        .get(&(n.clone(), v.clone()))
+                        .cloned()
+                        .unwrap_or_else(|| format!("not loaded: version {serving} serves"));
+                    out.push(IndexEntry {
+                        name: n.clone(),
+                        version: v,
+                        state: "UNAVAILABLE",
+                        reason: clip_message(reason),
+                    });
+                }
+            }
+        }
+        out.push(IndexEntry {
+            version: serving,
+            name: n,
+            state,
+            reason,
+        });
+    }
+    out
+}
+
+/// Loads `version` of model `name` from the repository and swaps it in (see
+/// `Pipeline::swap_version`); the version serving goes on serving until then, and when it
+/// fails. A failure is remembered for the index.
+async fn load_version(s: &AppState, name: &str, g: &Arc<ModelGate>, version: &str) -> Result<(), OipError> {
+    let (models_dir, device, threads) = {
+        let c = s
+            .config
+            .read()
+            .map_err(|_| OipError::Internal("the config lock is poisoned".into()))?;
+        (
+            c.service.models_dir.clone(),
+            c.service.device.clone(),
+            c.service.intra_op_threads,
+        )
+    };
+    let key = (name.to_string(), version.to_string());
+    let result =
+        match crate::repository::prepare(models_dir, device, threads, g.info.clone(), version.to_string())
+            .await
+        {
+            Ok((v, factory)) => s.pipeline.swap_version(name, v, factory).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+    let mut failed = s.oip.failed_loads.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(()) => {
+            failed.remove(&key);
+            Ok(())
+        }
+        Err(e) => {
+            // Bounded: one entry per (model, version) name asked for, and names are checked.
+            if failed.len() < 1024 || failed.contains_key(&key) {
+                failed.insert(key, e.clone());
+            }
+            Err(OipError::Invalid(format!(
+                "{name} version {version} was not loaded ({e}); version {} serves",
+                g.version()
+            )))
+        }
+    }
 }
 
 /// `load` (`on`) or `unload` a member: in or out of serving, for the streams too. Waits (up to
 /// a second) until the router has applied it, so a readiness call right after sees it. The
 /// operator's: a tenant's key is refused.
-pub async fn set_loaded(s: &AppState, caller: &Caller, name: &str, on: bool) -> Result<(), OipError> {
+///
+/// With a `version`: `load` loads that version from the repository folder and swaps it in
+/// without a gap (see [`load_version`]); `unload` of a version other than the one serving
+/// is refused (only one version serves at a time, the others are not loaded).
+pub async fn set_loaded(
+    s: &AppState,
+    caller: &Caller,
+    name: &str,
+    on: bool,
+    version: Option<&str>,
+) -> Result<(), OipError> {
     if let Caller::Tenant(t) = caller {
         return Err(OipError::Refused(Refusal::Model(format!(
             "tenant {}: loading and unloading models is the operator's (the [http].token)",
@@ -505,6 +582,23 @@ pub async fn set_loaded(s: &AppState, caller: &Caller, name: &str, on: bool) -> 
     };
     // One load or unload at a time: two unloads racing could each see another member serving.
     let _one = s.oip.repository.lock().await;
+    if let Some(v) = version.filter(|v| !v.is_empty()) {
+        crate::repository::check_version_name(v)
+            .map_err(|e| OipError::Invalid(format!("{e}; version {} serves", g.version())))?;
+        if *v != *g.version() {
+            if !on {
+                return Err(OipError::Invalid(format!(
+                    "{name} version {v} is not loaded: version {} serves",
+                    g.version()
+                )));
+            }
+            load_version(s, name, &g, v).await?;
+            augur_actors::events::ConfigChanged {
+                what: &format!("repository: {name} version {v} swapped in"),
+            }
+            .emit();
+        }
+    }
     if !on && s.pipeline.gates.iter().filter(|g| serving(g)).count() == 1 && serving(&g) {
         return Err(OipError::Invalid(format!(
             "{name} is the last member serving: unloading it would stop every prediction"

@@ -248,11 +248,24 @@ async fn set_loaded(
         Err(r) => return protocol_error(r),
     };
     // `{}` or `{"parameters": {...}}`; a model's config or files in the parameters (Triton's
-    // load from a request) are not supported: the versions are the repository's.
+    // load from a request) are not supported: the versions are the repository's. `version`
+    // (a string or a number) names one of them.
+    let mut version = None;
     if !body.iter().all(u8::is_ascii_whitespace) {
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m)) => {
                 let params = m.get("parameters").and_then(Value::as_object);
+                match params.and_then(|p| p.get("version")) {
+                    None => {}
+                    Some(Value::String(v)) => version = Some(v.clone()),
+                    Some(Value::Number(n)) if n.is_u64() => version = Some(n.to_string()),
+                    Some(_) => {
+                        return error_with(
+                            StatusCode::BAD_REQUEST,
+                            "parameter \"version\" must be a string or a whole number",
+                        );
+                    }
+                }
                 if let Some(k) = params
                     .into_iter()
                     .flat_map(|p| p.keys())
@@ -267,7 +280,7 @@ async fn set_loaded(
             _ => return error_with(StatusCode::BAD_REQUEST, "the body must be empty or a JSON object"),
         }
     }
-    match oip::set_loaded(&s, &caller, &p.model, on).await {
+    match oip::set_loaded(&s, &caller, &p.model, on, version.as_deref()).await {
         Ok(()) => HttpResponse::Ok().finish(),
         Err(e) => error(&e),
     }

@@ -1,0 +1,265 @@
+//! The model repository on disk, for loading versions at run time: every version folder of a
+//! model (`<models_dir>/<id>/<version>/`), whether a folder is complete, and loading one so
+//! that it can be swapped in while the serving version keeps serving.
+//!
+//! A folder is complete when its `SHA256SUMS` (the format `sha256sum` writes) lists every file
+//! in it, `manifest.toml` among them, and every digest matches. Whoever ships a version writes
+//! that file last (`sha256sum * > SHA256SUMS` once every other file is in place, or
+//! `train.py`), so a folder still being copied is never loaded: it has no list yet, or a file
+//! that does not match it.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use augur_actors::executor::BackendFactory;
+use augur_actors::types::ModelInfo;
+use augur_runtime::backend as inference;
+use augur_runtime::{DeviceSpec, Manifest};
+use sha2::{Digest, Sha256};
+
+/// The checksum list, written last.
+pub const SUMS: &str = "SHA256SUMS";
+
+/// The longest version name taken.
+const MAX_VERSION_CHARS: usize = 64;
+
+/// The version folders of model `id` that hold a manifest, oldest first (numeric order when
+/// both names are numbers).
+pub fn versions(models_dir: &Path, id: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(models_dir.join(id)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("manifest.toml").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    out.sort_by_key(|n| (n.parse::<u64>().ok(), n.clone()));
+    out
+}
+
+/// A version name from a request: a folder name, nothing that walks the tree.
+pub fn check_version_name(v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_VERSION_CHARS
+        && v != "."
+        && v != ".."
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "version {:?} is not a version name (1 to {MAX_VERSION_CHARS} of A-Z a-z 0-9 . _ -)",
+            crate::oip::clip_message(v.to_string())
+        ))
+    }
+}
+
+/// Whether a version folder is complete: every problem found, listed.
+pub fn check_complete(dir: &Path) -> Result<(), String> {
+    let sums = dir.join(SUMS);
+    let text = match std::fs::read_to_string(&sums) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{} is incomplete: it has no {SUMS} (written last, once every file is in place: \
+                 `sha256sum * > {SUMS}`)",
+                dir.display()
+            ));
+        }
+        Err(e) => return Err(format!("{}: {e}", sums.display())),
+    };
+    let mut problems = Vec::new();
+    let mut listed = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        // `<64 hex>  <name>` (text mode) or `<64 hex> *<name>` (binary mode).
+        let parsed = line.split_once(' ').and_then(|(hex, rest)| {
+            let name = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*'))?;
+            let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+            (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && plain)
+                .then(|| (name.to_string(), hex.to_ascii_lowercase()))
+        });
+        match parsed {
+            Some((name, hex)) => {
+                listed.insert(name, hex);
+            }
+            None => problems.push(format!("{SUMS} line {}: not `<sha256>  <file name>`", n + 1)),
+        }
+    }
+    if !listed.contains_key("manifest.toml") {
+        problems.push(format!("{SUMS} does not list manifest.toml"));
+    }
+    for (name, want) in &listed {
+        match std::fs::read(dir.join(name)) {
+            Ok(bytes) => {
+                let got = hex(&Sha256::digest(&bytes));
+                if got != *want {
+                    problems.push(format!(
+                        "{name}: its SHA-256 is {got}, {SUMS} says {want} (a file still being \
+                         copied, or changed since)"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{name}: listed in {SUMS} but not readable: {e}")),
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name != SUMS && e.path().is_file() && !listed.contains_key(&name) {
+                problems.push(format!("{name}: in the folder but not in {SUMS}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", dir.display(), problems.join("; ")))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a version must share with the one serving, for the streams' windows (and the stacker
+/// and the protocol's shapes) to stay valid across a swap.
+fn check_compatible(serving: &ModelInfo, new: &ModelInfo) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if new.id != serving.id {
+        problems.push(format!("its manifest's id is {:?}, not {:?}", new.id, serving.id));
+    }
+    if new.window != serving.window {
+        problems.push(format!(
+            "window {} differs from the serving version's {}",
+            new.window, serving.window
+        ));
+    }
+    if new.features != serving.features {
+        problems.push(format!(
+            "{} features differ from the serving version's {}",
+            new.features, serving.features
+        ));
+    }
+    if new.timeframes != serving.timeframes {
+        problems.push(format!(
+            "timeframes {:?} differ from the serving version's {:?}",
+            new.timeframes, serving.timeframes
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Checks and loads version `version` of the model served as `serving` (complete folder, its
+/// manifest, the model, its golden self-test, the same window, features and timeframes), on
+/// a blocking thread: what the executor of that version needs.
+pub async fn prepare(
+    models_dir: PathBuf,
+    device: String,
+    intra_op_threads: i32,
+    serving: ModelInfo,
+    version: String,
+) -> Result<(Arc<str>, BackendFactory), String> {
+    check_version_name(&version)?;
+    let id = serving.id.to_string();
+    let dir = models_dir.join(&id).join(&version);
+    let work = move || {
+        if !dir.join("manifest.toml").is_file() {
+            return Err(format!(
+                "{id} has no version {version:?}: no {}",
+                dir.join("manifest.toml").display()
+            ));
+        }
+        check_complete(&dir)?;
+        let m = Manifest::load(&dir).map_err(|e| e.to_string())?;
+        if m.version != version {
+            return Err(format!(
+                "{}: the manifest says version {:?}, the folder {version:?}",
+                dir.display(),
+                m.version
+            ));
+        }
+        let device =
+            DeviceSpec::parse(&device).ok_or_else(|| format!("service.device {device:?} is not a device"))?;
+        let (info, factory) = inference::model_spec(dir, device, intra_op_threads)?;
+        check_compatible(&serving, &info).map_err(|e| format!("{id} version {version}: {e}"))?;
+        Ok((info.version, factory))
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("loading stopped: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (n, b) in files {
+            std::fs::write(d.path().join(n), b).unwrap();
+        }
+        d
+    }
+
+    fn sums(files: &[(&str, &[u8])]) -> String {
+        files
+            .iter()
+            .map(|(n, b)| format!("{}  {n}\n", hex(&Sha256::digest(b))))
+            .collect()
+    }
+
+    #[test]
+    fn a_folder_is_complete_only_when_its_list_matches_every_file() {
+        let files: &[(&str, &[u8])] = &[("manifest.toml", b"id = 1"), ("model.pt", b"weights")];
+        let d = folder(files);
+        let err = check_complete(d.path()).unwrap_err();
+        assert!(err.contains("no SHA256SUMS"), "{err}");
+        std::fs::write(d.path().join(SUMS), sums(files)).unwrap();
+        check_complete(d.path()).unwrap();
+        // A file still being copied (shorter than listed), and one not listed at all.
+        std::fs::write(d.path().join("model.pt"), b"weig").unwrap();
+        std::fs::write(d.path().join("extra.bin"), b"x").unwrap();
+        let err = check_complete(d.path()).unwrap_err();
+        assert!(err.contains("model.pt: its SHA-256 is"), "{err}");
+        assert!(
+            err.contains("extra.bin: in the folder but not in SHA256SUMS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_lists_and_names_are_refused_with_their_line() {
+        let files: &[(&str, &[u8])] = &[("model.pt", b"w")];
+        let d = folder(files);
+        std::fs::write(
+            d.path().join(SUMS),
+            format!("{}nonsense\n{}  ../x\n", sums(files), "a".repeat(64)),
+        )
+        .unwrap();
+        let err = check_complete(d.path()).unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("does not list manifest.toml"), "{err}");
+        for bad in ["", "..", "../1", "a/b", &"9".repeat(65)] {
+            assert!(check_version_name(bad).is_err(), "{bad}");
+        }
+        check_version_name("2").unwrap();
+        check_version_name("2026-11-25.a").unwrap();
+    }
+
+    #[test]
+    fn versions_are_listed_in_numeric_order() {
+        let d = tempfile::tempdir().unwrap();
+        for v in ["10", "2", "1", "x"] {
+            std::fs::create_dir_all(d.path().join("m").join(v)).unwrap();
+            std::fs::write(d.path().join("m").join(v).join("manifest.toml"), "").unwrap();
+        }
+        std::fs::create_dir_all(d.path().join("m").join("3")).unwrap();
+        assert_eq!(versions(d.path(), "m"), ["x", "1", "2", "10"]);
+    }
+}
