@@ -355,3 +355,96 @@ fn test_a_version_loaded_while_streaming_takes_over_without_a_gap_and_broken_one
         "both versions served: {ones} by 1, {twos} by 2"
     );
 }
+
+/// The request path's prediction cache, by its counters.
+fn cache_counts(http: &str) -> (f64, f64) {
+    let (_, m) = common::http(http, "GET", "/metrics", &[], b"");
+    let m = String::from_utf8_lossy(&m);
+    let count = |result: &str| {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("augur_prediction_cache_requests_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (count("hit"), count("miss"))
+}
+
+#[test]
+fn test_the_request_path_cache_answers_a_row_again_forgets_the_least_recent_and_never_crosses_versions() {
+    let repo = repository();
+    let mut cfg = common::config("nats://unused:4222");
+    cfg.nats.enabled = false;
+    cfg.service.models_dir = repo.path().to_path_buf();
+    cfg.service.feature_sets_dir = repo.path().join("feature_sets");
+    cfg.http.token = TOKEN.into();
+    cfg.http.prediction_cache_entries = 2;
+    let svc = common::Service::start(cfg);
+    let http = svc.http();
+    let vs: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(40)
+        .collect();
+    let (_, meta) = common::get_json(&http, &format!("/v2/models/{LSTM}"));
+    let shape = &meta["inputs"][0]["shape"];
+    let (t, f) = (
+        shape[1].as_u64().unwrap() as usize,
+        shape[2].as_u64().unwrap() as usize,
+    );
+    let row = |start: usize| -> Vec<f32> {
+        vs[start..start + t]
+            .iter()
+            .flat_map(|v| v.values.clone())
+            .collect()
+    };
+    let infer = |start: usize| -> (String, Vec<f64>) {
+        let body = json!({"inputs": [{"name": "window", "shape": [1, t, f], "datatype": "FP32", "data": row(start)}]});
+        let (s, b) = common::http(
+            &http,
+            "POST",
+            &format!("/v2/models/{LSTM}/infer"),
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+        let r: Value = serde_json::from_slice(&b).unwrap();
+        let probs = r["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        (r["model_version"].as_str().unwrap().to_string(), probs)
+    };
+    let (h0, m0) = cache_counts(&http);
+    let first = infer(0);
+    let again = infer(0);
+    assert_eq!(first, again, "the cached answer is the model's, bit for bit");
+    assert_eq!(
+        cache_counts(&http),
+        (h0 + 1.0, m0 + 1.0),
+        "the second ask is a hit"
+    );
+    infer(1);
+    infer(2);
+    // Room for two: row 0 was the least recently used, and is asked of the model again.
+    let evicted = infer(0);
+    assert_eq!(evicted, first);
+    assert_eq!(cache_counts(&http), (h0 + 1.0, m0 + 4.0), "row 0 was forgotten");
+    // Row 2 is cached under version 1; once version 2 serves, it is computed again.
+    let two = copy_version(repo.path(), "2");
+    seal(&two);
+    let (s, body) = load(&http, LSTM, "2");
+    assert_eq!(s, 200, "{body}");
+    let (version, _) = infer(2);
+    assert_eq!(version, "2");
+    assert_eq!(
+        cache_counts(&http),
+        (h0 + 1.0, m0 + 5.0),
+        "no answer of version 1 served for version 2"
+    );
+    svc.stop();
+}

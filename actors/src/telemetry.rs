@@ -74,6 +74,8 @@ pub const AUTH_REFUSED: &str = "augur_auth_refused_total";
 pub const KEYS_RELOADS: &str = "augur_keys_reloads_total";
 /// Reloads of a listener's TLS certificate, by listener and result (`ok`, `error`).
 pub const TLS_RELOADS: &str = "augur_tls_reloads_total";
+/// Lookups in the request path's prediction cache, by result (`hit`, `miss`).
+pub const PREDICTION_CACHE: &str = "augur_prediction_cache_requests_total";
 
 /// Registers the descriptions with whatever recorder is installed.
 pub fn describe() {
@@ -293,6 +295,10 @@ pub fn describe() {
     describe_counter!(
         TLS_RELOADS,
         "Reloads of a listener's TLS certificate, by listener and result"
+    );
+    describe_counter!(
+        PREDICTION_CACHE,
+        "Lookups in the request path's prediction cache (predict and the inference protocol), by result"
     );
 }
 

@@ -88,6 +88,9 @@ pub struct HttpConfig {
     /// HTTPS: a PEM certificate chain and its key ("" for plain HTTP); reloaded when they change.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// Answers kept by the request path's prediction cache (predict and the inference
+    /// protocol over HTTP and gRPC), least recently used first out; 0: off.
+    pub prediction_cache_entries: usize,
 }
 
 impl Default for HttpConfig {
@@ -99,6 +102,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1 << 20,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            prediction_cache_entries: 4096,
         }
     }
 }

@@ -1157,14 +1157,18 @@ pub(crate) async fn predict_one(
         for v in &window[window.len() - w..] {
             raw.extend_from_slice(v);
         }
-        match g.executor().infer(raw).await {
-            Ok(out) => members.push(MemberPrediction::new(
-                &g.info,
-                out.probabilities,
-                false,
-                out.inference_us,
-                out.batch_size,
-            )),
+        match s.oip.cache.infer(g, raw).await {
+            Ok(out) => {
+                let mut m = MemberPrediction::new(
+                    &g.info,
+                    out.probabilities,
+                    false,
+                    out.inference_us,
+                    out.batch_size,
+                );
+                m.model_version = out.version;
+                members.push(m);
+            }
             Err(e) => errs.push(format!("{}: {e}", g.info.id)),
         }
     }

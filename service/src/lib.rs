@@ -22,6 +22,7 @@
 //!
 //! It carries no tools: the feed, the publisher and the benchmark harness are `augur-tools`.
 pub mod bus;
+pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod grpc;

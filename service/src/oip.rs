@@ -217,6 +217,8 @@ pub struct Stats {
     repository: tokio::sync::Mutex<()>,
     /// Why the last load of a (model, version) failed, for the repository's index.
     failed_loads: Mutex<BTreeMap<(String, String), String>>,
+    /// The request path's prediction cache.
+    pub cache: crate::cache::PredictionCache,
 }
 
 /// Rows counted in flight until dropped.
@@ -229,6 +231,13 @@ impl Drop for Rows<'_> {
 }
 
 impl Stats {
+    pub fn new(cache_entries: usize) -> Self {
+        Stats {
+            cache: crate::cache::PredictionCache::new(cache_entries),
+            ..Default::default()
+        }
+    }
+
     /// Takes `n` rows of the shared allowance, or says how many are in flight.
     fn take_rows(&self, n: usize) -> Result<Rows<'_>, OipError> {
         let before = self.rows.fetch_add(n, Ordering::AcqRel);
@@ -756,19 +765,31 @@ fn exec_error(model: &str, e: &ExecError) -> OipError {
     }
 }
 
-/// Runs `rows` rows of `width` values each through one model's executor, concurrently.
-/// Answers the probabilities, row after row, and the summed forward time.
-async fn run_rows(g: &ModelGate, data: &[f32], rows: usize) -> Result<(Vec<f32>, u64), OipError> {
+/// Runs `rows` rows of `width` values each through one model (or the prediction cache),
+/// concurrently. Answers the probabilities, row after row, the longest forward time, and the
+/// version that answered (a swap landing between the rows is refused: send it again).
+async fn run_rows(
+    s: &AppState,
+    g: &ModelGate,
+    data: &[f32],
+    rows: usize,
+) -> Result<(Vec<f32>, u64, String), OipError> {
     let width = data.len() / rows.max(1);
-    let exec = g.executor();
     let calls = data
         .chunks_exact(width.max(1))
         .take(rows)
-        .map(|r| exec.infer(r.to_vec()));
+        .map(|r| s.oip.cache.infer(g, r.to_vec()));
     let mut probs = Vec::with_capacity(rows * 3);
     let mut compute_ns = 0u64;
+    let mut version: Option<Arc<str>> = None;
     for r in join_all(calls).await {
         let out = r.map_err(|e| exec_error(&g.info.id, &e))?;
+        if *version.get_or_insert_with(|| out.version.clone()) != out.version {
+            return Err(OipError::Unavailable(format!(
+                "{}: a version swap landed during the request: send it again",
+                g.info.id
+            )));
+        }
         if out.probabilities.len() != 3 {
             return Err(OipError::Internal(format!(
                 "{}: {} outputs, expected 3",
@@ -779,7 +800,13 @@ async fn run_rows(g: &ModelGate, data: &[f32], rows: usize) -> Result<(Vec<f32>,
         probs.extend_from_slice(&out.probabilities);
         compute_ns = compute_ns.max(out.inference_us as u64 * 1000);
     }
-    Ok((probs, compute_ns))
+    Ok((
+        probs,
+        compute_ns,
+        version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| g.version().to_string()),
+    ))
 }
 
 fn direction_of(p: &[f32]) -> String {
@@ -845,18 +872,22 @@ fn method_of(s: &AppState, req: &InferRequest) -> Result<AggregatorConfig, OipEr
         .with_adaptive(&s.pipeline.adaptive, req.timeframe.as_deref().unwrap_or_default()))
 }
 
-async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<(Vec<Output>, u64, u64), OipError> {
+/// The outputs, the rows, the longest forward time (ns), and the version that answered (a
+/// member's or the stacker's).
+type Ran = (Vec<Output>, u64, u64, Option<String>);
+
+async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, OipError> {
     let f = features(s) as i64;
     match t {
         Target::Member(g) => {
             let (input, rows) = the_input(req, "window", &[-1, g.info.window as i64, f])?;
-            let (probs, ns) = run_rows(g, &input.data, rows).await?;
-            Ok((class_outputs(probs, rows), rows as u64, ns))
+            let (probs, ns, v) = run_rows(s, g, &input.data, rows).await?;
+            Ok((class_outputs(probs, rows), rows as u64, ns, Some(v)))
         }
         Target::Stacker(g, k) => {
             let (input, rows) = the_input(req, "probabilities", &[-1, 3 * *k as i64])?;
-            let (probs, ns) = run_rows(g, &input.data, rows).await?;
-            Ok((class_outputs(probs, rows), rows as u64, ns))
+            let (probs, ns, v) = run_rows(s, g, &input.data, rows).await?;
+            Ok((class_outputs(probs, rows), rows as u64, ns, Some(v)))
         }
         Target::Ensemble => {
             let t_max = longest_window(s);
@@ -901,7 +932,7 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<(Vec<Ou
                 data: OutData::Fp32(members),
                 parameters: vec![("members", ids.join(","))],
             });
-            Ok((out, rows as u64, ns))
+            Ok((out, rows as u64, ns, None))
         }
     }
 }
@@ -953,9 +984,9 @@ pub async fn infer(
     let _rows = s.oip.take_rows(rows)?;
     let started = Instant::now();
     let result = run(s, &t, &req).await;
-    let version = t.version();
     match result {
-        Ok((mut outputs, rows, ns)) => {
+        Ok((mut outputs, rows, ns, answered)) => {
+            let version = answered.unwrap_or_else(|| t.version());
             s.oip.record(name, &version, rows, started.elapsed(), ns, true);
             if let Some(wanted) = &req.outputs {
                 outputs.retain(|o| wanted.iter().any(|w| w == o.name));
@@ -971,7 +1002,7 @@ pub async fn infer(
             })
         }
         Err(e) => {
-            s.oip.record(name, &version, 0, started.elapsed(), 0, false);
+            s.oip.record(name, &t.version(), 0, started.elapsed(), 0, false);
             Err(e)
         }
     }

@@ -502,6 +502,7 @@ impl Service {
                     .map_err(|errs| anyhow::anyhow!("access.keys_file: {}", errs.join("; ")))?,
             )),
         };
+        let oip = Arc::new(crate::oip::Stats::new(cfg.http.prediction_cache_entries));
         Ok(Service {
             cfg,
             started,
@@ -512,7 +513,7 @@ impl Service {
             status,
             http: None,
             grpc: None,
-            oip: Default::default(),
+            oip,
             access,
             tasks: Vec::new(),
             stopping: Default::default(),
