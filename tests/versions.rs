@@ -221,6 +221,16 @@ fn test_a_version_loaded_while_streaming_takes_over_without_a_gap_and_broken_one
     seal(&mismatch);
     std::fs::write(mismatch.join("golden_outputs.f32"), [0u8; 12]).unwrap();
     let half_written = copy_version(repo.path(), "5");
+    let outside = copy_version(repo.path(), "6");
+    let manifest = std::fs::read_to_string(outside.join("manifest.toml")).unwrap();
+    assert!(manifest.contains("file = \"model.pt\""));
+    std::fs::write(
+        outside.join("manifest.toml"),
+        manifest.replacen("file = \"model.pt\"", "file = \"../1/model.pt\"", 1),
+    )
+    .unwrap();
+    std::fs::remove_file(outside.join("model.pt")).unwrap();
+    seal(&outside);
     let two = copy_version(repo.path(), "2");
     seal(&two);
 
@@ -229,6 +239,7 @@ fn test_a_version_loaded_while_streaming_takes_over_without_a_gap_and_broken_one
         ("3", "model.pt"),
         ("4", "golden_outputs.f32: its SHA-256 is"),
         ("5", "incomplete: it has no SHA256SUMS"),
+        ("6", "which SHA256SUMS does not list"),
         ("../1", "not a version name"),
         ("9", "has no version \"9\""),
     ] {

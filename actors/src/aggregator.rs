@@ -359,8 +359,10 @@ impl Aggregator {
             Fallback::Neutral => vec![0.0, 1.0, 0.0],
             Fallback::Uniform => vec![1.0 / 3.0; 3],
         };
-        let info = &self.members.get(slot)?.info;
-        Some(MemberPrediction::new(info, probabilities, true, 0, 0))
+        let g = self.members.get(slot)?;
+        let mut p = MemberPrediction::new(&g.info, probabilities, true, 0, 0);
+        p.model_version = g.version();
+        Some(p)
     }
 
     fn publish(

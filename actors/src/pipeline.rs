@@ -306,12 +306,19 @@ impl Pipeline {
             self.observer.clone(),
             self.clock.clone(),
         );
-        match ready.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("{id} version {version}: {e}")),
-            Err(_) => {
+        // Loading and warming every batch size takes seconds; one that hangs is given up (its
+        // handle dropped, so its thread ends once it gets past the hang).
+        match tokio::time::timeout(Duration::from_secs(120), ready).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(format!("{id} version {version}: {e}")),
+            Ok(Err(_)) => {
                 return Err(format!(
                     "{id} version {version}: its executor ended before it was ready"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "{id} version {version}: not loaded and warmed within 120 s"
                 ));
             }
         }

@@ -204,6 +204,8 @@ impl Handler<SwapVersion> for Supervisor {
         // The old executor answers what it was given, then stops when its last handle (a call
         // in flight holds one) is dropped.
         drop(g.swap(m.version.clone(), m.executor, m.factory));
+        // The new version starts with a closed circuit: the old one's failures are not its.
+        g.reset();
         tracing::info!(model = %m.model, from = %replaced, to = %m.version, "model version swapped");
         Ok(replaced)
     }

@@ -492,7 +492,14 @@ pub fn index(s: &AppState) -> Vec<IndexEntry> {
             Err(r) => ("UNAVAILABLE", r),
         };
         let serving = t.version();
-        if !matches!(t, Target::Ensemble) {
+        out.push(IndexEntry {
+            version: serving.clone(),
+            name: n.clone(),
+            state,
+            reason,
+        });
+        // Members only: the stacker's versions are not loaded at run time.
+        if matches!(t, Target::Member(_)) {
             for v in crate::repository::versions(&models_dir, &n) {
                 if v != serving {
                     let reason = failed
@@ -508,12 +515,6 @@ pub fn index(s: &AppState) -> Vec<IndexEntry> {
                 }
             }
         }
-        out.push(IndexEntry {
-            version: serving,
-            name: n,
-            state,
-            reason,
-        });
     }
     out
 }
@@ -550,7 +551,7 @@ async fn load_version(s: &AppState, name: &str, g: &Arc<ModelGate>, version: &st
         Err(e) => {
             // Bounded: one entry per (model, version) name asked for, and names are checked.
             if failed.len() < 1024 || failed.contains_key(&key) {
-                failed.insert(key, e.clone());
+                failed.insert(key, clip_message(e.clone()));
             }
             Err(OipError::Invalid(format!(
                 "{name} version {version} was not loaded ({e}); version {} serves",

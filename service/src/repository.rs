@@ -4,9 +4,10 @@
 //!
 //! A folder is complete when its `SHA256SUMS` (the format `sha256sum` writes) lists every file
 //! in it, `manifest.toml` among them, and every digest matches. Whoever ships a version writes
-//! that file last (`sha256sum * > SHA256SUMS` once every other file is in place, or
-//! `train.py`), so a folder still being copied is never loaded: it has no list yet, or a file
-//! that does not match it.
+//! that file last (`sha256sum * > SHA256SUMS` once every other file is in place), so a folder
+//! still being copied is never loaded: it has no list yet, or a file that does not match it.
+//! Only regular files are read (no links out of the folder), and what the manifest names
+//! must be listed.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +22,12 @@ pub const SUMS: &str = "SHA256SUMS";
 
 /// The longest version name taken.
 const MAX_VERSION_CHARS: usize = 64;
+/// The largest checksum list read (a few lines in practice).
+const MAX_SUMS_BYTES: u64 = 64 * 1024;
+/// Problems listed per folder, at most.
+const MAX_PROBLEMS: usize = 16;
+/// Longest a load may take (checks, self-test, warm-up) before it is reported as failed.
+pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The version folders of model `id` that hold a manifest, oldest first (numeric order when
 /// both names are numbers).
@@ -55,12 +62,38 @@ pub fn check_version_name(v: &str) -> Result<(), String> {
     }
 }
 
-/// Whether a version folder is complete: every problem found, listed.
-pub fn check_complete(dir: &Path) -> Result<(), String> {
+/// A regular file (not a link, a pipe or a device) of at most `max` bytes, or why not.
+fn regular(path: &Path, max: Option<u64>) -> Result<std::fs::File, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file (links, pipes and devices are not loaded)".into());
+    }
+    if let Some(max) = max.filter(|m| meta.len() > *m) {
+        return Err(format!("{} bytes, more than {max}", meta.len()));
+    }
+    std::fs::File::open(path).map_err(|e| e.to_string())
+}
+
+/// The SHA-256 of a file, read in pieces.
+fn digest(path: &Path) -> Result<String, String> {
+    let mut f = regular(path, None)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| e.to_string())?;
+    Ok(hex(&h.finalize()))
+}
+
+/// Whether a version folder is complete: every problem found, listed. Answers the names the
+/// list covers.
+pub fn check_complete(dir: &Path) -> Result<std::collections::BTreeSet<String>, String> {
     let sums = dir.join(SUMS);
-    let text = match std::fs::read_to_string(&sums) {
+    let read = regular(&sums, Some(MAX_SUMS_BYTES)).and_then(|mut f| {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut f, &mut t).map_err(|e| e.to_string())?;
+        Ok(t)
+    });
+    let text = match read {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(_) if std::fs::symlink_metadata(&sums).is_err() => {
             return Err(format!(
                 "{} is incomplete: it has no {SUMS} (written last, once every file is in place: \
                  `sha256sum * > {SUMS}`)",
@@ -80,8 +113,12 @@ pub fn check_complete(dir: &Path) -> Result<(), String> {
                 .then(|| (name.to_string(), hex.to_ascii_lowercase()))
         });
         match parsed {
+            // `sha256sum * > SHA256SUMS` lists the list itself (empty when it was hashed).
+            Some((name, _)) if name == SUMS => {}
             Some((name, hex)) => {
-                listed.insert(name, hex);
+                if listed.insert(name.clone(), hex).is_some() {
+                    problems.push(format!("{SUMS} lists {name} twice"));
+                }
             }
             None => problems.push(format!("{SUMS} line {}: not `<sha256>  <file name>`", n + 1)),
         }
@@ -90,9 +127,8 @@ pub fn check_complete(dir: &Path) -> Result<(), String> {
         problems.push(format!("{SUMS} does not list manifest.toml"));
     }
     for (name, want) in &listed {
-        match std::fs::read(dir.join(name)) {
-            Ok(bytes) => {
-                let got = hex(&Sha256::digest(&bytes));
+        match digest(&dir.join(name)) {
+            Ok(got) => {
                 if got != *want {
                     problems.push(format!(
                         "{name}: its SHA-256 is {got}, {SUMS} says {want} (a file still being \
@@ -112,8 +148,13 @@ pub fn check_complete(dir: &Path) -> Result<(), String> {
         }
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(listed.into_keys().collect())
     } else {
+        let more = problems.len().saturating_sub(MAX_PROBLEMS);
+        problems.truncate(MAX_PROBLEMS);
+        if more > 0 {
+            problems.push(format!("{more} more"));
+        }
         Err(format!("{}: {}", dir.display(), problems.join("; ")))
     }
 }
@@ -123,9 +164,40 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// What a version must share with the one serving, for the streams' windows (and the stacker
-/// and the protocol's shapes) to stay valid across a swap.
-fn check_compatible(serving: &ModelInfo, new: &ModelInfo) -> Result<(), String> {
+/// and the protocol's shapes) to stay valid across a swap, and for its outputs to mean the
+/// same (classes in the same order, the same features, the same label).
+fn check_compatible(
+    serving: &ModelInfo,
+    new: &ModelInfo,
+    old_m: Option<&Manifest>,
+    new_m: &Manifest,
+) -> Result<(), String> {
     let mut problems = Vec::new();
+    if let Some(old) = old_m {
+        if old.classes != new_m.classes {
+            problems.push(format!(
+                "classes {:?} differ from the serving version's {:?}",
+                new_m.classes, old.classes
+            ));
+        }
+        if old.feature_set != new_m.feature_set {
+            problems.push(format!(
+                "feature set {:?} differs from the serving version's {:?}",
+                new_m.feature_set, old.feature_set
+            ));
+        }
+        if old.label.horizon_bars != new_m.label.horizon_bars
+            || old.label.threshold_k != new_m.label.threshold_k
+        {
+            problems.push(format!(
+                "label (horizon {} bars, k {}) differs from the serving version's ({} bars, k {})",
+                new_m.label.horizon_bars,
+                new_m.label.threshold_k,
+                old.label.horizon_bars,
+                old.label.threshold_k
+            ));
+        }
+    }
     if new.id != serving.id {
         problems.push(format!("its manifest's id is {:?}, not {:?}", new.id, serving.id));
     }
@@ -174,8 +246,21 @@ pub async fn prepare(
                 dir.join("manifest.toml").display()
             ));
         }
-        check_complete(&dir)?;
+        let listed = check_complete(&dir)?;
         let m = Manifest::load(&dir).map_err(|e| e.to_string())?;
+        // What the manifest points at must be in the folder and covered by the list.
+        let mut named = vec![m.file.clone()];
+        if let Some(g) = &m.golden {
+            named.extend([g.inputs.clone(), g.outputs.clone()]);
+        }
+        for n in named {
+            if !listed.contains(&n) {
+                return Err(format!(
+                    "{}: the manifest names {n:?}, which {SUMS} does not list (files outside the folder are not loaded)",
+                    dir.display()
+                ));
+            }
+        }
         if m.version != version {
             return Err(format!(
                 "{}: the manifest says version {:?}, the folder {version:?}",
@@ -185,13 +270,25 @@ pub async fn prepare(
         }
         let device =
             DeviceSpec::parse(&device).ok_or_else(|| format!("service.device {device:?} is not a device"))?;
-        let (info, factory) = inference::model_spec(dir, device, intra_op_threads)?;
-        check_compatible(&serving, &info).map_err(|e| format!("{id} version {version}: {e}"))?;
+        let old_m = Manifest::load(&models_dir.join(&id).join(&*serving.version)).ok();
+        let (info, inner) = inference::model_spec(dir.clone(), device, intra_op_threads)?;
+        check_compatible(&serving, &info, old_m.as_ref(), &m)
+            .map_err(|e| format!("{id} version {version}: {e}"))?;
+        // A restart after a crash loads the folder again: checked again, so a folder changed
+        // since (being overwritten, deleted) is refused rather than half loaded.
+        let factory: BackendFactory = Arc::new(move || {
+            check_complete(&dir)?;
+            inner()
+        });
         Ok((info.version, factory))
     };
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| format!("loading stopped: {e}"))?
+    match tokio::time::timeout(LOAD_TIMEOUT, tokio::task::spawn_blocking(work)).await {
+        Ok(done) => done.map_err(|e| format!("loading stopped: {e}"))?,
+        Err(_) => Err(format!(
+            "the checks and the self-test took more than {} s (a file that cannot be read?)",
+            LOAD_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +326,30 @@ mod tests {
         assert!(
             err.contains("extra.bin: in the folder but not in SHA256SUMS"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn links_out_of_the_folder_are_not_read_and_the_list_may_list_itself() {
+        let outside = folder(&[("secret", b"outside")]);
+        let files: &[(&str, &[u8])] = &[("manifest.toml", b"id = 1"), ("model.pt", b"outside")];
+        let d = folder(&files[..1]);
+        std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("model.pt")).unwrap();
+        // `sha256sum * > SHA256SUMS`: the list names itself, hashed while empty.
+        let mut list = sums(files);
+        list.push_str(&format!("{}  {SUMS}\n", hex(&Sha256::digest(b""))));
+        std::fs::write(d.path().join(SUMS), list).unwrap();
+        let err = check_complete(d.path()).unwrap_err();
+        assert!(
+            err.contains("model.pt") && err.contains("not a regular file"),
+            "{err}"
+        );
+        std::fs::remove_file(d.path().join("model.pt")).unwrap();
+        std::fs::write(d.path().join("model.pt"), b"outside").unwrap();
+        let listed = check_complete(d.path()).unwrap();
+        assert_eq!(
+            listed.into_iter().collect::<Vec<_>>(),
+            ["manifest.toml", "model.pt"]
         );
     }
 
