@@ -475,7 +475,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| {
                     augur_tools::bench::Scenario::parse(s)
-                        .with_context(|| format!("unknown scenario {s:?} (s1-s4)"))
+                        .with_context(|| format!("unknown scenario {s:?} (s1-s4, swap)"))
                 })
                 .collect::<anyhow::Result<_>>()?;
             let report =

@@ -37,6 +37,8 @@ pub enum Scenario {
     S2,
     S3,
     S4,
+    /// A model version swapped in under S1's load (Augur only).
+    Swap,
 }
 
 impl Scenario {
@@ -46,6 +48,7 @@ impl Scenario {
             "s2" => Some(Scenario::S2),
             "s3" => Some(Scenario::S3),
             "s4" => Some(Scenario::S4),
+            "swap" => Some(Scenario::Swap),
             _ => None,
         }
     }
@@ -181,8 +184,25 @@ pub struct PeerReport {
     pub s3: Option<Memory>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s4: Option<Startup>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap: Option<SwapReport>,
     /// A scenario that could not run, with why.
     pub errors: Vec<String>,
+}
+
+/// A version swapped in under load: S1's load before it (steady) and a phase of the same
+/// length with the swap in it; the window is the features published from a second before
+/// the load request until two seconds after the swap.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    pub model: String,
+    pub steady: Phase,
+    pub with_swap: Phase,
+    /// From the load request to its answer (checks, self-test, warm-up, swap).
+    pub load_ms: f64,
+    pub window: Latency,
+    pub window_received: u64,
+    pub window_incomplete: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -453,6 +473,119 @@ impl Run<'_> {
         );
     }
 
+    /// Swaps `lstm-direction` version 1 for a version 2 (version 1's files under another
+    /// version, sealed with `sha256sum * > SHA256SUMS` as an operator would) under S1's load.
+    async fn swap(&mut self, nats_pid: u32) -> anyhow::Result<SwapReport> {
+        const MODEL: &str = "lstm-direction";
+        const TOKEN: &str = "bench-swap";
+        let repo = self.logs.join("swap-models");
+        let _ = std::fs::remove_dir_all(&repo);
+        std::fs::create_dir_all(&repo)?;
+        let cfg = augur_service::config::Config::load(Some(&self.o.config))?;
+        let mut ids = cfg.service.members.clone();
+        ids.push(cfg.service.stacker.clone());
+        for m in ids.iter().filter(|m| !m.is_empty()) {
+            let ok = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(self.o.root.join("models").join(m))
+                .arg(&repo)
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "copying {m}");
+        }
+        let mut paths = self.paths.clone();
+        paths.env = vec![
+            ("AUGUR_SERVICE__MODELS_DIR".into(), repo.display().to_string()),
+            (
+                "AUGUR_SERVICE__FEATURE_SETS_DIR".into(),
+                self.o.root.join("models/feature_sets").display().to_string(),
+            ),
+            ("AUGUR_HTTP__TOKEN".into(), TOKEN.into()),
+        ];
+        let log = self.logs.join("augur-swap.log");
+        eprintln!("bench: starting augur for the swap");
+        let peer = Peer::start(
+            PeerKind::Augur,
+            &paths,
+            &self.nats.url,
+            &log,
+            Duration::from_secs(120),
+        )?;
+        let addr = peer.http.clone().context("augur has an HTTP address")?;
+        // Version 2 lands in the repository once version 1 serves (start-up takes the newest).
+        let version = |addr: &str| -> anyhow::Result<String> {
+            let m: serde_json::Value =
+                serde_json::from_str(&peer::http_get(addr, &format!("/v2/models/{MODEL}"))?)?;
+            Ok(m["versions"][0].as_str().unwrap_or_default().to_string())
+        };
+        anyhow::ensure!(version(&addr)? == "1", "version 1 serves at start");
+        let (one, two) = (repo.join(MODEL).join("1"), repo.join(MODEL).join("2"));
+        std::fs::create_dir_all(&two)?;
+        for e in std::fs::read_dir(&one)? {
+            let e = e?;
+            std::fs::copy(e.path(), two.join(e.file_name()))?;
+        }
+        let manifest = std::fs::read_to_string(two.join("manifest.toml"))?;
+        std::fs::write(
+            two.join("manifest.toml"),
+            manifest.replacen("version = \"1\"", "version = \"2\"", 1),
+        )?;
+        let sealed = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sha256sum * > SHA256SUMS")
+            .current_dir(&two)
+            .status()?
+            .success();
+        anyhow::ensure!(sealed, "sha256sum in {}", two.display());
+        let mut feed = self.feed(self.o.s1_symbols).await?;
+        self.warm_up(&mut feed, self.o.s1_rate).await?;
+        let steady = self
+            .phase(&mut feed, &peer, nats_pid, self.o.s1_rate, self.o.s1_seconds)
+            .await?;
+        Self::print_phase("augur swap: steady", &steady);
+        let delay = Duration::from_secs_f64((self.o.s1_seconds / 4.0).max(1.0));
+        let loader = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(delay);
+            let t0 = unix_ns();
+            let r = peer::http_post(
+                &addr,
+                &format!("/v2/repository/models/{MODEL}/load"),
+                TOKEN,
+                r#"{"parameters": {"version": "2"}}"#,
+            );
+            (t0, unix_ns(), r)
+        });
+        let with_swap = self
+            .phase(&mut feed, &peer, nats_pid, self.o.s1_rate, self.o.s1_seconds)
+            .await?;
+        Self::print_phase("augur swap: with the swap", &with_swap);
+        let (t0, t1, answer) = loader.await?;
+        let (code, body) = answer?;
+        anyhow::ensure!(code == 200, "the load answered {code}: {body}");
+        let w = self
+            .receiver
+            .window(t0 - 1_000_000_000, t1 + 2_000_000_000, self.members)?;
+        anyhow::ensure!(
+            version(peer.http.as_deref().unwrap_or_default())? == "2",
+            "version 2 does not serve"
+        );
+        peer.stop(Duration::from_secs(15))?;
+        let r = SwapReport {
+            model: MODEL.into(),
+            steady,
+            with_swap,
+            load_ms: (t1 - t0) as f64 / 1e6,
+            window: w.latency.clone(),
+            window_received: w.received,
+            window_incomplete: w.incomplete,
+        };
+        eprintln!(
+            "bench: swap: load took {:.0} ms; p99 steady {:.2} ms, with the swap {:.2} ms, around it {:.2} ms",
+            r.load_ms, r.steady.latency.p99_ms, r.with_swap.latency.p99_ms, r.window.p99_ms
+        );
+        Ok(r)
+    }
+
     async fn s1(&mut self, kind: PeerKind, nats_pid: u32) -> anyhow::Result<Phase> {
         let peer = self.start(kind, "s1")?;
         let mut feed = self.feed(self.o.s1_symbols).await?;
@@ -590,6 +723,7 @@ pub async fn run(
             models: models.clone(),
             descriptor_set,
             device: o.device.clone(),
+            env: Vec::new(),
         },
         stop,
     };
@@ -618,6 +752,8 @@ pub async fn run(
                 }
                 Scenario::S3 => Ok(()),
                 Scenario::S4 => run.s4(kind).map(|s| r.s4 = Some(s)),
+                Scenario::Swap if kind != PeerKind::Augur => Ok(()),
+                Scenario::Swap => run.swap(nats_pid).await.map(|s| r.swap = Some(s)),
             };
             if let Err(e) = res {
                 eprintln!("bench: {} {s:?} failed: {e:#}", kind.name());
@@ -885,6 +1021,48 @@ pub fn markdown(r: &Report, o: &BenchOptions) -> String {
         }
         for e in &p.errors {
             let _ = writeln!(s, "\n{} error: {e}", p.peer);
+        }
+    }
+    for p in &r.peers {
+        if let Some(w) = &p.swap {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "### {} swapped from version 1 to 2 under S1's load ({})",
+                w.model, p.peer
+            );
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| phase | sent | received | lost | duplicates | incomplete | p50 ms | p99 ms | max ms |"
+            );
+            let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+            for (name, ph) in [("steady", &w.steady), ("with the swap", &w.with_swap)] {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                    ph.sent,
+                    ph.received,
+                    ph.lost,
+                    ph.duplicates,
+                    ph.incomplete,
+                    ph.latency.p50_ms,
+                    ph.latency.p99_ms,
+                    ph.latency.max_ms
+                );
+            }
+            let _ = writeln!(
+                s,
+                "| around the swap (1 s before the load to 2 s after) | - | {} | - | - | {} | {:.2} | {:.2} | {:.2} |",
+                w.window_received, w.window_incomplete, w.window.p50_ms, w.window.p99_ms, w.window.max_ms
+            );
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "The load (checks, self-test, warm-up, swap) took {:.0} ms. p99 with the swap / steady: {:.2}.",
+                w.load_ms,
+                w.with_swap.latency.p99_ms / w.steady.latency.p99_ms.max(1e-9)
+            );
         }
     }
     s

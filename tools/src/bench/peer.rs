@@ -46,6 +46,8 @@ pub struct PeerPaths {
     /// The wire contract as a FileDescriptorSet, for the Python peer's protobuf classes.
     pub descriptor_set: PathBuf,
     pub device: String,
+    /// More environment for Augur (a scenario's own models folder, a token).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running peer.
@@ -86,7 +88,8 @@ impl Peer {
                     .env("AUGUR_GRPC__BIND", "127.0.0.1:0")
                     .env("AUGUR_SERVICE__DEVICE", &p.device)
                     .env("AUGUR_KAFKA__ENABLED", "false")
-                    .env("RUST_LOG", "info");
+                    .env("RUST_LOG", "info")
+                    .envs(p.env.iter().map(|(k, v)| (k, v)));
                 marker = "augur ready";
             }
             PeerKind::PythonAsyncio => {
@@ -225,6 +228,29 @@ pub fn metric_sum(page: &str, name: &str) -> f64 {
 }
 
 /// GET http://addr/path with a bare HTTP/1.1 client; the body.
+/// POSTs a JSON body with a bearer token; answers the status line's code and the body.
+pub fn http_post(addr: &str, path: &str, token: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(180)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    Ok((code, body.to_string()))
+}
+
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
