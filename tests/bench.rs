@@ -23,6 +23,7 @@ fn paths(dir: &std::path::Path) -> PeerPaths {
         models: common::root().join("models"),
         descriptor_set: fds,
         device: "cpu".into(),
+        env: Vec::new(),
     }
 }
 
