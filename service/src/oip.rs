@@ -17,8 +17,9 @@
 //! the adaptive weights of a timeframe.
 //!
 //! The repository calls act on members: `unload` takes a member out of serving (out of the
-//! streams' ensembles and `augur-ensemble`, its `infer` refused), `load` puts it back. Its
-//! weights stay in memory: loading a version from disk is the model lifecycle's work (#14).
+//! streams' ensembles and `augur-ensemble`, its `infer` refused; its windows keep moving),
+//! `load` puts it back; `load` with a `version` loads that version from the repository folder
+//! and swaps it in (`repository.rs`, `Pipeline::swap_version`).
 //! Statistics count the calls of this protocol (both transports), not the streams' calls,
 //! which `/metrics` and `/api/v1/models` show.
 use std::collections::BTreeMap;
