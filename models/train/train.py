@@ -1,15 +1,22 @@
 """Train Augur's models on the committed real OHLCV data and export them.
 
     .venv/bin/python models/train/train.py [--out models]
+    .venv/bin/python models/train/train.py --candidates [--out models]
 
 Writes, for each model, models/<model_id>/<version>/{manifest.toml, model.pt|model.json,
 golden_inputs.f32, golden_outputs.f32}. Deterministic: fixed seeds, one thread, CPU.
+
+--candidates trains only the candidate versions of lstm-direction (2: a later training cut;
+3: deliberately worse, trained on labels shifted one horizon into the past) and writes them to
+models/candidates/lstm-direction/<version>/ with a SHA256SUMS written last; nothing else is
+touched (models/candidates/README.md).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -63,20 +70,35 @@ def labels(close: np.ndarray, vol20: np.ndarray) -> np.ndarray:
     return y
 
 
-def build_dataset():
+def series_features() -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(symbol, timeframe, ohlcv, ta-v1 features float64) per real series."""
+    return [(sym, tf, ohlcv, features.compute(ohlcv)) for sym, tf, ohlcv in load_series()]
+
+
+def shift_labels(y: np.ndarray, shift: int) -> np.ndarray:
+    """y'[t] = y[t - shift] (-1 where t < shift): the label of the move that ended at t."""
+    out = np.full(len(y), -1, dtype=np.int64)
+    out[shift:] = y[: len(y) - shift]
+    return out
+
+
+def build_dataset(cuts: tuple[float, float] = (0.70, 0.85), label_shift: int = 0, series=None):
     """Per split, the sample end indices into one concatenated feature matrix; and each
-    row's timeframe."""
+    row's timeframe. `cuts`: where train ends and validation ends, as shares of each series'
+    samples; `label_shift` > 0 takes each row's label from `label_shift` bars earlier
+    (the candidates only); `series`: series_features(), computed once by the caller."""
     feats, ys, splits = [], [], {"train": [], "val": [], "test": []}
     offset = 0
     rows = {}
     tfs = []
-    for sym, tf, ohlcv in load_series():
-        f = features.compute(ohlcv)
+    for sym, tf, ohlcv, f in series if series is not None else series_features():
         y = labels(ohlcv[:, 3], f[:, 19])
+        if label_shift:
+            y = shift_labels(y, label_shift)
         first = features.WARMUP_BARS - 1 + MAX_T - 1  # every model's window is full of features
         idx = np.arange(first, len(f) - HORIZON)
         n = len(idx)
-        a, b = int(n * 0.70), int(n * 0.85)
+        a, b = int(n * cuts[0]), int(n * cuts[1])
         splits["train"].append(idx[:a] + offset)
         splits["val"].append(idx[a:b] + offset)
         splits["test"].append(idx[b:] + offset)
@@ -319,16 +341,156 @@ def golden_pick(n: int) -> np.ndarray:
     return np.linspace(0, n - 1, GOLDEN_N).round().astype(np.int64)
 
 
+CANDIDATE_CUTS = (0.80, 0.90)  # v2: train on the first 80% of each series, validate on 10%, test on 10%
+SUMS = "SHA256SUMS"
+
+
+def write_sums(d: Path):
+    """`cd d && sha256sum * > SHA256SUMS`, without the list's own line; call it last."""
+    names = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != SUMS)
+    (d / SUMS).write_text("".join(f"{hashlib.sha256((d / n).read_bytes()).hexdigest()}  {n}\n" for n in names))
+
+
+def predict_dir(d: Path, F: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """An exported torchscript member's outputs over the windows ending at `ends`, prepared from
+    its own manifest."""
+    import tomllib
+    m = tomllib.loads((d / "manifest.toml").read_text())
+    n_ = m["normalization"]
+    x = to_layout(normalise(windows(F, ends, m["window"]), np.array(n_["mean"], np.float32),
+                            np.array(n_["std"], np.float32)), m["layout"])
+    with torch.no_grad():
+        return torch.jit.load(str(d / m["file"]))(torch.from_numpy(x)).numpy()
+
+
+def candidates(out: Path):
+    """Trains the candidate versions of lstm-direction into <out>/candidates/lstm-direction/:
+    2, the same network trained on a later cut (80/10/10), and 3, the same network trained on
+    labels shifted one horizon into the past (deliberately worse, for canary tests). Both keep
+    v1's window, features, layout, classes, timeframes and label, and v1's golden inputs. Their
+    metrics are on the true labels of their test split. Then prints v1, v2 and v3 side by side
+    on the same rows."""
+    t0 = time.time()
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    mid, T, layout = "lstm-direction", LSTM_T, "sequence"
+    series = series_features()
+    F, Y, sp1, rows, tfs = build_dataset(series=series)  # v1's split, true labels
+    _, _, sp2, _, _ = build_dataset(CANDIDATE_CUTS, series=series)
+    _, Ysh, _, _, _ = build_dataset(label_shift=HORIZON, series=series)
+    golden_ends = sp1["test"][golden_pick(len(sp1["test"]))]  # v1's golden rows
+    trained_at = os.environ.get("AUGUR_TRAINED_AT", dt.date.today().isoformat())
+    label = {
+        "horizon_bars": HORIZON, "threshold_k": THRESHOLD_K,
+        "definition": "r = ln(close[t+h] / close[t]); long if r > k * volatility_20 * sqrt(h), short if r < -that, else neutral",
+    }
+    net = "LSTM(20 -> 32) over a window of 32 ta-v1 vectors, last hidden state -> linear -> softmax."
+    specs = [
+        ("2", sp2, Y, "first 80% train, next 10% validation, last 10% test",
+         f"{net} Candidate: trained on the first 80% of each series (v1: 70%), early-stopped on the next 10%, "
+         "tested on the last 10%.",
+         {}),
+        ("3", sp1, Ysh, "first 70% train, next 15% validation, last 15% test (v1's split)",
+         f"DELIBERATELY WORSE candidate, for canary tests only: never serve it for real. {net} Trained on labels "
+         "shifted one horizon into the past (the label of bar t is the realized move over [t - 5, t], which its "
+         "features already show), so it is confident about the past and wrong about the future. Metrics are on "
+         "the true labels.",
+         {"training_labels": "shifted one horizon into the past: the label of bar t is the label of bar t - 5, "
+                             "i.e. r = ln(close[t] / close[t-5]) against k * volatility_20[t-5] * sqrt(5); "
+                             "early-stopped on the same shifted labels of the validation split; the metrics use "
+                             "the true (unshifted) labels of the test split"}),
+    ]
+    written = {}
+    for version, sp, Ytrain, split, desc, extra in specs:
+        tr, va, te = sp["train"], sp["val"], sp["test"]
+        mean = F[tr].mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = F[tr].std(axis=0, dtype=np.float64).astype(np.float32)
+        std[std == 0] = 1.0
+
+        def prep(ends):
+            return to_layout(normalise(windows(F, ends, T), mean, std), layout)
+
+        torch.manual_seed(SEED)
+        model = fit_torch(LstmDirection(F.shape[1]), prep(tr), Ytrain[tr], prep(va), Ytrain[va], 12, 3e-3)
+        d = out / "candidates" / mid / version
+        d.mkdir(parents=True, exist_ok=True)
+        (d / SUMS).unlink(missing_ok=True)  # incomplete until the list is written again, last
+        export(model, prep(te[:4]), d / "model.pt")
+        loaded = torch.jit.load(str(d / "model.pt"))
+        with torch.no_grad():
+            pte = loaded(torch.from_numpy(prep(te))).numpy()
+            pgold = loaded(torch.from_numpy(prep(golden_ends))).numpy()
+        (d / "golden_inputs.f32").write_bytes(windows(F, golden_ends, T).astype("<f4").tobytes())
+        (d / "golden_outputs.f32").write_bytes(pgold.astype("<f4").tobytes())
+        met = metrics(pte, Y[te], Y[tr])
+        if version == "3":
+            shifted = metrics(pte, Ysh[te], Ysh[tr])
+            met["shifted_label_test_accuracy"] = shifted["test_accuracy"]
+            met["shifted_label_test_log_loss"] = shifted["test_log_loss"]
+        provenance = {
+            "script": "models/train/train.py --candidates",
+            "data": ["models/data/stocks.csv.gz (AAPL FB GOOG IBM MSFT, 1d)", "models/data/FOREX_EURUSD_1H_ASK.csv (EURUSD, 1h)"],
+            "split": f"per series by time: {split}",
+            "rows_train": int(len(tr)), "rows_val": int(len(va)), "rows_test": int(len(te)),
+            **extra,
+            "seed": SEED, "trained_at": trained_at,
+            "torch_version": torch.__version__, "xgboost_version": xgb.__version__,
+        }
+        write_manifest(d / "manifest.toml", {
+            "id": mid, "version": version, "kind": "torchscript", "family": "lstm", "file": "model.pt",
+            "description": desc, "input": "features", "feature_set": "ta-v1",
+            "window": T, "features": int(F.shape[1]), "layout": layout,
+            "classes": CLASSES, "timeframes": TIMEFRAMES,
+        }, {"normalization": {"mean": mean, "std": std, "clip": CLIP,
+                              "formula": "clamp((x - mean) / std, -clip, clip), float32"},
+            "label": label, "provenance": provenance, "metrics": met,
+            "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
+                       "input_shape": [GOLDEN_N, T, int(F.shape[1])],
+                       "note": "raw ta-v1 windows [count, window, features] (before normalisation; the same rows "
+                               "as v1's); outputs [count, 3] from torch.jit.load of model.pt"},
+            **drift_reference(F, tfs, tr, te, pte)},
+            f"{mid} v{version} (candidate): written by models/train/train.py --candidates, do not edit by hand.")
+        write_sums(d)
+        written[version] = d
+        print(f"{mid} v{version}: {met}  ({time.time() - t0:.0f}s)")
+
+    # v1 (as committed), v2 and v3 on the same rows, against the true labels.
+    dirs = {"1": ROOT / mid / VERSION, **written}
+    offs = np.cumsum([0] + [len(f) for *_, f in series])
+    first = features.WARMUP_BARS - 1  # the replay's first vector of each series
+    replay_tail = np.concatenate([
+        o + np.arange(first + int((len(f) - first) * 0.70), len(f) - HORIZON)
+        for o, (*_, f) in zip(offs, series)])
+    sets = [("v1's test split (last 15%)", sp1["test"], Y[sp1["train"]]),
+            ("v2's test split (last 10%)", sp2["test"], Y[sp1["train"]]),
+            ("replay, last 30% of each series", replay_tail, Y[sp1["train"]])]
+    for name, ends, ytr in sets:
+        print(f"{name}: {len(ends)} rows")
+        for v, d in dirs.items():
+            m = metrics(predict_dir(d, F, ends), Y[ends], ytr)
+            print(f"  v{v}: accuracy {m['test_accuracy']:.4f}  log-loss {m['test_log_loss']:.4f}")
+        print(f"  baseline (v1's training prior): accuracy {m['baseline_accuracy']:.4f}  "
+              f"log-loss {m['baseline_log_loss']:.4f}")
+    print(f"total {time.time() - t0:.0f}s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT))
     ap.add_argument("--drift-only", action="store_true",
                     help="only (re)write the manifests' drift references, from the exported models")
+    ap.add_argument("--candidates", action="store_true",
+                    help="only train the candidate versions 2 and 3 of lstm-direction, into "
+                         "<out>/candidates/lstm-direction/<version>/ (v1 is neither retrained nor touched)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.drift_only:
         torch.set_num_threads(1)
         drift_only(out)
+        return
+    if args.candidates:
+        candidates(out)
         return
     t0 = time.time()
     torch.set_num_threads(1)

@@ -64,9 +64,28 @@ def test_training_is_reproducible(tmp_path):
         [sys.executable, str(MODELS / "train" / "train.py"), "--out", str(tmp_path)],
         check=True, capture_output=True, env={"AUGUR_TRAINED_AT": env_date, "PATH": "/usr/bin:/bin"},
     )
-    for mid in IDS:
-        for name in ["golden_inputs.f32", "golden_outputs.f32", "manifest.toml"]:
-            a = (MODELS / mid / "1" / name).read_bytes()
-            b = (tmp_path / mid / "1" / name).read_bytes()
-            assert a == b, f"{mid}/{name} differs after retraining"
+    # The data, the features and the split are exact: the members' golden inputs (feature
+    # windows) byte for byte. (The stacker's inputs are the members' outputs.)
+    for mid in ["lstm-direction", "cnn-pattern", "xgb-direction"]:
+        a = (MODELS / mid / "1" / "golden_inputs.f32").read_bytes()
+        assert a == (tmp_path / mid / "1" / "golden_inputs.f32").read_bytes(), mid
+    # XGBoost trains exactly on any CPU: the model, its outputs and its manifest byte for byte.
     assert (MODELS / "xgb-direction/1/model.json").read_bytes() == (tmp_path / "xgb-direction/1/model.json").read_bytes()
+    for name in ["golden_outputs.f32", "manifest.toml"]:
+        assert (MODELS / "xgb-direction/1" / name).read_bytes() == (tmp_path / "xgb-direction/1" / name).read_bytes()
+    # libtorch's CPU kernels (MKL, oneDNN) round differently on another instruction set (seen:
+    # a machine with AVX-512 against the one that trained the committed files, whatever
+    # ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA or MKL_CBWR said), and the epochs of training
+    # carry that into other weights: byte for byte on the training machine; elsewhere the
+    # retrained models must score alike on the test split (seen apart: accuracy 0.004,
+    # log-loss 0.002 at most).
+    for mid in ["lstm-direction", "cnn-pattern", "ensemble-meta"]:
+        a = (MODELS / mid / "1" / "golden_outputs.f32").read_bytes()
+        if a == (tmp_path / mid / "1" / "golden_outputs.f32").read_bytes():
+            assert (MODELS / mid / "1" / "manifest.toml").read_bytes() == (tmp_path / mid / "1" / "manifest.toml").read_bytes()
+            continue
+        want = manifest(mid)["metrics"]
+        got = tomllib.loads((tmp_path / mid / "1" / "manifest.toml").read_text())["metrics"]
+        assert abs(got["test_accuracy"] - want["test_accuracy"]) <= 0.01, (mid, got, want)
+        assert abs(got["test_log_loss"] - want["test_log_loss"]) <= 0.005, (mid, got, want)
+        assert got["test_log_loss"] < got["baseline_log_loss"], (mid, got)
