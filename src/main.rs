@@ -177,6 +177,19 @@ enum Command {
     /// Make a new API key for a tenant (`[access].keys_file`): prints the key (give it to the
     /// tenant; it is not stored) and the line of its SHA-256 for the keys file.
     Key,
+    /// Operate a running service over its HTTP API (plain HTTP): the repository (index, load,
+    /// unload, a version), experiments (A/B split, shadow, canary; promote, stop). Prints the
+    /// answer's JSON; exits 1 on a refusal, with its reasons.
+    Ctl {
+        /// The service's `[http].bind`.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// The operator's `[http].token`.
+        #[arg(long, env = "AUGUR_HTTP__TOKEN", default_value = "", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        action: Ctl,
+    },
     /// Load every model of a model repository, check it, and print what was loaded.
     Models {
         #[arg(long, default_value = "models")]
@@ -185,6 +198,88 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+}
+
+#[derive(Subcommand)]
+enum Ctl {
+    /// Every model: the version serving, its state, the other versions on disk and why.
+    Index,
+    /// Every model's gate (`GET /api/v1/models`).
+    Models,
+    /// Put a member in serving; with --version, load that version and swap it in.
+    Load {
+        model: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Take a member out of serving.
+    Unload { model: String },
+    /// Running experiments and the recent decisions.
+    Experiments,
+    /// Start an experiment on a member (replaces a running one).
+    Experiment {
+        model: String,
+        /// The candidate version (a complete folder of the repository).
+        #[arg(long)]
+        candidate: String,
+        /// split, shadow or canary.
+        #[arg(long, default_value = "shadow")]
+        mode: String,
+        /// Share of streams, percent (split, shadow).
+        #[arg(long, default_value_t = 100.0)]
+        weight_pct: f64,
+        /// A canary's policy as JSON, e.g. '{"step_weight_pct":10,"max_weight_pct":50,"interval_s":300}'.
+        #[arg(long, default_value = "{}")]
+        canary: String,
+    },
+    /// Promote a member's candidate by hand.
+    Promote { model: String },
+    /// Stop a member's experiment (its candidate is freed).
+    Stop { model: String },
+}
+
+/// One call of `augur ctl`: the method, the path and the body.
+fn ctl_request(action: &Ctl) -> anyhow::Result<(&'static str, String, String)> {
+    Ok(match action {
+        Ctl::Index => ("POST", "/v2/repository/index".into(), String::new()),
+        Ctl::Models => ("GET", "/api/v1/models".into(), String::new()),
+        Ctl::Load { model, version } => (
+            "POST",
+            format!("/v2/repository/models/{model}/load"),
+            match version {
+                Some(v) => serde_json::json!({"parameters": {"version": v}}).to_string(),
+                None => String::new(),
+            },
+        ),
+        Ctl::Unload { model } => (
+            "POST",
+            format!("/v2/repository/models/{model}/unload"),
+            String::new(),
+        ),
+        Ctl::Experiments => ("GET", "/api/v1/experiments".into(), String::new()),
+        Ctl::Experiment {
+            model,
+            candidate,
+            mode,
+            weight_pct,
+            canary,
+        } => {
+            let canary: serde_json::Value =
+                serde_json::from_str(canary).context("--canary must be a JSON object")?;
+            (
+                "PUT",
+                format!("/api/v1/experiments/{model}"),
+                serde_json::json!({"candidate": candidate, "mode": mode, "weight_pct": weight_pct, "canary": canary})
+                    .to_string(),
+            )
+        }
+        Ctl::Promote { model } => (
+            "POST",
+            format!("/api/v1/experiments/{model}/promote"),
+            String::new(),
+        ),
+        Ctl::Stop { model } => ("DELETE", format!("/api/v1/experiments/{model}"), String::new()),
+    })
 }
 
 fn main() {
@@ -539,6 +634,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(out) = out {
                 std::fs::write(out.with_extension("md"), &table)?;
                 std::fs::write(out.with_extension("json"), serde_json::to_string_pretty(&cells)?)?;
+            }
+        }
+        Command::Ctl { addr, token, action } => {
+            let (method, path, body) = ctl_request(&action)?;
+            let (code, answer) =
+                augur_tools::bench::peer::http_request(&addr, method, &path, Some(&token), &body)?;
+            let pretty = serde_json::from_str::<serde_json::Value>(&answer)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or(answer);
+            if (200..300).contains(&code) {
+                println!("{pretty}");
+            } else {
+                anyhow::bail!("{method} {path}: HTTP {code}\n{pretty}");
             }
         }
         Command::Key => {

@@ -434,3 +434,67 @@ fn test_with_nats_gone_stopping_the_intake_leaves_the_budget_to_the_other_stages
         svc.shutdown().await;
     });
 }
+
+#[test]
+fn test_a_message_published_the_moment_the_service_is_ready_is_taken_in() {
+    // A producer that starts on "ready" (the faults and Kafka tests' feeders did) published
+    // into subscriptions the server did not have yet: core NATS dropped those vectors, one per
+    // stream, and each stream's window came up short (test first: it failed on main).
+    let nats = common::NatsServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async_nats::connect(nats.url())).unwrap();
+    let mut dlq = rt.block_on(async {
+        let s = client.subscribe("features.dlq").await.unwrap();
+        client.flush().await.unwrap();
+        s
+    });
+    for _ in 0..5 {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut cfg = common::config(&nats.url());
+        cfg.http.enabled = false;
+        cfg.grpc.enabled = false;
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            actix_rt::System::new().block_on(async move {
+                let run = serve(
+                    cfg,
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    None,
+                    Some(tx),
+                );
+                let tell = async {
+                    if rx.await.is_ok() {
+                        let _ = ready_tx.send(());
+                    }
+                };
+                let (r, _) = futures::join!(run, tell);
+                r
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        // At once: an undecodable message, which must come back as a dead letter.
+        rt.block_on(async {
+            client
+                .publish(
+                    "features.1m.READY",
+                    bytes::Bytes::from_static(b"\xff\xff not protobuf"),
+                )
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+        });
+        let got = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), dlq.next()).await });
+        let _ = stop.send(());
+        thread.join().unwrap().unwrap();
+        assert!(
+            matches!(got, Ok(Some(_))),
+            "a message published on ready never reached the intake"
+        );
+    }
+}

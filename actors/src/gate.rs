@@ -12,6 +12,7 @@ use crate::breaker::{Admission, BreakerConfig, CircuitBreaker, CircuitState, Tra
 use crate::clock::Clock;
 use crate::events::{CallRejected, CircuitTransition};
 use crate::executor::{BackendFactory, ExecutorHandle};
+use crate::experiment::{Candidate, Mode, VersionStats};
 use crate::messages::CircuitChanged;
 use crate::telemetry::{self as t, PipelineStats};
 use crate::types::ModelInfo;
@@ -27,6 +28,15 @@ impl Ticket {
     pub fn rejected(&self) -> bool {
         self.admission == Admission::Rejected
     }
+
+    /// A call that does not go through the model's breaker (an experiment's candidate): its
+    /// epoch matches none, so a release or a record of it changes nothing.
+    pub fn outside_the_breaker() -> Ticket {
+        Ticket {
+            admission: Admission::Allowed,
+            epoch: u64::MAX,
+        }
+    }
 }
 
 /// What serves a model's calls now.
@@ -35,6 +45,23 @@ struct Serving {
     executor: ExecutorHandle,
     /// Loads the serving version again after a crash; `None`: the start-up version's loader.
     factory: Option<BackendFactory>,
+    /// Calls of the serving version (a canary compares its candidate with them).
+    stats: Arc<VersionStats>,
+    /// An experiment's candidate version, loaded beside the serving one (see `experiment`).
+    candidate: Option<Candidate>,
+}
+
+/// Where one stream's call goes: the version and executor that answer it (the serving one,
+/// or an A/B or canary candidate for the streams in its share), and the shadow candidate that
+/// also runs it, if any.
+pub struct Route {
+    pub version: Arc<str>,
+    pub executor: ExecutorHandle,
+    pub stats: Arc<VersionStats>,
+    /// The call goes to the candidate: its outcome is not the serving version's, so it is
+    /// kept out of the model's breaker (the canary's judge weighs it).
+    pub candidate: bool,
+    pub shadow: Option<Candidate>,
 }
 
 impl std::fmt::Debug for Serving {
@@ -42,6 +69,7 @@ impl std::fmt::Debug for Serving {
         f.debug_struct("Serving")
             .field("version", &self.version)
             .field("executor", &self.executor)
+            .field("candidate", &self.candidate)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +141,8 @@ impl ModelGate {
                 version,
                 executor,
                 factory: None,
+                stats: Default::default(),
+                candidate: None,
             }),
             stats,
             enabled: AtomicBool::new(true),
@@ -150,6 +180,71 @@ impl ModelGate {
         (s.version.clone(), s.executor.clone())
     }
 
+    /// Where the call of a stream in `bucket` (see `experiment::bucket`) goes.
+    pub fn route(&self, bucket: u32) -> Route {
+        let s = self.read_serving();
+        let serving = |shadow| Route {
+            version: s.version.clone(),
+            executor: s.executor.clone(),
+            stats: s.stats.clone(),
+            candidate: false,
+            shadow,
+        };
+        match &s.candidate {
+            Some(c) if bucket < c.weight && c.mode == Mode::Shadow => serving(Some(c.clone())),
+            Some(c) if bucket < c.weight => Route {
+                version: c.version.clone(),
+                executor: c.executor.clone(),
+                stats: c.stats.clone(),
+                candidate: true,
+                shadow: None,
+            },
+            _ => serving(None),
+        }
+    }
+
+    /// The experiment's candidate, if any.
+    pub fn candidate(&self) -> Option<Candidate> {
+        self.read_serving().candidate.clone()
+    }
+
+    /// Calls of the serving version.
+    pub fn serving_stats(&self) -> Arc<VersionStats> {
+        self.read_serving().stats.clone()
+    }
+
+    /// Installs an experiment's candidate (the experiments actor, on the actors' thread);
+    /// returns the one it replaces, which answers what it was given and is freed.
+    pub fn set_candidate(&self, c: Candidate) -> Option<Candidate> {
+        self.write_serving().candidate.replace(c)
+    }
+
+    /// Takes the candidate out: its streams go back to the serving version from their next
+    /// call; it answers what it was given and is freed.
+    pub fn take_candidate(&self) -> Option<Candidate> {
+        self.write_serving().candidate.take()
+    }
+
+    pub fn set_candidate_weight(&self, weight: u32) {
+        if let Some(c) = self.write_serving().candidate.as_mut() {
+            c.weight = weight;
+        }
+    }
+
+    /// The candidate becomes the version serving every stream, from the next call on; the old
+    /// version drains what it was given and is freed. Its circuit starts closed.
+    pub fn promote(&self) -> Option<Arc<str>> {
+        let mut s = self.write_serving();
+        let c = s.candidate.take()?;
+        let old = std::mem::replace(&mut s.version, c.version);
+        s.factory = Some(c.factory);
+        s.stats = c.stats;
+        drop(std::mem::replace(&mut s.executor, c.executor));
+        drop(s);
+        self.reset();
+        Some(old)
+    }
+
     /// The version serving.
     pub fn version(&self) -> Arc<str> {
         self.read_serving().version.clone()
@@ -177,6 +272,7 @@ impl ModelGate {
         let mut s = self.write_serving();
         s.version = version;
         s.factory = Some(factory);
+        s.stats = Default::default();
         std::mem::replace(&mut s.executor, executor)
     }
 

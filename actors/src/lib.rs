@@ -19,6 +19,8 @@
 //! - [`executor`]: the batching inference threads.
 //! - [`breaker`], [`gate`]: the circuit breaker (pure, time injected) and its shared wrapper,
 //!   which also holds the model's current executor.
+//! - [`experiment`]: candidate versions beside the serving one (A/B split, shadow, canary with
+//!   its judge and automatic promotion or rollback).
 //! - [`clock`]: injected time (deadlines, backoff, batching, breakers); a manual clock for tests.
 //! - [`pipeline`]: builds the graph. [`telemetry`]: every metric name. [`events`]: typed
 //!   telemetry events, each counting, recording its metric and logging in one place.
@@ -29,6 +31,7 @@ pub mod clock;
 pub mod drift;
 pub mod events;
 pub mod executor;
+pub mod experiment;
 pub mod gate;
 pub mod messages;
 pub mod model_actor;

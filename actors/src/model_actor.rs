@@ -8,6 +8,7 @@ use actix::prelude::*;
 
 use crate::events::{CallFailed, CallShed};
 use crate::executor::{ExecError, RowOutput};
+use crate::experiment::{Candidate, ShadowOutput, VersionStats};
 use crate::gate::{ModelGate, Ticket};
 use crate::messages::{MemberDone, MemberStatus, ModelFailed, Stop};
 use crate::telemetry::PipelineStats;
@@ -23,6 +24,8 @@ pub struct ModelActor {
     window: VecDeque<Arc<[f32]>>,
     mailbox_capacity: usize,
     stats: Arc<PipelineStats>,
+    /// The stream's bucket for experiments (`experiment::bucket`), from its first vector.
+    bucket: Option<u32>,
 }
 
 impl ModelActor {
@@ -44,6 +47,7 @@ impl ModelActor {
             window,
             mailbox_capacity,
             stats,
+            bucket: None,
         }
     }
 
@@ -55,10 +59,12 @@ impl ModelActor {
         });
     }
 
-    fn reporter(&self, version: Arc<str>) -> Reporter {
+    fn reporter(&self, version: Arc<str>, calls: Arc<VersionStats>, candidate: bool) -> Reporter {
         Reporter {
             gate: self.gate.clone(),
             version,
+            calls,
+            candidate,
             member: self.member,
             aggregator: self.aggregator.clone(),
             supervisor: self.supervisor.clone(),
@@ -74,6 +80,10 @@ struct Reporter {
     gate: Arc<ModelGate>,
     /// The version the call went to (a swap may land while it runs).
     version: Arc<str>,
+    /// That version's call counts (a canary compares them).
+    calls: Arc<VersionStats>,
+    /// The call went to an experiment's candidate: kept out of the model's breaker.
+    candidate: bool,
     member: usize,
     aggregator: Recipient<MemberDone>,
     supervisor: Recipient<ModelFailed>,
@@ -93,12 +103,17 @@ impl Reporter {
                 // Slow means the model computed slowly (its batch's forward pass), not that the
                 // call waited in a queue behind a burst: queueing is back-pressure, not a fault.
                 let _ = latency;
-                self.gate.record(
-                    ticket,
-                    true,
-                    std::time::Duration::from_micros(out.inference_us as u64),
-                    None,
-                );
+                self.calls.ok(out.inference_us);
+                if self.candidate {
+                    self.gate.release(ticket);
+                } else {
+                    self.gate.record(
+                        ticket,
+                        true,
+                        std::time::Duration::from_micros(out.inference_us as u64),
+                        None,
+                    );
+                }
                 let mut p = MemberPrediction::new(
                     &self.gate.info,
                     out.probabilities,
@@ -110,7 +125,11 @@ impl Reporter {
                 MemberStatus::Output(p)
             }
             Err(ExecError::QueueFull) => {
-                // Shed under load: counted, the member misses this event, nobody is at fault.
+                // Shed under load: counted, the member misses this event, nobody is at fault
+                // (but a candidate's full queue, a hung one's too, is the canary's evidence).
+                if self.candidate {
+                    self.calls.fault();
+                }
                 self.gate.release(ticket);
                 self.stats.emit(CallShed {
                     model: &self.gate.info.id,
@@ -119,6 +138,24 @@ impl Reporter {
             }
             Err(e) => {
                 let error = e.to_string();
+                if e.is_model_fault() {
+                    self.calls.fault();
+                }
+                if self.candidate {
+                    // A candidate's fault is the canary's evidence, not the serving version's.
+                    self.gate.release(ticket);
+                    self.stats.emit(CallFailed {
+                        model: &self.gate.info.id,
+                        code: e.code(),
+                        error: &error,
+                    });
+                    self.aggregator.do_send(MemberDone {
+                        sequence,
+                        member: self.member,
+                        status: MemberStatus::Failed(e.code()),
+                    });
+                    return;
+                }
                 if e.is_model_fault() {
                     self.gate.record(ticket, false, latency, Some(&error));
                 } else {
@@ -173,7 +210,19 @@ impl Handler<Vector> for ModelActor {
             self.done(v.sequence, MemberStatus::Warming);
             return;
         }
-        let ticket = self.gate.admit();
+        // The stream's version and executor: a restart, a version swap or an experiment
+        // replaces them in the gate, the window stays.
+        let bucket = *self
+            .bucket
+            .get_or_insert_with(|| crate::experiment::bucket(&v.key));
+        let route = self.gate.route(bucket);
+        // The model's breaker admits the serving version's calls; a candidate's are the
+        // canary's evidence and never take (or wait for) one of its probe slots.
+        let ticket = if route.candidate {
+            Ticket::outside_the_breaker()
+        } else {
+            self.gate.admit()
+        };
         if ticket.rejected() {
             self.done(v.sequence, MemberStatus::Rejected);
             return;
@@ -183,12 +232,12 @@ impl Handler<Vector> for ModelActor {
             raw.extend_from_slice(w);
         }
         let started = Instant::now();
-        // The model's current version and executor: a restart or a version swap replaces them
-        // in the gate, the window stays.
-        let (version, executor) = self.gate.serving();
-        let reporter = self.reporter(version);
+        let reporter = self.reporter(route.version.clone(), route.stats, route.candidate);
         let sequence = v.sequence;
-        match executor.submit(raw) {
+        if let Some(c) = route.shadow {
+            shadow(&self.gate, c, &v, route.version, raw.clone());
+        }
+        match route.executor.submit(raw) {
             Ok(rx) => {
                 actix::spawn(async move {
                     let res = rx.await.unwrap_or(Err(ExecError::Down));
@@ -198,6 +247,58 @@ impl Handler<Vector> for ModelActor {
             Err(e) => reporter.finish(ticket, sequence, Err(e), started.elapsed()),
         }
     }
+}
+
+/// Runs a shadow candidate on the same window: its output goes to the shadow sink, never to
+/// the aggregator; its failures are counted on the candidate alone.
+fn shadow(gate: &Arc<ModelGate>, c: Candidate, v: &crate::types::Vector, incumbent: Arc<str>, raw: Vec<f32>) {
+    let (ok, failed) = (c.shadow_ok.clone(), c.shadow_failed.clone());
+    let out = ShadowOutput {
+        key: v.key.clone(),
+        sequence: v.sequence,
+        event_time_ms: v.event_time_ms,
+        correlation_id: v.correlation_id.clone(),
+        incumbent,
+        prediction: MemberPrediction::new(&gate.info, Vec::new(), false, 0, 0),
+    };
+    let rx = match c.executor.submit(raw) {
+        Ok(rx) => rx,
+        Err(e) => {
+            if e.is_model_fault() {
+                c.stats.fault();
+            }
+            failed.increment(1);
+            return;
+        }
+    };
+    actix::spawn(async move {
+        match rx.await.unwrap_or(Err(ExecError::Down)) {
+            Ok(r) => {
+                c.stats.ok(r.inference_us);
+                let mut out = out;
+                let info = &out.prediction;
+                let mut p = MemberPrediction {
+                    probabilities: r.probabilities,
+                    inference_us: r.inference_us,
+                    batch_size: r.batch_size,
+                    model_version: c.version.clone(),
+                    ..info.clone()
+                };
+                let (i, conf) = crate::types::argmax(&p.probabilities);
+                p.direction = crate::types::Direction::from_index(i);
+                p.confidence = conf;
+                out.prediction = p;
+                ok.increment(1);
+                c.shadow.shadow(out);
+            }
+            Err(e) => {
+                if e.is_model_fault() {
+                    c.stats.fault();
+                }
+                failed.increment(1);
+            }
+        }
+    });
 }
 
 impl Handler<Stop> for ModelActor {

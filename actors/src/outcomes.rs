@@ -470,6 +470,18 @@ pub struct Reference {
     pub baseline_log_loss: Option<f64>,
 }
 
+impl crate::experiment::QualitySource for Scoreboard {
+    fn totals(&self, model: &str, version: &str) -> (u64, f64, f64) {
+        let scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        scores
+            .iter()
+            .filter(|((m, v, _), _)| &**m == model && &**v == version)
+            .fold((0, 0.0, 0.0), |(n, a, l), (_, s)| {
+                (n + s.total_n, a + s.total.accuracy, l + s.total.log_loss)
+            })
+    }
+}
+
 /// The quality report of one (model, version, timeframe).
 #[derive(Debug, Clone, Serialize)]
 pub struct QualityRow {

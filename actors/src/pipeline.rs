@@ -68,6 +68,8 @@ pub struct Pipeline {
     bars: Option<crate::outcomes::OutcomesHandle>,
     /// Live quality, when outcomes are on.
     pub quality: Option<Arc<crate::outcomes::Scoreboard>>,
+    /// Candidate versions and canaries (`with_experiments`).
+    experiments: Option<Addr<crate::experiment::Experiments>>,
 }
 
 impl Pipeline {
@@ -191,7 +193,88 @@ impl Pipeline {
             adaptive: cfg.adaptive.clone(),
             bars: None,
             quality: None,
+            experiments: None,
         })
+    }
+
+    /// Starts the experiments actor (after `with_outcomes`, whose quality the canaries weigh):
+    /// shadow outputs go to `shadow`, decisions to `decisions` besides the log and the counters;
+    /// canary intervals run on `clock` (a test drives them with a manual one). Called again,
+    /// it replaces the actor (and ends its experiments' checks).
+    pub fn with_experiments(
+        mut self,
+        shadow: Arc<dyn crate::experiment::ShadowSink>,
+        decisions: Vec<Arc<dyn crate::experiment::DecisionSink>>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let quality = self
+            .quality
+            .clone()
+            .map(|q| q as Arc<dyn crate::experiment::QualitySource>);
+        self.experiments = Some(
+            crate::experiment::Experiments::new(self.gates.clone(), clock, quality, shadow, decisions)
+                .start(),
+        );
+        self
+    }
+
+    fn experiments_actor(&self) -> Result<&Addr<crate::experiment::Experiments>, String> {
+        self.experiments
+            .as_ref()
+            .ok_or_else(|| "experiments are not running in this pipeline".to_string())
+    }
+
+    /// Loads `version` of member `id` on an executor of its own, warms it, then installs it as
+    /// the candidate of an experiment (`spec`); the version serving goes on serving. Answered
+    /// with the version serving.
+    pub async fn start_experiment(
+        &self,
+        id: &str,
+        version: Arc<str>,
+        factory: BackendFactory,
+        spec: crate::experiment::ExperimentSpec,
+    ) -> Result<Arc<str>, String> {
+        let exp = self.experiments_actor()?.clone();
+        if !self.gates.iter().any(|g| *g.info.id == *id) {
+            return Err(format!("unknown member {id:?} (experiments are per member)"));
+        }
+        let executor = self.load_executor(id, &version, factory.clone()).await?;
+        exp.send(crate::experiment::StartExperiment {
+            model: id.to_string(),
+            version,
+            executor,
+            factory,
+            spec,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Ends member `id`'s experiment: promotes its candidate, or takes it out.
+    pub async fn end_experiment(&self, id: &str, promote: bool) -> Result<(), String> {
+        self.experiments_actor()?
+            .send(crate::experiment::EndExperiment {
+                model: id.to_string(),
+                promote,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Every running experiment, and the recent decisions.
+    pub async fn experiments(
+        &self,
+    ) -> Result<
+        (
+            Vec<crate::experiment::ExperimentView>,
+            Vec<crate::experiment::DecisionEvent>,
+        ),
+        String,
+    > {
+        self.experiments_actor()?
+            .send(crate::experiment::ListExperiments)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Queues the bars of every vector ingested from now on into `bars` (the outcomes
@@ -294,18 +377,32 @@ impl Pipeline {
         if !self.all_gates().any(|g| *g.info.id == *id) {
             return Err(format!("unknown model {id:?}"));
         }
+        let handle = self.load_executor(id, &version, factory.clone()).await?;
+        self.swap
+            .send(SwapVersion {
+                model: id.to_string(),
+                version,
+                executor: handle,
+                factory,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// An executor of its own for `version` of model `id`, loaded and warmed (every batch
+    /// size); one that fails or hangs is reported and given up.
+    async fn load_executor(
+        &self,
+        id: &str,
+        version: &str,
+        factory: BackendFactory,
+    ) -> Result<ExecutorHandle, String> {
         let config = self
             .executor_config
             .read()
             .map(|c| c.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
-        let (handle, ready) = executor::spawn(
-            id,
-            factory.clone(),
-            config,
-            self.observer.clone(),
-            self.clock.clone(),
-        );
+        let (handle, ready) = executor::spawn(id, factory, config, self.observer.clone(), self.clock.clone());
         // Loading and warming every batch size takes seconds; one that hangs is given up (its
         // handle dropped, so its thread ends once it gets past the hang).
         match tokio::time::timeout(Duration::from_secs(120), ready).await {
@@ -322,15 +419,7 @@ impl Pipeline {
                 ));
             }
         }
-        self.swap
-            .send(SwapVersion {
-                model: id.to_string(),
-                version,
-                executor: handle,
-                factory,
-            })
-            .await
-            .map_err(|e| e.to_string())?
+        Ok(handle)
     }
 
     pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<(), String> {
@@ -354,6 +443,9 @@ impl Pipeline {
         }
         for g in self.all_gates() {
             g.executor().set_config(b.clone());
+            if let Some(c) = g.candidate() {
+                c.executor.set_config(b.clone());
+            }
         }
     }
 

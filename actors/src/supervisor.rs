@@ -116,6 +116,21 @@ impl Supervisor {
     fn give_up_hung(&mut self, timeout: Duration) {
         let now = self.clock.now().as_nanos() as u64 + 1;
         for m in &self.models {
+            // An experiment's candidate hung: given up the same way (its calls then fail,
+            // which a canary weighs), but the serving version's breaker is not its to open.
+            if let Some(c) = m.gate.candidate() {
+                let st = c.executor.state();
+                let since = st.forward_started_ns.load(std::sync::atomic::Ordering::Acquire);
+                if since != 0
+                    && !st.abandoned.load(std::sync::atomic::Ordering::Acquire)
+                    && Duration::from_nanos(now.saturating_sub(since)) > timeout
+                {
+                    st.abandoned.store(true, std::sync::atomic::Ordering::Release);
+                    st.ready.store(false, std::sync::atomic::Ordering::Release);
+                    st.down.store(true, std::sync::atomic::Ordering::Release);
+                    tracing::error!(model = %m.gate.info.id, candidate = %c.version, "hung candidate: executor given up");
+                }
+            }
             let h = m.gate.executor();
             let st = h.state();
             let since = st.forward_started_ns.load(std::sync::atomic::Ordering::Acquire);

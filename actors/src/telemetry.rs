@@ -76,6 +76,13 @@ pub const KEYS_RELOADS: &str = "augur_keys_reloads_total";
 pub const TLS_RELOADS: &str = "augur_tls_reloads_total";
 /// Lookups in the request path's prediction cache, by result (`hit`, `miss`).
 pub const PREDICTION_CACHE: &str = "augur_prediction_cache_requests_total";
+/// Experiment decisions, by model and decision (`start_*`, `step`, `hold`, `promote`,
+/// `rollback`, `stop`).
+pub const EXPERIMENT_DECISIONS: &str = "augur_experiment_decisions_total";
+/// Share of streams (percent) a member's candidate serves or shadows.
+pub const EXPERIMENT_WEIGHT: &str = "augur_experiment_weight_percent";
+/// Shadow candidates' outputs, by model and result (`ok`, `error`).
+pub const SHADOW_OUTPUTS: &str = "augur_shadow_outputs_total";
 
 /// Registers the descriptions with whatever recorder is installed.
 pub fn describe() {
@@ -300,6 +307,18 @@ pub fn describe() {
         PREDICTION_CACHE,
         "Lookups in the request path's prediction cache (predict and the inference protocol), by result"
     );
+    describe_counter!(
+        EXPERIMENT_DECISIONS,
+        "Experiment decisions, by model and decision (start_*, step, hold, promote, rollback, stop)"
+    );
+    describe_gauge!(
+        EXPERIMENT_WEIGHT,
+        "Share of streams (percent) a member's candidate version serves or shadows; 0 without one"
+    );
+    describe_counter!(
+        SHADOW_OUTPUTS,
+        "Outputs of shadow candidates, by model and result (ok, error); never in the ensemble"
+    );
 }
 
 /// Registers every labelled counter at zero, so that dashboards and alerts see a series
@@ -318,6 +337,11 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
         counter!(MODEL_CALLS, "model" => m.clone(), "outcome" => "ok").increment(0);
         counter!(MODEL_CALLS, "model" => m.clone(), "outcome" => "error").increment(0);
         counter!(MAILBOX_FULL, "model" => m.clone()).increment(0);
+        metrics::gauge!(EXPERIMENT_WEIGHT, "model" => m.clone()).set(0.0);
+        for d in ["promote", "rollback"] {
+            counter!(EXPERIMENT_DECISIONS, "model" => m.clone(), "decision" => d).increment(0);
+        }
+        counter!(SHADOW_OUTPUTS, "model" => m.clone(), "result" => "ok").increment(0);
     }
     for tr in transports {
         let tr = tr.to_string();

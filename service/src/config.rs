@@ -31,6 +31,10 @@ pub struct ServiceConfig {
     pub members: Vec<String>,
     /// The stacking model's id ("" for none); needed by method = "stacking".
     pub stacker: String,
+    /// The version each model serves at start-up (model id -> version folder); a model not
+    /// listed serves its highest version. Pins a model while newer versions wait in the
+    /// repository (an experiment's candidates, or a version not yet shipped).
+    pub versions: std::collections::BTreeMap<String, String>,
     /// cpu | cuda | cuda:N | auto
     pub device: String,
     /// libtorch intra-op threads (process-wide).
@@ -50,6 +54,7 @@ impl Default for ServiceConfig {
                 "xgb-direction".into(),
             ],
             stacker: "ensemble-meta".into(),
+            versions: Default::default(),
             device: "cpu".into(),
             intra_op_threads: 1,
             shutdown_timeout_ms: 10_000,
@@ -318,6 +323,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub jetstream: JetStreamConfig,
     pub outcomes: OutcomesConfig,
+    /// Experiments started with the service, by member id: a candidate version beside the
+    /// serving one (docs/INTERFACES.md, "Experiments").
+    pub experiments: std::collections::BTreeMap<String, augur_actors::experiment::ExperimentSpec>,
 }
 
 /// Every problem found, one per line.
@@ -399,6 +407,7 @@ impl Config {
         section!("outcomes", outcomes);
         section!("grpc", grpc);
         section!("access", access);
+        section!("experiments", experiments);
         for section in known.keys().filter(|k| !read.contains(&k.as_str())) {
             problems.push(format!(
                 "[{section}] is never read (a defect of this build: report it)"
@@ -431,6 +440,16 @@ impl Config {
                 s.intra_op_threads
             ));
         }
+        for (m, v) in &s.versions {
+            if !(s.members.contains(m) || s.stacker == *m) {
+                p.push(format!(
+                    "service.versions: {m:?} is neither a member nor the stacker"
+                ));
+            }
+            if let Err(e) = crate::repository::check_version_name(v) {
+                p.push(format!("service.versions: model {m:?}: {e}"));
+            }
+        }
         for m in s
             .members
             .iter()
@@ -440,6 +459,15 @@ impl Config {
                 p.push(format!(
                     "model {m:?} has no folder under {}",
                     s.models_dir.display()
+                ));
+            }
+            if let Some(v) = s.versions.get(m)
+                && crate::repository::check_version_name(v).is_ok()
+                && !s.models_dir.join(m).join(v).join("manifest.toml").is_file()
+            {
+                p.push(format!(
+                    "service.versions: model {m:?} version {v:?} has no {}",
+                    s.models_dir.join(m).join(v).join("manifest.toml").display()
                 ));
             }
             if self.outcomes.enabled && m == augur_actors::outcomes::ENSEMBLE {
@@ -456,6 +484,37 @@ impl Config {
         }
         if self.validation.timeframes.is_empty() {
             p.push("validation.timeframes is empty".into());
+        }
+        for (m, e) in &self.experiments {
+            let prefix = format!("experiments.{m}");
+            if !s.members.contains(m) {
+                p.push(format!(
+                    "{prefix}: {m:?} is not a member (experiments are per member)"
+                ));
+            }
+            p.extend(e.problems(&prefix));
+            match crate::repository::check_version_name(&e.candidate) {
+                Err(err) if !e.candidate.is_empty() => p.push(format!("{prefix}.candidate: {err}")),
+                Ok(())
+                    if s.members.contains(m)
+                        && !s
+                            .models_dir
+                            .join(m)
+                            .join(&e.candidate)
+                            .join("manifest.toml")
+                            .is_file() =>
+                {
+                    p.push(format!(
+                        "{prefix}.candidate: no {}",
+                        s.models_dir
+                            .join(m)
+                            .join(&e.candidate)
+                            .join("manifest.toml")
+                            .display()
+                    ));
+                }
+                _ => {}
+            }
         }
         for t in &self.validation.timeframes {
             if t.is_empty() || t.contains(['.', '*', '>', ' ']) {
@@ -596,8 +655,15 @@ fn unknown_keys(t: &mut toml::Table, known: &toml::Table, path: &str, out: &mut 
         } else {
             format!("{path}.{k}")
         };
-        // Maps keyed by the user (weights) have no fixed keys.
-        if full == "aggregator.weights" {
+        // Maps keyed by the user (weights, versions, librdkafka properties) have no fixed keys.
+        if [
+            "aggregator.weights",
+            "service.versions",
+            "kafka.security",
+            "experiments",
+        ]
+        .contains(&full.as_str())
+        {
             continue;
         }
         match (v, known.get(k)) {
@@ -624,6 +690,42 @@ mod tests {
             "[service]\nmodels_dir = \"{root}/models\"\nfeature_sets_dir = \"{root}/models/feature_sets\"\n{text}"
         );
         Config::from_sources(&text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn test_maps_keyed_by_the_user_are_read_and_their_values_checked() {
+        // `[kafka.security]` was refused as "unknown key" on every property (test first).
+        let cfg = load(
+            "versions = { \"lstm-direction\" = \"1\" }\n[kafka.security]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.service.versions.get("lstm-direction").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(
+            cfg.kafka.security.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+        let e = load(
+            "versions = { \"lstm-direction\" = \"../1\", \"cnn-pattern\" = \"7\", \"nope\" = \"1\" }\n",
+            &[],
+        )
+        .unwrap_err();
+        let all = e.0.join("\n");
+        assert!(
+            all.contains("model \"lstm-direction\": version \"../1\" is not a version name"),
+            "{all}"
+        );
+        assert!(
+            all.contains("model \"cnn-pattern\" version \"7\" has no"),
+            "{all}"
+        );
+        assert!(
+            all.contains("\"nope\" is neither a member nor the stacker"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -132,6 +132,14 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint("/api/v1/config", HttpMethod::PATCH, patch_config),
         endpoint("/api/v1/models", HttpMethod::GET, models),
         endpoint("/api/v1/quality", HttpMethod::GET, quality),
+        endpoint("/api/v1/experiments", HttpMethod::GET, experiments),
+        endpoint("/api/v1/experiments/{model}", HttpMethod::PUT, start_experiment),
+        endpoint("/api/v1/experiments/{model}", HttpMethod::DELETE, stop_experiment),
+        endpoint(
+            "/api/v1/experiments/{model}/promote",
+            HttpMethod::POST,
+            promote_experiment,
+        ),
         endpoint("/api/v1/predict", HttpMethod::POST, predict),
         endpoint("/metrics", HttpMethod::GET, metrics_text),
         endpoint("/openapi.json", HttpMethod::GET, openapi_json),
@@ -463,6 +471,195 @@ pub struct QualityView {
     /// CUSUM on misses against the test accuracy, alarms).
     #[schema(value_type = Object)]
     pub drift: Value,
+}
+
+/// Every member's experiment and the recent decisions.
+#[derive(Serialize, ToSchema)]
+pub struct ExperimentsView {
+    /// One per member with a candidate: `model`, `incumbent`, `candidate`, `mode` (split,
+    /// shadow, canary), `weight_pct`, the candidate's `candidate_calls` and
+    /// `candidate_faults`, and a canary's `canary` state (`weight`, `checks`,
+    /// `failed_checks`).
+    #[schema(value_type = Vec<Object>)]
+    pub experiments: Vec<augur_actors::experiment::ExperimentView>,
+    /// The last 256 decisions, oldest first, each with its check and evidence (also on NATS
+    /// `augur.events`).
+    #[schema(value_type = Vec<Object>)]
+    pub decisions: Vec<augur_actors::experiment::DecisionEvent>,
+}
+
+/// Experiments: candidate versions beside the serving ones (A/B split, shadow, canary).
+#[utoipa::path(
+    get,
+    path = "/api/v1/experiments",
+    tag = "models",
+    responses(
+        (status = 200, description = "Every experiment and the recent decisions", body = ExperimentsView),
+    ),
+)]
+async fn experiments(s: web::Data<AppState>) -> HttpResponse {
+    match s.pipeline.experiments().await {
+        Ok((experiments, decisions)) => HttpResponse::Ok().json(ExperimentsView {
+            experiments,
+            decisions,
+        }),
+        // A pipeline without experiments (never in `serve`) has none to show.
+        Err(_) => HttpResponse::Ok().json(ExperimentsView {
+            experiments: Vec::new(),
+            decisions: Vec::new(),
+        }),
+    }
+}
+
+/// An experiment as asked for over HTTP: `augur_actors::experiment::ExperimentSpec`.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ExperimentBody {
+    /// The candidate version: a complete folder of the member's repository (`SHA256SUMS`).
+    candidate: String,
+    /// `split` (A/B: the candidate serves its share of streams), `shadow` (it also runs on its
+    /// share, its outputs on `<output_prefix>.shadow.<tf>.<symbol>`, never in the ensemble) or
+    /// `canary` (a split stepped up, promoted or rolled back on live evidence). Default shadow.
+    mode: Option<String>,
+    /// Share of streams in percent (split and shadow; default 100). Sticky per stream.
+    weight_pct: Option<f64>,
+    /// A canary's policy: `step_weight_pct` (10), `max_weight_pct` (50), `interval_s` (300),
+    /// `max_failed_checks` (2), `min_outcomes` (200), `max_log_loss_increase` (0.02),
+    /// `max_accuracy_drop` (0.02), `max_fault_rate_increase` (0.01), `max_p99_ratio` (2).
+    #[schema(value_type = Option<Object>)]
+    canary: Option<Value>,
+}
+
+/// Starts an experiment on a member: its candidate version is checked, self-tested and warmed
+/// on an executor of its own, then takes its share. An experiment already running on the
+/// member is replaced.
+#[utoipa::path(
+    put,
+    path = "/api/v1/experiments/{model}",
+    tag = "models",
+    params(("model" = String, Path, description = "A member's id")),
+    request_body(content = ExperimentBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Started: every experiment now", body = ExperimentsView),
+        (status = 400, description = "Not JSON, an unknown key, a bad value, or a candidate that failed its checks (every problem)", body = ErrorBody),
+        (status = 401, description = "The bearer token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such member", body = ErrorBody),
+        (status = 413, description = "The body is larger than `[http].max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+    ),
+)]
+async fn start_experiment(
+    req: HttpRequest,
+    s: web::Data<AppState>,
+    model: web::Path<String>,
+    limit: web::Data<BodyLimit>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Err(r) = authorized(&req, &s) {
+        return *r;
+    }
+    let body = match read_body(&req, payload, limit.0).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let media = media_type(&req);
+    if !is_json(&media) {
+        return problems(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            vec![format!("content-type {media:?}: send application/json")],
+        );
+    }
+    let model = model.into_inner();
+    let Some(gate) = s.pipeline.gates.iter().find(|g| *g.info.id == *model).cloned() else {
+        return problems(StatusCode::NOT_FOUND, vec![format!("no member {model:?}")]);
+    };
+    let spec: augur_actors::experiment::ExperimentSpec = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) if v.is_object() => match serde_json::from_value(v) {
+            Ok(spec) => spec,
+            Err(e) => return problems(StatusCode::BAD_REQUEST, vec![e.to_string()]),
+        },
+        Ok(_) => {
+            return problems(
+                StatusCode::BAD_REQUEST,
+                vec!["the body must be a JSON object".into()],
+            );
+        }
+        Err(e) => return problems(StatusCode::BAD_REQUEST, vec![format!("invalid JSON body: {e}")]),
+    };
+    let mut errs = spec.problems(&format!("experiments.{model}"));
+    if !spec.candidate.is_empty()
+        && let Err(e) = crate::repository::check_version_name(&spec.candidate)
+    {
+        errs.push(e);
+    }
+    if !errs.is_empty() {
+        return problems(StatusCode::BAD_REQUEST, errs);
+    }
+    match crate::oip::start_experiment(&s, &gate, spec).await {
+        Ok(()) => experiments(s).await,
+        Err(e) => problems(StatusCode::BAD_REQUEST, vec![crate::oip::clip_message(e)]),
+    }
+}
+
+async fn end_experiment(
+    req: HttpRequest,
+    s: web::Data<AppState>,
+    model: String,
+    promote: bool,
+) -> HttpResponse {
+    if let Err(r) = authorized(&req, &s) {
+        return *r;
+    }
+    if !s.pipeline.gates.iter().any(|g| *g.info.id == *model) {
+        return problems(StatusCode::NOT_FOUND, vec![format!("no member {model:?}")]);
+    }
+    match s.pipeline.end_experiment(&model, promote).await {
+        Ok(()) => experiments(s).await,
+        Err(e) => problems(StatusCode::CONFLICT, vec![e]),
+    }
+}
+
+/// Stops a member's experiment: its candidate is taken out (its streams go back to the
+/// version serving from their next call) and freed.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/experiments/{model}",
+    tag = "models",
+    params(("model" = String, Path, description = "A member's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Stopped: every experiment now", body = ExperimentsView),
+        (status = 401, description = "The bearer token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such member", body = ErrorBody),
+        (status = 409, description = "The member has no experiment", body = ErrorBody),
+    ),
+)]
+async fn stop_experiment(req: HttpRequest, s: web::Data<AppState>, model: web::Path<String>) -> HttpResponse {
+    end_experiment(req, s, model.into_inner(), false).await
+}
+
+/// Promotes a member's candidate by hand: it serves every stream from the next call on; the
+/// version it replaces drains and is freed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/experiments/{model}/promote",
+    tag = "models",
+    params(("model" = String, Path, description = "A member's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Promoted: every experiment now", body = ExperimentsView),
+        (status = 401, description = "The bearer token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such member", body = ErrorBody),
+        (status = 409, description = "The member has no experiment", body = ErrorBody),
+    ),
+)]
+async fn promote_experiment(
+    req: HttpRequest,
+    s: web::Data<AppState>,
+    model: web::Path<String>,
+) -> HttpResponse {
+    end_experiment(req, s, model.into_inner(), true).await
 }
 
 /// Live quality per model version and timeframe, next to the offline figures.
@@ -1428,6 +1625,10 @@ impl utoipa::Modify for BearerAuth {
         patch_config,
         models,
         quality,
+        experiments,
+        start_experiment,
+        stop_experiment,
+        promote_experiment,
         predict,
         metrics_text,
         openapi_json

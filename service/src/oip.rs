@@ -562,6 +562,51 @@ async fn load_version(s: &AppState, name: &str, g: &Arc<ModelGate>, version: &st
     }
 }
 
+/// Starts an experiment on member `g`: its candidate version is checked and loaded from the
+/// repository like a `load` (one load at a time), then installed beside the serving version.
+pub async fn start_experiment(
+    s: &AppState,
+    g: &Arc<ModelGate>,
+    spec: augur_actors::experiment::ExperimentSpec,
+) -> Result<(), String> {
+    let (models_dir, device, threads) = {
+        let c = s
+            .config
+            .read()
+            .map_err(|_| "the config lock is poisoned".to_string())?;
+        (
+            c.service.models_dir.clone(),
+            c.service.device.clone(),
+            c.service.intra_op_threads,
+        )
+    };
+    let _one = s.oip.repository.lock().await;
+    if *spec.candidate == *g.version() {
+        return Err(format!(
+            "{} version {} serves already: a candidate is another version",
+            g.info.id, spec.candidate
+        ));
+    }
+    // Compatible with the version serving now (a promotion may have changed it).
+    let mut serving = g.info.clone();
+    serving.version = g.version();
+    let (version, factory) =
+        crate::repository::prepare(models_dir, device, threads, serving, spec.candidate.clone()).await?;
+    let mode = spec.mode;
+    s.pipeline
+        .start_experiment(&g.info.id, version.clone(), factory, spec)
+        .await?;
+    augur_actors::events::ConfigChanged {
+        what: &format!(
+            "experiments: {} version {version} started ({})",
+            g.info.id,
+            mode.as_str()
+        ),
+    }
+    .emit();
+    Ok(())
+}
+
 /// `load` (`on`) or `unload` a member: in or out of serving, for the streams too. Waits (up to
 /// a second) until the router has applied it, so a readiness call right after sees it. The
 /// operator's: a tenant's key is refused.
@@ -597,6 +642,12 @@ pub async fn set_loaded(
         crate::repository::check_version_name(v)
             .map_err(|e| OipError::Invalid(format!("{e}; version {} serves", g.version())))?;
         if *v != *g.version() {
+            if let Some(c) = g.candidate() {
+                return Err(OipError::Invalid(format!(
+                    "{name} has an experiment (candidate version {}): promote or stop it before loading a version",
+                    c.version
+                )));
+            }
             if !on {
                 return Err(OipError::Invalid(format!(
                     "{name} version {v} is not loaded: version {} serves",

@@ -54,8 +54,11 @@ impl BatchObserver for MetricsObserver {
     }
 }
 
-/// The newest version folder of a model id.
+/// The version folder a model id serves at start-up: `service.versions`, else its newest.
 fn model_dir(cfg: &Config, id: &str) -> anyhow::Result<PathBuf> {
+    if let Some(v) = cfg.service.versions.get(id) {
+        return Ok(cfg.service.models_dir.join(id).join(v));
+    }
     Manifest::discover(&cfg.service.models_dir)?
         .into_iter()
         .find(|d| d.parent().and_then(|p| p.file_name()).is_some_and(|n| n == id))
@@ -364,10 +367,64 @@ pub async fn build_pipeline_with(
     )
     .await
     .map_err(|p| anyhow::anyhow!("models failed to start:\n  - {}", p.join("\n  - ")))?;
-    Ok(match outcomes {
+    let pipeline = match outcomes {
         Some((handle, board)) => pipeline.with_outcomes(handle, board),
         None => pipeline,
-    })
+    };
+    // Shadow outputs and experiment decisions on NATS when it is on (not in a replay).
+    let (shadow, decisions): (
+        Arc<dyn augur_actors::experiment::ShadowSink>,
+        Vec<Arc<dyn augur_actors::experiment::DecisionSink>>,
+    ) = if cfg.nats.enabled && !replay_record {
+        let (s, d) = crate::bus::experiments::nats(&cfg.nats);
+        (s, vec![d])
+    } else {
+        (
+            Arc::new(augur_actors::experiment::CountingShadowSink::default()),
+            Vec::new(),
+        )
+    };
+    Ok(pipeline.with_experiments(shadow, decisions, SystemClock::shared()))
+}
+
+/// Starts the experiments of `[experiments]`: each candidate checked, self-tested and warmed
+/// like a run-time load. Any failure stops the start-up, every one listed.
+async fn start_experiments(cfg: &Config, pipeline: &Pipeline) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (m, spec) in &cfg.experiments {
+        let Some(g) = pipeline.gates.iter().find(|g| *g.info.id == **m) else {
+            problems.push(format!("experiments.{m}: not a member"));
+            continue;
+        };
+        if *spec.candidate == *g.version() {
+            // Promoted before a restart, or the newest folder: it serves, nothing to try.
+            tracing::warn!(model = %m, candidate = %spec.candidate, "experiments: the candidate serves already; not started");
+            continue;
+        }
+        let started = match crate::repository::prepare(
+            cfg.service.models_dir.clone(),
+            cfg.service.device.clone(),
+            cfg.service.intra_op_threads,
+            g.info.clone(),
+            spec.candidate.clone(),
+        )
+        .await
+        {
+            Ok((version, factory)) => pipeline
+                .start_experiment(m, version, factory, spec.clone())
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            problems.push(format!("experiments.{m}: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("experiments failed to start:\n  - {}", problems.join("\n  - "))
+    }
 }
 
 /// `augur replay`: the same graph on an in-process bus. Input: length-delimited
@@ -495,6 +552,7 @@ impl Service {
             Vec::new()
         };
         let pipeline = build_pipeline_with(&cfg, publishers, outcome_sinks, false).await?;
+        start_experiments(&cfg, &pipeline).await?;
         let access = match cfg.access.keys_file.as_str() {
             "" => None,
             f => Some(Arc::new(
@@ -542,6 +600,11 @@ impl Service {
         for t in &mut self.transports {
             t.start_intake(intake.clone())
                 .with_context(|| format!("starting the {} intake", t.name()))?;
+        }
+        // Ready only once every intake takes input: a producer that starts on "ready" (the
+        // tests' feeders did) must not publish into subscriptions the server has not seen.
+        for t in &mut self.transports {
+            t.intake_ready().await;
         }
         let ids: Vec<String> = self.pipeline.all_gates().map(|g| g.info.id.to_string()).collect();
         let names: Vec<&str> = self.transports.iter().map(|t| t.name()).collect();

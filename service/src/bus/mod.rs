@@ -21,6 +21,7 @@ use actix::Recipient;
 use augur_actors::messages::Publish;
 use futures::future::BoxFuture;
 
+pub mod experiments;
 pub mod ingest;
 pub mod jetstream;
 pub mod kafka;
@@ -68,6 +69,11 @@ pub trait Transport: Send {
     fn health(&self) -> Arc<dyn Health>;
     /// Starts taking input: broker messages through `intake` into the pipeline.
     fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()>;
+    /// Resolves once the intake takes input (its subscriptions are with the server), so that
+    /// the service reports ready only then: a producer that publishes on "ready" loses nothing.
+    fn intake_ready(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Stops taking new input; returns once no new message can enter the pipeline (or at
     /// `deadline`).
     fn stop_intake(&mut self, deadline: Deadline) -> BoxFuture<'_, ()>;

@@ -18,7 +18,7 @@ const QUEUE: usize = 4096;
 const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a publishing task is asked to do.
-enum Cmd {
+pub(crate) enum Cmd {
     /// Subject or key, and the encoded event.
     Event(String, Vec<u8>),
     Flush(tokio::sync::oneshot::Sender<()>),
@@ -82,12 +82,38 @@ pub fn nats(
     prefix: String,
     auth: super::nats::NatsAuth,
 ) -> Arc<dyn OutcomeSink> {
+    let tx = nats_thread(
+        url,
+        connect_timeout_ms,
+        auth,
+        "augur-outcomes",
+        "outcome-events",
+        |ok| counted("nats", ok),
+    );
+    Arc::new(QueuedSink {
+        transport: "nats",
+        route: Route::Nats { prefix },
+        tx,
+    })
+}
+
+/// A bounded queue into a publishing thread of its own, on a NATS connection of its own
+/// (client `client_name`): derived data, never on the actors' thread. `counted` is told each
+/// publish's result.
+pub(crate) fn nats_thread(
+    url: String,
+    connect_timeout_ms: u64,
+    auth: super::nats::NatsAuth,
+    client_name: &'static str,
+    thread_name: &'static str,
+    counted: fn(bool),
+) -> mpsc::Sender<Cmd> {
     let (tx, mut rx) = mpsc::channel::<Cmd>(QUEUE);
     let run = move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
-                tracing::error!(error = %e, "outcome events: no runtime; they are not published on NATS");
+                tracing::error!(error = %e, thread_name, "no runtime; its events are not published on NATS");
                 return;
             }
         };
@@ -95,10 +121,10 @@ pub fn nats(
             let stats = Arc::new(super::nats::NatsStats::default());
             // Retries its first connection in the background: events queue meanwhile.
             let client =
-                match super::nats::connect_client(&url, "augur-outcomes", 64, connect_timeout_ms, stats, &auth).await {
+                match super::nats::connect_client(&url, client_name, 64, connect_timeout_ms, stats, &auth).await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::error!(error = %e, "outcome events: NATS connection; they are not published on NATS");
+                        tracing::error!(error = %e, thread_name, "NATS connection; its events are not published on NATS");
                         return;
                     }
                 };
@@ -106,7 +132,7 @@ pub fn nats(
                 match cmd {
                     Cmd::Event(subject, payload) => {
                         let sent = tokio::time::timeout(WAIT, client.publish(subject, payload.into())).await;
-                        counted("nats", matches!(sent, Ok(Ok(()))));
+                        counted(matches!(sent, Ok(Ok(()))));
                     }
                     Cmd::Flush(done) => {
                         let _ = tokio::time::timeout(WAIT, client.flush()).await;
@@ -117,18 +143,11 @@ pub fn nats(
             let _ = tokio::time::timeout(WAIT, client.flush()).await;
         });
     };
-    if let Err(e) = std::thread::Builder::new()
-        .name("outcome-events".into())
-        .spawn(run)
-    {
+    if let Err(e) = std::thread::Builder::new().name(thread_name.into()).spawn(run) {
         // The queue's receiver is gone with the closure: every event counts as dropped.
-        tracing::error!(error = %e, "outcome events: no thread; they are not published on NATS");
+        tracing::error!(error = %e, thread_name, "no thread; its events are not published on NATS");
     }
-    Arc::new(QueuedSink {
-        transport: "nats",
-        route: Route::Nats { prefix },
-        tx,
-    })
+    tx
 }
 
 /// Kafka: `topic`, key = symbol. Must be called inside the actix system. Its task only

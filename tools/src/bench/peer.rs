@@ -227,15 +227,30 @@ pub fn metric_sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// GET http://addr/path with a bare HTTP/1.1 client; the body.
 /// POSTs a JSON body with a bearer token; answers the status line's code and the body.
 pub fn http_post(addr: &str, path: &str, token: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "POST", path, Some(token), body)
+}
+
+/// One request with a bare HTTP/1.1 client (plain TCP, `Connection: close`): a JSON body and
+/// an optional bearer token; answers the status line's code and the body (chunked or not).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(180)))?;
+    let auth = token
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
@@ -248,9 +263,33 @@ pub fn http_post(addr: &str, path: &str, token: &str, body: &str) -> anyhow::Res
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no status code")?;
-    Ok((code, body.to_string()))
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
 }
 
+/// The body of a chunked response.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let (Some(chunk), Some(next)) = (after.get(..n), after.get(n..)) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        rest = next.trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// GET http://addr/path with a bare HTTP/1.1 client; the body.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
@@ -269,20 +308,7 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         head.lines().next().unwrap_or("")
     );
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            let (Some(chunk), Some(next)) = (after.get(..n), after.get(n..)) else {
-                break;
-            };
-            if n == 0 {
-                break;
-            }
-            out.push_str(chunk);
-            rest = next.trim_start_matches("\r\n");
-        }
-        return Ok(out);
+        return Ok(dechunk(body));
     }
     Ok(body.to_string())
 }

@@ -190,7 +190,7 @@ pub async fn run(
                     let track = |vs: &[augur_actors::types::Vector]| {
                         let mut st = lock();
                         st.tracker
-                            .consumed(partition, offset, vs.iter().map(|v| v.key.clone()), Instant::now());
+                            .consumed(partition, offset, vs.iter().map(|v| (v.key.clone(), v.sequence)), Instant::now());
                         if let Some(o) = st.parts.get_mut(&partition) {
                             for v in vs {
                                 // Bounded (a flood of made-up symbols): a stream past it is not

@@ -66,6 +66,8 @@ struct Held {
     /// and every one after it.
     offsets: VecDeque<i64>,
     last_seen: Instant,
+    /// The newest sequence of the stream among its kept offsets' vectors.
+    last_sequence: Option<u64>,
 }
 
 /// Per partition: what was consumed and not finished, and the recent offsets of each stream.
@@ -96,23 +98,33 @@ impl Tracker {
         }
     }
 
+    /// A message consumed at `offset`, holding the vectors `(stream, sequence)`. A vector
+    /// counts toward its stream's kept history only when it is newer than the stream's last:
+    /// a repeated message (a producer's retry through a broken link) is read again on a
+    /// hand-over, but its vectors are dropped there as duplicates, so counting it would leave
+    /// the rebuilt window a vector short and the stream's next event without a prediction.
     pub fn consumed(
         &mut self,
         partition: i32,
         offset: i64,
-        keys: impl Iterator<Item = StreamKey>,
+        vectors: impl Iterator<Item = (StreamKey, u64)>,
         now: Instant,
     ) {
         let p = self.parts.entry(partition).or_default();
         *p.pending.entry(offset).or_default() += 1;
         self.pending_total += 1;
         p.next = p.next.max(offset + 1);
-        for k in keys {
+        for (k, sequence) in vectors {
             let h = p.streams.entry(k).or_insert_with(|| Held {
                 offsets: VecDeque::new(),
                 last_seen: now,
+                last_sequence: None,
             });
             h.last_seen = now;
+            if h.last_sequence.is_some_and(|l| sequence <= l) {
+                continue;
+            }
+            h.last_sequence = Some(sequence);
             if h.offsets.back() != Some(&offset) {
                 h.offsets.push_back(offset);
             }
@@ -272,7 +284,7 @@ mod tests {
             t.consumed(
                 0,
                 o,
-                std::iter::once(k(if o % 2 == 0 { "A" } else { "B" })),
+                std::iter::once((k(if o % 2 == 0 { "A" } else { "B" }), o as u64)),
                 now(),
             );
         }
@@ -282,10 +294,28 @@ mod tests {
         // all done: keep the last 2 of each stream (A: 6, 8; B: 7, 9): restart at 6
         assert_eq!(t.advance(0, now()), Some(6));
         // B's 11 unfinished: keep B's 2 before it (7, 9) and it; A keeps 6, 8 (then 10 done)
-        t.consumed(0, 10, std::iter::once(k("A")), now());
-        t.consumed(0, 11, std::iter::once(k("B")), now());
+        t.consumed(0, 10, std::iter::once((k("A"), 10 as u64)), now());
+        t.consumed(0, 11, std::iter::once((k("B"), 11 as u64)), now());
         t.complete(0, 10);
         assert_eq!(t.advance(0, now()), Some(7));
+    }
+
+    #[test]
+    fn test_a_repeated_message_does_not_count_toward_a_streams_kept_history() {
+        // A producer's retry through a cut wrote vector 75 twice (offsets 75 and 76). The
+        // stored offset must keep 31 distinct vectors of the stream for the window to rebuild:
+        // 31 offsets would hold only 30 (a hand-over then left the next event warming: lost).
+        let mut t = Tracker::new(Rewind::per_stream(31));
+        for o in 0..=81 {
+            let sequence = if o <= 75 { o as u64 } else { o as u64 - 1 };
+            t.consumed(0, o, std::iter::once((k("A"), sequence)), now());
+            t.complete(0, o);
+        }
+        let stored = t.advance(0, now()).unwrap();
+        let distinct: std::collections::BTreeSet<u64> = (stored..=81)
+            .map(|o| if o <= 75 { o as u64 } else { o as u64 - 1 })
+            .collect();
+        assert_eq!(distinct.len(), 31, "stored {stored}");
     }
 
     #[test]
@@ -309,11 +339,11 @@ mod tests {
         // messages of another stream: the stored offset must move past the short one.
         let mut t = Tracker::new(Rewind::per_stream(32));
         for o in 0..10 {
-            t.consumed(0, o, std::iter::once(k("SHORT")), now());
+            t.consumed(0, o, std::iter::once((k("SHORT"), o as u64)), now());
             t.complete(0, o);
         }
         for o in 10..100_010 {
-            t.consumed(0, o, std::iter::once(k("BUSY")), now());
+            t.consumed(0, o, std::iter::once((k("BUSY"), o as u64)), now());
             t.complete(0, o);
         }
         let stored = t.advance(0, now());
@@ -334,10 +364,10 @@ mod tests {
         let mut t = Tracker::new(rewind);
         let start = now();
         for o in 0..5 {
-            t.consumed(0, o, std::iter::once(k("DAILY")), start);
+            t.consumed(0, o, std::iter::once((k("DAILY"), o as u64)), start);
             t.complete(0, o);
         }
-        t.consumed(0, 5, std::iter::once(k("BUSY")), start);
+        t.consumed(0, 5, std::iter::once((k("BUSY"), 5 as u64)), start);
         t.complete(0, 5);
         assert_eq!(
             t.advance(0, start),
@@ -345,7 +375,7 @@ mod tests {
             "within the limit the quiet stream's window is kept"
         );
         let later = start + Duration::from_secs(61);
-        t.consumed(0, 6, std::iter::once(k("BUSY")), later);
+        t.consumed(0, 6, std::iter::once((k("BUSY"), 6 as u64)), later);
         t.complete(0, 6);
         assert_eq!(t.advance(0, later), Some(5), "DAILY released; BUSY keeps its own");
     }
@@ -358,7 +388,7 @@ mod tests {
             quiet: Duration::from_secs(3600),
         });
         for o in 0..20_000 {
-            t.consumed(0, o, std::iter::once(k(&format!("S{o}"))), now());
+            t.consumed(0, o, std::iter::once((k(&format!("S{o}")), o as u64)), now());
             t.complete(0, o);
         }
         t.advance(0, now());
@@ -391,9 +421,9 @@ mod tests {
             max_messages: 1_000,
             quiet: Duration::from_secs(3600),
         });
-        t.consumed(0, 0, std::iter::once(k("A")), now());
+        t.consumed(0, 0, std::iter::once((k("A"), 0 as u64)), now());
         for o in 1..50_000 {
-            t.consumed(0, o, std::iter::once(k("A")), now());
+            t.consumed(0, o, std::iter::once((k("A"), o as u64)), now());
             t.complete(0, o);
         }
         t.advance(0, now());
@@ -406,7 +436,7 @@ mod tests {
         let mut t = Tracker::new(Rewind::per_stream(2));
         assert_eq!(t.frontier(0), None, "nothing consumed");
         for o in 10..15 {
-            t.consumed(0, o, std::iter::once(k("A")), now());
+            t.consumed(0, o, std::iter::once((k("A"), o as u64)), now());
         }
         t.consumed(1, 0, std::iter::empty(), now());
         for o in [10, 11, 13] {

@@ -19,6 +19,7 @@ pub async fn run(
     intake: Intake,
     dlq: NatsDeadLetters,
     mut stop: watch::Receiver<bool>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut subs = Vec::new();
     for tf in &timeframes {
@@ -28,6 +29,12 @@ pub async fn run(
             subs.push(sub);
         }
     }
+    // A flush is a round trip to the server: once it returns, the server has every
+    // subscription, and a message published after "ready" reaches this instance.
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "nats flush after subscribing");
+    }
+    let _ = subscribed.send(());
     let mut all = futures::stream::select_all(subs);
     let mut draining = false;
     loop {

@@ -104,6 +104,8 @@ pub struct NatsTransport {
     sink: Addr<NatsSink>,
     stop: watch::Sender<bool>,
     ingress: Option<actix_rt::task::JoinHandle<Result<(), async_nats::SubscribeError>>>,
+    /// Told by the ingress once its subscriptions are flushed to the server.
+    subscribed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl NatsTransport {
@@ -133,6 +135,7 @@ impl NatsTransport {
             sink,
             stop: watch::channel(false).0,
             ingress: None,
+            subscribed: None,
         })
     }
 
@@ -176,6 +179,8 @@ impl Transport for NatsTransport {
 
     fn start_intake(&mut self, intake: Intake) -> anyhow::Result<()> {
         let dlq = NatsDeadLetters::new(self.client.clone(), self.cfg.dlq_subject.clone(), "nats_dlq");
+        let (subscribed, rx) = tokio::sync::oneshot::channel();
+        self.subscribed = Some(rx);
         self.ingress = Some(actix_rt::spawn(ingress::run(
             self.client.clone(),
             self.cfg.clone(),
@@ -183,8 +188,24 @@ impl Transport for NatsTransport {
             intake,
             dlq,
             self.stop.subscribe(),
+            subscribed,
         )));
         Ok(())
+    }
+
+    fn intake_ready(&mut self) -> BoxFuture<'_, ()> {
+        let rx = self.subscribed.take();
+        let timeout = std::time::Duration::from_millis(self.cfg.connect_timeout_ms.max(1_000));
+        Box::pin(async move {
+            if let Some(rx) = rx {
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(())) => {}
+                    // Disconnected: the subscriptions are sent when the connection is back.
+                    Err(_) => tracing::warn!("nats subscriptions not confirmed by the server yet"),
+                    Ok(Err(_)) => tracing::error!("nats intake ended before it subscribed (see its error)"),
+                }
+            }
+        })
     }
 
     fn stop_intake(&mut self, deadline: Deadline) -> BoxFuture<'_, ()> {
