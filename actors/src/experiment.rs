@@ -93,6 +93,10 @@ pub struct CanaryPolicy {
     /// Largest ratio of the candidate's p99 forward time to the incumbent's that passes
     /// (differences under a millisecond always pass: noise at that scale).
     pub max_p99_ratio: f64,
+    /// How sure a quality failure must be: the candidate fails on log-loss or accuracy only
+    /// when it is worse than the tolerance by this many standard errors of the difference
+    /// (one-sided; 2 is about 98 %). An interval's noise then does not fail an equal version.
+    pub min_z: f64,
 }
 
 impl Default for CanaryPolicy {
@@ -107,6 +111,7 @@ impl Default for CanaryPolicy {
             max_accuracy_drop: 0.02,
             max_fault_rate_increase: 0.01,
             max_p99_ratio: 2.0,
+            min_z: 2.0,
         }
     }
 }
@@ -142,6 +147,9 @@ impl CanaryPolicy {
         }
         if !(self.max_p99_ratio.is_finite() && self.max_p99_ratio >= 1.0) {
             p.push(format!("{prefix}.max_p99_ratio must be a finite number >= 1"));
+        }
+        if !(self.min_z.is_finite() && self.min_z >= 0.0) {
+            p.push(format!("{prefix}.min_z must be a finite number >= 0"));
         }
         p
     }
@@ -323,6 +331,8 @@ pub struct Evidence {
     pub outcomes: u64,
     pub accuracy: Option<f64>,
     pub log_loss: Option<f64>,
+    /// The variance of one outcome's log-loss over the interval.
+    pub log_loss_var: Option<f64>,
 }
 
 impl Evidence {
@@ -385,15 +395,32 @@ pub fn judge(p: &CanaryPolicy, incumbent: &Evidence, candidate: &Evidence) -> Ch
         (Some(cl), Some(il), Some(ca), Some(ia))
             if candidate.outcomes >= p.min_outcomes && incumbent.outcomes >= p.min_outcomes =>
         {
-            if cl > il + p.max_log_loss_increase {
+            let (nc, ni) = (candidate.outcomes as f64, incumbent.outcomes as f64);
+            // Standard errors of the differences of the two means.
+            let ll_se = (candidate.log_loss_var.unwrap_or(0.0) / nc
+                + incumbent.log_loss_var.unwrap_or(0.0) / ni)
+                .sqrt();
+            let acc_se = (ca * (1.0 - ca) / nc + ia * (1.0 - ia) / ni).sqrt();
+            let z = |excess: f64, se: f64| {
+                if se > 0.0 {
+                    excess / se
+                } else if excess > 0.0 {
+                    f64::INFINITY
+                } else {
+                    0.0
+                }
+            };
+            let ll_z = z(cl - il - p.max_log_loss_increase, ll_se);
+            if cl > il + p.max_log_loss_increase && ll_z >= p.min_z {
                 fail.push(format!(
-                    "realized log-loss {cl:.4} against the incumbent's {il:.4} (at most +{}) over {} and {} outcomes",
+                    "realized log-loss {cl:.4} against the incumbent's {il:.4} (at most +{}; {ll_z:.1} standard errors beyond) over {} and {} outcomes",
                     p.max_log_loss_increase, candidate.outcomes, incumbent.outcomes
                 ));
             }
-            if ca < ia - p.max_accuracy_drop {
+            let acc_z = z(ia - ca - p.max_accuracy_drop, acc_se);
+            if ca < ia - p.max_accuracy_drop && acc_z >= p.min_z {
                 fail.push(format!(
-                    "realized accuracy {ca:.4} against the incumbent's {ia:.4} (at most -{}) over {} and {} outcomes",
+                    "realized accuracy {ca:.4} against the incumbent's {ia:.4} (at most -{}; {acc_z:.1} standard errors beyond) over {} and {} outcomes",
                     p.max_accuracy_drop, candidate.outcomes, incumbent.outcomes
                 ));
             }
@@ -470,10 +497,20 @@ impl CanaryState {
     }
 }
 
-/// Totals of resolved outcomes of a model version (every timeframe): the scoreboard's.
+/// Totals of a model version's resolved outcomes since start (every timeframe).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QualityTotals {
+    pub outcomes: u64,
+    /// Right calls.
+    pub correct: f64,
+    /// Sum of log-losses, and of their squares.
+    pub log_loss: f64,
+    pub log_loss_sq: f64,
+}
+
+/// Where a canary reads realized quality: the scoreboard.
 pub trait QualitySource: Send + Sync {
-    /// (outcomes, sum of correct calls, sum of log-losses) since start.
-    fn totals(&self, model: &str, version: &str) -> (u64, f64, f64);
+    fn totals(&self, model: &str, version: &str) -> QualityTotals;
 }
 
 /// A decision, with its evidence: logged, counted and handed to the [`DecisionSink`].
@@ -503,7 +540,7 @@ struct Running {
     /// (calls, faults) of (incumbent, candidate) at the interval's start.
     calls_at: [(u64, u64); 2],
     /// Quality totals of (incumbent, candidate) at the interval's start.
-    quality_at: [(u64, f64, f64); 2],
+    quality_at: [QualityTotals; 2],
     /// Ignores the timers of an earlier experiment of the same model.
     epoch: u64,
 }
@@ -553,14 +590,14 @@ impl Experiments {
             .ok_or_else(|| format!("unknown member {model:?}"))
     }
 
-    fn quality_totals(&self, model: &str, version: &str) -> (u64, f64, f64) {
+    fn quality_totals(&self, model: &str, version: &str) -> QualityTotals {
         self.quality
             .as_ref()
             .map(|q| q.totals(model, version))
             .unwrap_or_default()
     }
 
-    fn snapshot(&self, g: &ModelGate, cand: &Candidate) -> ([(u64, u64); 2], [(u64, f64, f64); 2]) {
+    fn snapshot(&self, g: &ModelGate, cand: &Candidate) -> ([(u64, u64); 2], [QualityTotals; 2]) {
         let inc = g.serving_stats();
         let c = |s: &VersionStats| (s.calls.load(Ordering::Relaxed), s.faults.load(Ordering::Relaxed));
         let id = &g.info.id;
@@ -642,17 +679,19 @@ impl Experiments {
         let incumbent_version = g.version();
         let evidence = |s: &VersionStats, version: &str, i: usize| {
             let (calls, faults) = (s.calls.load(Ordering::Relaxed), s.faults.load(Ordering::Relaxed));
-            let (n, acc, ll) = self.quality_totals(&g.info.id, version);
-            let (n0, acc0, ll0) = quality_at[i];
-            let dn = n.saturating_sub(n0);
+            let (t, t0) = (self.quality_totals(&g.info.id, version), quality_at[i]);
+            let dn = t.outcomes.saturating_sub(t0.outcomes);
+            let n = dn as f64;
+            let mean = (t.log_loss - t0.log_loss) / n;
             Evidence {
                 version: version.to_string(),
                 calls: calls.saturating_sub(calls_at[i].0),
                 faults: faults.saturating_sub(calls_at[i].1),
                 p99_us: s.take_p99(),
                 outcomes: dn,
-                accuracy: (dn > 0).then(|| (acc - acc0) / dn as f64),
-                log_loss: (dn > 0).then(|| (ll - ll0) / dn as f64),
+                accuracy: (dn > 0).then(|| (t.correct - t0.correct) / n),
+                log_loss: (dn > 0).then_some(mean),
+                log_loss_var: (dn > 1).then(|| ((t.log_loss_sq - t0.log_loss_sq) / n - mean * mean).max(0.0)),
             }
         };
         let inc = evidence(&inc_stats, &incumbent_version, 0);
@@ -905,6 +944,8 @@ mod tests {
             outcomes: n,
             accuracy: Some(acc),
             log_loss: Some(ll),
+            // A log-loss's spread on the committed series: about 0.3.
+            log_loss_var: Some(0.09),
         }
     }
 
@@ -914,11 +955,17 @@ mod tests {
         let inc = ev(1000, 0, 400, 300, 0.42, 1.06);
         assert_eq!(judge(&p, &inc, &ev(1000, 0, 450, 300, 0.415, 1.07)), Check::Pass);
         assert!(
-            matches!(judge(&p, &inc, &ev(1000, 0, 400, 300, 0.42, 1.10)), Check::Fail(r) if r[0].contains("log-loss"))
+            matches!(judge(&p, &inc, &ev(1000, 0, 400, 300, 0.42, 1.20)), Check::Fail(r) if r[0].contains("log-loss"))
         );
         assert!(
-            matches!(judge(&p, &inc, &ev(1000, 0, 400, 300, 0.38, 1.06)), Check::Fail(r) if r[0].contains("accuracy"))
+            matches!(judge(&p, &inc, &ev(1000, 0, 400, 300, 0.30, 1.06)), Check::Fail(r) if r[0].contains("accuracy"))
         );
+        // Worse than the tolerance, but within an interval's noise: not a failure (yet)...
+        assert_eq!(judge(&p, &inc, &ev(1000, 0, 400, 300, 0.38, 1.10)), Check::Pass);
+        // ...which more outcomes make one.
+        let (mut i, c) = (inc.clone(), ev(1000, 0, 400, 5000, 0.38, 1.10));
+        i.outcomes = 5000;
+        assert!(matches!(judge(&p, &i, &c), Check::Fail(r) if r.len() == 2));
         assert!(
             matches!(judge(&p, &inc, &ev(1000, 50, 400, 300, 0.42, 1.06)), Check::Fail(r) if r[0].contains("fault rate"))
         );

@@ -252,6 +252,8 @@ struct Scores {
     ewm: Option<Ewm>,
     total: Ewm,
     total_n: u64,
+    /// Sum of squared log-losses since start (their variance, for the canary's test).
+    total_log_loss_sq: f64,
     /// Since when the window's accuracy has been below the baseline (with enough outcomes).
     below_since: Option<std::time::Instant>,
 }
@@ -362,6 +364,7 @@ impl Scores {
             ewm: None,
             total: Ewm::default(),
             total_n: 0,
+            total_log_loss_sq: 0.0,
         }
     }
 
@@ -388,6 +391,7 @@ impl Scores {
         });
         self.total.accuracy += x.accuracy;
         self.total.log_loss += x.log_loss;
+        self.total_log_loss_sq += x.log_loss * x.log_loss;
         self.total.brier += x.brier;
         self.total.hit_rate += x.hit_rate;
         self.total.calls += x.calls;
@@ -471,14 +475,20 @@ pub struct Reference {
 }
 
 impl crate::experiment::QualitySource for Scoreboard {
-    fn totals(&self, model: &str, version: &str) -> (u64, f64, f64) {
+    fn totals(&self, model: &str, version: &str) -> crate::experiment::QualityTotals {
         let scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
         scores
             .iter()
             .filter(|((m, v, _), _)| &**m == model && &**v == version)
-            .fold((0, 0.0, 0.0), |(n, a, l), (_, s)| {
-                (n + s.total_n, a + s.total.accuracy, l + s.total.log_loss)
-            })
+            .fold(
+                Default::default(),
+                |t: crate::experiment::QualityTotals, (_, s)| crate::experiment::QualityTotals {
+                    outcomes: t.outcomes + s.total_n,
+                    correct: t.correct + s.total.accuracy,
+                    log_loss: t.log_loss + s.total.log_loss,
+                    log_loss_sq: t.log_loss_sq + s.total_log_loss_sq,
+                },
+            )
     }
 }
 
