@@ -294,8 +294,8 @@ mod tests {
         // all done: keep the last 2 of each stream (A: 6, 8; B: 7, 9): restart at 6
         assert_eq!(t.advance(0, now()), Some(6));
         // B's 11 unfinished: keep B's 2 before it (7, 9) and it; A keeps 6, 8 (then 10 done)
-        t.consumed(0, 10, std::iter::once((k("A"), 10 as u64)), now());
-        t.consumed(0, 11, std::iter::once((k("B"), 11 as u64)), now());
+        t.consumed(0, 10, std::iter::once((k("A"), 10)), now());
+        t.consumed(0, 11, std::iter::once((k("B"), 11)), now());
         t.complete(0, 10);
         assert_eq!(t.advance(0, now()), Some(7));
     }
@@ -367,7 +367,7 @@ mod tests {
             t.consumed(0, o, std::iter::once((k("DAILY"), o as u64)), start);
             t.complete(0, o);
         }
-        t.consumed(0, 5, std::iter::once((k("BUSY"), 5 as u64)), start);
+        t.consumed(0, 5, std::iter::once((k("BUSY"), 5)), start);
         t.complete(0, 5);
         assert_eq!(
             t.advance(0, start),
@@ -375,7 +375,7 @@ mod tests {
             "within the limit the quiet stream's window is kept"
         );
         let later = start + Duration::from_secs(61);
-        t.consumed(0, 6, std::iter::once((k("BUSY"), 6 as u64)), later);
+        t.consumed(0, 6, std::iter::once((k("BUSY"), 6)), later);
         t.complete(0, 6);
         assert_eq!(t.advance(0, later), Some(5), "DAILY released; BUSY keeps its own");
     }
@@ -421,7 +421,7 @@ mod tests {
             max_messages: 1_000,
             quiet: Duration::from_secs(3600),
         });
-        t.consumed(0, 0, std::iter::once((k("A"), 0 as u64)), now());
+        t.consumed(0, 0, std::iter::once((k("A"), 0)), now());
         for o in 1..50_000 {
             t.consumed(0, o, std::iter::once((k("A"), o as u64)), now());
             t.complete(0, o);
