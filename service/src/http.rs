@@ -373,6 +373,67 @@ pub struct ModelView {
     /// too long; docs/QUALITY.md); empty when it is not. An expired model makes the service
     /// Degraded.
     pub expired: Vec<String>,
+    /// Every version of the model: the one serving first, an experiment's candidate, then
+    /// the other folders of the repository (a member's), each with its state and why.
+    pub versions: Vec<VersionView>,
+}
+
+/// One version of a model.
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    pub version: String,
+    /// `serving`; `candidate` (loaded beside it for an experiment); `failed` (its last load
+    /// was refused); `unloaded` (a folder of the repository, not loaded).
+    pub state: String,
+    /// Why: the experiment's mode and share, the refusal's reasons, or what serves instead.
+    pub reason: String,
+}
+
+/// Every version of gate `g` (see [`ModelView::versions`]).
+fn version_views(s: &AppState, g: &augur_actors::gate::ModelGate) -> Vec<VersionView> {
+    let serving = g.version().to_string();
+    let mut out = vec![VersionView {
+        version: serving.clone(),
+        state: "serving".into(),
+        reason: String::new(),
+    }];
+    let candidate = g.candidate().map(|c| {
+        out.push(VersionView {
+            version: c.version.to_string(),
+            state: "candidate".into(),
+            reason: format!(
+                "{} on {:.2} % of the streams",
+                c.mode.as_str(),
+                c.weight as f64 * 100.0 / augur_actors::experiment::BUCKETS as f64
+            ),
+        });
+        c.version.to_string()
+    });
+    // Members only: the stacker's versions are not loaded at run time.
+    if !s.pipeline.gates.iter().any(|m| m.info.id == g.info.id) {
+        return out;
+    }
+    let models_dir = s
+        .config
+        .read()
+        .map(|c| c.service.models_dir.clone())
+        .unwrap_or_default();
+    let failed = s.oip.failed_loads.lock().map(|f| f.clone()).unwrap_or_default();
+    for v in crate::repository::versions(&models_dir, &g.info.id) {
+        if v == serving || candidate.as_deref() == Some(v.as_str()) {
+            continue;
+        }
+        let (state, reason) = match failed.get(&(g.info.id.to_string(), v.clone())) {
+            Some(why) => ("failed", why.clone()),
+            None => ("unloaded", format!("not loaded: version {serving} serves")),
+        };
+        out.push(VersionView {
+            version: v,
+            state: state.into(),
+            reason,
+        });
+    }
+    out
 }
 
 /// Forward-pass latency quantiles, in microseconds.
@@ -423,6 +484,7 @@ fn model_views(s: &AppState) -> Vec<ModelView> {
                     .as_ref()
                     .map(|b| b.expiry(&g.info.id, &g.version()))
                     .unwrap_or_default(),
+                versions: version_views(s, g),
             }
         })
         .collect()

@@ -217,7 +217,7 @@ pub struct Stats {
     rows: std::sync::atomic::AtomicUsize,
     repository: tokio::sync::Mutex<()>,
     /// Why the last load of a (model, version) failed, for the repository's index.
-    failed_loads: Mutex<BTreeMap<(String, String), String>>,
+    pub(crate) failed_loads: Mutex<BTreeMap<(String, String), String>>,
     /// The request path's prediction cache.
     pub cache: crate::cache::PredictionCache,
 }
