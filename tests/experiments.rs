@@ -624,14 +624,24 @@ fn test_a_shadow_started_over_http_publishes_only_on_the_shadow_subjects_and_its
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["version"].as_str().unwrap().to_string(), v["state"].as_str().unwrap().to_string()))
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap().to_string(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let want: Vec<(String, String)> = [("1", "serving"), ("2", "candidate"), ("3", "unloaded")]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     assert_eq!(states, want, "{lstm}");
-    assert!(lstm["versions"][1]["reason"].as_str().unwrap().starts_with("shadow on 100.00 %"));
+    assert!(
+        lstm["versions"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("shadow on 100.00 %")
+    );
     common::publish(&nats.url(), &vs, 80.0);
     // Every stream's last event predicted (and shadowed), then stopped.
     let expected = 2 * (80 - 31);
