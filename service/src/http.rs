@@ -207,6 +207,26 @@ fn is_json(media: &str) -> bool {
 }
 
 /// The body, or 413 past the limit (checked on the declared length first, then while reading).
+/// The prelude of the handlers that take a JSON body: the token first (an unauthenticated
+/// body is never read), then the body within the limit, then its media type.
+async fn authorized_json(
+    req: &HttpRequest,
+    s: &AppState,
+    limit: usize,
+    payload: web::Payload,
+) -> Result<web::Bytes, HttpResponse> {
+    authorized(req, s).map_err(|r| *r)?;
+    let body = read_body(req, payload, limit).await?;
+    let media = media_type(req);
+    if !is_json(&media) {
+        return Err(problems(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            vec![format!("content-type {media:?}: send application/json")],
+        ));
+    }
+    Ok(body)
+}
+
 pub(crate) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
@@ -618,20 +638,10 @@ async fn start_experiment(
     limit: web::Data<BodyLimit>,
     payload: web::Payload,
 ) -> HttpResponse {
-    if let Err(r) = authorized(&req, &s) {
-        return *r;
-    }
-    let body = match read_body(&req, payload, limit.0).await {
+    let body = match authorized_json(&req, &s, limit.0, payload).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let media = media_type(&req);
-    if !is_json(&media) {
-        return problems(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            vec![format!("content-type {media:?}: send application/json")],
-        );
-    }
     let model = model.into_inner();
     let Some(gate) = s.pipeline.gates.iter().find(|g| *g.info.id == *model).cloned() else {
         return problems(StatusCode::NOT_FOUND, vec![format!("no member {model:?}")]);
@@ -1166,21 +1176,10 @@ async fn patch_config(
     limit: web::Data<BodyLimit>,
     payload: web::Payload,
 ) -> HttpResponse {
-    // The token first: an unauthenticated body is never read.
-    if let Err(r) = authorized(&req, &s) {
-        return *r;
-    }
-    let body = match read_body(&req, payload, limit.0).await {
+    let body = match authorized_json(&req, &s, limit.0, payload).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let media = media_type(&req);
-    if !is_json(&media) {
-        return problems(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            vec![format!("content-type {media:?}: send application/json")],
-        );
-    }
     match apply_patch(&s, &body).await {
         Ok(next) => config_response(&next),
         Err((status, errs)) => problems(status, errs),
