@@ -44,7 +44,29 @@ fn test_every_model_matches_its_reference_framework_at_batch_1_and_64() {
     for want in ["cnn-pattern", "ensemble-meta", "lstm-direction", "xgb-direction"] {
         assert!(ids.iter().any(|i| i == want), "model {want} missing from {ids:?}");
     }
-    for dir in dirs {
+    // The candidate versions too (models/candidates/<id>/<version>: second versions of every
+    // member, and the deliberately worse LSTM), which the service loads at run time.
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for id in std::fs::read_dir(models_root().join("candidates")).unwrap() {
+        let id = id.unwrap().path();
+        if id.is_dir() {
+            for v in std::fs::read_dir(&id).unwrap() {
+                let v = v.unwrap().path();
+                if v.join("manifest.toml").is_file() {
+                    candidates.push(v);
+                }
+            }
+        }
+    }
+    candidates.sort();
+    assert_eq!(candidates.len(), 4, "{candidates:?}");
+    for want in ["cnn-pattern", "lstm-direction", "xgb-direction"] {
+        assert!(
+            candidates.iter().any(|d| Manifest::load(d).unwrap().id == want),
+            "no candidate version of {want}"
+        );
+    }
+    for dir in dirs.into_iter().chain(candidates) {
         let model = Model::load(&dir, device()).unwrap();
         let golden = Golden::load(model.manifest())
             .unwrap()
@@ -62,14 +84,16 @@ fn test_every_model_matches_its_reference_framework_at_batch_1_and_64() {
         for batch in [1, 64] {
             let err = max_error(&model, &golden, batch);
             println!(
-                "{} on {} at batch {batch}: max |error| {err:e}",
+                "{} v{} on {} at batch {batch}: max |error| {err:e}",
                 model.id(),
+                model.manifest().version,
                 model.device_name()
             );
             assert!(
                 err <= tol,
-                "{} at batch {batch}: max |error| {err:e} > {tol:e}",
-                model.id()
+                "{} v{} at batch {batch}: max |error| {err:e} > {tol:e}",
+                model.id(),
+                model.manifest().version
             );
         }
     }

@@ -66,9 +66,12 @@ fn copy_version(repo: &Path, v: &str) -> std::path::PathBuf {
     let from = repo.join(LSTM).join("1");
     let to = repo.join(LSTM).join(v);
     std::fs::create_dir_all(&to).unwrap();
+    // Not its checksum list: a copy is incomplete until its own list is written.
     for e in std::fs::read_dir(&from).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        if e.file_name() != "SHA256SUMS" {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
     let manifest = std::fs::read_to_string(to.join("manifest.toml")).unwrap();
     assert!(manifest.contains("version = \"1\""));
@@ -265,8 +268,13 @@ fn test_a_version_loaded_while_streaming_takes_over_without_a_gap_and_broken_one
             .clone()
     };
     assert_eq!(entry("2")["state"], "READY");
+    // Version 1 stays loaded, idle (service.max_loaded_versions = 2): not READY for `infer`.
     assert_eq!(entry("1")["state"], "UNAVAILABLE");
-    assert!(entry("1")["reason"].as_str().unwrap().contains("not loaded"));
+    assert!(
+        entry("1")["reason"].as_str().unwrap().contains("loaded and idle"),
+        "{}",
+        entry("1")
+    );
     assert!(entry("4")["reason"].as_str().unwrap().contains("SHA-256"));
     assert!(entry("5")["reason"].as_str().unwrap().contains("incomplete"));
     // Unloading a version that does not serve is refused.
@@ -457,5 +465,159 @@ fn test_the_request_path_cache_answers_a_row_again_forgets_the_least_recent_and_
         (h0 + 1.0, m0 + 5.0),
         "no answer of version 1 served for version 2"
     );
+    svc.stop();
+}
+
+/// The states of `LSTM`'s versions in `/api/v1/models`: version -> (state, reason).
+fn version_states(http: &str) -> HashMap<String, (String, String)> {
+    let (s, models) = common::get_json(http, "/api/v1/models");
+    assert_eq!(s, 200, "{models}");
+    let lstm = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == LSTM)
+        .unwrap_or_else(|| panic!("no {LSTM} in {models}"));
+    lstm["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap().to_string(),
+                (
+                    v["state"].as_str().unwrap().to_string(),
+                    v["reason"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits (up to `secs`) until version `v` of the LSTM is in `state`; the last states seen.
+fn wait_state(http: &str, v: &str, state: &str, secs: u64) -> HashMap<String, (String, String)> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let states = version_states(http);
+        if states.get(v).is_some_and(|(s, _)| s == state) {
+            return states;
+        }
+        assert!(
+            Instant::now() < end,
+            "version {v} never became {state}: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A metric's value for the LSTM.
+fn lstm_metric(http: &str, name: &str) -> f64 {
+    let (_, m) = common::http(http, "GET", "/metrics", &[], b"");
+    String::from_utf8_lossy(&m)
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("model=\"{LSTM}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn test_the_version_policy_keeps_versions_ready_the_watch_takes_complete_ones_and_the_cap_evicts_the_least_recent()
+ {
+    let repo = repository();
+    // The shipped version 1 has no checksum list: written here, as a shipper would.
+    seal(&repo.path().join(LSTM).join("1"));
+    seal(&copy_version(repo.path(), "2"));
+    let mut cfg = common::config("nats://unused:4222");
+    cfg.nats.enabled = false;
+    cfg.service.models_dir = repo.path().to_path_buf();
+    cfg.service.feature_sets_dir = repo.path().join("feature_sets");
+    cfg.service.version_policy = [(LSTM.to_string(), "latest 2".to_string())].into();
+    cfg.service.max_loaded_versions = 2;
+    cfg.service.watch_interval_ms = 200;
+    cfg.http.token = TOKEN.into();
+    let svc = common::Service::start(cfg);
+    let http = svc.http();
+
+    // The highest version serves; the policy's other one loads in the background, then waits.
+    assert_eq!(serving_version(&http), "2");
+    let states = wait_state(&http, "1", "ready", 60);
+    assert_eq!(states["2"].0, "serving", "{states:?}");
+    assert_eq!(lstm_metric(&http, "augur_model_versions_loaded"), 2.0);
+
+    // Versions 3 and 4, copied now (from 1's files), without their lists: being copied.
+    let three = copy_version(repo.path(), "3");
+    let four = copy_version(repo.path(), "4");
+    let model = std::fs::read(four.join("model.pt")).unwrap();
+    std::fs::write(four.join("model.pt"), &model[..model.len() / 2]).unwrap();
+
+    // A swap to an idle version uses the copy loaded: its folder is not read again (here it
+    // could not be: its model file is gone).
+    std::fs::remove_file(repo.path().join(LSTM).join("1").join("model.pt")).unwrap();
+    let (s, body) = load(&http, LSTM, "1");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(serving_version(&http), "1");
+    let states = version_states(&http);
+    assert_eq!(
+        states["2"].0, "ready",
+        "the version replaced stays loaded: {states:?}"
+    );
+
+    // A folder being copied (no list yet) is passed over by the watch...
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(serving_version(&http), "1");
+    assert_eq!(version_states(&http)["3"].0, "unloaded");
+    // ... and taken once its list is written (last): the new highest version is swapped in.
+    // Three loaded (3 serving, 1 and 2 idle) is over the cap of 2: the least recently used
+    // idle one, 2, is freed, and counted.
+    let evicted_before = lstm_metric(&http, "augur_model_versions_evicted_total");
+    seal(&three);
+    let states = wait_state(&http, "3", "serving", 60);
+    assert_eq!(states["1"].0, "ready", "{states:?}");
+    assert_eq!(states["2"].0, "unloaded", "{states:?}");
+    assert_eq!(
+        lstm_metric(&http, "augur_model_versions_evicted_total") - evicted_before,
+        1.0
+    );
+    assert_eq!(lstm_metric(&http, "augur_model_versions_loaded"), 2.0);
+
+    // A complete but broken version: the watch reports it with its reason, 3 serves on, and
+    // it is not tried again until its folder changes.
+    seal(&four);
+    let states = wait_state(&http, "4", "failed", 60);
+    assert!(states["4"].1.contains("model.pt"), "{states:?}");
+    assert_eq!(serving_version(&http), "3");
+
+    // An idle version is unloaded by name; the serving one is not affected.
+    let (s, _) = common::http(
+        &http,
+        "POST",
+        &format!("/v2/repository/models/{LSTM}/unload"),
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        json!({"parameters": {"version": "1"}}).to_string().as_bytes(),
+    );
+    assert_eq!(s, 200);
+    let states = version_states(&http);
+    assert_eq!(states["1"].0, "unloaded", "{states:?}");
+    assert_eq!(states["3"].0, "serving", "{states:?}");
+    assert_eq!(lstm_metric(&http, "augur_model_versions_loaded"), 1.0);
+
+    // The other members' real second versions (train.py --candidates) load in place of
+    // their first: the same window, features, classes and label, their golden self-test
+    // passed in the service.
+    for m in ["cnn-pattern", "xgb-direction"] {
+        let ok = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(common::root().join("models/candidates").join(m).join("2"))
+            .arg(repo.path().join(m))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let (s, body) = load(&http, m, "2");
+        assert_eq!(s, 200, "{m}: {body}");
+        let (s, v) = common::get_json(&http, &format!("/v2/models/{m}"));
+        assert_eq!(s, 200);
+        assert_eq!(v["versions"][0], "2", "{m}: {v}");
+    }
     svc.stop();
 }

@@ -43,8 +43,8 @@ impl Ticket {
 struct Serving {
     version: Arc<str>,
     executor: ExecutorHandle,
-    /// Loads the serving version again after a crash; `None`: the start-up version's loader.
-    factory: Option<BackendFactory>,
+    /// Loads the serving version again after a crash.
+    factory: BackendFactory,
     /// Calls of the serving version (a canary compares its candidate with them).
     stats: Arc<VersionStats>,
     /// An experiment's candidate version, loaded beside the serving one (see `experiment`).
@@ -95,12 +95,46 @@ pub struct ModelGate {
     latencies: Mutex<LatencyRing>,
     /// Metric handles, registered once (no label strings built per call).
     metrics: GateMetrics,
+    /// Versions loaded and warmed but taking no calls, least recently used first out.
+    idle: Mutex<IdleVersions>,
 }
+
+/// A version loaded, self-tested and warmed that takes no calls: the one a swap or a
+/// promotion replaced, or one the version policy keeps ready. A swap to it is immediate.
+pub struct Idle {
+    pub executor: ExecutorHandle,
+    pub factory: BackendFactory,
+}
+
+struct IdleVersions {
+    /// Most recently used first; unbounded here, the cap is `max_loaded` (which counts the
+    /// serving version and the candidate too).
+    cache: lru::LruCache<Arc<str>, Idle>,
+    max_loaded: usize,
+}
+
+impl std::fmt::Debug for IdleVersions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleVersions")
+            .field(
+                "versions",
+                &self.cache.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(),
+            )
+            .field("max_loaded", &self.max_loaded)
+            .finish()
+    }
+}
+
+/// Versions of a model loaded at once (serving, candidate, idle) unless configured:
+/// the serving one and the one it replaced, ready for a swap back.
+pub const DEFAULT_MAX_LOADED: usize = 2;
 
 struct GateMetrics {
     calls_ok: metrics::Counter,
     calls_error: metrics::Counter,
     slow_calls: metrics::Counter,
+    versions_loaded: metrics::Gauge,
+    versions_evicted: metrics::Counter,
 }
 
 impl std::fmt::Debug for GateMetrics {
@@ -126,6 +160,7 @@ impl ModelGate {
         clock: Arc<dyn Clock>,
         supervisor: Recipient<CircuitChanged>,
         executor: ExecutorHandle,
+        factory: BackendFactory,
         stats: Arc<PipelineStats>,
     ) -> Self {
         let info_id = info.id.to_string();
@@ -140,7 +175,7 @@ impl ModelGate {
             serving: std::sync::RwLock::new(Serving {
                 version,
                 executor,
-                factory: None,
+                factory,
                 stats: Default::default(),
                 candidate: None,
             }),
@@ -155,9 +190,112 @@ impl ModelGate {
             metrics: GateMetrics {
                 calls_ok: metrics::counter!(t::MODEL_CALLS, "model" => info_id.clone(), "outcome" => "ok"),
                 calls_error: metrics::counter!(t::MODEL_CALLS, "model" => info_id.clone(), "outcome" => "error"),
-                slow_calls: metrics::counter!(t::SLOW_CALLS, "model" => info_id),
+                slow_calls: metrics::counter!(t::SLOW_CALLS, "model" => info_id.clone()),
+                versions_loaded: {
+                    let g = metrics::gauge!(t::VERSIONS_LOADED, "model" => info_id.clone());
+                    g.set(1.0);
+                    g
+                },
+                versions_evicted: metrics::counter!(t::VERSIONS_EVICTED, "model" => info_id),
             },
+            idle: Mutex::new(IdleVersions {
+                cache: lru::LruCache::unbounded(),
+                max_loaded: DEFAULT_MAX_LOADED,
+            }),
         }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, IdleVersions> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `version` loaded but idle (a swap or a promotion replaced it, or the version
+    /// policy wants it ready), then frees the least recently used idle versions beyond
+    /// `max_loaded`; answers the versions freed. The serving version and the candidate are
+    /// never idle, and never freed here; an executor that died is not kept.
+    pub fn keep_idle(
+        &self,
+        version: Arc<str>,
+        executor: ExecutorHandle,
+        factory: BackendFactory,
+    ) -> Vec<Arc<str>> {
+        let busy = self.busy_versions();
+        let mut idle = self.lock_idle();
+        if !busy.contains(&version) && !executor.is_down() {
+            idle.cache.put(version, Idle { executor, factory });
+        }
+        let evicted = self.evict_over_cap(&mut idle, busy.len());
+        drop(idle);
+        self.update_loaded();
+        evicted
+    }
+
+    /// Takes idle `version` out of the idle set, to serve (or to be freed); `None` when it is
+    /// not idle, or when its executor died since.
+    pub fn take_idle(&self, version: &str) -> Option<Idle> {
+        let taken = self.lock_idle().cache.pop(version);
+        self.update_loaded();
+        taken.filter(|i| !i.executor.is_down())
+    }
+
+    /// Frees idle `version`; whether it was idle.
+    pub fn drop_idle(&self, version: &str) -> bool {
+        let was = self.lock_idle().cache.pop(version).is_some();
+        self.update_loaded();
+        was
+    }
+
+    /// The idle versions, most recently used first.
+    pub fn idle_versions(&self) -> Vec<Arc<str>> {
+        self.lock_idle().cache.iter().map(|(v, _)| v.clone()).collect()
+    }
+
+    /// Sets the cap on loaded versions (at least 1, the serving one) and frees the idle
+    /// versions beyond it; answers them.
+    pub fn set_max_loaded(&self, max: usize) -> Vec<Arc<str>> {
+        let busy = self.busy_versions().len();
+        let mut idle = self.lock_idle();
+        idle.max_loaded = max.max(1);
+        let evicted = self.evict_over_cap(&mut idle, busy);
+        drop(idle);
+        self.update_loaded();
+        evicted
+    }
+
+    /// The cap on loaded versions.
+    pub fn max_loaded(&self) -> usize {
+        self.lock_idle().max_loaded
+    }
+
+    /// Versions loaded: serving, candidate, idle.
+    pub fn loaded_count(&self) -> usize {
+        let busy = self.busy_versions().len();
+        busy + self.lock_idle().cache.len()
+    }
+
+    /// The serving version and the candidate's.
+    fn busy_versions(&self) -> Vec<Arc<str>> {
+        let s = self.read_serving();
+        std::iter::once(s.version.clone())
+            .chain(s.candidate.as_ref().map(|c| c.version.clone()))
+            .collect()
+    }
+
+    fn evict_over_cap(&self, idle: &mut IdleVersions, busy: usize) -> Vec<Arc<str>> {
+        let mut evicted = Vec::new();
+        while busy + idle.cache.len() > idle.max_loaded {
+            let Some((v, _freed)) = idle.cache.pop_lru() else {
+                break;
+            };
+            self.metrics.versions_evicted.increment(1);
+            tracing::info!(model = %self.info.id, version = %v, max_loaded = idle.max_loaded, "idle model version freed (least recently used)");
+            evicted.push(v);
+        }
+        evicted
+    }
+
+    fn update_loaded(&self) {
+        self.metrics.versions_loaded.set(self.loaded_count() as f64);
     }
 
     fn read_serving(&self) -> std::sync::RwLockReadGuard<'_, Serving> {
@@ -216,13 +354,21 @@ impl ModelGate {
     /// Installs an experiment's candidate (the experiments actor, on the actors' thread);
     /// returns the one it replaces, which answers what it was given and is freed.
     pub fn set_candidate(&self, c: Candidate) -> Option<Candidate> {
-        self.write_serving().candidate.replace(c)
+        // An idle copy of the same version is not kept beside it.
+        self.lock_idle().cache.pop(&c.version);
+        let old = self.write_serving().candidate.replace(c);
+        let busy = self.busy_versions().len();
+        self.evict_over_cap(&mut self.lock_idle(), busy);
+        self.update_loaded();
+        old
     }
 
     /// Takes the candidate out: its streams go back to the serving version from their next
     /// call; it answers what it was given and is freed.
     pub fn take_candidate(&self) -> Option<Candidate> {
-        self.write_serving().candidate.take()
+        let c = self.write_serving().candidate.take();
+        self.update_loaded();
+        c
     }
 
     pub fn set_candidate_weight(&self, weight: u32) {
@@ -232,16 +378,18 @@ impl ModelGate {
     }
 
     /// The candidate becomes the version serving every stream, from the next call on; the old
-    /// version drains what it was given and is freed. Its circuit starts closed.
+    /// version drains what it was given and stays loaded, idle (see [`ModelGate::keep_idle`]).
+    /// Its circuit starts closed.
     pub fn promote(&self) -> Option<Arc<str>> {
         let mut s = self.write_serving();
         let c = s.candidate.take()?;
         let old = std::mem::replace(&mut s.version, c.version);
-        s.factory = Some(c.factory);
+        let old_factory = std::mem::replace(&mut s.factory, c.factory);
         s.stats = c.stats;
-        drop(std::mem::replace(&mut s.executor, c.executor));
+        let old_executor = std::mem::replace(&mut s.executor, c.executor);
         drop(s);
         self.reset();
+        self.keep_idle(old.clone(), old_executor, old_factory);
         Some(old)
     }
 
@@ -250,8 +398,8 @@ impl ModelGate {
         self.read_serving().version.clone()
     }
 
-    /// The loader of the version serving, when it is not the one the model started with.
-    pub fn factory(&self) -> Option<BackendFactory> {
+    /// The loader of the version serving.
+    pub fn factory(&self) -> BackendFactory {
         self.read_serving().factory.clone()
     }
 
@@ -261,19 +409,19 @@ impl ModelGate {
     }
 
     /// Another version takes the model's calls from the next one on (the supervisor, on the
-    /// actors' thread, so that a restart and a swap never interleave). Returns the executor
-    /// replaced: it answers what it was given, then stops once its last handle is dropped.
-    pub fn swap(
-        &self,
-        version: Arc<str>,
-        executor: ExecutorHandle,
-        factory: BackendFactory,
-    ) -> ExecutorHandle {
+    /// actors' thread, so that a restart and a swap never interleave). The version replaced
+    /// answers what it was given and stays loaded, idle (see [`ModelGate::keep_idle`], which
+    /// frees it at once with `max_loaded` 1); answers it.
+    pub fn swap(&self, version: Arc<str>, executor: ExecutorHandle, factory: BackendFactory) -> Arc<str> {
+        self.lock_idle().cache.pop(&version);
         let mut s = self.write_serving();
-        s.version = version;
-        s.factory = Some(factory);
+        let old = std::mem::replace(&mut s.version, version);
+        let old_factory = std::mem::replace(&mut s.factory, factory);
         s.stats = Default::default();
-        std::mem::replace(&mut s.executor, executor)
+        let old_executor = std::mem::replace(&mut s.executor, executor);
+        drop(s);
+        self.keep_idle(old.clone(), old_executor, old_factory);
+        old
     }
 
     pub fn now(&self) -> Duration {

@@ -138,11 +138,11 @@ impl Pipeline {
                     clock.clone(),
                     supervisor.clone().recipient(),
                     e,
+                    m.factory.clone(),
                     stats.clone(),
                 ))
             })
             .collect();
-        let factories: Vec<BackendFactory> = models.iter().map(|m| m.factory.clone()).collect();
         let member_gates: Vec<Arc<ModelGate>> = gates[..members.len()].to_vec();
         let stacker_out = stacker.map(|spec| Stacker {
             gate: gates[members.len()].clone(),
@@ -164,11 +164,7 @@ impl Pipeline {
         .start();
         let supervised = gates
             .iter()
-            .zip(factories)
-            .map(|(g, factory)| SupervisedModel {
-                gate: g.clone(),
-                factory,
-            })
+            .map(|g| SupervisedModel { gate: g.clone() })
             .collect();
         supervisor_ctx.run(Supervisor::new(
             supervised,
@@ -387,6 +383,52 @@ impl Pipeline {
             })
             .await
             .map_err(|e| e.to_string())?
+    }
+
+    /// Swaps idle `version` of model `id` in (loaded and warmed before: see
+    /// [`ModelGate::keep_idle`]), between two events; `Ok(None)` when it is not idle.
+    pub async fn swap_to_idle(&self, id: &str, version: &str) -> Result<Option<Arc<str>>, String> {
+        let g = self
+            .all_gates()
+            .find(|g| *g.info.id == *id)
+            .ok_or_else(|| format!("unknown model {id:?}"))?;
+        let Some(idle) = g.take_idle(version) else {
+            return Ok(None);
+        };
+        self.swap
+            .send(SwapVersion {
+                model: id.to_string(),
+                version: Arc::from(version),
+                executor: idle.executor,
+                factory: idle.factory,
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map(Some)
+    }
+
+    /// Loads and warms `version` of model `id` and keeps it idle, ready for a swap (the
+    /// version policy); answers the idle versions freed to stay within the cap.
+    pub async fn load_idle(
+        &self,
+        id: &str,
+        version: Arc<str>,
+        factory: crate::executor::BackendFactory,
+    ) -> Result<Vec<Arc<str>>, String> {
+        let g = self
+            .all_gates()
+            .find(|g| *g.info.id == *id)
+            .ok_or_else(|| format!("unknown model {id:?}"))?
+            .clone();
+        let handle = self.load_executor(id, &version, factory.clone()).await?;
+        Ok(g.keep_idle(version, handle, factory))
+    }
+
+    /// The cap on loaded versions of every member (`service.max_loaded_versions`).
+    pub fn set_max_loaded(&self, max: usize) {
+        for g in self.all_gates() {
+            g.set_max_loaded(max);
+        }
     }
 
     /// An executor of its own for `version` of model `id`, loaded and warmed (every batch

@@ -13,15 +13,15 @@ use actix::prelude::*;
 use crate::breaker::CircuitState;
 use crate::clock::Clock;
 use crate::events::ModelRestarted;
-use crate::executor::{self, BackendFactory, BatchObserver, ExecutorConfig};
+use crate::executor::{self, BatchObserver, ExecutorConfig};
 use crate::gate::ModelGate;
 use crate::messages::{CircuitChanged, ModelFailed, ResetModel, SwapVersion};
 use crate::telemetry::PipelineStats;
 
 pub struct SupervisedModel {
+    /// Its serving version's loader (`ModelGate::factory`) loads it again when its executor
+    /// died.
     pub gate: Arc<ModelGate>,
-    /// Loads the model again when its executor died.
-    pub factory: BackendFactory,
 }
 
 pub struct Supervisor {
@@ -63,7 +63,7 @@ impl Supervisor {
         if reloaded {
             let config = self.executor_config.read().map(|b| b.clone()).unwrap_or_default();
             // The version serving now (an operator may have swapped it in since start-up).
-            let factory = m.gate.factory().unwrap_or_else(|| m.factory.clone());
+            let factory = m.gate.factory();
             let (handle, _ready) = executor::spawn(
                 &m.gate.info.id,
                 factory,
@@ -215,10 +215,8 @@ impl Handler<SwapVersion> for Supervisor {
             .find(|s| *s.gate.info.id == *m.model)
             .ok_or_else(|| format!("unknown model {:?}", m.model))?
             .gate;
-        let replaced = g.version();
-        // The old executor answers what it was given, then stops when its last handle (a call
-        // in flight holds one) is dropped.
-        drop(g.swap(m.version.clone(), m.executor, m.factory));
+        // The old version answers what it was given, and stays loaded, idle, within the cap.
+        let replaced = g.swap(m.version.clone(), m.executor, m.factory);
         // The new version starts with a closed circuit: the old one's failures are not its.
         g.reset();
         tracing::info!(model = %m.model, from = %replaced, to = %m.version, "model version swapped");

@@ -83,6 +83,11 @@ pub const EXPERIMENT_DECISIONS: &str = "augur_experiment_decisions_total";
 pub const EXPERIMENT_WEIGHT: &str = "augur_experiment_weight_percent";
 /// Shadow candidates' outputs, by model and result (`ok`, `error`).
 pub const SHADOW_OUTPUTS: &str = "augur_shadow_outputs_total";
+/// Versions of a member loaded (serving, candidate and idle ones kept ready), by model.
+pub const VERSIONS_LOADED: &str = "augur_model_versions_loaded";
+/// Idle versions freed to stay within `service.max_loaded_versions`, least recently used
+/// first, by model.
+pub const VERSIONS_EVICTED: &str = "augur_model_versions_evicted_total";
 
 /// Registers the descriptions with whatever recorder is installed.
 pub fn describe() {
@@ -319,6 +324,14 @@ pub fn describe() {
         SHADOW_OUTPUTS,
         "Outputs of shadow candidates, by model and result (ok, error); never in the ensemble"
     );
+    describe_gauge!(
+        VERSIONS_LOADED,
+        "Versions of a member loaded: serving, candidate, and idle ones kept ready for a swap"
+    );
+    describe_counter!(
+        VERSIONS_EVICTED,
+        "Idle versions freed (least recently used first) to stay within service.max_loaded_versions, by model"
+    );
 }
 
 /// Registers every labelled counter at zero, so that dashboards and alerts see a series
@@ -342,6 +355,7 @@ pub fn register_zeroes(models: &[&str], timeframes: &[&str], transports: &[&str]
             counter!(EXPERIMENT_DECISIONS, "model" => m.clone(), "decision" => d).increment(0);
         }
         counter!(SHADOW_OUTPUTS, "model" => m.clone(), "result" => "ok").increment(0);
+        counter!(VERSIONS_EVICTED, "model" => m.clone()).increment(0);
     }
     for tr in transports {
         let tr = tr.to_string();

@@ -1,15 +1,17 @@
 """Train Augur's models on the committed real OHLCV data and export them.
 
     .venv/bin/python models/train/train.py [--out models]
-    .venv/bin/python models/train/train.py --candidates [--out models]
+    .venv/bin/python models/train/train.py --candidates [IDS] [--out models]
 
 Writes, for each model, models/<model_id>/<version>/{manifest.toml, model.pt|model.json,
 golden_inputs.f32, golden_outputs.f32}. Deterministic: fixed seeds, one thread, CPU.
 
---candidates trains only the candidate versions of lstm-direction (2: a later training cut;
-3: deliberately worse, trained on labels shifted one horizon into the past) and writes them to
-models/candidates/lstm-direction/<version>/ with a SHA256SUMS written last; nothing else is
-touched (models/candidates/README.md).
+--candidates [IDS] trains only candidate versions, of every member or of the comma-separated
+member ids IDS (e.g. --candidates cnn-pattern,xgb-direction), and writes them to
+models/candidates/<model_id>/<version>/ with a SHA256SUMS written last: lstm-direction 2 (a later
+training cut) and 3 (deliberately worse, trained on labels shifted one horizon into the past),
+cnn-pattern 2 and xgb-direction 2 (the later cut); nothing else is touched
+(models/candidates/README.md).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import json
 import math
 import os
 import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +238,90 @@ def fit_torch(model: nn.Module, xtr, ytr, xva, yva, epochs: int, lr: float):
     return model
 
 
+
+@dataclass(frozen=True)
+class Member:
+    """A member of the ensemble as trained and exported: v1 (main) and its candidates
+    (candidates) share this, so that a candidate is the same model trained on other rows."""
+    id: str
+    kind: str
+    family: str
+    file: str
+    window: int
+    layout: str
+    description: str
+    loader: str  # what reads the file back (the golden outputs come from it)
+    network: type | None = None  # torch members: the nn.Module, its epochs and learning rate
+    epochs: int = 0
+    lr: float = 0.0
+
+
+MEMBERS = {m.id: m for m in [
+    Member("lstm-direction", "torchscript", "lstm", "model.pt", LSTM_T, "sequence",
+           "LSTM(20 -> 32) over a window of 32 ta-v1 vectors, last hidden state -> linear -> softmax.",
+           "torch.jit.load", LstmDirection, 12, 3e-3),
+    Member("cnn-pattern", "torchscript", "cnn", "model.pt", CNN_T, "channels",
+           "1-D CNN over 20 feature channels x 32 bars: conv5 -> relu -> conv3 -> relu -> mean over time -> linear -> softmax.",
+           "torch.jit.load", CnnPattern, 12, 3e-3),
+    # XGBoost over the last XGB_T bars, flattened (time-major); a fixed number of rounds.
+    Member("xgb-direction", "xgboost-json", "xgboost", "model.json", XGB_T, "flat",
+           "XGBoost multi:softprob, 150 rounds x 3 classes, depth 4, over the last 3 ta-v1 vectors flattened time-major.",
+           "xgboost Booster.predict"),
+]}
+XGB_PARAMS = {"objective": "multi:softprob", "num_class": 3, "max_depth": 4, "eta": 0.05,
+              "subsample": 0.8, "colsample_bytree": 0.8, "tree_method": "hist", "seed": SEED,
+              "nthread": 1, "eval_metric": "mlogloss"}
+XGB_ROUNDS = 150
+DATA_SOURCES = ["models/data/stocks.csv.gz (AAPL FB GOOG IBM MSFT, 1d)",
+                "models/data/FOREX_EURUSD_1H_ASK.csv (EURUSD, 1h)"]
+LABEL = {
+    "horizon_bars": HORIZON, "threshold_k": THRESHOLD_K,
+    "definition": "r = ln(close[t+h] / close[t]); long if r > k * volatility_20 * sqrt(h), short if r < -that, else neutral",
+}
+
+
+def load_predictor(kind: str, path: Path):
+    """The exported model, read back by its framework: rows (prepared, in the member's layout)
+    -> probabilities [N, 3]."""
+    if kind == "torchscript":
+        loaded = torch.jit.load(str(path))
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return loaded(torch.from_numpy(x)).numpy()
+        return predict
+    booster = xgb.Booster(model_file=str(path))
+    booster.set_param({"nthread": 1})
+    return lambda x: booster.predict(xgb.DMatrix(x))
+
+
+def fit_member(m: Member, nf: int, xtr, ytr, xva, yva, example, path: Path):
+    """Trains member `m` (its v1 network or parameters) on prepared rows, writes the model file
+    to `path` and returns its predictor read back from that file. Torch: seeded, early-stopped
+    on the validation rows, traced on `example`; XGBoost: XGB_ROUNDS rounds (the validation rows
+    are only evaluated)."""
+    if m.kind == "torchscript":
+        torch.manual_seed(SEED)
+        model = fit_torch(m.network(nf), xtr, ytr, xva, yva, m.epochs, m.lr)
+        export(model, example, path)
+    else:
+        dtr = xgb.DMatrix(xtr, label=ytr)
+        dva = xgb.DMatrix(xva, label=yva)
+        xgb.train(XGB_PARAMS, dtr, num_boost_round=XGB_ROUNDS, evals=[(dva, "val")],
+                  verbose_eval=False).save_model(str(path))
+    return load_predictor(m.kind, path)
+
+
+def member_top(m: Member, version: str, description: str, nf: int) -> dict:
+    """A member manifest's top-level keys, in their order."""
+    return {
+        "id": m.id, "version": version, "kind": m.kind, "family": m.family, "file": m.file,
+        "description": description, "input": "features", "feature_set": "ta-v1",
+        "window": m.window, "features": nf, "layout": m.layout,
+        "classes": CLASSES, "timeframes": TIMEFRAMES,
+    }
+
+
 def metrics(p: np.ndarray, y: np.ndarray, ytrain: np.ndarray) -> dict:
     prior = np.bincount(ytrain, minlength=3) / len(ytrain)
     maj = int(np.argmax(prior))
@@ -318,22 +406,9 @@ def drift_only(out: Path):
     are loaded as exported and run on the test split."""
     F, Y, sp, rows, tfs = build_dataset()
     tr, te = sp["train"], sp["test"]
-    for mid, T, layout in [("lstm-direction", LSTM_T, "sequence"), ("cnn-pattern", CNN_T, "channels"),
-                           ("xgb-direction", XGB_T, "flat")]:
+    for mid in MEMBERS:
         d = out / mid / VERSION
-        import tomllib
-        m = tomllib.loads((d / "manifest.toml").read_text())
-        mean = np.array(m["normalization"]["mean"], dtype=np.float32)
-        std = np.array(m["normalization"]["std"], dtype=np.float32)
-        x = to_layout(normalise(windows(F, te, T), mean, std), layout)
-        if m["kind"] == "torchscript":
-            with torch.no_grad():
-                p = torch.jit.load(str(d / "model.pt"))(torch.from_numpy(x)).numpy()
-        else:
-            booster = xgb.Booster(model_file=str(d / "model.json"))
-            booster.set_param({"nthread": 1})
-            p = booster.predict(xgb.DMatrix(x))
-        rewrite_drift(d / "manifest.toml", drift_reference(F, tfs, tr, te, p))
+        rewrite_drift(d / "manifest.toml", drift_reference(F, tfs, tr, te, predict_dir(d, F, te)))
         print(f"{mid}: drift reference written")
 
 
@@ -352,111 +427,109 @@ def write_sums(d: Path):
 
 
 def predict_dir(d: Path, F: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """An exported torchscript member's outputs over the windows ending at `ends`, prepared from
-    its own manifest."""
-    import tomllib
+    """An exported member's outputs over the windows ending at `ends`, prepared from its own
+    manifest."""
     m = tomllib.loads((d / "manifest.toml").read_text())
     n_ = m["normalization"]
     x = to_layout(normalise(windows(F, ends, m["window"]), np.array(n_["mean"], np.float32),
                             np.array(n_["std"], np.float32)), m["layout"])
-    with torch.no_grad():
-        return torch.jit.load(str(d / m["file"]))(torch.from_numpy(x)).numpy()
+    return load_predictor(m["kind"], d / m["file"])(x)
 
 
-def candidates(out: Path):
-    """Trains the candidate versions of lstm-direction into <out>/candidates/lstm-direction/:
-    2, the same network trained on a later cut (80/10/10), and 3, the same network trained on
-    labels shifted one horizon into the past (deliberately worse, for canary tests). Both keep
-    v1's window, features, layout, classes, timeframes and label, and v1's golden inputs. Their
-    metrics are on the true labels of their test split. Then prints v1, v2 and v3 side by side
-    on the same rows."""
+def candidates(out: Path, ids=tuple(MEMBERS)):
+    """Trains the candidate versions of the members in `ids` into <out>/candidates/<id>/<version>/:
+    lstm-direction 2, the same network trained on a later cut (80/10/10), and 3, the same network
+    trained on labels shifted one horizon into the past (deliberately worse, for canary tests);
+    cnn-pattern 2 and xgb-direction 2, the same network / parameters on the later cut. Each keeps
+    its v1's window, features, layout, classes, timeframes and label, and v1's golden inputs. Their
+    metrics are on the true labels of their test split. Then prints each member's v1 and
+    candidates side by side on the same rows."""
     t0 = time.time()
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     np.random.seed(SEED)
-    mid, T, layout = "lstm-direction", LSTM_T, "sequence"
     series = series_features()
     F, Y, sp1, rows, tfs = build_dataset(series=series)  # v1's split, true labels
     _, _, sp2, _, _ = build_dataset(CANDIDATE_CUTS, series=series)
     _, Ysh, _, _, _ = build_dataset(label_shift=HORIZON, series=series)
-    golden_ends = sp1["test"][golden_pick(len(sp1["test"]))]  # v1's golden rows
+    golden_ends = sp1["test"][golden_pick(len(sp1["test"]))]  # v1's golden rows (every member's)
     trained_at = os.environ.get("AUGUR_TRAINED_AT", dt.date.today().isoformat())
-    label = {
-        "horizon_bars": HORIZON, "threshold_k": THRESHOLD_K,
-        "definition": "r = ln(close[t+h] / close[t]); long if r > k * volatility_20 * sqrt(h), short if r < -that, else neutral",
+    nf = int(F.shape[1])
+    later = "first 80% train, next 10% validation, last 10% test"
+    later_desc = ("Candidate: trained on the first 80% of each series (v1: 70%), early-stopped on the next 10%, "
+                  "tested on the last 10%.")
+    lstm, cnn, xgbm = MEMBERS["lstm-direction"], MEMBERS["cnn-pattern"], MEMBERS["xgb-direction"]
+    # id: [(version, split, training labels, split text, description, extra provenance)]
+    specs = {
+        "lstm-direction": [
+            ("2", sp2, Y, later, f"{lstm.description} {later_desc}", {}),
+            ("3", sp1, Ysh, "first 70% train, next 15% validation, last 15% test (v1's split)",
+             f"DELIBERATELY WORSE candidate, for canary tests only: never serve it for real. {lstm.description} "
+             "Trained on labels shifted one horizon into the past (the label of bar t is the realized move over "
+             "[t - 5, t], which its features already show), so it is confident about the past and wrong about "
+             "the future. Metrics are on the true labels.",
+             {"training_labels": "shifted one horizon into the past: the label of bar t is the label of bar t - 5, "
+                                 "i.e. r = ln(close[t] / close[t-5]) against k * volatility_20[t-5] * sqrt(5); "
+                                 "early-stopped on the same shifted labels of the validation split; the metrics use "
+                                 "the true (unshifted) labels of the test split"}),
+        ],
+        "cnn-pattern": [("2", sp2, Y, later, f"{cnn.description} {later_desc}", {})],
+        "xgb-direction": [
+            ("2", sp2, Y, later,
+             f"{xgbm.description} Candidate: trained on the first 80% of each series (v1: 70%) with v1's parameters "
+             f"and its fixed {XGB_ROUNDS} rounds (no early stopping, as v1), tested on the last 10%.", {}),
+        ],
     }
-    net = "LSTM(20 -> 32) over a window of 32 ta-v1 vectors, last hidden state -> linear -> softmax."
-    specs = [
-        ("2", sp2, Y, "first 80% train, next 10% validation, last 10% test",
-         f"{net} Candidate: trained on the first 80% of each series (v1: 70%), early-stopped on the next 10%, "
-         "tested on the last 10%.",
-         {}),
-        ("3", sp1, Ysh, "first 70% train, next 15% validation, last 15% test (v1's split)",
-         f"DELIBERATELY WORSE candidate, for canary tests only: never serve it for real. {net} Trained on labels "
-         "shifted one horizon into the past (the label of bar t is the realized move over [t - 5, t], which its "
-         "features already show), so it is confident about the past and wrong about the future. Metrics are on "
-         "the true labels.",
-         {"training_labels": "shifted one horizon into the past: the label of bar t is the label of bar t - 5, "
-                             "i.e. r = ln(close[t] / close[t-5]) against k * volatility_20[t-5] * sqrt(5); "
-                             "early-stopped on the same shifted labels of the validation split; the metrics use "
-                             "the true (unshifted) labels of the test split"}),
-    ]
     written = {}
-    for version, sp, Ytrain, split, desc, extra in specs:
-        tr, va, te = sp["train"], sp["val"], sp["test"]
-        mean = F[tr].mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = F[tr].std(axis=0, dtype=np.float64).astype(np.float32)
-        std[std == 0] = 1.0
+    for mid in ids:
+        m = MEMBERS[mid]
+        for version, sp, Ytrain, split, desc, extra in specs[mid]:
+            t1 = time.time()
+            tr, va, te = sp["train"], sp["val"], sp["test"]
+            mean = F[tr].mean(axis=0, dtype=np.float64).astype(np.float32)
+            std = F[tr].std(axis=0, dtype=np.float64).astype(np.float32)
+            std[std == 0] = 1.0
 
-        def prep(ends):
-            return to_layout(normalise(windows(F, ends, T), mean, std), layout)
+            def prep(ends):
+                return to_layout(normalise(windows(F, ends, m.window), mean, std), m.layout)
 
-        torch.manual_seed(SEED)
-        model = fit_torch(LstmDirection(F.shape[1]), prep(tr), Ytrain[tr], prep(va), Ytrain[va], 12, 3e-3)
-        d = out / "candidates" / mid / version
-        d.mkdir(parents=True, exist_ok=True)
-        (d / SUMS).unlink(missing_ok=True)  # incomplete until the list is written again, last
-        export(model, prep(te[:4]), d / "model.pt")
-        loaded = torch.jit.load(str(d / "model.pt"))
-        with torch.no_grad():
-            pte = loaded(torch.from_numpy(prep(te))).numpy()
-            pgold = loaded(torch.from_numpy(prep(golden_ends))).numpy()
-        (d / "golden_inputs.f32").write_bytes(windows(F, golden_ends, T).astype("<f4").tobytes())
-        (d / "golden_outputs.f32").write_bytes(pgold.astype("<f4").tobytes())
-        met = metrics(pte, Y[te], Y[tr])
-        if version == "3":
-            shifted = metrics(pte, Ysh[te], Ysh[tr])
-            met["shifted_label_test_accuracy"] = shifted["test_accuracy"]
-            met["shifted_label_test_log_loss"] = shifted["test_log_loss"]
-        provenance = {
-            "script": "models/train/train.py --candidates",
-            "data": ["models/data/stocks.csv.gz (AAPL FB GOOG IBM MSFT, 1d)", "models/data/FOREX_EURUSD_1H_ASK.csv (EURUSD, 1h)"],
-            "split": f"per series by time: {split}",
-            "rows_train": int(len(tr)), "rows_val": int(len(va)), "rows_test": int(len(te)),
-            **extra,
-            "seed": SEED, "trained_at": trained_at,
-            "torch_version": torch.__version__, "xgboost_version": xgb.__version__,
-        }
-        write_manifest(d / "manifest.toml", {
-            "id": mid, "version": version, "kind": "torchscript", "family": "lstm", "file": "model.pt",
-            "description": desc, "input": "features", "feature_set": "ta-v1",
-            "window": T, "features": int(F.shape[1]), "layout": layout,
-            "classes": CLASSES, "timeframes": TIMEFRAMES,
-        }, {"normalization": {"mean": mean, "std": std, "clip": CLIP,
-                              "formula": "clamp((x - mean) / std, -clip, clip), float32"},
-            "label": label, "provenance": provenance, "metrics": met,
-            "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
-                       "input_shape": [GOLDEN_N, T, int(F.shape[1])],
-                       "note": "raw ta-v1 windows [count, window, features] (before normalisation; the same rows "
-                               "as v1's); outputs [count, 3] from torch.jit.load of model.pt"},
-            **drift_reference(F, tfs, tr, te, pte)},
-            f"{mid} v{version} (candidate): written by models/train/train.py --candidates, do not edit by hand.")
-        write_sums(d)
-        written[version] = d
-        print(f"{mid} v{version}: {met}  ({time.time() - t0:.0f}s)")
+            d = out / "candidates" / mid / version
+            d.mkdir(parents=True, exist_ok=True)
+            (d / SUMS).unlink(missing_ok=True)  # incomplete until the list is written again, last
+            predict = fit_member(m, nf, prep(tr), Ytrain[tr], prep(va), Ytrain[va], prep(te[:4]), d / m.file)
+            pte = predict(prep(te))
+            pgold = predict(prep(golden_ends))
+            (d / "golden_inputs.f32").write_bytes(windows(F, golden_ends, m.window).astype("<f4").tobytes())
+            (d / "golden_outputs.f32").write_bytes(pgold.astype("<f4").tobytes())
+            met = metrics(pte, Y[te], Y[tr])
+            if Ytrain is Ysh:
+                shifted = metrics(pte, Ysh[te], Ysh[tr])
+                met["shifted_label_test_accuracy"] = shifted["test_accuracy"]
+                met["shifted_label_test_log_loss"] = shifted["test_log_loss"]
+            provenance = {
+                "script": "models/train/train.py --candidates",
+                "data": DATA_SOURCES,
+                "split": f"per series by time: {split}",
+                "rows_train": int(len(tr)), "rows_val": int(len(va)), "rows_test": int(len(te)),
+                **extra,
+                "seed": SEED, "trained_at": trained_at,
+                "torch_version": torch.__version__, "xgboost_version": xgb.__version__,
+            }
+            write_manifest(d / "manifest.toml", member_top(m, version, desc, nf), {
+                "normalization": {"mean": mean, "std": std, "clip": CLIP,
+                                  "formula": "clamp((x - mean) / std, -clip, clip), float32"},
+                "label": LABEL, "provenance": provenance, "metrics": met,
+                "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
+                           "input_shape": [GOLDEN_N, m.window, nf],
+                           "note": "raw ta-v1 windows [count, window, features] (before normalisation; the same rows "
+                                   f"as v1's); outputs [count, 3] from {m.loader} of {m.file}"},
+                **drift_reference(F, tfs, tr, te, pte)},
+                f"{mid} v{version} (candidate): written by models/train/train.py --candidates, do not edit by hand.")
+            write_sums(d)
+            written.setdefault(mid, {})[version] = d
+            print(f"{mid} v{version}: {met}  ({time.time() - t1:.1f}s; {time.time() - t0:.0f}s in all)")
 
-    # v1 (as committed), v2 and v3 on the same rows, against the true labels.
-    dirs = {"1": ROOT / mid / VERSION, **written}
+    # Each member's v1 (as committed) and candidates on the same rows, against the true labels.
     offs = np.cumsum([0] + [len(f) for *_, f in series])
     first = features.WARMUP_BARS - 1  # the replay's first vector of each series
     replay_tail = np.concatenate([
@@ -465,13 +538,15 @@ def candidates(out: Path):
     sets = [("v1's test split (last 15%)", sp1["test"], Y[sp1["train"]]),
             ("v2's test split (last 10%)", sp2["test"], Y[sp1["train"]]),
             ("replay, last 30% of each series", replay_tail, Y[sp1["train"]])]
-    for name, ends, ytr in sets:
-        print(f"{name}: {len(ends)} rows")
-        for v, d in dirs.items():
-            m = metrics(predict_dir(d, F, ends), Y[ends], ytr)
-            print(f"  v{v}: accuracy {m['test_accuracy']:.4f}  log-loss {m['test_log_loss']:.4f}")
-        print(f"  baseline (v1's training prior): accuracy {m['baseline_accuracy']:.4f}  "
-              f"log-loss {m['baseline_log_loss']:.4f}")
+    for mid in ids:
+        dirs = {"1": ROOT / mid / VERSION, **written[mid]}
+        for name, ends, ytr in sets:
+            print(f"{mid}, {name}: {len(ends)} rows")
+            for v, d in dirs.items():
+                m = metrics(predict_dir(d, F, ends), Y[ends], ytr)
+                print(f"  v{v}: accuracy {m['test_accuracy']:.4f}  log-loss {m['test_log_loss']:.4f}")
+            print(f"  baseline (v1's training prior): accuracy {m['baseline_accuracy']:.4f}  "
+                  f"log-loss {m['baseline_log_loss']:.4f}")
     print(f"total {time.time() - t0:.0f}s")
 
 
@@ -480,17 +555,22 @@ def main():
     ap.add_argument("--out", default=str(ROOT))
     ap.add_argument("--drift-only", action="store_true",
                     help="only (re)write the manifests' drift references, from the exported models")
-    ap.add_argument("--candidates", action="store_true",
-                    help="only train the candidate versions 2 and 3 of lstm-direction, into "
-                         "<out>/candidates/lstm-direction/<version>/ (v1 is neither retrained nor touched)")
+    ap.add_argument("--candidates", nargs="?", const=",".join(MEMBERS), metavar="IDS",
+                    help="only train candidate versions, of the members in IDS (comma-separated; without IDS, all "
+                         f"of {','.join(MEMBERS)}), into <out>/candidates/<id>/<version>/: lstm-direction 2 and 3, "
+                         "cnn-pattern 2, xgb-direction 2 (v1 is neither retrained nor touched)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.drift_only:
         torch.set_num_threads(1)
         drift_only(out)
         return
-    if args.candidates:
-        candidates(out)
+    if args.candidates is not None:
+        ids = [s.strip() for s in args.candidates.split(",") if s.strip()]
+        unknown = sorted(set(ids) - set(MEMBERS))
+        if not ids or unknown:
+            ap.error(f"--candidates: unknown model id(s) {unknown}; choose among {', '.join(MEMBERS)}")
+        candidates(out, [mid for mid in MEMBERS if mid in ids])
         return
     t0 = time.time()
     torch.set_num_threads(1)
@@ -505,88 +585,45 @@ def main():
     trained_at = os.environ.get("AUGUR_TRAINED_AT", dt.date.today().isoformat())
     provenance = {
         "script": "models/train/train.py",
-        "data": ["models/data/stocks.csv.gz (AAPL FB GOOG IBM MSFT, 1d)", "models/data/FOREX_EURUSD_1H_ASK.csv (EURUSD, 1h)"],
+        "data": DATA_SOURCES,
         "split": "per series by time: first 70% train, next 15% validation, last 15% test",
         "rows_train": int(len(tr)), "rows_val": int(len(va)), "rows_test": int(len(te)),
         "seed": SEED, "trained_at": trained_at,
         "torch_version": torch.__version__, "xgboost_version": xgb.__version__,
     }
-    label = {
-        "horizon_bars": HORIZON, "threshold_k": THRESHOLD_K,
-        "definition": "r = ln(close[t+h] / close[t]); long if r > k * volatility_20 * sqrt(h), short if r < -that, else neutral",
-    }
     norm = {"mean": mean, "std": std, "clip": CLIP,
             "formula": "clamp((x - mean) / std, -clip, clip), float32"}
     ytr, yva, yte = Y[tr], Y[va], Y[te]
     gi = golden_pick(len(te))
+    nf = int(F.shape[1])
     members = {}
 
     def prep(ends, T, layout):
         return to_layout(normalise(windows(F, ends, T), mean, std), layout)
 
-    specs = [
-        ("lstm-direction", "lstm", "sequence", LSTM_T, lambda: LstmDirection(F.shape[1]), 12, 3e-3,
-         "LSTM(20 -> 32) over a window of 32 ta-v1 vectors, last hidden state -> linear -> softmax."),
-        ("cnn-pattern", "cnn", "channels", CNN_T, lambda: CnnPattern(F.shape[1]), 12, 3e-3,
-         "1-D CNN over 20 feature channels x 32 bars: conv5 -> relu -> conv3 -> relu -> mean over time -> linear -> softmax."),
-    ]
-    for mid, family, layout, T, ctor, epochs, lr, desc in specs:
-        torch.manual_seed(SEED)
-        model = fit_torch(ctor(), prep(tr, T, layout), ytr, prep(va, T, layout), yva, epochs, lr)
+    golden_notes = {
+        "torchscript": "raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3] from torch.jit.load of model.pt",
+        "xgboost-json": "raw ta-v1 windows (before normalisation); outputs from xgboost Booster.predict",
+    }
+    for mid, m in MEMBERS.items():
+        T, layout = m.window, m.layout
         d = out / mid / VERSION
         d.mkdir(parents=True, exist_ok=True)
-        export(model, prep(te[:4], T, layout), d / "model.pt")
-        loaded = torch.jit.load(str(d / "model.pt"))
-        with torch.no_grad():
-            pte = loaded(torch.from_numpy(prep(te, T, layout))).numpy()
-            pva = loaded(torch.from_numpy(prep(va, T, layout))).numpy()
+        predict = fit_member(m, nf, prep(tr, T, layout), ytr, prep(va, T, layout), yva, prep(te[:4], T, layout),
+                             d / m.file)
+        pte = predict(prep(te, T, layout))
+        pva = predict(prep(va, T, layout))
         members[mid] = (pva, pte)
-        raw = windows(F, te[gi], T).astype(np.float32)
-        (d / "golden_inputs.f32").write_bytes(raw.astype("<f4").tobytes())
+        (d / "golden_inputs.f32").write_bytes(windows(F, te[gi], T).astype("<f4").tobytes())
         (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
-        write_manifest(d / "manifest.toml", {
-            "id": mid, "version": VERSION, "kind": "torchscript", "family": family, "file": "model.pt",
-            "description": desc, "input": "features", "feature_set": "ta-v1",
-            "window": T, "features": int(F.shape[1]), "layout": layout,
-            "classes": CLASSES, "timeframes": TIMEFRAMES,
-        }, {"normalization": norm, "label": label, "provenance": provenance,
+        write_manifest(d / "manifest.toml", member_top(m, VERSION, m.description, nf), {
+            "normalization": norm, "label": LABEL, "provenance": provenance,
             "metrics": metrics(pte, yte, ytr),
             "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
-                       "input_shape": [GOLDEN_N, T, int(F.shape[1])],
-                       "note": "raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3] from torch.jit.load of model.pt"},
+                       "input_shape": [GOLDEN_N, T, nf], "note": golden_notes[m.kind]},
             **drift_reference(F, tfs, tr, te, pte)},
             f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
         print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
-
-    # XGBoost over the last XGB_T bars, flattened (time-major).
-    mid, d = "xgb-direction", out / "xgb-direction" / VERSION
-    d.mkdir(parents=True, exist_ok=True)
-    params = {"objective": "multi:softprob", "num_class": 3, "max_depth": 4, "eta": 0.05,
-              "subsample": 0.8, "colsample_bytree": 0.8, "tree_method": "hist", "seed": SEED,
-              "nthread": 1, "eval_metric": "mlogloss"}
-    dtr = xgb.DMatrix(prep(tr, XGB_T, "flat"), label=ytr)
-    dva = xgb.DMatrix(prep(va, XGB_T, "flat"), label=yva)
-    xgb.train(params, dtr, num_boost_round=150, evals=[(dva, "val")], verbose_eval=False).save_model(str(d / "model.json"))
-    booster = xgb.Booster(model_file=str(d / "model.json"))
-    booster.set_param({"nthread": 1})
-    pte = booster.predict(xgb.DMatrix(prep(te, XGB_T, "flat")))
-    pva = booster.predict(xgb.DMatrix(prep(va, XGB_T, "flat")))
-    members[mid] = (pva, pte)
-    (d / "golden_inputs.f32").write_bytes(windows(F, te[gi], XGB_T).astype("<f4").tobytes())
-    (d / "golden_outputs.f32").write_bytes(pte[gi].astype("<f4").tobytes())
-    write_manifest(d / "manifest.toml", {
-        "id": mid, "version": VERSION, "kind": "xgboost-json", "family": "xgboost", "file": "model.json",
-        "description": "XGBoost multi:softprob, 150 rounds x 3 classes, depth 4, over the last 3 ta-v1 vectors flattened time-major.",
-        "input": "features", "feature_set": "ta-v1", "window": XGB_T, "features": int(F.shape[1]),
-        "layout": "flat", "classes": CLASSES, "timeframes": TIMEFRAMES,
-    }, {"normalization": norm, "label": label, "provenance": provenance,
-        "metrics": metrics(pte, yte, ytr),
-        "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
-                   "input_shape": [GOLDEN_N, XGB_T, int(F.shape[1])],
-                   "note": "raw ta-v1 windows (before normalisation); outputs from xgboost Booster.predict"},
-        **drift_reference(F, tfs, tr, te, pte)},
-        f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
-    print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
 
     # Stacking meta-model over the members' probabilities, trained on the validation split.
     order = ["lstm-direction", "cnn-pattern", "xgb-direction"]
@@ -607,7 +644,7 @@ def main():
         "description": "Stacker: linear(9 -> 16) -> relu -> linear(16 -> 3) -> softmax over the members' probabilities.",
         "input": "member_probabilities", "members": order, "window": 1, "features": int(mva.shape[1]),
         "layout": "flat", "classes": CLASSES, "timeframes": TIMEFRAMES,
-    }, {"label": label, "provenance": {**provenance, "split": "validation split of the members: first 80% fit, last 20% early stop; scored on the test split"},
+    }, {"label": LABEL, "provenance": {**provenance, "split": "validation split of the members: first 80% fit, last 20% early stop; scored on the test split"},
         "metrics": metrics(pte, yte, ytr),
         "golden": {"inputs": "golden_inputs.f32", "outputs": "golden_outputs.f32", "count": GOLDEN_N,
                    "input_shape": [GOLDEN_N, 1, int(mva.shape[1])],

@@ -35,6 +35,18 @@ pub struct ServiceConfig {
     /// listed serves its highest version. Pins a model while newer versions wait in the
     /// repository (an experiment's candidates, or a version not yet shipped).
     pub versions: std::collections::BTreeMap<String, String>,
+    /// Which versions of a member are kept loaded (model id -> policy): `"latest N"` (the N
+    /// highest complete versions) or `"specific V1 V2 ..."`; a member not listed: `"latest 1"`.
+    /// The highest version the policy names serves at start-up (unless `versions` pins
+    /// another); the others load in the background and wait idle, ready for an immediate swap.
+    pub version_policy: std::collections::BTreeMap<String, String>,
+    /// Versions of one member loaded at once (serving, candidate, idle); idle ones beyond it
+    /// are freed, least recently used first. 1: a swap frees the version it replaces.
+    pub max_loaded_versions: usize,
+    /// Looks at the repository every this many ms for versions that appeared or changed and
+    /// that the policy names; 0: never (loads are then by request only). A version is taken
+    /// only once its `SHA256SUMS` matches every file.
+    pub watch_interval_ms: u64,
     /// cpu | cuda | cuda:N | auto
     pub device: String,
     /// libtorch intra-op threads (process-wide).
@@ -55,6 +67,9 @@ impl Default for ServiceConfig {
             ],
             stacker: "ensemble-meta".into(),
             versions: Default::default(),
+            version_policy: Default::default(),
+            max_loaded_versions: augur_actors::gate::DEFAULT_MAX_LOADED,
+            watch_interval_ms: 0,
             device: "cpu".into(),
             intra_op_threads: 1,
             shutdown_timeout_ms: 10_000,
@@ -450,6 +465,39 @@ impl Config {
                 p.push(format!("service.versions: model {m:?}: {e}"));
             }
         }
+        if !(1..=16).contains(&s.max_loaded_versions) {
+            p.push(format!(
+                "service.max_loaded_versions must be in 1..=16, got {}",
+                s.max_loaded_versions
+            ));
+        }
+        if s.watch_interval_ms != 0 && s.watch_interval_ms < 100 {
+            p.push(format!(
+                "service.watch_interval_ms must be 0 (off) or at least 100, got {}",
+                s.watch_interval_ms
+            ));
+        }
+        for (m, text) in &s.version_policy {
+            if !s.members.contains(m) {
+                p.push(format!(
+                    "service.version_policy: {m:?} is not a member (only members load versions at run time)"
+                ));
+            }
+            match crate::repository::VersionPolicy::parse(text) {
+                Ok(policy) => {
+                    let pinned = s.versions.get(m).filter(|v| !policy.names(v)).map_or(0, |_| 1);
+                    if policy.count() + pinned > s.max_loaded_versions {
+                        p.push(format!(
+                            "service.version_policy: {m:?} = {text:?} keeps {} versions loaded{}, more than service.max_loaded_versions = {}",
+                            policy.count() + pinned,
+                            if pinned == 1 { " with the pinned one" } else { "" },
+                            s.max_loaded_versions
+                        ));
+                    }
+                }
+                Err(e) => p.push(format!("service.version_policy: model {m:?}: {e}")),
+            }
+        }
         for m in s
             .members
             .iter()
@@ -659,6 +707,7 @@ fn unknown_keys(t: &mut toml::Table, known: &toml::Table, path: &str, out: &mut 
         if [
             "aggregator.weights",
             "service.versions",
+            "service.version_policy",
             "kafka.security",
             "experiments",
         ]
@@ -725,6 +774,36 @@ mod tests {
         assert!(
             all.contains("\"nope\" is neither a member nor the stacker"),
             "{all}"
+        );
+    }
+
+    #[test]
+    fn test_version_policies_the_cap_and_the_watch_are_checked_every_problem_listed() {
+        let cfg = load(
+            "version_policy = { \"lstm-direction\" = \"latest 2\", \"cnn-pattern\" = \"specific 1\" }\nmax_loaded_versions = 3\nwatch_interval_ms = 500\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.service.max_loaded_versions, 3);
+        assert_eq!(cfg.service.version_policy.len(), 2);
+        let e = load(
+            "version_policy = { \"lstm-direction\" = \"latest 3\", \"cnn-pattern\" = \"newest\", \"ensemble-meta\" = \"latest 1\" }\nmax_loaded_versions = 2\nwatch_interval_ms = 5\n",
+            &[],
+        )
+        .unwrap_err();
+        let all = e.0.join("\n");
+        for want in [
+            "\"lstm-direction\" = \"latest 3\" keeps 3 versions loaded, more than service.max_loaded_versions = 2",
+            "model \"cnn-pattern\": \"newest\" is not a version policy",
+            "\"ensemble-meta\" is not a member",
+            "service.watch_interval_ms must be 0 (off) or at least 100, got 5",
+        ] {
+            assert!(all.contains(want), "{want:?} not in:\n{all}");
+        }
+        let e = load("max_loaded_versions = 0\n", &[]).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.contains("max_loaded_versions must be in 1..=16"))
         );
     }
 

@@ -402,8 +402,10 @@ pub struct ModelView {
 #[derive(Serialize, ToSchema)]
 pub struct VersionView {
     pub version: String,
-    /// `serving`; `candidate` (loaded beside it for an experiment); `failed` (its last load
-    /// was refused); `unloaded` (a folder of the repository, not loaded).
+    /// `serving`; `candidate` (loaded beside it for an experiment); `ready` (loaded, warmed
+    /// and idle: a swap to it is immediate); `loading` (checks, self-test, warm-up under way);
+    /// `failed` (its last load was refused); `unloaded` (a folder of the repository, not
+    /// loaded).
     pub state: String,
     /// Why: the experiment's mode and share, the refusal's reasons, or what serves instead.
     pub reason: String,
@@ -439,13 +441,31 @@ fn version_views(s: &AppState, g: &augur_actors::gate::ModelGate) -> Vec<Version
         .map(|c| c.service.models_dir.clone())
         .unwrap_or_default();
     let failed = s.oip.failed_loads.lock().map(|f| f.clone()).unwrap_or_default();
+    let loading = s.oip.loading.lock().map(|l| l.clone()).unwrap_or_default();
+    let idle: Vec<String> = g.idle_versions().iter().map(|v| v.to_string()).collect();
     for v in crate::repository::versions(&models_dir, &g.info.id) {
         if v == serving || candidate.as_deref() == Some(v.as_str()) {
             continue;
         }
-        let (state, reason) = match failed.get(&(g.info.id.to_string(), v.clone())) {
-            Some(why) => ("failed", why.clone()),
-            None => ("unloaded", format!("not loaded: version {serving} serves")),
+        let key = (g.info.id.to_string(), v.clone());
+        let (state, reason) = if loading.as_ref() == Some(&key) {
+            (
+                "loading",
+                "checks, golden self-test and warm-up under way".to_string(),
+            )
+        } else if let Some(rank) = idle.iter().position(|i| *i == v) {
+            (
+                "ready",
+                format!(
+                    "loaded and idle, a swap to it is immediate ({} of {} loaded; idle versions are freed least recently used first)",
+                    rank + 1,
+                    g.max_loaded()
+                ),
+            )
+        } else if let Some(why) = failed.get(&key) {
+            ("failed", why.clone())
+        } else {
+            ("unloaded", format!("not loaded: version {serving} serves"))
         };
         out.push(VersionView {
             version: v,

@@ -15,6 +15,8 @@
 //! - [`http`]: the HTTP actor (health, readiness, config, models, predict, metrics).
 //! - [`oip`], [`oip_http`], [`grpc`]: the Open Inference Protocol (KServe v2): its models, and
 //!   its HTTP and gRPC (tonic, Triton's `GRPCInferenceService`) bindings.
+//! - [`repository`], [`lifecycle`]: version folders (complete when their checksum list
+//!   matches), version policies, loading idle versions and the repository watch.
 //! - [`tenants`]: API keys of tenants with tiers, rate and concurrency limits.
 //! - [`tls`]: TLS for the HTTP and gRPC listeners, certificates reloaded when they change.
 //! - [`telemetry`]: the Prometheus exporter and sampled process metrics.
@@ -27,6 +29,7 @@ pub mod codec;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod lifecycle;
 pub mod oip;
 pub mod oip_http;
 pub mod pb;

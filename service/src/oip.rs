@@ -19,7 +19,8 @@
 //! The repository calls act on members: `unload` takes a member out of serving (out of the
 //! streams' ensembles and `augur-ensemble`, its `infer` refused; its windows keep moving),
 //! `load` puts it back; `load` with a `version` loads that version from the repository folder
-//! and swaps it in (`repository.rs`, `Pipeline::swap_version`).
+//! and swaps it in (`repository.rs`, `Pipeline::swap_version`), or swaps in a version kept
+//! loaded and idle (`lifecycle.rs`); `unload` with a version frees an idle one.
 //! Statistics count the calls of this protocol (both transports), not the streams' calls,
 //! which `/metrics` and `/api/v1/models` show.
 use std::collections::BTreeMap;
@@ -215,9 +216,11 @@ pub const MAX_MESSAGE_CHARS: usize = 1024;
 pub struct Stats {
     models: Mutex<BTreeMap<String, ModelStats>>,
     rows: std::sync::atomic::AtomicUsize,
-    repository: tokio::sync::Mutex<()>,
+    pub(crate) repository: tokio::sync::Mutex<()>,
     /// Why the last load of a (model, version) failed, for the repository's index.
     pub(crate) failed_loads: Mutex<BTreeMap<(String, String), String>>,
+    /// The (model, version) being loaded now (checks, self-test, warm-up).
+    pub(crate) loading: Mutex<Option<(String, String)>>,
     /// The request path's prediction cache.
     pub cache: crate::cache::PredictionCache,
 }
@@ -501,16 +504,38 @@ pub fn index(s: &AppState) -> Vec<IndexEntry> {
         });
         // Members only: the stacker's versions are not loaded at run time.
         if matches!(t, Target::Member(_)) {
+            let loading = s.oip.loading.lock().map(|l| l.clone()).unwrap_or_default();
+            let idle = match &t {
+                Target::Member(g) => g.idle_versions(),
+                _ => Vec::new(),
+            };
             for v in crate::repository::versions(&models_dir, &n) {
                 if v != serving {
-                    let reason = failed
-                        .get(&(n.clone(), v.clone()))
-                        .cloned()
-                        .unwrap_or_else(|| format!("not loaded: version {serving} serves"));
+                    let key = (n.clone(), v.clone());
+                    // An idle version is loaded but answers no call: not READY for `infer`.
+                    let (state, reason) = if loading.as_ref() == Some(&key) {
+                        (
+                            "LOADING",
+                            "checks, golden self-test and warm-up under way".to_string(),
+                        )
+                    } else if idle.iter().any(|i| **i == *v) {
+                        (
+                            "UNAVAILABLE",
+                            format!(
+                                "loaded and idle: `load` with this version swaps it in at once; version {serving} serves"
+                            ),
+                        )
+                    } else {
+                        let why = failed
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| format!("not loaded: version {serving} serves"));
+                        ("UNAVAILABLE", why)
+                    };
                     out.push(IndexEntry {
                         name: n.clone(),
                         version: v,
-                        state: "UNAVAILABLE",
+                        state,
                         reason: clip_message(reason),
                     });
                 }
@@ -521,45 +546,65 @@ pub fn index(s: &AppState) -> Vec<IndexEntry> {
 }
 
 /// Loads `version` of model `name` from the repository and swaps it in (see
-/// `Pipeline::swap_version`); the version serving goes on serving until then, and when it
-/// fails. A failure is remembered for the index.
+/// `Pipeline::swap_version`; immediate when it is loaded already, idle); the version serving
+/// goes on serving until then, and when it fails. A failure is remembered for the index.
 async fn load_version(s: &AppState, name: &str, g: &Arc<ModelGate>, version: &str) -> Result<(), OipError> {
+    load(s, g, version, true).await.map_err(|e| {
+        OipError::Invalid(format!(
+            "{name} version {version} was not loaded ({e}); version {} serves",
+            g.version()
+        ))
+    })
+}
+
+/// Loads `version` of member `g` (the caller holds the repository lock): swapped in to serve
+/// (`serve`; at once when it is idle) or kept idle, ready. The outcome is remembered for the
+/// index: a failure with its reasons.
+pub(crate) async fn load(s: &AppState, g: &Arc<ModelGate>, version: &str, serve: bool) -> Result<(), String> {
+    let name = g.info.id.to_string();
+    if serve && s.pipeline.swap_to_idle(&name, version).await?.is_some() {
+        return Ok(());
+    }
     let (models_dir, device, threads) = {
         let c = s
             .config
             .read()
-            .map_err(|_| OipError::Internal("the config lock is poisoned".into()))?;
+            .map_err(|_| "the config lock is poisoned".to_string())?;
         (
             c.service.models_dir.clone(),
             c.service.device.clone(),
             c.service.intra_op_threads,
         )
     };
-    let key = (name.to_string(), version.to_string());
+    let key = (name.clone(), version.to_string());
+    let set_loading = |on: bool| {
+        if let Ok(mut l) = s.oip.loading.lock() {
+            *l = on.then(|| key.clone());
+        }
+    };
+    set_loading(true);
+    // Compatible with the version serving now (a swap or a promotion may have changed it).
+    let mut serving = g.info.clone();
+    serving.version = g.version();
     let result =
-        match crate::repository::prepare(models_dir, device, threads, g.info.clone(), version.to_string())
-            .await
-        {
-            Ok((v, factory)) => s.pipeline.swap_version(name, v, factory).await.map(|_| ()),
+        match crate::repository::prepare(models_dir, device, threads, serving, version.to_string()).await {
+            Ok((v, factory)) if serve => s.pipeline.swap_version(&name, v, factory).await.map(|_| ()),
+            Ok((v, factory)) => s.pipeline.load_idle(&name, v, factory).await.map(|_| ()),
             Err(e) => Err(e),
         };
+    set_loading(false);
     let mut failed = s.oip.failed_loads.lock().unwrap_or_else(|p| p.into_inner());
-    match result {
+    match &result {
         Ok(()) => {
             failed.remove(&key);
-            Ok(())
         }
-        Err(e) => {
-            // Bounded: one entry per (model, version) name asked for, and names are checked.
-            if failed.len() < 1024 || failed.contains_key(&key) {
-                failed.insert(key, clip_message(e.clone()));
-            }
-            Err(OipError::Invalid(format!(
-                "{name} version {version} was not loaded ({e}); version {} serves",
-                g.version()
-            )))
+        // Bounded: one entry per (model, version) name asked for, and names are checked.
+        Err(e) if failed.len() < 1024 || failed.contains_key(&key) => {
+            failed.insert(key, clip_message(e.clone()));
         }
+        Err(_) => {}
     }
+    result
 }
 
 /// Starts an experiment on member `g`: its candidate version is checked and loaded from the
@@ -612,8 +657,8 @@ pub async fn start_experiment(
 /// operator's: a tenant's key is refused.
 ///
 /// With a `version`: `load` loads that version from the repository folder and swaps it in
-/// without a gap (see [`load_version`]); `unload` of a version other than the one serving
-/// is refused (only one version serves at a time, the others are not loaded).
+/// without a gap (see [`load_version`]; at once when it is loaded and idle); `unload` of an
+/// idle version frees it; of a version not loaded, or of the candidate, it is refused.
 pub async fn set_loaded(
     s: &AppState,
     caller: &Caller,
@@ -649,6 +694,13 @@ pub async fn set_loaded(
                 )));
             }
             if !on {
+                if g.drop_idle(v) {
+                    augur_actors::events::ConfigChanged {
+                        what: &format!("repository: {name} version {v} unloaded (it was idle)"),
+                    }
+                    .emit();
+                    return Ok(());
+                }
                 return Err(OipError::Invalid(format!(
                     "{name} version {v} is not loaded: version {} serves",
                     g.version()

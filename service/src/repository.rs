@@ -40,8 +40,103 @@ pub fn versions(models_dir: &Path, id: &str) -> Vec<String> {
         .filter(|e| e.path().join("manifest.toml").is_file())
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .collect();
-    out.sort_by_key(|n| (n.parse::<u64>().ok(), n.clone()));
+    out.sort_by_key(|n| version_order(n));
     out
+}
+
+/// Which versions of a member stay loaded (`service.version_policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The N highest complete versions.
+    Latest(usize),
+    /// These versions (those of them that are in the repository and complete).
+    Specific(Vec<String>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// `"latest N"` (N in 1..=16) or `"specific V1 V2 ..."` (names, spaces or commas between).
+    pub fn parse(text: &str) -> Result<VersionPolicy, String> {
+        let mut words = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|w| !w.is_empty());
+        let bad = || {
+            format!("{text:?} is not a version policy: \"latest N\" (N in 1..=16) or \"specific V1 V2 ...\"")
+        };
+        match words.next() {
+            Some("latest") => {
+                let n = words
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(bad)?;
+                if words.next().is_some() || !(1..=16).contains(&n) {
+                    return Err(bad());
+                }
+                Ok(VersionPolicy::Latest(n))
+            }
+            Some("specific") => {
+                let mut vs: Vec<String> = Vec::new();
+                for v in words {
+                    check_version_name(v)?;
+                    if !vs.iter().any(|x| x == v) {
+                        vs.push(v.to_string());
+                    }
+                }
+                if vs.is_empty() || vs.len() > 16 {
+                    return Err(bad());
+                }
+                vs.sort_by_key(|n| version_order(n));
+                Ok(VersionPolicy::Specific(vs))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Versions it keeps loaded, at most.
+    pub fn count(&self) -> usize {
+        match self {
+            VersionPolicy::Latest(n) => *n,
+            VersionPolicy::Specific(v) => v.len(),
+        }
+    }
+
+    /// Whether it names version `v` explicitly (`specific`).
+    pub fn names(&self, v: &str) -> bool {
+        matches!(self, VersionPolicy::Specific(vs) if vs.iter().any(|x| x == v))
+    }
+
+    /// Of `available` (oldest first, see [`versions`]), the ones it keeps loaded, oldest first:
+    /// the last of them serves when nothing is pinned.
+    pub fn wanted(&self, available: &[String]) -> Vec<String> {
+        match self {
+            VersionPolicy::Latest(n) => available[available.len().saturating_sub(*n)..].to_vec(),
+            VersionPolicy::Specific(vs) => available.iter().filter(|v| vs.contains(v)).cloned().collect(),
+        }
+    }
+}
+
+/// Numeric order when a name is a number (numbers after other names, as [`versions`] lists).
+fn version_order(n: &str) -> (Option<u64>, String) {
+    (n.parse::<u64>().ok(), n.to_string())
+}
+
+/// Whether version `a` comes after `b` in the repository's order.
+pub fn newer(a: &str, b: &str) -> bool {
+    version_order(a) > version_order(b)
+}
+
+/// What tells whether a version folder changed since it was looked at: its checksum list's
+/// size and modification time. `None`: it has no list yet, or an empty one (`sha256sum * >
+/// SHA256SUMS` creates it empty, then writes it once every file is hashed), so it is not
+/// complete.
+pub fn fingerprint(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::symlink_metadata(dir.join(SUMS)).ok()?;
+    (m.len() > 0).then_some((m.len(), m.modified().ok()?))
 }
 
 /// A version name from a request: a folder name, nothing that walks the tree.
@@ -371,6 +466,38 @@ mod tests {
         }
         check_version_name("2").unwrap();
         check_version_name("2026-11-25.a").unwrap();
+    }
+
+    #[test]
+    fn version_policies_are_read_and_pick_their_versions() {
+        let have: Vec<String> = ["x", "1", "2", "10"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            VersionPolicy::parse("latest 2").unwrap().wanted(&have),
+            ["2", "10"]
+        );
+        assert_eq!(VersionPolicy::parse(" latest  9 ").unwrap().wanted(&have), have);
+        let p = VersionPolicy::parse("specific 10, 1 7").unwrap();
+        assert_eq!(
+            p,
+            VersionPolicy::Specific(vec!["1".into(), "7".into(), "10".into()])
+        );
+        assert_eq!(p.wanted(&have), ["1", "10"]);
+        assert!(p.names("7") && !p.names("2"));
+        assert_eq!(p.count(), 3);
+        assert_eq!(VersionPolicy::default().wanted(&have), ["10"]);
+        for bad in [
+            "",
+            "latest",
+            "latest 0",
+            "latest 17",
+            "latest 2 3",
+            "newest 1",
+            "specific",
+            "specific ../1",
+        ] {
+            assert!(VersionPolicy::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(newer("10", "9") && newer("1", "x") && !newer("2", "2"));
     }
 
     #[test]

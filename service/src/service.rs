@@ -54,10 +54,26 @@ impl BatchObserver for MetricsObserver {
     }
 }
 
-/// The version folder a model id serves at start-up: `service.versions`, else its newest.
+/// The version folder a model id serves at start-up: `service.versions`, else the highest
+/// version its `service.version_policy` names (`specific`), else its newest.
 fn model_dir(cfg: &Config, id: &str) -> anyhow::Result<PathBuf> {
     if let Some(v) = cfg.service.versions.get(id) {
         return Ok(cfg.service.models_dir.join(id).join(v));
+    }
+    if let Some(p) = cfg.service.version_policy.get(id)
+        && let Ok(policy @ crate::repository::VersionPolicy::Specific(_)) =
+            crate::repository::VersionPolicy::parse(p)
+    {
+        let have = crate::repository::versions(&cfg.service.models_dir, id);
+        return policy
+            .wanted(&have)
+            .pop()
+            .map(|v| cfg.service.models_dir.join(id).join(v))
+            .with_context(|| {
+                format!(
+                    "service.version_policy: model {id:?} = {p:?}: none of its versions is in the repository"
+                )
+            });
     }
     Manifest::discover(&cfg.service.models_dir)?
         .into_iter()
@@ -552,6 +568,7 @@ impl Service {
             Vec::new()
         };
         let pipeline = build_pipeline_with(&cfg, publishers, outcome_sinks, false).await?;
+        pipeline.set_max_loaded(cfg.service.max_loaded_versions);
         start_experiments(&cfg, &pipeline).await?;
         let access = match cfg.access.keys_file.as_str() {
             "" => None,
@@ -626,6 +643,10 @@ impl Service {
         )));
         // One config for HTTP and gRPC: a run-time PATCH is seen by both.
         let shared_config = Arc::new(std::sync::RwLock::new(cfg.clone()));
+        // The versions the policies keep loaded, then the repository watch, in the background.
+        self.tasks.push(actix_rt::spawn(crate::lifecycle::run(
+            self.app_state(&shared_config),
+        )));
         let mut http_addr = None;
         if cfg.http.enabled {
             let state = self.app_state(&shared_config);
