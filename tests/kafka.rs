@@ -636,3 +636,111 @@ fn test_kafka_output_down_sheds_beyond_its_bound_while_nats_goes_on() {
     );
     svc.stop();
 }
+
+#[test]
+fn test_a_shadow_candidates_outputs_go_to_the_kafka_shadow_topic_and_never_to_the_output_topic() {
+    const SHADOW: &str = "ml-predictions-shadow";
+    const LSTM: &str = "lstm-direction";
+    const TOKEN: &str = "operator-token";
+    let _serial = serial();
+    let broker = common::Tansu::start(false);
+    // The shipped repository, with the LSTM's retrained candidate beside version 1.
+    let repo = tempfile::tempdir().unwrap();
+    for m in [
+        LSTM,
+        "cnn-pattern",
+        "xgb-direction",
+        "ensemble-meta",
+        "feature_sets",
+    ] {
+        assert!(
+            std::process::Command::new("cp")
+                .arg("-r")
+                .arg(common::root().join("models").join(m))
+                .arg(repo.path())
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(common::root().join("models/candidates").join(LSTM).join("2"))
+            .arg(repo.path().join(LSTM))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut cfg = kafka_config(None, &broker.brokers());
+    cfg.service.models_dir = repo.path().to_path_buf();
+    cfg.service.feature_sets_dir = repo.path().join("feature_sets");
+    cfg.service.versions = [(LSTM.to_string(), "1".to_string())].into();
+    cfg.kafka.shadow_topic = SHADOW.into();
+    cfg.http.token = TOKEN.into();
+    let svc = common::Service::start(cfg);
+    let (s, body) = common::http(
+        &svc.http(),
+        "PUT",
+        &format!("/api/v1/experiments/{LSTM}"),
+        &[
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"candidate":"2","mode":"shadow","weight_pct":100}"#,
+    );
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let aapl: Vec<pb::FeatureVector> = common::real_vectors()
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL")
+        .take(40)
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (shadow, out) = rt.block_on(async {
+        produce(&producer(&broker.brokers()), &vector_msgs(&aapl)).await;
+        let out = read_topic(&broker.brokers(), OUTPUT, Duration::from_secs(30), |m| {
+            m.len() >= 9
+        })
+        .await;
+        let shadow = read_topic(&broker.brokers(), SHADOW, Duration::from_secs(30), |m| {
+            m.len() >= 9
+        })
+        .await;
+        (shadow, out)
+    });
+    svc.stop();
+    // 40 vectors, a window of 32: 9 events predicted, each shadowed once.
+    assert_eq!(out.len(), 9);
+    assert_eq!(shadow.len(), 9);
+    let mut shadowed = BTreeMap::new();
+    for m in &shadow {
+        assert_eq!(m.key(), Some(&b"AAPL"[..]));
+        let p = pb::EnsemblePrediction::decode(m.payload().unwrap()).unwrap();
+        assert_eq!(p.method, "shadow");
+        assert_eq!(p.members.len(), 1);
+        assert_eq!(
+            (
+                p.members[0].model_id.as_str(),
+                p.members[0].model_version.as_str()
+            ),
+            (LSTM, "2")
+        );
+        shadowed.insert(p.sequence, p.members[0].probabilities.clone());
+    }
+    for m in &out {
+        let p = pb::EnsemblePrediction::decode(m.payload().unwrap()).unwrap();
+        assert_ne!(p.method, "shadow");
+        let lstm = p.members.iter().find(|x| x.model_id == LSTM).unwrap();
+        assert_eq!(lstm.model_version, "1", "the ensemble never sees the shadow");
+        // Both versions answered the same event, each with its own weights.
+        assert!(
+            shadowed.contains_key(&p.sequence),
+            "event {} not shadowed",
+            p.sequence
+        );
+        assert_ne!(shadowed[&p.sequence], lstm.probabilities);
+    }
+}

@@ -391,14 +391,25 @@ pub async fn build_pipeline_with(
     let (shadow, decisions): (
         Arc<dyn augur_actors::experiment::ShadowSink>,
         Vec<Arc<dyn augur_actors::experiment::DecisionSink>>,
-    ) = if cfg.nats.enabled && !replay_record {
-        let (s, d) = crate::bus::experiments::nats(&cfg.nats);
-        (s, vec![d])
-    } else {
+    ) = if replay_record {
         (
             Arc::new(augur_actors::experiment::CountingShadowSink::default()),
             Vec::new(),
         )
+    } else {
+        let mut routes = Vec::new();
+        let mut decisions = Vec::new();
+        if cfg.nats.enabled {
+            let (route, d) = crate::bus::experiments::nats(&cfg.nats);
+            routes.push(route);
+            decisions.push(d);
+        }
+        if cfg.kafka.enabled {
+            routes.extend(crate::bus::experiments::kafka_shadow(&cfg.kafka));
+        }
+        let shadow = crate::bus::experiments::shadow_sink(routes)
+            .unwrap_or_else(|| Arc::new(augur_actors::experiment::CountingShadowSink::default()));
+        (shadow, decisions)
     };
     Ok(pipeline.with_experiments(shadow, decisions, SystemClock::shared()))
 }

@@ -1,12 +1,15 @@
 //! Experiments on the bus (issue 14): shadow outputs on NATS
-//! `<output_prefix>.shadow.<timeframe>.<symbol>` and every experiment decision as JSON on
-//! `augur.events`, for an operator's chat bot.
+//! `<output_prefix>.shadow.<timeframe>.<symbol>` and on Kafka `shadow_topic` (key = symbol)
+//! when it is set, and every experiment decision as JSON on `augur.events`, for an operator's
+//! chat bot.
 //!
 //! A shadow output is an `augur.v1.EnsemblePrediction` whose only member is the shadow
 //! candidate's output, with method `"shadow"`: a consumer decodes it like a prediction. It
 //! never reaches `<output_prefix>.<timeframe>.<symbol>` (subscribers of `predictions.*.*` never
-//! see one; `predictions.>` does). Derived data, published best-effort like outcome events: a
-//! bounded queue into a thread and a connection of their own; drops are counted.
+//! see one; `predictions.>` does) nor Kafka's `output_topic`. Derived data, published
+//! best-effort like outcome events: the actors' thread only queues (bounded) the output; a
+//! thread of its own encodes it once and hands it to each transport's publisher (a thread and
+//! a NATS connection, a Kafka producer of its own); drops are counted.
 use std::sync::Arc;
 
 use augur_actors::experiment::{DecisionEvent, DecisionSink, ShadowOutput, ShadowSink};
@@ -15,11 +18,13 @@ use augur_actors::telemetry as t;
 use augur_actors::types::Ensemble;
 use tokio::sync::mpsc;
 
-use super::outcomes::{Cmd, nats_thread};
+use super::outcomes::{Cmd, kafka_task, nats_thread};
 use crate::codec::encode_prediction;
 
 /// The subject of experiment decisions.
 pub const EVENTS_SUBJECT: &str = "augur.events";
+/// Shadow outputs waiting to be encoded.
+const SHADOW_QUEUE: usize = 4096;
 
 fn counted(ok: bool) {
     if !ok {
@@ -27,15 +32,37 @@ fn counted(ok: bool) {
     }
 }
 
-fn queue(tx: &mpsc::Sender<Cmd>, subject: String, payload: Vec<u8>) {
-    if tx.try_send(Cmd::Event(subject, payload)).is_err() {
-        metrics::counter!(t::PUBLISH_ERRORS, "sink" => "nats_experiments").increment(1);
+fn counted_kafka(ok: bool) {
+    if !ok {
+        metrics::counter!(t::PUBLISH_ERRORS, "sink" => "kafka_shadow").increment(1);
     }
 }
 
-pub struct NatsShadow {
-    prefix: String,
-    tx: mpsc::Sender<Cmd>,
+fn queue(tx: &mpsc::Sender<Cmd>, subject: String, payload: Vec<u8>, sink: &'static str) {
+    if tx.try_send(Cmd::Event(subject, payload)).is_err() {
+        metrics::counter!(t::PUBLISH_ERRORS, "sink" => sink).increment(1);
+    }
+}
+
+/// Where encoded shadow outputs go.
+pub(crate) enum ShadowRoute {
+    /// `<prefix>.shadow.<timeframe>.<symbol>`.
+    Nats { prefix: String, tx: mpsc::Sender<Cmd> },
+    /// Key = symbol (the topic is the task's).
+    Kafka { tx: mpsc::Sender<Cmd> },
+}
+
+/// The shadow sink of the buses: queues each output for the encoding thread.
+pub(crate) struct BusShadow {
+    tx: std::sync::mpsc::SyncSender<ShadowOutput>,
+}
+
+impl ShadowSink for BusShadow {
+    fn shadow(&self, out: ShadowOutput) {
+        if self.tx.try_send(out).is_err() {
+            metrics::counter!(t::PUBLISH_ERRORS, "sink" => "shadow_queue").increment(1);
+        }
+    }
 }
 
 /// The prediction message of a shadow output.
@@ -59,15 +86,60 @@ pub fn shadow_prediction(out: ShadowOutput) -> Ensemble {
     )
 }
 
-impl ShadowSink for NatsShadow {
-    fn shadow(&self, out: ShadowOutput) {
-        let subject = format!(
-            "{}.shadow.{}.{}",
-            self.prefix,
-            super::nats::subject_token(&out.key.timeframe),
-            super::nats::subject_token(&out.key.symbol)
-        );
-        queue(&self.tx, subject, encode_prediction(&shadow_prediction(out)));
+/// A shadow sink publishing to every route, encoding on a thread of its own
+/// ("shadow-encode"); `None` when there is no route.
+pub(crate) fn shadow_sink(routes: Vec<ShadowRoute>) -> Option<Arc<dyn ShadowSink>> {
+    if routes.is_empty() {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ShadowOutput>(SHADOW_QUEUE);
+    let run = move || {
+        for out in rx {
+            let (tf, symbol) = (out.key.timeframe.clone(), out.key.symbol.clone());
+            let payload = encode_prediction(&shadow_prediction(out));
+            for r in &routes {
+                match r {
+                    ShadowRoute::Nats { prefix, tx } => {
+                        let subject = format!(
+                            "{prefix}.shadow.{}.{}",
+                            super::nats::subject_token(&tf),
+                            super::nats::subject_token(&symbol)
+                        );
+                        queue(tx, subject, payload.clone(), "nats_experiments");
+                    }
+                    ShadowRoute::Kafka { tx } => {
+                        queue(tx, symbol.to_string(), payload.clone(), "kafka_shadow")
+                    }
+                }
+            }
+        }
+    };
+    match std::thread::Builder::new()
+        .name("shadow-encode".into())
+        .spawn(run)
+    {
+        Ok(_) => Some(Arc::new(BusShadow { tx })),
+        Err(e) => {
+            tracing::error!(error = %e, "no shadow encoding thread; shadow outputs are counted, not published");
+            None
+        }
+    }
+}
+
+/// The Kafka route of shadow outputs: `topic` on a producer of its own (best-effort shadows
+/// must not fill the queue that must-deliver predictions wait on). Inside the actix system.
+pub(crate) fn kafka_shadow(cfg: &super::kafka::KafkaConfig) -> Option<ShadowRoute> {
+    if cfg.shadow_topic.is_empty() {
+        return None;
+    }
+    match super::kafka::producer(cfg) {
+        Ok(p) => Some(ShadowRoute::Kafka {
+            tx: kafka_task(p, cfg.shadow_topic.clone(), counted_kafka),
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "kafka shadow producer; shadow outputs are not published on Kafka");
+            None
+        }
     }
 }
 
@@ -78,15 +150,16 @@ pub struct NatsDecisions {
 impl DecisionSink for NatsDecisions {
     fn decision(&self, e: &DecisionEvent) {
         match serde_json::to_vec(e) {
-            Ok(payload) => queue(&self.tx, EVENTS_SUBJECT.to_string(), payload),
+            Ok(payload) => queue(&self.tx, EVENTS_SUBJECT.to_string(), payload, "nats_experiments"),
             Err(_) => counted(false),
         }
     }
 }
 
-/// Each sink on a publishing thread and connection of its own ("shadow-outputs",
-/// "experiment-events"): a busy shadow never crowds a rollback's event out of its queue.
-pub fn nats(cfg: &super::nats::NatsConfig) -> (Arc<dyn ShadowSink>, Arc<dyn DecisionSink>) {
+/// The NATS route of shadow outputs and the decisions' sink, each on a publishing thread and
+/// connection of its own ("shadow-outputs", "experiment-events"): a busy shadow never crowds a
+/// rollback's event out of its queue.
+pub(crate) fn nats(cfg: &super::nats::NatsConfig) -> (ShadowRoute, Arc<dyn DecisionSink>) {
     let thread = |client: &'static str, name: &'static str| {
         nats_thread(
             cfg.url.clone(),
@@ -98,10 +171,10 @@ pub fn nats(cfg: &super::nats::NatsConfig) -> (Arc<dyn ShadowSink>, Arc<dyn Deci
         )
     };
     (
-        Arc::new(NatsShadow {
+        ShadowRoute::Nats {
             prefix: cfg.output_prefix.clone(),
             tx: thread("augur-shadow", "shadow-outputs"),
-        }),
+        },
         Arc::new(NatsDecisions {
             tx: thread("augur-experiments", "experiment-events"),
         }),

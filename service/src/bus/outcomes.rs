@@ -154,6 +154,22 @@ pub(crate) fn nats_thread(
 /// enqueues into librdkafka (deliveries are awaited beside), so a flush is answered once
 /// what was queued before is enqueued.
 pub fn kafka(producer: rdkafka::producer::FutureProducer, topic: String) -> Arc<dyn OutcomeSink> {
+    Arc::new(QueuedSink {
+        transport: "kafka",
+        route: Route::Kafka,
+        tx: kafka_task(producer, topic, |ok| counted("kafka", ok)),
+    })
+}
+
+/// A bounded queue into a producing task (inside the actix system) for `topic`: each
+/// `Cmd::Event(key, payload)` is enqueued into librdkafka at once and its delivery awaited
+/// beside, so that events do not wait for each other's round trips; `counted` is told each
+/// delivery's result.
+pub(crate) fn kafka_task(
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    counted: fn(bool),
+) -> mpsc::Sender<Cmd> {
     let (tx, mut rx) = mpsc::channel::<Cmd>(QUEUE);
     actix_rt::spawn(async move {
         while let Some(cmd) = rx.recv().await {
@@ -167,19 +183,13 @@ pub fn kafka(producer: rdkafka::producer::FutureProducer, topic: String) -> Arc<
             let record = rdkafka::producer::FutureRecord::to(&topic)
                 .key(&key)
                 .payload(&payload);
-            // Enqueued at once; the delivery is awaited beside, so that outcomes do not wait
-            // for each other's round trips.
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    actix_rt::spawn(async move { counted("kafka", matches!(delivery.await, Ok(Ok(_)))) });
+                    actix_rt::spawn(async move { counted(matches!(delivery.await, Ok(Ok(_)))) });
                 }
-                Err(_) => counted("kafka", false),
+                Err(_) => counted(false),
             }
         }
     });
-    Arc::new(QueuedSink {
-        transport: "kafka",
-        route: Route::Kafka,
-        tx,
-    })
+    tx
 }

@@ -73,7 +73,7 @@ pub async fn ensure_topics(cfg: KafkaConfig, mut stop: watch::Receiver<bool>) {
         cfg.dlq_topic.clone(),
         cfg.marks_topic.clone(),
     ];
-    for t in [&cfg.members_topic, &cfg.outcomes_topic] {
+    for t in [&cfg.members_topic, &cfg.outcomes_topic, &cfg.shadow_topic] {
         if !t.is_empty() {
             names.push(t.clone());
         }

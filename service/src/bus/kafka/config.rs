@@ -35,6 +35,9 @@ pub struct KafkaConfig {
     pub members_topic: String,
     /// Outcome events (`PredictionOutcome`, key = symbol); "" for off.
     pub outcomes_topic: String,
+    /// Shadow candidates' outputs (`EnsemblePrediction`, method "shadow", key = symbol), never
+    /// on `output_topic`; "" for off.
+    pub shadow_topic: String,
     /// Create the topics at start-up (retried while the broker is down).
     pub create_topics: bool,
     /// Partitions of topics the service creates.
@@ -98,6 +101,7 @@ impl Default for KafkaConfig {
             marks_topic: "ml-feature-vectors-predicted".into(),
             members_topic: String::new(),
             outcomes_topic: "ml-prediction-outcomes".into(),
+            shadow_topic: String::new(),
             create_topics: true,
             partitions: 6,
             idempotent_producer: false,
@@ -150,6 +154,7 @@ impl KafkaConfig {
             ("marks_topic", &self.marks_topic),
             ("members_topic", &self.members_topic),
             ("outcomes_topic", &self.outcomes_topic),
+            ("shadow_topic", &self.shadow_topic),
         ];
         for (i, (a, x)) in topics.iter().enumerate() {
             for (b, y) in &topics[i + 1..] {
