@@ -190,9 +190,10 @@ pub struct PeerReport {
     pub errors: Vec<String>,
 }
 
-/// A version swapped in under load: S1's load before it (steady) and a phase of the same
-/// length with the swap in it; the window is the features published from a second before
-/// the load request until two seconds after the swap.
+/// A version swapped in under load: S1's load before it (steady), a phase of the same length
+/// with the swap in it (v1 -> v2, loaded from the repository), and one with the swap back
+/// (v2 -> v1, which stayed loaded and idle). Each window is the features published from a
+/// second before its load request until two seconds after its answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct SwapReport {
     pub model: String,
@@ -203,6 +204,12 @@ pub struct SwapReport {
     pub window: Latency,
     pub window_received: u64,
     pub window_incomplete: u64,
+    /// The swap back to the idle version 1.
+    pub with_swap_back: Phase,
+    pub back_ms: f64,
+    pub back_window: Latency,
+    pub back_window_received: u64,
+    pub back_window_incomplete: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -473,8 +480,9 @@ impl Run<'_> {
         );
     }
 
-    /// Swaps `lstm-direction` version 1 for a version 2 (version 1's files under another
-    /// version, sealed with `sha256sum * > SHA256SUMS` as an operator would) under S1's load.
+    /// Swaps `lstm-direction` version 1 for version 2 (the retrained candidate,
+    /// `models/candidates/lstm-direction/2`, copied in and sealed with `sha256sum * >
+    /// SHA256SUMS` as an operator would) under S1's load, then back to version 1 (idle).
     async fn swap(&mut self, nats_pid: u32) -> anyhow::Result<SwapReport> {
         const MODEL: &str = "lstm-direction";
         const TOKEN: &str = "bench-swap";
@@ -519,17 +527,17 @@ impl Run<'_> {
             Ok(m["versions"][0].as_str().unwrap_or_default().to_string())
         };
         anyhow::ensure!(version(&addr)? == "1", "version 1 serves at start");
-        let (one, two) = (repo.join(MODEL).join("1"), repo.join(MODEL).join("2"));
+        let (one, two) = (
+            self.o.root.join("models/candidates").join(MODEL).join("2"),
+            repo.join(MODEL).join("2"),
+        );
         std::fs::create_dir_all(&two)?;
         for e in std::fs::read_dir(&one)? {
             let e = e?;
-            std::fs::copy(e.path(), two.join(e.file_name()))?;
+            if e.file_name() != "SHA256SUMS" {
+                std::fs::copy(e.path(), two.join(e.file_name()))?;
+            }
         }
-        let manifest = std::fs::read_to_string(two.join("manifest.toml"))?;
-        std::fs::write(
-            two.join("manifest.toml"),
-            manifest.replacen("version = \"1\"", "version = \"2\"", 1),
-        )?;
         let sealed = std::process::Command::new("sh")
             .arg("-c")
             .arg("sha256sum * > SHA256SUMS")
@@ -569,6 +577,33 @@ impl Run<'_> {
             version(peer.http.as_deref().unwrap_or_default())? == "2",
             "version 2 does not serve"
         );
+        // Back to version 1, which the swap kept loaded and idle (max_loaded_versions = 2).
+        let addr = peer.http.clone().context("augur has an HTTP address")?;
+        let loader = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(delay);
+            let t0 = unix_ns();
+            let r = peer::http_post(
+                &addr,
+                &format!("/v2/repository/models/{MODEL}/load"),
+                TOKEN,
+                r#"{"parameters": {"version": "1"}}"#,
+            );
+            (t0, unix_ns(), r)
+        });
+        let with_swap_back = self
+            .phase(&mut feed, &peer, nats_pid, self.o.s1_rate, self.o.s1_seconds)
+            .await?;
+        Self::print_phase("augur swap: with the swap back", &with_swap_back);
+        let (b0, b1, answer) = loader.await?;
+        let (code, body) = answer?;
+        anyhow::ensure!(code == 200, "the load back answered {code}: {body}");
+        let back = self
+            .receiver
+            .window(b0 - 1_000_000_000, b1 + 2_000_000_000, self.members)?;
+        anyhow::ensure!(
+            version(peer.http.as_deref().unwrap_or_default())? == "1",
+            "version 1 does not serve again"
+        );
         peer.stop(Duration::from_secs(15))?;
         let r = SwapReport {
             model: MODEL.into(),
@@ -578,10 +613,20 @@ impl Run<'_> {
             window: w.latency.clone(),
             window_received: w.received,
             window_incomplete: w.incomplete,
+            with_swap_back,
+            back_ms: (b1 - b0) as f64 / 1e6,
+            back_window: back.latency.clone(),
+            back_window_received: back.received,
+            back_window_incomplete: back.incomplete,
         };
         eprintln!(
-            "bench: swap: load took {:.0} ms; p99 steady {:.2} ms, with the swap {:.2} ms, around it {:.2} ms",
-            r.load_ms, r.steady.latency.p99_ms, r.with_swap.latency.p99_ms, r.window.p99_ms
+            "bench: swap: load took {:.0} ms; p99 steady {:.2} ms, with the swap {:.2} ms, around it {:.2} ms; back to the idle version in {:.1} ms, p99 around it {:.2} ms",
+            r.load_ms,
+            r.steady.latency.p99_ms,
+            r.with_swap.latency.p99_ms,
+            r.window.p99_ms,
+            r.back_ms,
+            r.back_window.p99_ms
         );
         Ok(r)
     }
@@ -1028,7 +1073,7 @@ pub fn markdown(r: &Report, o: &BenchOptions) -> String {
             let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "### {} swapped from version 1 to 2 under S1's load ({})",
+                "### {} swapped from version 1 to 2 (loaded) and back to 1 (idle) under S1's load ({})",
                 w.model, p.peer
             );
             let _ = writeln!(s);
@@ -1037,7 +1082,11 @@ pub fn markdown(r: &Report, o: &BenchOptions) -> String {
                 "| phase | sent | received | lost | duplicates | incomplete | p50 ms | p99 ms | max ms |"
             );
             let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-            for (name, ph) in [("steady", &w.steady), ("with the swap", &w.with_swap)] {
+            for (name, ph) in [
+                ("steady", &w.steady),
+                ("with the swap", &w.with_swap),
+                ("with the swap back", &w.with_swap_back),
+            ] {
                 let _ = writeln!(
                     s,
                     "| {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
@@ -1056,12 +1105,23 @@ pub fn markdown(r: &Report, o: &BenchOptions) -> String {
                 "| around the swap (1 s before the load to 2 s after) | - | {} | - | - | {} | {:.2} | {:.2} | {:.2} |",
                 w.window_received, w.window_incomplete, w.window.p50_ms, w.window.p99_ms, w.window.max_ms
             );
+            let _ = writeln!(
+                s,
+                "| around the swap back (same window) | - | {} | - | - | {} | {:.2} | {:.2} | {:.2} |",
+                w.back_window_received,
+                w.back_window_incomplete,
+                w.back_window.p50_ms,
+                w.back_window.p99_ms,
+                w.back_window.max_ms
+            );
             let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "The load (checks, self-test, warm-up, swap) took {:.0} ms. p99 with the swap / steady: {:.2}.",
+                "The load (checks, self-test, warm-up, swap) took {:.0} ms; the swap back to the idle version {:.1} ms. p99 with the swap / steady: {:.2}; with the swap back / steady: {:.2}.",
                 w.load_ms,
-                w.with_swap.latency.p99_ms / w.steady.latency.p99_ms.max(1e-9)
+                w.back_ms,
+                w.with_swap.latency.p99_ms / w.steady.latency.p99_ms.max(1e-9),
+                w.with_swap_back.latency.p99_ms / w.steady.latency.p99_ms.max(1e-9)
             );
         }
     }
