@@ -212,8 +212,12 @@ enum Ctl {
         #[arg(long)]
         version: Option<String>,
     },
-    /// Take a member out of serving.
-    Unload { model: String },
+    /// Take a member out of serving; with --version, free that idle version instead.
+    Unload {
+        model: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Running experiments and the recent decisions.
     Experiments,
     /// Start an experiment on a member (replaces a running one).
@@ -251,10 +255,13 @@ fn ctl_request(action: &Ctl) -> anyhow::Result<(&'static str, String, String)> {
                 None => String::new(),
             },
         ),
-        Ctl::Unload { model } => (
+        Ctl::Unload { model, version } => (
             "POST",
             format!("/v2/repository/models/{model}/unload"),
-            String::new(),
+            match version {
+                Some(v) => serde_json::json!({"parameters": {"version": v}}).to_string(),
+                None => String::new(),
+            },
         ),
         Ctl::Experiments => ("GET", "/api/v1/experiments".into(), String::new()),
         Ctl::Experiment {
