@@ -112,3 +112,93 @@ fn test_probabilities_are_distributions() {
         }
     }
 }
+
+/// The XGBoost members' folders: the one serving and the candidates.
+fn xgboost_versions() -> Vec<PathBuf> {
+    let mut out = vec![models_root().join("xgb-direction/1")];
+    let candidates = models_root().join("candidates/xgb-direction");
+    for v in std::fs::read_dir(&candidates).unwrap() {
+        out.push(v.unwrap().path());
+    }
+    out
+}
+
+#[test]
+fn test_treeshap_contributions_equal_xgboosts_pred_contribs_on_every_golden_vector_and_sum_to_the_margin() {
+    use augur_runtime::xgboost::XgbModel;
+    for dir in xgboost_versions() {
+        let model = Model::load(&dir, DeviceSpec::Cpu).unwrap();
+        let golden = Golden::load(model.manifest()).unwrap().unwrap();
+        let len = model.preprocessor().row_len();
+        // The rows the model sees: normalised and flattened, as in the service.
+        let mut rows = Vec::with_capacity(golden.count * len);
+        for raw in golden.inputs.chunks_exact(len) {
+            model.prepare_into(raw, &mut rows).unwrap();
+        }
+        let xgb = XgbModel::load(&model.manifest().model_path()).unwrap();
+        xgb.explainable().unwrap();
+        let (nf, nc) = (xgb.num_feature(), xgb.num_class());
+        let width = nf + 1;
+        let mut ours = vec![0.0f32; golden.count * nc * width];
+        let mut margins = vec![0.0f32; golden.count * nc];
+        for ((row, c), m) in rows
+            .chunks_exact(nf)
+            .zip(ours.chunks_exact_mut(nc * width))
+            .zip(margins.chunks_exact_mut(nc))
+        {
+            xgb.contributions(row, c).unwrap();
+            xgb.margins(row, m);
+        }
+        // xgboost's own, over the same rows.
+        let tmp = tempfile::tempdir().unwrap();
+        let rows_file = tmp.path().join("rows.f32");
+        let out_file = tmp.path().join("contribs.f32");
+        std::fs::write(
+            &rows_file,
+            rows.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        let script = format!(
+            "import numpy as np, xgboost as xgb\n\
+             x = np.fromfile({rows:?}, dtype='<f4').reshape(-1, {nf})\n\
+             b = xgb.Booster(model_file={model:?})\n\
+             c = b.predict(xgb.DMatrix(x), pred_contribs=True, strict_shape=True)\n\
+             assert c.shape == (x.shape[0], {nc}, {width}), c.shape\n\
+             c.astype('<f4').tofile({out:?})\n",
+            rows = rows_file.display().to_string(),
+            model = model.manifest().model_path().display().to_string(),
+            out = out_file.display().to_string(),
+        );
+        let status =
+            std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+                .args(["-c", &script])
+                .status()
+                .unwrap();
+        assert!(status.success(), "python pred_contribs");
+        let theirs: Vec<f32> = std::fs::read(&out_file)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(theirs.len(), ours.len());
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!(
+            "{} v{}: TreeSHAP on {} golden rows x {nc} classes x {width}: max |ours - xgboost's| {worst:e}",
+            model.id(),
+            model.manifest().version,
+            golden.count
+        );
+        assert!(worst <= 1e-5, "max |difference| {worst:e}");
+        // Each class's contributions add up to its margin.
+        let mut sum_worst = 0.0f32;
+        for (c, m) in ours.chunks_exact(width).zip(&margins) {
+            sum_worst = sum_worst.max((c.iter().sum::<f32>() - m).abs());
+        }
+        println!("  sum of contributions against the margin: max |difference| {sum_worst:e}");
+        assert!(sum_worst <= 1e-5, "{sum_worst:e}");
+    }
+}

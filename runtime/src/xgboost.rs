@@ -68,6 +68,10 @@ struct TreeJson {
     categories_nodes: Vec<i64>,
     #[serde(default)]
     tree_param: Option<TreeParam>,
+    /// Each node's cover (the hessian sum of the training rows through it): TreeSHAP's
+    /// weights. Absent in a hand-made file: explanations are then unavailable.
+    #[serde(default)]
+    sum_hessian: Vec<f64>,
 }
 
 #[derive(Deserialize)]
@@ -93,7 +97,17 @@ const LEAF: u32 = u32::MAX;
 struct Tree {
     nodes: Vec<Node>,
     class: usize,
+    /// Per node: its cover, and the cover-weighted mean of the leaves below it (XGBoost's
+    /// `FillNodeMeanValues`), for TreeSHAP; empty without covers.
+    cover: Vec<f32>,
+    mean: Vec<f32>,
+    /// Edges on the longest root-to-leaf path.
+    depth: usize,
 }
+
+/// The deepest tree explained: TreeSHAP recurses once per level and keeps a path of
+/// depth² / 2 elements; XGBoost's own default depth is 6.
+pub const MAX_EXPLAIN_DEPTH: usize = 64;
 
 /// A loaded gbtree model: N rows of `num_feature` values in, N x `num_class` probabilities out.
 #[derive(Debug)]
@@ -185,9 +199,27 @@ impl XgbModel {
                         "tree {i}: tree_info {class} is not a class below {num_class}"
                     ))
                 })?;
+            let nodes = build_nodes(t, num_feature).map_err(|m| malformed(format!("tree {i}: {m}")))?;
+            let depth = tree_depth(&nodes);
+            // Covers a split divides by must be positive and finite.
+            let covers_ok = t.sum_hessian.len() == nodes.len()
+                && nodes
+                    .iter()
+                    .zip(&t.sum_hessian)
+                    .all(|(n, &h)| n.left == LEAF || (h.is_finite() && h as f32 > 0.0));
+            let (cover, mean) = if covers_ok {
+                let cover: Vec<f32> = t.sum_hessian.iter().map(|&h| h as f32).collect();
+                let mean = node_means(&nodes, &cover);
+                (cover, mean)
+            } else {
+                (Vec::new(), Vec::new())
+            };
             trees.push(Tree {
-                nodes: build_nodes(t, num_feature).map_err(|m| malformed(format!("tree {i}: {m}")))?,
+                nodes,
                 class,
+                cover,
+                mean,
+                depth,
             });
         }
         Ok(XgbModel {
@@ -209,6 +241,59 @@ impl XgbModel {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why this model's predictions cannot be explained, if they cannot: no node covers in
+    /// the file, or a tree deeper than [`MAX_EXPLAIN_DEPTH`].
+    pub fn explainable(&self) -> Result<(), String> {
+        if let Some(i) = self.trees.iter().position(|t| t.cover.is_empty()) {
+            return Err(format!(
+                "tree {i} has no usable node covers (sum_hessian missing, or not positive)"
+            ));
+        }
+        if let Some(i) = self.trees.iter().position(|t| t.depth > MAX_EXPLAIN_DEPTH) {
+            return Err(format!(
+                "tree {i} is {} deep, more than {MAX_EXPLAIN_DEPTH}",
+                self.trees[i].depth
+            ));
+        }
+        Ok(())
+    }
+
+    /// Exact TreeSHAP feature contributions of one row, as XGBoost's `pred_contribs`:
+    /// `out` holds num_class x (num_feature + 1) values, class-major; the last of each class is
+    /// the bias (base score plus every tree's expected value). Each class's values sum to its
+    /// margin. Errors as [`XgbModel::explainable`].
+    pub fn contributions(&self, row: &[f32], out: &mut [f32]) -> Result<(), String> {
+        self.explainable()?;
+        let width = self.num_feature + 1;
+        if row.len() != self.num_feature || out.len() != self.num_class * width {
+            return Err(format!(
+                "{} values and room for {} contributions; the model takes {} and gives {}",
+                row.len(),
+                out.len(),
+                self.num_feature,
+                self.num_class * width
+            ));
+        }
+        out.fill(0.0);
+        let mut phi = vec![0.0f32; width];
+        let mut path = Vec::new();
+        for t in &self.trees {
+            phi.fill(0.0);
+            phi[self.num_feature] = t.mean[0];
+            let maxd = t.depth + 2;
+            path.clear();
+            path.resize(maxd * (maxd + 1) / 2, PathElement::default());
+            tree_shap(t, row, &mut phi, 0, 0, &mut path, 0, 1.0, 1.0, -1);
+            for (o, p) in out[t.class * width..(t.class + 1) * width].iter_mut().zip(&phi) {
+                *o += p;
+            }
+        }
+        for (k, b) in self.base.iter().enumerate() {
+            out[k * width + self.num_feature] += b;
+        }
+        Ok(())
     }
 
     /// Class margins for one row, before softmax.
@@ -254,6 +339,181 @@ fn leaf(nodes: &[Node], row: &[f32]) -> f32 {
         let left = if x.is_nan() { n.default_left } else { x < n.value };
         i = if left { n.left } else { n.right } as usize;
     }
+}
+
+/// Edges on the longest root-to-leaf path (children always follow their parent: `build_nodes`).
+fn tree_depth(nodes: &[Node]) -> usize {
+    let mut depth = vec![0usize; nodes.len()];
+    let mut deepest = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        if n.left != LEAF {
+            for c in [n.left, n.right] {
+                depth[c as usize] = depth[i] + 1;
+            }
+        }
+        deepest = deepest.max(depth[i]);
+    }
+    deepest
+}
+
+/// Each node's cover-weighted mean leaf value (XGBoost's `FillNodeMeanValue`), children
+/// first (they follow their parent).
+fn node_means(nodes: &[Node], cover: &[f32]) -> Vec<f32> {
+    let mut mean = vec![0.0f32; nodes.len()];
+    for i in (0..nodes.len()).rev() {
+        let n = nodes[i];
+        mean[i] = if n.left == LEAF {
+            n.value
+        } else {
+            let (l, r) = (n.left as usize, n.right as usize);
+            (mean[l] * cover[l] + mean[r] * cover[r]) / cover[i]
+        };
+    }
+    mean
+}
+
+/// One feature on TreeSHAP's path: the fractions of the "zero" (feature unknown, rows split by
+/// cover) and "one" (feature known, the row's own branch) paths, and the permutation weight.
+#[derive(Debug, Clone, Copy, Default)]
+struct PathElement {
+    feature: i64,
+    zero: f32,
+    one: f32,
+    weight: f32,
+}
+
+/// XGBoost's `ExtendPath`, in float32 as XGBoost computes it.
+fn extend_path(path: &mut [PathElement], depth: usize, zero: f32, one: f32, feature: i64) {
+    path[depth] = PathElement {
+        feature,
+        zero,
+        one,
+        weight: if depth == 0 { 1.0 } else { 0.0 },
+    };
+    let d1 = (depth + 1) as f32;
+    for i in (0..depth).rev() {
+        path[i + 1].weight += one * path[i].weight * (i + 1) as f32 / d1;
+        path[i].weight = zero * path[i].weight * (depth - i) as f32 / d1;
+    }
+}
+
+/// XGBoost's `UnwindPath`: takes element `at` back out of the path.
+fn unwind_path(path: &mut [PathElement], depth: usize, at: usize) {
+    let PathElement { zero, one, .. } = path[at];
+    let d1 = (depth + 1) as f32;
+    let mut next_one = path[depth].weight;
+    for i in (0..depth).rev() {
+        if one != 0.0 {
+            let tmp = path[i].weight;
+            path[i].weight = next_one * d1 / ((i + 1) as f32 * one);
+            next_one = tmp - path[i].weight * zero * (depth - i) as f32 / d1;
+        } else {
+            path[i].weight = (path[i].weight * d1) / (zero * (depth - i) as f32);
+        }
+    }
+    for i in at..depth {
+        path[i].feature = path[i + 1].feature;
+        path[i].zero = path[i + 1].zero;
+        path[i].one = path[i + 1].one;
+    }
+}
+
+/// XGBoost's `UnwoundPathSum`: the total weight of the path with element `at` taken out.
+fn unwound_path_sum(path: &[PathElement], depth: usize, at: usize) -> f32 {
+    let PathElement { zero, one, .. } = path[at];
+    let d1 = (depth + 1) as f32;
+    let mut next_one = path[depth].weight;
+    let mut total = 0.0f32;
+    for i in (0..depth).rev() {
+        if one != 0.0 {
+            let tmp = next_one * d1 / ((i + 1) as f32 * one);
+            total += tmp;
+            next_one = path[i].weight - tmp * zero * ((depth - i) as f32 / d1);
+        } else if zero != 0.0 {
+            total += (path[i].weight / zero) / ((depth - i) as f32 / d1);
+        }
+    }
+    total
+}
+
+/// XGBoost's `TreeShap` (no conditioning): adds node `node`'s subtree's contributions for
+/// `row` to `phi`. `path` holds the parents' paths one after another; this call's path
+/// starts at `start`, after its parent's (`depth + 1` elements each).
+#[allow(clippy::too_many_arguments)]
+fn tree_shap(
+    t: &Tree,
+    row: &[f32],
+    phi: &mut [f32],
+    node: usize,
+    depth: usize,
+    path: &mut [PathElement],
+    start: usize,
+    parent_zero: f32,
+    parent_one: f32,
+    parent_feature: i64,
+) {
+    // This call's path: a copy of the parent's, extended by the parent's split.
+    let here = if node == 0 { 0 } else { start + depth };
+    if node != 0 {
+        path.copy_within(start..start + depth, here);
+    }
+    let mut depth = depth;
+    extend_path(&mut path[here..], depth, parent_zero, parent_one, parent_feature);
+    let n = t.nodes[node];
+    if n.left == LEAF {
+        let p = &path[here..];
+        for i in 1..=depth {
+            let w = unwound_path_sum(p, depth, i);
+            let el = p[i];
+            phi[el.feature as usize] += w * (el.one - el.zero) * n.value;
+        }
+        return;
+    }
+    let x = row[n.feature as usize];
+    let go_left = if x.is_nan() { n.default_left } else { x < n.value };
+    let (hot, cold) = if go_left {
+        (n.left, n.right)
+    } else {
+        (n.right, n.left)
+    };
+    let (hot, cold) = (hot as usize, cold as usize);
+    let w = t.cover[node];
+    let hot_zero = t.cover[hot] / w;
+    let cold_zero = t.cover[cold] / w;
+    let (mut incoming_zero, mut incoming_one) = (1.0f32, 1.0f32);
+    // A feature split on again higher up is undone, then redone here.
+    let split = i64::from(n.feature);
+    if let Some(at) = (0..=depth).find(|&i| path[here + i].feature == split) {
+        incoming_zero = path[here + at].zero;
+        incoming_one = path[here + at].one;
+        unwind_path(&mut path[here..], depth, at);
+        depth -= 1;
+    }
+    let next = here;
+    tree_shap(
+        t,
+        row,
+        phi,
+        hot,
+        depth + 1,
+        path,
+        next,
+        hot_zero * incoming_zero,
+        incoming_one,
+        split,
+    );
+    tree_shap(
+        t,
+        row,
+        phi,
+        cold,
+        depth + 1,
+        path,
+        next,
+        cold_zero * incoming_zero,
+        0.0,
+        split,
+    );
 }
 
 /// XGBoost's softmax: subtract the max, exponentiate, divide by the sum, in float32.
