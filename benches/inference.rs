@@ -1,6 +1,7 @@
 //! Raw inference microbenchmark: one forward pass per model at batch 1, 8 and 64, on prepared
 //! rows built from the golden windows, libtorch with one intra-op thread. This is the floor
-//! that end-to-end latencies are compared with.
+//! that end-to-end latencies are compared with. For the models that explain themselves
+//! (XGBoost), a second row times the TreeSHAP contributions of the same rows.
 //!
 //!     scripts/bench-inference.sh [--device cpu|cuda] [--seconds S]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,28 +42,41 @@ fn main() {
                 let w = &golden.inputs[(i % golden.count) * len..][..len];
                 model.prepare_into(w, &mut rows).unwrap();
             }
-            for _ in 0..20 {
-                model.forward(&rows, batch).unwrap();
-            }
-            let mut samples = Vec::new();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs_f64(seconds) || samples.len() < 50 {
-                let t = Instant::now();
+            let row = |what: &str, pass: &dyn Fn()| {
+                for _ in 0..20 {
+                    pass();
+                }
+                let mut samples = Vec::new();
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs_f64(seconds) || samples.len() < 50 {
+                    let t = Instant::now();
+                    pass();
+                    samples.push(t.elapsed());
+                }
+                samples.sort();
+                let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+                let total: f64 = samples.iter().map(Duration::as_secs_f64).sum();
+                println!(
+                    "| {} | {what} | {} | {batch} | {:.1} | {:.1} | {:.0} |",
+                    model.id(),
+                    model.device_name(),
+                    q(0.5),
+                    q(0.99),
+                    (samples.len() * batch) as f64 / total
+                );
+            };
+            let kind = format!("{:?}", model.manifest().kind);
+            row(&kind, &|| {
                 std::hint::black_box(model.forward(&rows, batch).unwrap());
-                samples.push(t.elapsed());
+            });
+            // Explanations (TreeSHAP for one class per row, as the stream asks), for the kinds
+            // that have them.
+            let classes = vec![0usize; batch];
+            if model.contributions(&rows, batch, &classes).is_some() {
+                row(&format!("{kind} TreeSHAP"), &|| {
+                    std::hint::black_box(model.contributions(&rows, batch, &classes));
+                });
             }
-            samples.sort();
-            let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
-            let total: f64 = samples.iter().map(Duration::as_secs_f64).sum();
-            println!(
-                "| {} | {:?} | {} | {batch} | {:.1} | {:.1} | {:.0} |",
-                model.id(),
-                model.manifest().kind,
-                model.device_name(),
-                q(0.5),
-                q(0.99),
-                (samples.len() * batch) as f64 / total
-            );
         }
     }
 }

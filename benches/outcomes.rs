@@ -113,6 +113,7 @@ fn main() {
                                 fallback: false,
                                 inference_us: 100,
                                 batch_size: 1,
+                                contributions: Vec::new(),
                             })
                             .collect(),
                         models_expected: 3,

@@ -200,15 +200,10 @@ fn run_canary(candidate: &str, policy: impl Fn(f64) -> CanaryPolicy) -> CanaryRu
             clock.clone() as Arc<dyn Clock>,
         );
         let gate = p.gates.iter().find(|g| &*g.info.id == LSTM).unwrap().clone();
-        let (version, factory) = augur_service::repository::prepare(
-            cfg.service.models_dir.clone(),
-            "cpu".into(),
-            1,
-            gate.info.clone(),
-            candidate.into(),
-        )
-        .await
-        .unwrap();
+        let (version, factory) =
+            augur_service::repository::prepare(cfg.service.clone(), gate.info.clone(), candidate.into())
+                .await
+                .unwrap();
         let spec = ExperimentSpec {
             candidate: candidate.into(),
             mode: Mode::Canary,
@@ -414,15 +409,10 @@ fn replay_with_shadow(shadow: bool) -> (Vec<Arc<Ensemble>>, Vec<ShadowOutput>) {
         let p = p.with_experiments(kept.clone(), Vec::new(), ManualClock::shared() as Arc<dyn Clock>);
         if shadow {
             let gate = p.gates.iter().find(|g| &*g.info.id == LSTM).unwrap().clone();
-            let (version, factory) = augur_service::repository::prepare(
-                cfg.service.models_dir.clone(),
-                "cpu".into(),
-                1,
-                gate.info.clone(),
-                "2".into(),
-            )
-            .await
-            .unwrap();
+            let (version, factory) =
+                augur_service::repository::prepare(cfg.service.clone(), gate.info.clone(), "2".into())
+                    .await
+                    .unwrap();
             let spec = ExperimentSpec {
                 candidate: "2".into(),
                 mode: Mode::Shadow,

@@ -127,3 +127,91 @@ fn test_stacking_runs_the_meta_model_on_the_members_probabilities() {
         }
     }
 }
+
+#[test]
+fn test_explanations_name_the_largest_treeshap_contributions_and_change_no_probability() {
+    let file = replay_file();
+    let off = run(&common::config("nats://unused:4222"), &file);
+    let mut cfg = common::config("nats://unused:4222");
+    cfg.executor.explain_top_k = 3;
+    // A TreeSHAP pass per row makes XGBoost ~20x slower: replay feeds as fast as it can, so
+    // the queues must hold its backlog rather than shed (the stream sheds, counted).
+    cfg.executor.queue_capacity = 1 << 20;
+    cfg.router.model_mailbox = 1 << 20;
+    let on = run(&cfg, &file);
+    assert_eq!(on.predictions.len(), off.predictions.len());
+    // The reference: the evaluator's own contributions for a row, from the same window.
+    let xgb =
+        augur_runtime::xgboost::XgbModel::load(&common::root().join("models/xgb-direction/1/model.json"))
+            .unwrap();
+    let columns = augur_service::codec::Validator::feature_names(&common::root().join("models/feature_sets"))
+        ["ta-v1"]
+        .clone();
+    let mut explained = 0;
+    let by_key: HashMap<_, _> = off
+        .predictions
+        .iter()
+        .map(|p| ((p.symbol.clone(), p.timeframe.clone(), p.sequence), p))
+        .collect();
+    for a in &on.predictions {
+        let b = by_key[&(a.symbol.clone(), a.timeframe.clone(), a.sequence)];
+        // libtorch rounds by batch size, which depends on timing: within 1e-5 for the torch
+        // members and the ensemble; XGBoost's rows are bit-equal.
+        let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| (p - q).abs() <= 1e-5);
+        assert!(
+            close(&a.probabilities, &b.probabilities),
+            "explanations change no output: {:?} {} {:?} against {:?} {:?}",
+            a.symbol,
+            a.sequence,
+            a.probabilities,
+            b.probabilities,
+            (a.method, b.method, a.members.len(), b.members.len())
+        );
+        for (m, n) in a.members.iter().zip(&b.members) {
+            assert_eq!(m.model_id, n.model_id);
+            if &*m.model_id == "xgb-direction" {
+                assert_eq!(m.probabilities, n.probabilities);
+            } else {
+                assert!(close(&m.probabilities, &n.probabilities));
+            }
+            assert!(n.contributions.is_empty(), "off by default");
+            if &*m.model_id != "xgb-direction" {
+                assert!(m.contributions.is_empty(), "{} cannot explain", m.model_id);
+                continue;
+            }
+            // 3 inputs, largest magnitude first, then the bias; named by column and bar.
+            assert_eq!(m.contributions.len(), 4, "{:?}", m.contributions);
+            assert_eq!(&*m.contributions[3].feature, "bias");
+            let mags: Vec<f32> = m.contributions[..3].iter().map(|c| c.value.abs()).collect();
+            assert!(mags.windows(2).all(|w| w[0] >= w[1]), "{mags:?}");
+            for c in &m.contributions[..3] {
+                let (col, back) = c.feature.split_once('[').unwrap();
+                assert!(columns.iter().any(|x| x == col), "{}", c.feature);
+                assert!(["t]", "t-1]", "t-2]"].contains(&back), "{}", c.feature);
+            }
+            explained += 1;
+        }
+    }
+    assert_eq!(explained, on.predictions.len(), "every XGBoost output explained");
+    // The bias is the model's expected value for the class called, the same for every row.
+    let p = &on.predictions[0];
+    let m = p
+        .members
+        .iter()
+        .find(|m| &*m.model_id == "xgb-direction")
+        .unwrap();
+    let (called, _) = augur_actors::types::argmax(&m.probabilities);
+    let width = xgb.num_feature() + 1;
+    let mut c = vec![0.0f32; xgb.num_class() * width];
+    xgb.contributions(&vec![0.0; xgb.num_feature()], &mut c).unwrap();
+    assert!((m.contributions[3].value - c[called * width + width - 1]).abs() <= 1e-6);
+    // And the wire carries them.
+    let wire = pb::EnsemblePrediction::decode(&augur_service::codec::encode_prediction(p)[..]).unwrap();
+    let w = wire
+        .members
+        .iter()
+        .find(|m| m.model_id == "xgb-direction")
+        .unwrap();
+    assert_eq!(w.contributions.len(), 4);
+    assert_eq!(w.contributions[0].feature, &*m.contributions[0].feature);
+}

@@ -568,6 +568,7 @@ mod tests {
             fallback: false,
             inference_us: 0,
             batch_size: 1,
+            contributions: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
+use crate::types::Contribution;
 
 /// What the executor needs from a model; the `augur` crate implements it over the runtime.
 pub trait InferenceBackend: Send {
@@ -28,6 +29,17 @@ pub trait InferenceBackend: Send {
     fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected>;
     /// One forward pass over n prepared rows: n x classes probabilities.
     fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError>;
+    /// Per row, the `top_k` largest (by magnitude) feature contributions to the margin of the
+    /// class its `probabilities` call, largest first; `None` when the model cannot explain.
+    fn explain(
+        &self,
+        _rows: &[f32],
+        _n: usize,
+        _probabilities: &[f32],
+        _top_k: usize,
+    ) -> Option<Result<Vec<Vec<Contribution>>, ModelError>> {
+        None
+    }
     /// Called once on the executor thread before warm-up (thread-local libtorch settings).
     fn init_thread(&self) {}
 }
@@ -67,6 +79,10 @@ pub struct ExecutorConfig {
     /// (its thread cannot be killed and is left behind), opens the circuit and starts a fresh
     /// one after the backoff. 0: no watchdog (set at start-up).
     pub forward_timeout_ms: u64,
+    /// Feature contributions (TreeSHAP) in each output of a model that can explain itself
+    /// (XGBoost): the `explain_top_k` largest for the class called. 0: off (the default; on
+    /// the stream it costs a TreeSHAP pass per row).
+    pub explain_top_k: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -76,6 +92,7 @@ impl Default for ExecutorConfig {
             max_delay_us: 0,
             queue_capacity: 8192,
             forward_timeout_ms: 10_000,
+            explain_top_k: 0,
         }
     }
 }
@@ -98,6 +115,12 @@ impl ExecutorConfig {
         if self.queue_capacity == 0 {
             p.push(format!("{prefix}.queue_capacity must be at least 1"));
         }
+        if self.explain_top_k > 64 {
+            p.push(format!(
+                "{prefix}.explain_top_k must be at most 64, got {}",
+                self.explain_top_k
+            ));
+        }
         p
     }
 }
@@ -106,6 +129,8 @@ impl ExecutorConfig {
 #[derive(Debug, Clone)]
 pub struct RowOutput {
     pub probabilities: Vec<f32>,
+    /// Its largest feature contributions, when explanations are on (`explain_top_k`).
+    pub contributions: Vec<Contribution>,
     /// Forward-pass time of the batch this row was in.
     pub inference_us: u32,
     pub batch_size: u32,
@@ -412,12 +437,25 @@ fn run(
         match result {
             Ok(Ok(out)) if out.len() == n * classes => {
                 let mut all_valid = true;
+                // Explanations after the pass (not in its time); a failure loses only them.
+                let mut explained = match cfg.explain_top_k {
+                    0 => None,
+                    k => {
+                        match catch_unwind(AssertUnwindSafe(|| backend.explain(&rows[..n * len], n, &out, k)))
+                        {
+                            Ok(Some(Ok(e))) if e.len() == n => Some(e.into_iter()),
+                            _ => None,
+                        }
+                    }
+                };
                 for (job, p) in accepted.into_iter().zip(out.chunks_exact(classes)) {
+                    let contributions = explained.as_mut().and_then(Iterator::next).unwrap_or_default();
                     // A NaN would become a SHORT signal with confidence -inf downstream: an
                     // answer that is not a distribution is the model's fault, never published.
                     let reply = match output_problem(p) {
                         None => Ok(RowOutput {
                             probabilities: p.to_vec(),
+                            contributions,
                             inference_us: us,
                             batch_size: n as u32,
                         }),
@@ -624,6 +662,7 @@ pub(crate) mod tests {
                 max_delay_us: 0,
                 queue_capacity: 64,
                 forward_timeout_ms: 0,
+                explain_top_k: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -652,6 +691,7 @@ pub(crate) mod tests {
                 max_delay_us: 200_000,
                 queue_capacity: 64,
                 forward_timeout_ms: 0,
+                explain_top_k: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -703,6 +743,7 @@ pub(crate) mod tests {
                 max_delay_us: 20_000,
                 queue_capacity: 64,
                 forward_timeout_ms: 0,
+                explain_top_k: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -731,6 +772,7 @@ pub(crate) mod tests {
                 max_delay_us: 0,
                 queue_capacity: 64,
                 forward_timeout_ms: 0,
+                explain_top_k: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -754,6 +796,7 @@ pub(crate) mod tests {
                 max_delay_us: 0,
                 queue_capacity: 64,
                 forward_timeout_ms: 0,
+                explain_top_k: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),
@@ -798,6 +841,7 @@ pub(crate) mod tests {
                 max_delay_us: 0,
                 queue_capacity: 1,
                 forward_timeout_ms: 0,
+                explain_top_k: 0,
             },
             Arc::new(NoObserver),
             crate::clock::SystemClock::shared(),

@@ -122,6 +122,7 @@ impl Reporter {
                     out.batch_size,
                 );
                 p.model_version = self.version.clone();
+                p.contributions = out.contributions;
                 MemberStatus::Output(p)
             }
             Err(ExecError::QueueFull) => {
@@ -279,6 +280,7 @@ fn shadow(gate: &Arc<ModelGate>, c: Candidate, v: &crate::types::Vector, incumbe
                 let info = &out.prediction;
                 let mut p = MemberPrediction {
                     probabilities: r.probabilities,
+                    contributions: r.contributions,
                     inference_us: r.inference_us,
                     batch_size: r.batch_size,
                     model_version: c.version.clone(),

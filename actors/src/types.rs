@@ -205,6 +205,15 @@ pub struct ModelInfo {
     pub device: String,
 }
 
+/// One input's share of a member's margin (log-odds) for the class it called (TreeSHAP).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Contribution {
+    /// `<feature>[t]`, `<feature>[t-1]`, ...: the feature-set column, that many bars back in
+    /// the member's window; `bias` for the expected value.
+    pub feature: Arc<str>,
+    pub value: f32,
+}
+
 /// One member's output for one event.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberPrediction {
@@ -220,6 +229,10 @@ pub struct MemberPrediction {
     pub fallback: bool,
     pub inference_us: u32,
     pub batch_size: u32,
+    /// The largest feature contributions to the class it called, largest magnitude first,
+    /// when explanations are on (`[executor].explain_top_k`) and the model can explain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contributions: Vec<Contribution>,
 }
 
 /// The ensemble output for one event.
@@ -269,6 +282,7 @@ impl MemberPrediction {
             fallback,
             inference_us,
             batch_size,
+            contributions: Vec::new(),
         }
     }
 }

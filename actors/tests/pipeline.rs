@@ -161,6 +161,7 @@ fn config() -> PipelineConfig {
             max_delay_us: 100,
             queue_capacity: 4096,
             forward_timeout_ms: 0,
+            explain_top_k: 0,
         },
         breaker: BreakerConfig {
             consecutive_failures: 3,

@@ -3,13 +3,34 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use augur_actors::executor::{BackendFactory, InferenceBackend, ModelError, RowRejected};
-use augur_actors::types::ModelInfo;
+use augur_actors::types::{Contribution, ModelInfo};
 
 use crate::{DeviceSpec, InputError, Model};
 
 struct RuntimeBackend {
     model: Model,
     intra_op_threads: i32,
+    /// The name of each value of a prepared row, then `bias` (see [`input_names`]).
+    names: Arc<[Arc<str>]>,
+}
+
+/// The names of a prepared row's values, for explanations: `<feature>[t-k]` (`[t]` for the
+/// newest bar) in the flat, time-major layout, from the feature set's column names (`x<i>`
+/// where they are not known), then `bias`.
+pub fn input_names(window: usize, features: usize, feature_names: &[String]) -> Arc<[Arc<str>]> {
+    let mut out: Vec<Arc<str>> = Vec::with_capacity(window * features + 1);
+    for t in 0..window {
+        let back = window - 1 - t;
+        for f in 0..features {
+            let name = feature_names.get(f).cloned().unwrap_or_else(|| format!("x{f}"));
+            out.push(match back {
+                0 => format!("{name}[t]").into(),
+                k => format!("{name}[t-{k}]").into(),
+            });
+        }
+    }
+    out.push("bias".into());
+    out.into()
 }
 
 impl InferenceBackend for RuntimeBackend {
@@ -37,6 +58,71 @@ impl InferenceBackend for RuntimeBackend {
         })
     }
 
+    fn explain(
+        &self,
+        rows: &[f32],
+        n: usize,
+        probabilities: &[f32],
+        top_k: usize,
+    ) -> Option<Result<Vec<Vec<Contribution>>, ModelError>> {
+        let classes = self.model.classes();
+        if probabilities.len() != n * classes {
+            return Some(Err(ModelError {
+                code: "output_shape",
+                message: format!(
+                    "{} probabilities for {n} rows of {classes} classes",
+                    probabilities.len()
+                ),
+            }));
+        }
+        let called: Vec<usize> = probabilities
+            .chunks_exact(classes)
+            .map(|p| augur_actors::types::argmax(p).0)
+            .collect();
+        let all = match self.model.contributions(rows, n, &called)? {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(Err(ModelError {
+                    code: e.code(),
+                    message: e.to_string(),
+                }));
+            }
+        };
+        let width = self.names.len();
+        if all.len() != n * width {
+            return Some(Err(ModelError {
+                code: "output_shape",
+                message: format!("{} contributions for {n} rows of {width} inputs", all.len()),
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut order: Vec<usize> = Vec::with_capacity(width);
+        for c in all.chunks_exact(width) {
+            // The largest by magnitude among the inputs, then the bias.
+            order.clear();
+            order.extend(0..width - 1);
+            let k = top_k.min(order.len());
+            if k > 0 && k < order.len() {
+                order.select_nth_unstable_by(k - 1, |a, b| c[*b].abs().total_cmp(&c[*a].abs()));
+            }
+            order.truncate(k);
+            order.sort_by(|a, b| c[*b].abs().total_cmp(&c[*a].abs()));
+            let mut top: Vec<Contribution> = order
+                .iter()
+                .map(|&i| Contribution {
+                    feature: self.names[i].clone(),
+                    value: c[i],
+                })
+                .collect();
+            top.push(Contribution {
+                feature: self.names[width - 1].clone(),
+                value: c[width - 1],
+            });
+            out.push(top);
+        }
+        Some(Ok(out))
+    }
+
     fn init_thread(&self) {
         // libtorch's intra-op pool is process-wide; the graph-executor switch is thread-local.
         tch::set_num_threads(self.intra_op_threads);
@@ -50,6 +136,7 @@ pub fn model_spec(
     dir: PathBuf,
     device: DeviceSpec,
     intra_op_threads: i32,
+    feature_names: &std::collections::HashMap<String, Vec<String>>,
 ) -> Result<(ModelInfo, BackendFactory), String> {
     let probe = Model::load(&dir, device).map_err(|e| e.to_string())?;
     let m = probe.manifest();
@@ -63,12 +150,21 @@ pub fn model_spec(
         timeframes: m.timeframes.clone(),
         device: probe.device_name(),
     };
+    let names = input_names(
+        m.window,
+        m.features,
+        m.feature_set
+            .as_deref()
+            .and_then(|s| feature_names.get(s))
+            .map_or(&[][..], Vec::as_slice),
+    );
     drop(probe);
     let factory: BackendFactory = Arc::new(move || {
         let model = Model::load(&dir, device).map_err(|e| e.to_string())?;
         Ok(Box::new(RuntimeBackend {
             model,
             intra_op_threads,
+            names: names.clone(),
         }) as Box<dyn InferenceBackend>)
     });
     Ok((info, factory))

@@ -40,6 +40,16 @@ pub trait Backend: Send + std::fmt::Debug {
     fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError>;
     /// Where it runs: "cpu", "cuda:0".
     fn device_name(&self) -> String;
+    /// Per row, every input's contribution to the margin of the class `classes` names for
+    /// it (n x (inputs + 1), the last the bias); `None`: this kind cannot explain.
+    fn contributions(
+        &self,
+        _rows: &[f32],
+        _n: usize,
+        _classes: &[usize],
+    ) -> Option<Result<Vec<f32>, RuntimeError>> {
+        None
+    }
 }
 
 /// The kind's loader: the manifest names the kind, the kind's module loads the file.
@@ -107,6 +117,17 @@ impl Model {
     /// One forward pass over n prepared rows; n x classes probabilities.
     pub fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
         self.backend.forward(rows, n)
+    }
+
+    /// Contributions of n prepared rows' inputs to one class's margin per row (see
+    /// [`Backend::contributions`]); `None` when the model's kind cannot explain.
+    pub fn contributions(
+        &self,
+        rows: &[f32],
+        n: usize,
+        classes: &[usize],
+    ) -> Option<Result<Vec<f32>, RuntimeError>> {
+        self.backend.contributions(rows, n, classes)
     }
 
     /// The batch API: n raw windows, concatenated, in; n x classes probabilities out.

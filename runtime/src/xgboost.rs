@@ -265,33 +265,54 @@ impl XgbModel {
     /// the bias (base score plus every tree's expected value). Each class's values sum to its
     /// margin. Errors as [`XgbModel::explainable`].
     pub fn contributions(&self, row: &[f32], out: &mut [f32]) -> Result<(), String> {
+        self.class_contributions(row, None, out)
+    }
+
+    /// [`XgbModel::contributions`] of one class only (`Some(k)`: a third of the work for three
+    /// classes; `out` then holds num_feature + 1 values), or of all (`None`).
+    pub fn class_contributions(
+        &self,
+        row: &[f32],
+        class: Option<usize>,
+        out: &mut [f32],
+    ) -> Result<(), String> {
         self.explainable()?;
         let width = self.num_feature + 1;
-        if row.len() != self.num_feature || out.len() != self.num_class * width {
+        let classes = if class.is_some() { 1 } else { self.num_class };
+        if row.len() != self.num_feature
+            || out.len() != classes * width
+            || class.is_some_and(|k| k >= self.num_class)
+        {
             return Err(format!(
-                "{} values and room for {} contributions; the model takes {} and gives {}",
+                "{} values, room for {} contributions, class {class:?}; the model takes {} and has {} classes",
                 row.len(),
                 out.len(),
                 self.num_feature,
-                self.num_class * width
+                self.num_class
             ));
         }
         out.fill(0.0);
         let mut phi = vec![0.0f32; width];
         let mut path = Vec::new();
-        for t in &self.trees {
+        for t in self.trees.iter().filter(|t| class.is_none_or(|k| t.class == k)) {
             phi.fill(0.0);
             phi[self.num_feature] = t.mean[0];
             let maxd = t.depth + 2;
             path.clear();
             path.resize(maxd * (maxd + 1) / 2, PathElement::default());
             tree_shap(t, row, &mut phi, 0, 0, &mut path, 0, 1.0, 1.0, -1);
-            for (o, p) in out[t.class * width..(t.class + 1) * width].iter_mut().zip(&phi) {
+            let at = if class.is_some() { 0 } else { t.class };
+            for (o, p) in out[at * width..(at + 1) * width].iter_mut().zip(&phi) {
                 *o += p;
             }
         }
-        for (k, b) in self.base.iter().enumerate() {
-            out[k * width + self.num_feature] += b;
+        match class {
+            Some(k) => out[self.num_feature] += self.base[k],
+            None => {
+                for (k, b) in self.base.iter().enumerate() {
+                    out[k * width + self.num_feature] += b;
+                }
+            }
         }
         Ok(())
     }
@@ -524,6 +545,41 @@ impl super::Backend for XgbModel {
 
     fn device_name(&self) -> String {
         "cpu".to_string()
+    }
+
+    fn contributions(
+        &self,
+        rows: &[f32],
+        n: usize,
+        classes: &[usize],
+    ) -> Option<Result<Vec<f32>, RuntimeError>> {
+        let fail = |message: String| RuntimeError::Inference {
+            model: self.path.display().to_string(),
+            message,
+        };
+        if let Err(e) = self.explainable() {
+            return Some(Err(fail(e)));
+        }
+        if rows.len() != n * self.num_feature || classes.len() != n {
+            return Some(Err(fail(format!(
+                "{} values and {} classes for {n} rows of {} features",
+                rows.len(),
+                classes.len(),
+                self.num_feature
+            ))));
+        }
+        let per_row = self.num_feature + 1;
+        let mut out = vec![0.0f32; n * per_row];
+        for ((row, o), k) in rows
+            .chunks_exact(self.num_feature)
+            .zip(out.chunks_exact_mut(per_row))
+            .zip(classes)
+        {
+            if let Err(e) = self.class_contributions(row, Some(*k), o) {
+                return Some(Err(fail(e)));
+            }
+        }
+        Some(Ok(out))
     }
 }
 

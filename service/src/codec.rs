@@ -137,6 +137,13 @@ pub enum FeatureSetError {
 struct FeatureSetFile {
     name: String,
     count: usize,
+    #[serde(default)]
+    features: Vec<NamedColumn>,
+}
+
+#[derive(Deserialize)]
+struct NamedColumn {
+    name: String,
 }
 
 /// The validation rules of one service.
@@ -281,6 +288,25 @@ impl Validator {
             }
         }
         Ok(out)
+    }
+
+    /// Each feature set's column names, in order (for explanations); sets whose file does not
+    /// name its columns, or cannot be read, are left out (their columns are then `x<i>`).
+    pub fn feature_names(dir: &Path) -> HashMap<String, Vec<String>> {
+        let mut out = HashMap::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for p in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if p.extension().is_some_and(|x| x == "toml")
+                && let Ok(text) = std::fs::read_to_string(&p)
+                && let Ok(f) = toml::from_str::<FeatureSetFile>(&text)
+                && f.features.len() == f.count
+            {
+                out.insert(f.name, f.features.into_iter().map(|c| c.name).collect());
+            }
+        }
+        out
     }
 
     pub fn with_max_age(mut self, max_age_ms: u64) -> Self {
@@ -475,6 +501,14 @@ pub fn to_proto(e: &Ensemble) -> pb::EnsemblePrediction {
                 fallback: m.fallback,
                 inference_us: m.inference_us,
                 batch_size: m.batch_size,
+                contributions: m
+                    .contributions
+                    .iter()
+                    .map(|c| pb::FeatureContribution {
+                        feature: c.feature.to_string(),
+                        value: c.value,
+                    })
+                    .collect(),
             })
             .collect(),
         models_expected: e.models_expected,

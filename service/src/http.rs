@@ -1085,6 +1085,9 @@ pub struct ExecutorPatch {
     #[schema(minimum = 0, maximum = 1.8446744073709552e19)]
     #[serde(default)]
     forward_timeout_ms: u64,
+    #[schema(minimum = 0, maximum = 64)]
+    #[serde(default)]
+    explain_top_k: u64,
 }
 
 /// How members are merged (the actors' `Method`).

@@ -557,6 +557,14 @@ async fn load_version(s: &AppState, name: &str, g: &Arc<ModelGate>, version: &st
     })
 }
 
+/// The `[service]` section in force.
+fn service_config(s: &AppState) -> Result<crate::config::ServiceConfig, String> {
+    s.config
+        .read()
+        .map(|c| c.service.clone())
+        .map_err(|_| "the config lock is poisoned".to_string())
+}
+
 /// Loads `version` of member `g` (the caller holds the repository lock): swapped in to serve
 /// (`serve`; at once when it is idle) or kept idle, ready. The outcome is remembered for the
 /// index: a failure with its reasons.
@@ -565,17 +573,7 @@ pub(crate) async fn load(s: &AppState, g: &Arc<ModelGate>, version: &str, serve:
     if serve && s.pipeline.swap_to_idle(&name, version).await?.is_some() {
         return Ok(());
     }
-    let (models_dir, device, threads) = {
-        let c = s
-            .config
-            .read()
-            .map_err(|_| "the config lock is poisoned".to_string())?;
-        (
-            c.service.models_dir.clone(),
-            c.service.device.clone(),
-            c.service.intra_op_threads,
-        )
-    };
+    let service = service_config(s)?;
     let key = (name.clone(), version.to_string());
     let set_loading = |on: bool| {
         if let Ok(mut l) = s.oip.loading.lock() {
@@ -586,12 +584,11 @@ pub(crate) async fn load(s: &AppState, g: &Arc<ModelGate>, version: &str, serve:
     // Compatible with the version serving now (a swap or a promotion may have changed it).
     let mut serving = g.info.clone();
     serving.version = g.version();
-    let result =
-        match crate::repository::prepare(models_dir, device, threads, serving, version.to_string()).await {
-            Ok((v, factory)) if serve => s.pipeline.swap_version(&name, v, factory).await.map(|_| ()),
-            Ok((v, factory)) => s.pipeline.load_idle(&name, v, factory).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
+    let result = match crate::repository::prepare(service, serving, version.to_string()).await {
+        Ok((v, factory)) if serve => s.pipeline.swap_version(&name, v, factory).await.map(|_| ()),
+        Ok((v, factory)) => s.pipeline.load_idle(&name, v, factory).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
     set_loading(false);
     let mut failed = s.oip.failed_loads.lock().unwrap_or_else(|p| p.into_inner());
     match &result {
@@ -614,17 +611,7 @@ pub async fn start_experiment(
     g: &Arc<ModelGate>,
     spec: augur_actors::experiment::ExperimentSpec,
 ) -> Result<(), String> {
-    let (models_dir, device, threads) = {
-        let c = s
-            .config
-            .read()
-            .map_err(|_| "the config lock is poisoned".to_string())?;
-        (
-            c.service.models_dir.clone(),
-            c.service.device.clone(),
-            c.service.intra_op_threads,
-        )
-    };
+    let service = service_config(s)?;
     let _one = s.oip.repository.lock().await;
     if *spec.candidate == *g.version() {
         return Err(format!(
@@ -635,8 +622,7 @@ pub async fn start_experiment(
     // Compatible with the version serving now (a promotion may have changed it).
     let mut serving = g.info.clone();
     serving.version = g.version();
-    let (version, factory) =
-        crate::repository::prepare(models_dir, device, threads, serving, spec.candidate.clone()).await?;
+    let (version, factory) = crate::repository::prepare(service, serving, spec.candidate.clone()).await?;
     let mode = spec.mode;
     s.pipeline
         .start_experiment(&g.info.id, version.clone(), factory, spec)

@@ -62,6 +62,10 @@ mod tests {
                 fallback: true,
                 inference_us: 120,
                 batch_size: 8,
+                contributions: vec![FeatureContribution {
+                    feature: "rsi_14[t-1]".into(),
+                    value: -0.25,
+                }],
             }],
             models_expected: 3,
             models_used: 1,

@@ -8,7 +8,7 @@
 //! still being copied is never loaded: it has no list yet, or a file that does not match it.
 //! Only regular files are read (no links out of the folder), and what the manifest names
 //! must be listed.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use augur_actors::executor::BackendFactory;
@@ -325,13 +325,14 @@ fn check_compatible(
 /// manifest, the model, its golden self-test, the same window, features and timeframes), on
 /// a blocking thread: what the executor of that version needs.
 pub async fn prepare(
-    models_dir: PathBuf,
-    device: String,
-    intra_op_threads: i32,
+    service: crate::config::ServiceConfig,
     serving: ModelInfo,
     version: String,
 ) -> Result<(Arc<str>, BackendFactory), String> {
     check_version_name(&version)?;
+    let models_dir = service.models_dir;
+    let (device, intra_op_threads) = (service.device, service.intra_op_threads);
+    let feature_sets_dir = service.feature_sets_dir;
     let id = serving.id.to_string();
     let dir = models_dir.join(&id).join(&version);
     let work = move || {
@@ -366,7 +367,8 @@ pub async fn prepare(
         let device =
             DeviceSpec::parse(&device).ok_or_else(|| format!("service.device {device:?} is not a device"))?;
         let old_m = Manifest::load(&models_dir.join(&id).join(&*serving.version)).ok();
-        let (info, inner) = inference::model_spec(dir.clone(), device, intra_op_threads)?;
+        let names = crate::codec::Validator::feature_names(&feature_sets_dir);
+        let (info, inner) = inference::model_spec(dir.clone(), device, intra_op_threads, &names)?;
         check_compatible(&serving, &info, old_m.as_ref(), &m)
             .map_err(|e| format!("{id} version {version}: {e}"))?;
         // A restart after a crash loads the folder again: checked again, so a folder changed

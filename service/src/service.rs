@@ -290,11 +290,12 @@ pub async fn build_pipeline_with(
 ) -> anyhow::Result<Pipeline> {
     let device = DeviceSpec::parse(&cfg.service.device).context("service.device")?;
     let threads = cfg.service.intra_op_threads;
+    let names = Validator::feature_names(&cfg.service.feature_sets_dir);
     let mut problems = Vec::new();
     let mut members = Vec::new();
     for id in &cfg.service.members {
         match model_dir(cfg, id)
-            .and_then(|d| inference::model_spec(d, device, threads).map_err(anyhow::Error::msg))
+            .and_then(|d| inference::model_spec(d, device, threads, &names).map_err(anyhow::Error::msg))
         {
             Ok((info, factory)) => members.push(ModelSpec { info, factory }),
             Err(e) => problems.push(format!("{id}: {e:#}")),
@@ -305,7 +306,7 @@ pub async fn build_pipeline_with(
         let id = &cfg.service.stacker;
         match model_dir(cfg, id) {
             Ok(d) => match Manifest::load(&d) {
-                Ok(m) => match inference::model_spec(d, device, threads) {
+                Ok(m) => match inference::model_spec(d, device, threads, &names) {
                     Ok((info, factory)) => {
                         stacker = Some(StackerSpec {
                             model: ModelSpec { info, factory },
@@ -428,21 +429,16 @@ async fn start_experiments(cfg: &Config, pipeline: &Pipeline) -> anyhow::Result<
             tracing::warn!(model = %m, candidate = %spec.candidate, "experiments: the candidate serves already; not started");
             continue;
         }
-        let started = match crate::repository::prepare(
-            cfg.service.models_dir.clone(),
-            cfg.service.device.clone(),
-            cfg.service.intra_op_threads,
-            g.info.clone(),
-            spec.candidate.clone(),
-        )
-        .await
-        {
-            Ok((version, factory)) => pipeline
-                .start_experiment(m, version, factory, spec.clone())
+        let started =
+            match crate::repository::prepare(cfg.service.clone(), g.info.clone(), spec.candidate.clone())
                 .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
+            {
+                Ok((version, factory)) => pipeline
+                    .start_experiment(m, version, factory, spec.clone())
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
         if let Err(e) = started {
             problems.push(format!("experiments.{m}: {e}"));
         }
