@@ -601,6 +601,48 @@ fn test_the_version_policy_keeps_versions_ready_the_watch_takes_complete_ones_an
     assert_eq!(states["3"].0, "serving", "{states:?}");
     assert_eq!(lstm_metric(&http, "augur_model_versions_loaded"), 1.0);
 
+    // A copy that lands its list first (`rsync` copies in name order: SHA256SUMS before
+    // manifest.toml) is checked again once the rest arrives, and taken.
+    // (Version 3's files: version 1's model file is gone by now.)
+    let stage = repo.path().join("staged-5");
+    std::fs::create_dir(&stage).unwrap();
+    for e in std::fs::read_dir(&three).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "SHA256SUMS" {
+            std::fs::copy(e.path(), stage.join(e.file_name())).unwrap();
+        }
+    }
+    let manifest = std::fs::read_to_string(stage.join("manifest.toml")).unwrap();
+    std::fs::write(
+        stage.join("manifest.toml"),
+        manifest.replacen("version = \"3\"", "version = \"5\"", 1),
+    )
+    .unwrap();
+    seal(&stage);
+    let five = repo.path().join(LSTM).join("5");
+    std::fs::create_dir(&five).unwrap();
+    std::fs::copy(stage.join("SHA256SUMS"), five.join("SHA256SUMS")).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    for e in std::fs::read_dir(&stage).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "SHA256SUMS" {
+            std::fs::copy(e.path(), five.join(e.file_name())).unwrap();
+        }
+    }
+    let states = wait_state(&http, "5", "serving", 60);
+    assert_eq!(states["3"].0, "ready", "{states:?}");
+    // Unload with the serving version's name is refused (unload without one takes the
+    // member out of serving).
+    let (s, _) = common::http(
+        &http,
+        "POST",
+        &format!("/v2/repository/models/{LSTM}/unload"),
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        json!({"parameters": {"version": "5"}}).to_string().as_bytes(),
+    );
+    assert_eq!(s, 400);
+    assert_eq!(serving_version(&http), "5");
+
     // The other members' real second versions (train.py --candidates) load in place of
     // their first: the same window, features, classes and label, their golden self-test
     // passed in the service.

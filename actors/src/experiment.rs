@@ -445,7 +445,7 @@ pub fn judge(p: &CanaryPolicy, incumbent: &Evidence, candidate: &Evidence) -> Ch
 pub enum Decision {
     /// The weight goes up a step.
     Step,
-    /// The candidate serves every stream; the incumbent drains and is freed.
+    /// The candidate serves every stream; the incumbent drains and stays loaded, idle.
     Promote,
     /// The weight holds (not enough evidence, or a failed check below the limit).
     Hold,
@@ -829,7 +829,8 @@ impl Handler<StartExperiment> for Experiments {
 }
 
 /// Ends a model's experiment: `promote` makes the candidate the version serving (the
-/// incumbent drains and is freed), otherwise the candidate is taken out and freed.
+/// incumbent drains and stays loaded, idle, within the cap), otherwise the candidate is taken
+/// out and freed.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct EndExperiment {

@@ -245,6 +245,15 @@ impl ModelGate {
         was
     }
 
+    /// The idle versions' executors.
+    pub fn idle_executors(&self) -> Vec<ExecutorHandle> {
+        self.lock_idle()
+            .cache
+            .iter()
+            .map(|(_, i)| i.executor.clone())
+            .collect()
+    }
+
     /// The idle versions, most recently used first.
     pub fn idle_versions(&self) -> Vec<Arc<str>> {
         self.lock_idle().cache.iter().map(|(v, _)| v.clone()).collect()
@@ -283,6 +292,16 @@ impl ModelGate {
 
     fn evict_over_cap(&self, idle: &mut IdleVersions, busy: usize) -> Vec<Arc<str>> {
         let mut evicted = Vec::new();
+        // Executors that died while idle go first (not counted as evictions).
+        let dead: Vec<Arc<str>> = idle
+            .cache
+            .iter()
+            .filter(|(_, i)| i.executor.is_down())
+            .map(|(v, _)| v.clone())
+            .collect();
+        for v in dead {
+            idle.cache.pop(&v);
+        }
         while busy + idle.cache.len() > idle.max_loaded {
             let Some((v, _freed)) = idle.cache.pop_lru() else {
                 break;
@@ -295,7 +314,10 @@ impl ModelGate {
     }
 
     fn update_loaded(&self) {
-        self.metrics.versions_loaded.set(self.loaded_count() as f64);
+        let busy = self.busy_versions().len();
+        // Set under the idle lock: concurrent updates land in the order of the idle changes.
+        let idle = self.lock_idle();
+        self.metrics.versions_loaded.set((busy + idle.cache.len()) as f64);
     }
 
     fn read_serving(&self) -> std::sync::RwLockReadGuard<'_, Serving> {

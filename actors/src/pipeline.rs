@@ -488,6 +488,10 @@ impl Pipeline {
             if let Some(c) = g.candidate() {
                 c.executor.set_config(b.clone());
             }
+            // Idle versions too: a swap back must not undo a change made since they loaded.
+            for e in g.idle_executors() {
+                e.set_config(b.clone());
+            }
         }
     }
 

@@ -485,7 +485,14 @@ impl Config {
             }
             match crate::repository::VersionPolicy::parse(text) {
                 Ok(policy) => {
-                    let pinned = s.versions.get(m).filter(|v| !policy.names(v)).map_or(0, |_| 1);
+                    // A pinned version outside a `specific` list is loaded too; among `latest N`
+                    // it may or may not be (the cap frees the least recently used).
+                    let pinned = match &policy {
+                        crate::repository::VersionPolicy::Specific(_) => {
+                            s.versions.get(m).filter(|v| !policy.names(v)).map_or(0, |_| 1)
+                        }
+                        crate::repository::VersionPolicy::Latest(_) => 0,
+                    };
                     if policy.count() + pinned > s.max_loaded_versions {
                         p.push(format!(
                             "service.version_policy: {m:?} = {text:?} keeps {} versions loaded{}, more than service.max_loaded_versions = {}",

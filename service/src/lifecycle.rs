@@ -2,10 +2,13 @@
 //! loaded, and the repository watch.
 //!
 //! At start-up the version serving is the highest the policy names (or the pinned one); the
-//! policy's other versions load in the background (checks, golden self-test, warm-up) and wait
-//! idle, so that a swap to one of them is immediate. With `service.watch_interval_ms`, the
+//! other versions of an explicit policy load in the background (checks, golden self-test,
+//! warm-up) and wait idle, so that a swap to one of them is immediate. A member without a
+//! policy of its own loads nothing more at start-up, and a pinned one without a policy is
+//! left alone by the watch. With `service.watch_interval_ms`, the
 //! repository is looked at again every interval. A version folder is acted on only when it
-//! appeared or changed since it was last looked at (its `SHA256SUMS`, written last, is new),
+//! appeared or changed since it was last looked at (its entries' count, sizes or times),
+//! and only once it has a non-empty `SHA256SUMS`,
 //! and only when the policy names it: a new highest version is swapped in (unless a version is
 //! pinned or the member has an experiment), any other is loaded idle. A folder without its
 //! list is being copied: it is passed over until the list appears. A version that fails to
@@ -15,7 +18,7 @@
 //! least recently used first.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use augur_actors::gate::ModelGate;
 
@@ -23,9 +26,9 @@ use crate::http::AppState;
 use crate::repository::{self, VersionPolicy};
 
 /// What each version folder looked like when it was last looked at: (model, version) ->
-/// its checksum list's size and modification time.
+/// its [`repository::fingerprint`].
 #[derive(Debug, Default)]
-pub struct Seen(HashMap<(String, String), (u64, SystemTime)>);
+pub struct Seen(HashMap<(String, String), repository::Fingerprint>);
 
 /// Loads the policies' versions, then (with a watch interval) looks at the repository every
 /// interval until the service stops.
@@ -38,15 +41,35 @@ pub async fn run(s: AppState) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(every)).await;
-        if s.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        if stopping(&s) {
             return;
         }
         reconcile(&s, &mut seen, false).await;
     }
 }
 
+fn stopping(s: &AppState) -> bool {
+    s.stopping.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// One member's folders: each version with its fingerprint (`None`: not complete yet), oldest
+/// first. Read on a blocking thread: a slow disk must not stall the actors.
+async fn scan(models_dir: std::path::PathBuf, id: String) -> Vec<(String, Option<repository::Fingerprint>)> {
+    tokio::task::spawn_blocking(move || {
+        repository::versions(&models_dir, &id)
+            .into_iter()
+            .map(|v| {
+                let fp = repository::fingerprint(&models_dir.join(&id).join(&v));
+                (v, fp)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// One look at the repository (see the module's notes). `first`: the start-up pass, which
-/// loads every version the policy names that is not loaded, and swaps nothing.
+/// loads every version an explicit policy names that is not loaded, and swaps nothing.
 pub async fn reconcile(s: &AppState, seen: &mut Seen, first: bool) {
     let (models_dir, policies, pins) = match s.config.read() {
         Ok(c) => (
@@ -59,15 +82,13 @@ pub async fn reconcile(s: &AppState, seen: &mut Seen, first: bool) {
     let gates: Vec<Arc<ModelGate>> = s.pipeline.gates.clone();
     for g in gates {
         let id = g.info.id.to_string();
-        let policy = policies
-            .get(&id)
-            .and_then(|p| VersionPolicy::parse(p).ok())
-            .unwrap_or_default();
+        let explicit = policies.get(&id).and_then(|p| VersionPolicy::parse(p).ok());
+        let pinned = pins.contains_key(&id);
         let serving = g.version().to_string();
         let mut available = Vec::new();
         let mut changed = Vec::new();
-        for v in repository::versions(&models_dir, &id) {
-            match repository::fingerprint(&models_dir.join(&id).join(&v)) {
+        for (v, fp) in scan(models_dir.clone(), id.clone()).await {
+            match fp {
                 Some(fp) => {
                     if seen.0.insert((id.clone(), v.clone()), fp) != Some(fp) {
                         changed.push(v.clone());
@@ -79,9 +100,18 @@ pub async fn reconcile(s: &AppState, seen: &mut Seen, first: bool) {
                 None => {}
             }
         }
+        // Without a policy of its own a member keeps only what serves: at start-up nothing
+        // more is loaded, and a pinned one is left alone (its pin holds newer versions back).
+        if explicit.is_none() && (first || pinned) {
+            continue;
+        }
+        let policy = explicit.unwrap_or_default();
         let wanted = policy.wanted(&available);
         let newest = wanted.last().cloned();
         for v in wanted {
+            if stopping(s) {
+                return;
+            }
             let is_new = changed.contains(&v);
             if !first && !is_new {
                 continue;
@@ -92,6 +122,8 @@ pub async fn reconcile(s: &AppState, seen: &mut Seen, first: bool) {
                 }
                 continue;
             }
+            let _one = s.oip.repository.lock().await;
+            // Decided under the lock: an experiment or a load may have landed meanwhile.
             if g.candidate().is_some_and(|c| *c.version == *v) {
                 continue;
             }
@@ -100,15 +132,16 @@ pub async fn reconcile(s: &AppState, seen: &mut Seen, first: bool) {
                 continue;
             }
             let serve = !first
-                && !pins.contains_key(&id)
+                && !pinned
                 && g.candidate().is_none()
                 && newest.as_deref() == Some(v.as_str())
                 && repository::newer(&v, &g.version());
-            let _one = s.oip.repository.lock().await;
-            if idle {
-                // Rewritten since it was loaded: loaded again from the new files.
-                g.drop_idle(&v);
+            if !serve && !idle && g.loaded_count() >= g.max_loaded() {
+                tracing::warn!(model = %id, version = %v, max_loaded = g.max_loaded(), "version not loaded: no room under service.max_loaded_versions (the serving version and a candidate fill it)");
+                continue;
             }
+            // A rewritten idle version is loaded again from its new files; the loaded copy
+            // serves a swap until then, and stays if the new files fail.
             match crate::oip::load(s, &g, &v, serve).await {
                 Ok(()) if serve => {
                     tracing::info!(model = %id, version = %v, "repository watch: new version swapped in");

@@ -570,17 +570,32 @@ fn service_config(s: &AppState) -> Result<crate::config::ServiceConfig, String> 
 /// index: a failure with its reasons.
 pub(crate) async fn load(s: &AppState, g: &Arc<ModelGate>, version: &str, serve: bool) -> Result<(), String> {
     let name = g.info.id.to_string();
+    if serve && let Some(c) = g.candidate() {
+        return Err(format!(
+            "{name} has an experiment (candidate version {}): promote or stop it before loading a version",
+            c.version
+        ));
+    }
     if serve && s.pipeline.swap_to_idle(&name, version).await?.is_some() {
         return Ok(());
     }
     let service = service_config(s)?;
     let key = (name.clone(), version.to_string());
-    let set_loading = |on: bool| {
-        if let Ok(mut l) = s.oip.loading.lock() {
-            *l = on.then(|| key.clone());
+    // Shown as loading until this ends, however it ends (a caller gone drops this future).
+    struct Loading<'a>(&'a Mutex<Option<(String, String)>>, (String, String));
+    impl Drop for Loading<'_> {
+        fn drop(&mut self) {
+            if let Ok(mut l) = self.0.lock()
+                && l.as_ref() == Some(&self.1)
+            {
+                *l = None;
+            }
         }
-    };
-    set_loading(true);
+    }
+    if let Ok(mut l) = s.oip.loading.lock() {
+        *l = Some(key.clone());
+    }
+    let loading = Loading(&s.oip.loading, key.clone());
     // Compatible with the version serving now (a swap or a promotion may have changed it).
     let mut serving = g.info.clone();
     serving.version = g.version();
@@ -589,7 +604,7 @@ pub(crate) async fn load(s: &AppState, g: &Arc<ModelGate>, version: &str, serve:
         Ok((v, factory)) => s.pipeline.load_idle(&name, v, factory).await.map(|_| ()),
         Err(e) => Err(e),
     };
-    set_loading(false);
+    drop(loading);
     let mut failed = s.oip.failed_loads.lock().unwrap_or_else(|p| p.into_inner());
     match &result {
         Ok(()) => {
@@ -672,8 +687,13 @@ pub async fn set_loaded(
     if let Some(v) = version.filter(|v| !v.is_empty()) {
         crate::repository::check_version_name(v)
             .map_err(|e| OipError::Invalid(format!("{e}; version {} serves", g.version())))?;
+        if !on && *v == *g.version() {
+            return Err(OipError::Invalid(format!(
+                "{name} version {v} serves: unload without a version takes the member out of serving"
+            )));
+        }
         if *v != *g.version() {
-            if let Some(c) = g.candidate() {
+            if on && let Some(c) = g.candidate() {
                 return Err(OipError::Invalid(format!(
                     "{name} has an experiment (candidate version {}): promote or stop it before loading a version",
                     c.version

@@ -130,13 +130,46 @@ pub fn newer(a: &str, b: &str) -> bool {
     version_order(a) > version_order(b)
 }
 
-/// What tells whether a version folder changed since it was looked at: its checksum list's
-/// size and modification time. `None`: it has no list yet, or an empty one (`sha256sum * >
-/// SHA256SUMS` creates it empty, then writes it once every file is hashed), so it is not
-/// complete.
-pub fn fingerprint(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
+/// What tells whether a version folder changed since it was looked at: how many entries it
+/// has, their total size and the latest modification time among them (a stat of each, no
+/// reading). A copy that lands its checksum list before its other files (`rsync` copies in
+/// name order, `cp -r` in directory order) changes it again when the rest arrives. `None`:
+/// it has no list yet, or an empty one (`sha256sum * > SHA256SUMS` creates it empty, then
+/// writes it once every file is hashed), so it is not complete.
+pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
     let m = std::fs::symlink_metadata(dir.join(SUMS)).ok()?;
-    (m.len() > 0).then_some((m.len(), m.modified().ok()?))
+    if m.len() == 0 {
+        return None;
+    }
+    let mut f = Fingerprint {
+        entries: 0,
+        bytes: 0,
+        latest: std::time::SystemTime::UNIX_EPOCH,
+    };
+    for e in std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .take(MAX_FOLDER_ENTRIES)
+    {
+        let Ok(m) = e.metadata() else { continue };
+        f.entries += 1;
+        f.bytes = f.bytes.wrapping_add(m.len());
+        if let Ok(t) = m.modified() {
+            f.latest = f.latest.max(t);
+        }
+    }
+    Some(f)
+}
+
+/// Entries of a version folder looked at by [`fingerprint`], at most.
+const MAX_FOLDER_ENTRIES: usize = 4096;
+
+/// See [`fingerprint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    entries: usize,
+    bytes: u64,
+    latest: std::time::SystemTime,
 }
 
 /// A version name from a request: a folder name, nothing that walks the tree.

@@ -18,7 +18,7 @@ use augur_actors::telemetry as t;
 use augur_actors::types::Ensemble;
 use tokio::sync::mpsc;
 
-use super::outcomes::{Cmd, kafka_task, nats_thread};
+use super::outcomes::{Cmd, kafka_thread, nats_thread};
 use crate::codec::encode_prediction;
 
 /// The subject of experiment decisions.
@@ -126,15 +126,16 @@ pub(crate) fn shadow_sink(routes: Vec<ShadowRoute>) -> Option<Arc<dyn ShadowSink
     }
 }
 
-/// The Kafka route of shadow outputs: `topic` on a producer of its own (best-effort shadows
-/// must not fill the queue that must-deliver predictions wait on). Inside the actix system.
+/// The Kafka route of shadow outputs: `topic` on a producer and a thread of its own
+/// ("kafka-shadow"; best-effort shadows must not fill the queue that must-deliver predictions
+/// wait on, nor run on the actors' thread).
 pub(crate) fn kafka_shadow(cfg: &super::kafka::KafkaConfig) -> Option<ShadowRoute> {
     if cfg.shadow_topic.is_empty() {
         return None;
     }
     match super::kafka::producer(cfg) {
         Ok(p) => Some(ShadowRoute::Kafka {
-            tx: kafka_task(p, cfg.shadow_topic.clone(), counted_kafka),
+            tx: kafka_thread(p, cfg.shadow_topic.clone(), "kafka-shadow", counted_kafka),
         }),
         Err(e) => {
             tracing::error!(error = %e, "kafka shadow producer; shadow outputs are not published on Kafka");

@@ -150,46 +150,60 @@ pub(crate) fn nats_thread(
     tx
 }
 
-/// Kafka: `topic`, key = symbol. Must be called inside the actix system. Its task only
+/// Kafka: `topic`, key = symbol, on a thread of its own ("kafka-outcomes"). It only
 /// enqueues into librdkafka (deliveries are awaited beside), so a flush is answered once
 /// what was queued before is enqueued.
 pub fn kafka(producer: rdkafka::producer::FutureProducer, topic: String) -> Arc<dyn OutcomeSink> {
     Arc::new(QueuedSink {
         transport: "kafka",
         route: Route::Kafka,
-        tx: kafka_task(producer, topic, |ok| counted("kafka", ok)),
+        tx: kafka_thread(producer, topic, "kafka-outcomes", |ok| counted("kafka", ok)),
     })
 }
 
-/// A bounded queue into a producing task (inside the actix system) for `topic`: each
-/// `Cmd::Event(key, payload)` is enqueued into librdkafka at once and its delivery awaited
-/// beside, so that events do not wait for each other's round trips; `counted` is told each
-/// delivery's result.
-pub(crate) fn kafka_task(
+/// A bounded queue into a producing thread of its own (`thread_name`, never the actors') for
+/// `topic`: each `Cmd::Event(key, payload)` is enqueued into librdkafka at once and its
+/// delivery awaited beside, so that events do not wait for each other's round trips;
+/// `counted` is told each delivery's result.
+pub(crate) fn kafka_thread(
     producer: rdkafka::producer::FutureProducer,
     topic: String,
+    thread_name: &'static str,
     counted: fn(bool),
 ) -> mpsc::Sender<Cmd> {
     let (tx, mut rx) = mpsc::channel::<Cmd>(QUEUE);
-    actix_rt::spawn(async move {
-        while let Some(cmd) = rx.recv().await {
-            let (key, payload) = match cmd {
-                Cmd::Event(key, payload) => (key, payload),
-                Cmd::Flush(done) => {
-                    let _ = done.send(());
-                    continue;
-                }
-            };
-            let record = rdkafka::producer::FutureRecord::to(&topic)
-                .key(&key)
-                .payload(&payload);
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    actix_rt::spawn(async move { counted(matches!(delivery.await, Ok(Ok(_)))) });
-                }
-                Err(_) => counted(false),
+    let run = move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, thread_name, "no runtime; its events are not published on Kafka");
+                return;
             }
-        }
-    });
+        };
+        rt.block_on(async move {
+            while let Some(cmd) = rx.recv().await {
+                let (key, payload) = match cmd {
+                    Cmd::Event(key, payload) => (key, payload),
+                    Cmd::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
+                let record = rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload);
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        tokio::spawn(async move { counted(matches!(delivery.await, Ok(Ok(_)))) });
+                    }
+                    Err(_) => counted(false),
+                }
+            }
+        });
+    };
+    if let Err(e) = std::thread::Builder::new().name(thread_name.into()).spawn(run) {
+        // The queue's receiver is gone with the closure: every event counts as dropped.
+        tracing::error!(error = %e, thread_name, "no thread; its events are not published on Kafka");
+    }
     tx
 }
