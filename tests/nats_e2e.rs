@@ -440,6 +440,11 @@ fn test_a_message_published_the_moment_the_service_is_ready_is_taken_in() {
     // A producer that starts on "ready" (the faults and Kafka tests' feeders did) published
     // into subscriptions the server did not have yet: core NATS dropped those vectors, one per
     // stream, and each stream's window came up short (test first: it failed on main).
+    // RUST_LOG=debug shows where a lost message stopped.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let nats = common::NatsServer::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -139,7 +139,10 @@ impl SubscriberThread {
                             .connect(url.as_str())
                             .await?;
                         let sub = c.subscribe(subject).await?;
-                        c.flush().await?;
+                        // Ready once the server has the subscription (a flush only writes).
+                        augur_service::bus::nats::round_trip(&c)
+                            .await
+                            .map_err(anyhow::Error::msg)?;
                         anyhow::Ok((c, sub))
                     }
                     .await;

@@ -29,10 +29,17 @@ pub async fn run(
             subs.push(sub);
         }
     }
-    // A flush is a round trip to the server: once it returns, the server has every
-    // subscription, and a message published after "ready" reaches this instance.
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "nats flush after subscribing");
+    // Ready only once the server has every subscription, so that a message published after
+    // "ready" reaches this instance.
+    let wait = std::time::Duration::from_millis(cfg.connect_timeout_ms.max(1_000));
+    match tokio::time::timeout(wait, round_trip(&client)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "nats subscriptions not confirmed"),
+        Err(_) => tracing::warn!(
+            wait_ms = wait.as_millis() as u64,
+            "nats subscriptions not confirmed: no echo from the server on this connection's \
+             inbox (may the user publish to _INBOX.>?)"
+        ),
     }
     let _ = subscribed.send(());
     let mut all = futures::stream::select_all(subs);
@@ -70,4 +77,26 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// A round trip through the server on this connection. async-nats's `flush` only writes the
+/// socket: the server may still be reading the subscriptions when it returns, and a message
+/// another connection publishes at once is then not delivered to them. The server handles a
+/// connection's protocol in order, so once a message this client publishes to its own inbox
+/// comes back, every subscription sent before it is in place.
+pub async fn round_trip(client: &Client) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("subscribing to {inbox}: {e}"))?;
+    client
+        .publish(inbox.clone(), bytes::Bytes::new())
+        .await
+        .map_err(|e| format!("publishing to {inbox}: {e}"))?;
+    client.flush().await.map_err(|e| format!("flush: {e}"))?;
+    match echo.next().await {
+        Some(_) => Ok(()),
+        None => Err("the connection closed before the echo came back".into()),
+    }
 }

@@ -25,6 +25,7 @@ mod sink;
 pub use config::{NatsAuth, NatsConfig, partition_problems, subject_names, subject_problem, url_problem};
 pub use dead_letters::NatsDeadLetters;
 pub use health::{NatsHealth, NatsStats, is_connected};
+pub use ingress::round_trip;
 pub use sink::{Flush, NatsSink, subject_token};
 
 use crate::bus::{Deadline, Health, Intake, Transport};
@@ -195,7 +196,8 @@ impl Transport for NatsTransport {
 
     fn intake_ready(&mut self) -> BoxFuture<'_, ()> {
         let rx = self.subscribed.take();
-        let timeout = std::time::Duration::from_millis(self.cfg.connect_timeout_ms.max(1_000));
+        // The ingress waits up to this for the server's echo, then goes on: a little longer.
+        let timeout = std::time::Duration::from_millis(self.cfg.connect_timeout_ms.max(1_000) + 1_000);
         Box::pin(async move {
             if let Some(rx) = rx {
                 match tokio::time::timeout(timeout, rx).await {
