@@ -3,7 +3,10 @@
 //! that end-to-end latencies are compared with. For the models that explain themselves
 //! (XGBoost), a second row times the TreeSHAP contributions of the same rows.
 //!
-//!     scripts/bench-inference.sh [--device cpu|cuda] [--seconds S]
+//!     scripts/bench-inference.sh [--device cpu|cuda] [--seconds S] [--also DIR ...]
+//!
+//! `--also DIR` (repeatable) times another model folder too, in the same run: a version
+//! without a head against the one with it, say. Its rows are named `<id> (<DIR>)`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,8 +35,19 @@ fn main() {
     );
     println!("| model | kind | device | batch | p50 µs/batch | p99 µs/batch | rows/s |");
     println!("|---|---|---|---:|---:|---:|---:|");
-    for dir in Manifest::discover(&root).unwrap() {
+    let also: Vec<std::path::PathBuf> = args
+        .windows(2)
+        .filter(|w| w[0] == "--also")
+        .map(|w| std::path::PathBuf::from(&w[1]))
+        .collect();
+    let dirs = Manifest::discover(&root).unwrap().into_iter().map(|d| (d, false));
+    for (dir, extra) in dirs.chain(also.into_iter().map(|d| (d, true))) {
         let model = Model::load(&dir, spec).unwrap();
+        let name = if extra {
+            format!("{} ({})", model.id(), dir.display())
+        } else {
+            model.id().to_string()
+        };
         let golden = Golden::load(model.manifest()).unwrap().expect("golden vectors");
         let len = model.preprocessor().row_len();
         for batch in [1usize, 8, 64] {
@@ -58,7 +72,7 @@ fn main() {
                 let total: f64 = samples.iter().map(Duration::as_secs_f64).sum();
                 println!(
                     "| {} | {what} | {} | {batch} | {:.1} | {:.1} | {:.0} |",
-                    model.id(),
+                    name,
                     model.device_name(),
                     q(0.5),
                     q(0.99),
@@ -66,8 +80,9 @@ fn main() {
                 );
             };
             let kind = format!("{:?}", model.manifest().kind);
+            // Every head's values too (forward_all): what the executors run.
             row(&kind, &|| {
-                std::hint::black_box(model.forward(&rows, batch).unwrap());
+                std::hint::black_box(model.forward_all(&rows, batch).unwrap());
             });
             // Explanations (TreeSHAP for one class per row, as the stream asks), for the kinds
             // that have them.

@@ -114,6 +114,8 @@ fn main() {
                                 inference_us: 100,
                                 batch_size: 1,
                                 contributions: Vec::new(),
+                                forecasts: Vec::new(),
+                                patterns: Vec::new(),
                             })
                             .collect(),
                         models_expected: 3,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Raw inference microbenchmark (the floor): every model at batch 1, 8, 64, one intra-op thread.
-#   scripts/bench-inference.sh [--device cpu|cuda] [--seconds S]
+#   scripts/bench-inference.sh [--device cpu|cuda] [--seconds S] [--also DIR ...]
+# --also DIR times another model folder in the same run (a version without a head, say).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$AUGUR_ROOT"

@@ -479,6 +479,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                         f(r.reference.baseline_accuracy)
                     );
                 }
+                let forecasts = board.forecast_report();
+                if !forecasts.is_empty() {
+                    eprintln!(
+                        "model\tversion\ttimeframe\thorizon\tforecasts\tmae\tmae_zero\tskill\tcoverage"
+                    );
+                    for r in forecasts {
+                        eprintln!(
+                            "{}\t{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{}\t{:.4}",
+                            r.model,
+                            r.version,
+                            r.timeframe,
+                            r.horizon_bars,
+                            r.total.count,
+                            r.total.mae,
+                            r.total.mae_zero,
+                            f(r.total.skill),
+                            r.total.coverage
+                        );
+                    }
+                }
             }
         }
         Command::Publish {

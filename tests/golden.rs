@@ -16,15 +16,16 @@ fn device() -> DeviceSpec {
 }
 
 /// Max |difference| over every golden vector, predicting `batch` windows per call.
+/// Over every output value: the probabilities and a forecast head's (mu, log_scale).
 fn max_error(model: &Model, golden: &Golden, batch: usize) -> f32 {
     let len = model.preprocessor().row_len();
-    let c = model.classes();
+    let c = model.output_width();
     let mut worst = 0.0f32;
     let mut start = 0;
     while start < golden.count {
         let n = batch.min(golden.count - start);
         let got = model
-            .predict(&golden.inputs[start * len..(start + n) * len], n)
+            .predict_all(&golden.inputs[start * len..(start + n) * len], n)
             .unwrap();
         let want = &golden.outputs[start * c..(start + n) * c];
         assert_eq!(got.len(), want.len());
@@ -97,6 +98,83 @@ fn test_every_model_matches_its_reference_framework_at_batch_1_and_64() {
             );
         }
     }
+}
+
+#[test]
+fn test_lstm_direction_v1_forecasts_four_horizons_with_its_direction_unchanged() {
+    let dir = models_root().join("lstm-direction/1");
+    let model = Model::load(&dir, DeviceSpec::Cpu).unwrap();
+    let f = model
+        .manifest()
+        .forecast
+        .as_ref()
+        .expect("lstm-direction v1 has a forecast head");
+    assert_eq!(f.horizons, [1, 5, 15, 60]);
+    assert_eq!(model.output_width(), 3 + 2 * 4);
+    let golden = Golden::load(model.manifest()).unwrap().unwrap();
+    let len = model.preprocessor().row_len();
+    let n = golden.count;
+    let all = model.predict_all(&golden.inputs[..n * len], n).unwrap();
+    let probabilities = model.predict(&golden.inputs[..n * len], n).unwrap();
+    assert_eq!(probabilities.len(), n * 3);
+    let mut spread = (f32::INFINITY, f32::NEG_INFINITY);
+    for (row, p) in all.chunks_exact(11).zip(probabilities.chunks_exact(3)) {
+        // predict() is the head-less view of the same pass.
+        assert_eq!(&row[..3], p);
+        for h in row[3..].chunks_exact(2) {
+            let (mu, log_scale) = (h[0], h[1]);
+            // A log return's mean and scale, not garbage: |mu| < 50 %, sigma in (1e-5, 1).
+            assert!(mu.abs() < 0.5, "{row:?}");
+            assert!((1e-5f32.ln()..0.0).contains(&log_scale), "{row:?}");
+            spread = (spread.0.min(mu), spread.1.max(mu));
+        }
+        // Longer horizons are less certain: sigma(60) > sigma(1).
+        assert!(row[10] > row[4], "{row:?}");
+    }
+    assert!(
+        spread.1 > spread.0,
+        "mu is constant over the golden rows: {spread:?}"
+    );
+}
+
+#[test]
+fn test_cnn_pattern_v1_gives_a_probability_per_chart_pattern_with_its_direction_unchanged() {
+    let dir = models_root().join("cnn-pattern/1");
+    let model = Model::load(&dir, DeviceSpec::Cpu).unwrap();
+    let p = model
+        .manifest()
+        .patterns
+        .as_ref()
+        .expect("cnn-pattern v1 has a pattern head");
+    assert_eq!(
+        p.names,
+        [
+            "head_and_shoulders",
+            "double_top",
+            "double_bottom",
+            "triangle",
+            "flag",
+            "pennant",
+            "wedge"
+        ]
+    );
+    assert_eq!(model.output_width(), 3 + 7);
+    let golden = Golden::load(model.manifest()).unwrap().unwrap();
+    let len = model.preprocessor().row_len();
+    let n = golden.count;
+    let all = model.predict_all(&golden.inputs[..n * len], n).unwrap();
+    let probabilities = model.predict(&golden.inputs[..n * len], n).unwrap();
+    let mut above = 0;
+    for (row, d) in all.chunks_exact(10).zip(probabilities.chunks_exact(3)) {
+        assert_eq!(&row[..3], d);
+        assert!(row[3..].iter().all(|x| (0.0..=1.0).contains(x)), "{row:?}");
+        above += row[3..]
+            .iter()
+            .zip(&p.thresholds)
+            .filter(|(x, t)| f64::from(**x) >= **t)
+            .count();
+    }
+    assert!(above > 0, "no golden row carries a pattern");
 }
 
 #[test]

@@ -205,6 +205,17 @@ fn test_every_dashboard_panel_returns_data_from_a_real_prometheus() {
             .unwrap_or_else(|| panic!("{model}: {q}"));
         assert!(row["total"]["outcomes"].as_u64().unwrap() > 0, "{row}");
     }
+    // And lstm-direction's return forecasts, at every horizon (150 bars a stream: even 60 bars
+    // later comes).
+    let forecasts = q["forecasts"].as_array().unwrap();
+    for h in [1, 5, 15, 60] {
+        let row = forecasts
+            .iter()
+            .find(|r| r["model"] == "lstm-direction" && r["horizon_bars"] == h)
+            .unwrap_or_else(|| panic!("h{h}: {q}"));
+        assert!(row["total"]["count"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["total"]["mae"].as_f64().unwrap() > 0.0, "{row}");
+    }
     svc.stop();
 }
 

@@ -16,7 +16,7 @@ const MEMBERS: [&str; 3] = ["lstm-direction", "cnn-pattern", "xgb-direction"];
 const LABELS_PY: &str = r#"
 import json, sys
 sys.path.insert(0, "models/train")
-import features, train
+import features, train, patterns
 out = {}
 for sym, tf, ohlcv in train.load_series():
     f = features.compute(ohlcv)
@@ -24,13 +24,17 @@ for sym, tf, ohlcv in train.load_series():
     first = features.WARMUP_BARS - 1 + train.MAX_T - 1
     n = len(f) - train.HORIZON - first
     b = int(n * 0.85)
-    out[f"{sym}/{tf}"] = {"labels": [int(v) for v in y], "test": [first + b, len(f) - train.HORIZON - 1]}
+    p = patterns.label_series(ohlcv[:, 0], ohlcv[:, 1], ohlcv[:, 2], ohlcv[:, 3])
+    out[f"{sym}/{tf}"] = {"labels": [int(v) for v in y], "test": [first + b, len(f) - train.HORIZON - 1],
+                          "patterns": [[patterns.PATTERNS[j] for j in range(len(patterns.PATTERNS)) if r[j]] for r in p]}
 json.dump(out, sys.stdout)
 "#;
 
 struct Series {
     labels: Vec<i64>,
     test: [usize; 2],
+    /// The rule detector's patterns at each bar (models/train/patterns.py).
+    patterns: Vec<Vec<String>>,
 }
 
 fn manifest_metric(id: &str, key: &str) -> f64 {
@@ -61,11 +65,24 @@ fn test_online_labels_and_test_figures_equal_the_offline_ones() {
                 .map(|x| x.as_i64().unwrap())
                 .collect();
             let t = |i: usize| v["test"][i].as_u64().unwrap() as usize;
+            let patterns = v["patterns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap().to_string())
+                        .collect()
+                })
+                .collect();
             (
                 k.clone(),
                 Series {
                     labels,
                     test: [t(0), t(1)],
+                    patterns,
                 },
             )
         })
@@ -160,6 +177,203 @@ fn test_online_labels_and_test_figures_equal_the_offline_ones() {
             assert!(row.window.outcomes > 0 && row.window.ic.is_some());
         }
     }
+
+    // lstm-direction v1's return forecasts, scored by the market. Recomputed here from the
+    // replayed closes: over the test split's rows they equal train.py's figures in the
+    // manifest's [forecast.metrics]; the scoreboard scored every forecast whose horizon bar
+    // is in the file, no more, no less; the prices are the bar's close moved by the return.
+    let mut closes: HashMap<(String, String, u64), f64> = HashMap::new();
+    for payload in augur_service::codec::read_length_delimited(&file).unwrap() {
+        let batch = <augur_service::pb::FeatureVectorBatch as prost::Message>::decode(payload).unwrap();
+        for v in batch.vectors {
+            closes.insert((v.symbol, v.timeframe, v.sequence), v.bar.unwrap().close);
+        }
+    }
+    let text = std::fs::read_to_string(common::root().join("models/lstm-direction/1/manifest.toml")).unwrap();
+    let manifest: toml::Table = toml::from_str(&text).unwrap();
+    let offline_metrics = &manifest["forecast"]["metrics"];
+    let forecast_rows = board.forecast_report();
+    for (j, h) in [1u32, 5, 15, 60].into_iter().enumerate() {
+        let (mut n, mut err, mut zero, mut inside) = (0usize, 0.0f64, 0.0f64, 0usize);
+        let mut scored: BTreeMap<String, u64> = BTreeMap::new();
+        for p in &out.predictions {
+            let m = p
+                .members
+                .iter()
+                .find(|m| &*m.model_id == "lstm-direction")
+                .unwrap();
+            assert_eq!(m.forecasts.len(), 4, "every lstm-direction output forecasts");
+            let f = &m.forecasts[j];
+            assert_eq!(f.horizon_bars, h);
+            assert!(f.lower_return < f.expected_return && f.expected_return < f.upper_return);
+            assert!((0.5..=1.0).contains(&f.confidence), "{f:?}");
+            let key = |s: u64| (p.symbol.to_string(), p.timeframe.to_string(), s);
+            let c0 = closes[&key(p.sequence)];
+            let price = f.price.expect("the replayed vectors carry their bars");
+            assert!((price / (c0 * f64::from(f.expected_return).exp()) - 1.0).abs() < 1e-9);
+            let Some(&c1) = closes.get(&key(p.sequence + u64::from(h))) else {
+                continue;
+            };
+            *scored.entry(p.timeframe.to_string()).or_default() += 1;
+            let s = &offline[&format!("{}/{}", p.symbol, p.timeframe)];
+            let t = (p.sequence - 1) as usize;
+            if t < s.test[0] || t > s.test[1] {
+                continue;
+            }
+            let r = (c1 / c0).ln();
+            let e = (r - f64::from(f.expected_return)).abs();
+            n += 1;
+            err += e;
+            zero += r.abs();
+            inside += usize::from(e <= f64::from(0.5 * (f.upper_return - f.lower_return)));
+        }
+        let want = &offline_metrics[&format!("h{h}")];
+        let (mae, mae_zero, coverage) = (err / n as f64, zero / n as f64, inside as f64 / n as f64);
+        println!(
+            "forecast h{h}: {n} test rows; mae {mae:.7} (manifest {}), zero {mae_zero:.7} ({}), coverage {coverage:.6} ({})",
+            want["mae"], want["mae_zero"], want["coverage_80"]
+        );
+        assert_eq!(n as i64, want["rows"].as_integer().unwrap(), "h{h}: test rows");
+        assert!((mae - want["mae"].as_float().unwrap()).abs() < 1e-6, "h{h}: mae");
+        assert!(
+            (mae_zero - want["mae_zero"].as_float().unwrap()).abs() < 1e-6,
+            "h{h}: mae_zero"
+        );
+        assert!(
+            (coverage - want["coverage_80"].as_float().unwrap()).abs() <= 2.0 / n as f64,
+            "h{h}: coverage"
+        );
+        for (tf, count) in &scored {
+            let row = forecast_rows
+                .iter()
+                .find(|r| {
+                    r.model == "lstm-direction"
+                        && r.version == "1"
+                        && &r.timeframe == tf
+                        && r.horizon_bars == h
+                })
+                .unwrap_or_else(|| panic!("lstm-direction {tf} h{h} scored"));
+            assert_eq!(
+                row.total.count, *count,
+                "{tf} h{h}: every forecast whose bar came, once"
+            );
+            assert!(row.total.skill.is_some() && (0.0..=1.0).contains(&row.total.coverage));
+        }
+    }
+    assert!(
+        forecast_rows.iter().all(|r| r.model == "lstm-direction"),
+        "only the model with a forecast head is scored on forecasts"
+    );
+    // cnn-pattern v1's chart patterns against the rule detector's labels of the same bars: over
+    // the test split's rows, each pattern's precision and recall equal train.py's in the
+    // manifest's [patterns.metrics.*] (flagged rows within two: a probability at its threshold
+    // may round either way with the batch size).
+    let text = std::fs::read_to_string(common::root().join("models/cnn-pattern/1/manifest.toml")).unwrap();
+    let cnn: toml::Table = toml::from_str(&text).unwrap();
+    let names: Vec<String> = cnn["patterns"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    let thresholds: Vec<f64> = cnn["patterns"]["thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_float().unwrap())
+        .collect();
+    assert_eq!(names.len(), 7);
+    let mut carried = 0usize;
+    for (j, name) in names.iter().enumerate() {
+        let (mut flagged, mut tp, mut support) = (0usize, 0usize, 0usize);
+        for p in &out.predictions {
+            let m = p.members.iter().find(|m| &*m.model_id == "cnn-pattern").unwrap();
+            let probs: Vec<f32> = m.patterns.iter().map(|x| x.probability).collect();
+            assert!(probs.windows(2).all(|w| w[0] >= w[1]), "most probable first");
+            let hit = m.patterns.iter().find(|x| &*x.name == name);
+            if let Some(x) = hit {
+                assert!(f64::from(x.probability) >= thresholds[j] - 1e-6, "{x:?}");
+                carried += 1;
+            }
+            let s = &offline[&format!("{}/{}", p.symbol, p.timeframe)];
+            let t = (p.sequence - 1) as usize;
+            if t < s.test[0] || t > s.test[1] {
+                continue;
+            }
+            let truth = s.patterns[t].contains(name);
+            flagged += usize::from(hit.is_some());
+            support += usize::from(truth);
+            tp += usize::from(hit.is_some() && truth);
+        }
+        let want = &cnn["patterns"]["metrics"][name.as_str()];
+        let wi = |k: &str| want[k].as_integer().unwrap() as usize;
+        println!(
+            "pattern {name}: support {support} (manifest {}), flagged {flagged} ({}), true {tp}",
+            wi("support"),
+            wi("flagged")
+        );
+        assert_eq!(
+            support,
+            wi("support"),
+            "{name}: the detector's labels are train.py's"
+        );
+        assert!(flagged.abs_diff(wi("flagged")) <= 2, "{name}: flagged {flagged}");
+        let precision = if flagged > 0 {
+            tp as f64 / flagged as f64
+        } else {
+            0.0
+        };
+        let recall = if support > 0 {
+            tp as f64 / support as f64
+        } else {
+            0.0
+        };
+        let (wp, wr) = (
+            want["precision"].as_float().unwrap(),
+            want["recall"].as_float().unwrap(),
+        );
+        assert!(
+            (precision - wp).abs() <= 2.0 / flagged.max(1) as f64 + 1e-6,
+            "{name}: precision {precision} vs {wp}"
+        );
+        assert!(
+            (recall - wr).abs() <= 2.0 / support.max(1) as f64 + 1e-6,
+            "{name}: recall {recall} vs {wr}"
+        );
+    }
+    assert!(carried > 0, "some predictions carry patterns");
+
+    // The contract carries them (fields only added): ModelPrediction.forecasts.
+    let p = &out.predictions[0];
+    let wire = <augur_service::pb::EnsemblePrediction as prost::Message>::decode(
+        &augur_service::codec::encode_prediction(p)[..],
+    )
+    .unwrap();
+    for (w, m) in wire.members.iter().zip(&p.members) {
+        assert_eq!(w.forecasts.len(), m.forecasts.len(), "{}", m.model_id);
+        for (a, b) in w.forecasts.iter().zip(&m.forecasts) {
+            assert_eq!(
+                (a.horizon_bars, a.expected_return, a.sigma),
+                (b.horizon_bars, b.expected_return, b.sigma)
+            );
+            assert_eq!(Some(a.price), b.price);
+        }
+    }
+    assert_eq!(wire.members[0].forecasts.len(), 4);
+    let with_patterns = out
+        .predictions
+        .iter()
+        .find(|p| p.members.iter().any(|m| !m.patterns.is_empty()))
+        .unwrap();
+    let wire = <augur_service::pb::EnsemblePrediction as prost::Message>::decode(
+        &augur_service::codec::encode_prediction(with_patterns)[..],
+    )
+    .unwrap();
+    for (w, m) in wire.members.iter().zip(&with_patterns.members) {
+        let names: Vec<&str> = w.patterns.iter().map(|p| p.name.as_str()).collect();
+        let want: Vec<&str> = m.patterns.iter().map(|p| &*p.name).collect();
+        assert_eq!(names, want);
+    }
 }
 
 fn manifest_metric_int(id: &str, key: &str) -> i64 {
@@ -176,16 +390,19 @@ import sys, numpy as np, torch
 src, dst = sys.argv[1], sys.argv[2]
 
 class Permuted(torch.nn.Module):
-    def __init__(self, inner):
+    def __init__(self, inner, width):
         super().__init__()
         self.inner = inner
-        self.register_buffer("order", torch.tensor([2, 0, 1]))
+        # The classes permuted; a head's columns after them (chart patterns) left in place.
+        self.register_buffer("order", torch.tensor([2, 0, 1] + list(range(3, width))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.index_select(self.inner(x), 1, self.order)
 
-torch.jit.script(Permuted(torch.jit.load(src + "/model.pt"))).save(dst + "/model.pt")
-g = np.fromfile(src + "/golden_outputs.f32", dtype="<f4").reshape(-1, 3)[:, [2, 0, 1]]
+g = np.fromfile(src + "/golden_outputs.f32", dtype="<f4").reshape(256, -1)
+width = g.shape[1]
+torch.jit.script(Permuted(torch.jit.load(src + "/model.pt"), width)).save(dst + "/model.pt")
+g = g[:, [2, 0, 1] + list(range(3, width))]
 np.ascontiguousarray(g).astype("<f4").tofile(dst + "/golden_outputs.f32")
 "#;
 

@@ -569,6 +569,8 @@ mod tests {
             inference_us: 0,
             batch_size: 1,
             contributions: Vec::new(),
+            forecasts: Vec::new(),
+            patterns: Vec::new(),
         }
     }
 

@@ -17,7 +17,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
+use crate::forecast::HorizonForecast;
+use crate::patterns::PatternSignal;
 use crate::types::Contribution;
+
+/// The outputs of a model's heads beyond its classes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Heads {
+    pub forecasts: Vec<HorizonForecast>,
+    pub patterns: Vec<PatternSignal>,
+}
 
 /// What the executor needs from a model; the `augur` crate implements it over the runtime.
 pub trait InferenceBackend: Send {
@@ -25,9 +34,19 @@ pub trait InferenceBackend: Send {
     fn row_len(&self) -> usize;
     /// Probabilities per row.
     fn classes(&self) -> usize;
+    /// Values after the probabilities in each output row (a forecast head's); 0 for most.
+    fn head_width(&self) -> usize {
+        0
+    }
+    /// What one output row's head values stand for (forecasts, chart patterns); `None` when
+    /// they are not values a desk could use (the model's fault).
+    fn heads(&self, _head: &[f32]) -> Option<Heads> {
+        None
+    }
     /// Checks and prepares one raw row, appending it to `out`.
     fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected>;
-    /// One forward pass over n prepared rows: n x classes probabilities.
+    /// One forward pass over n prepared rows: n x (classes + head_width) values, each row
+    /// its probabilities then its head's values.
     fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError>;
     /// Per row, the `top_k` largest (by magnitude) feature contributions to the margin of the
     /// class its `probabilities` call, largest first; `None` when the model cannot explain.
@@ -131,6 +150,10 @@ pub struct RowOutput {
     pub probabilities: Vec<f32>,
     /// Its largest feature contributions, when explanations are on (`explain_top_k`).
     pub contributions: Vec<Contribution>,
+    /// Per horizon, the forecast of a model with a forecast head; empty for most models.
+    pub forecasts: Vec<HorizonForecast>,
+    /// The chart patterns a model with a pattern head sees (above their thresholds).
+    pub patterns: Vec<PatternSignal>,
     /// Forward-pass time of the batch this row was in.
     pub inference_us: u32,
     pub batch_size: u32,
@@ -379,6 +402,7 @@ fn run(
     state.ready.store(true, Ordering::Release);
     let _ = ready.send(Ok(()));
     let (len, classes) = (backend.row_len(), backend.classes());
+    let width = classes + backend.head_width();
     let mut jobs: Vec<Job> = Vec::new();
     let mut rows: Vec<f32> = Vec::new();
     let mut arrivals = Arrivals::new(clock.now());
@@ -435,27 +459,49 @@ fn run(
         state.rows.fetch_add(n as u64, Ordering::Relaxed);
         let us = took.as_micros().min(u32::MAX as u128) as u32;
         match result {
-            Ok(Ok(out)) if out.len() == n * classes => {
+            Ok(Ok(out)) if out.len() == n * width => {
                 let mut all_valid = true;
                 // Explanations after the pass (not in its time); a failure loses only them.
                 let mut explained = match cfg.explain_top_k {
                     0 => None,
                     k => {
-                        match catch_unwind(AssertUnwindSafe(|| backend.explain(&rows[..n * len], n, &out, k)))
-                        {
+                        let probabilities: std::borrow::Cow<[f32]> = if width == classes {
+                            std::borrow::Cow::Borrowed(&out)
+                        } else {
+                            out.chunks_exact(width)
+                                .flat_map(|r| &r[..classes])
+                                .copied()
+                                .collect()
+                        };
+                        match catch_unwind(AssertUnwindSafe(|| {
+                            backend.explain(&rows[..n * len], n, &probabilities, k)
+                        })) {
                             Ok(Some(Ok(e))) if e.len() == n => Some(e.into_iter()),
                             _ => None,
                         }
                     }
                 };
-                for (job, p) in accepted.into_iter().zip(out.chunks_exact(classes)) {
+                for (job, row) in accepted.into_iter().zip(out.chunks_exact(width)) {
+                    let (p, head) = row.split_at(classes);
                     let contributions = explained.as_mut().and_then(Iterator::next).unwrap_or_default();
                     // A NaN would become a SHORT signal with confidence -inf downstream: an
                     // answer that is not a distribution is the model's fault, never published.
+                    // A head whose values are unusable (not finite, a scale out of range) loses
+                    // only itself, counted: the direction stands on its own.
+                    let heads = match head {
+                        [] => Heads::default(),
+                        h => backend.heads(h).unwrap_or_else(|| {
+                            metrics::counter!(crate::telemetry::HEADS_INVALID, "model" => model.to_string())
+                                .increment(1);
+                            Heads::default()
+                        }),
+                    };
                     let reply = match output_problem(p) {
                         None => Ok(RowOutput {
                             probabilities: p.to_vec(),
                             contributions,
+                            forecasts: heads.forecasts,
+                            patterns: heads.patterns,
                             inference_us: us,
                             batch_size: n as u32,
                         }),
@@ -478,7 +524,7 @@ fn run(
                 observer.on_batch(model, n, took, false);
                 let e = ModelError {
                     code: "output_shape",
-                    message: format!("{} outputs for {n} rows of {classes} classes", out.len()),
+                    message: format!("{} outputs for {n} rows of {width} values", out.len()),
                 };
                 set_error(&e.message);
                 for job in accepted {

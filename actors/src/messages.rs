@@ -20,6 +20,8 @@ pub struct EventMeta {
     pub correlation_id: Arc<str>,
     pub published_at_ns: i64,
     pub late_ms: u64,
+    /// The close of the input's bar, when it carried one: forecasts are priced from it.
+    pub close: Option<f64>,
     /// Completion of the input (dropped when the event ends without a prediction).
     pub ack: Option<crate::types::Ack>,
 }

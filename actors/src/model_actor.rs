@@ -123,6 +123,8 @@ impl Reporter {
                 );
                 p.model_version = self.version.clone();
                 p.contributions = out.contributions;
+                p.forecasts = out.forecasts;
+                p.patterns = out.patterns;
                 MemberStatus::Output(p)
             }
             Err(ExecError::QueueFull) => {
@@ -281,6 +283,8 @@ fn shadow(gate: &Arc<ModelGate>, c: Candidate, v: &crate::types::Vector, incumbe
                 let mut p = MemberPrediction {
                     probabilities: r.probabilities,
                     contributions: r.contributions,
+                    forecasts: r.forecasts,
+                    patterns: r.patterns,
                     inference_us: r.inference_us,
                     batch_size: r.batch_size,
                     model_version: c.version.clone(),

@@ -138,6 +138,8 @@ pub struct StreamBook {
     labels: BTreeMap<u64, Resolution>,
     pending: BTreeMap<u64, Pending>,
     newest: u64,
+    /// Forecasts (of models with a forecast head) waiting for their horizons' closes.
+    forecasts: crate::forecast::ForecastBook,
 }
 
 impl StreamBook {
@@ -525,6 +527,9 @@ pub struct QualityConfig {
     /// A model version whose window accuracy stays below its baseline this long (with at
     /// least [`MIN_EXPIRY_OUTCOMES`] outcomes in the window) is expired (None: never).
     pub below_baseline_for: Option<std::time::Duration>,
+    /// The longest horizon of the served models' forecast heads (0: none): how many closes a
+    /// stream keeps for them.
+    pub forecast_horizon: u64,
 }
 
 /// Outcomes a window needs before its accuracy can expire a model.
@@ -541,11 +546,14 @@ impl Default for QualityConfig {
             adaptive: None,
             max_age: None,
             below_baseline_for: None,
+            forecast_horizon: 0,
         }
     }
 }
 
 type ScoreKey = (Arc<str>, Arc<str>, Arc<str>);
+/// (model, version, timeframe, horizon).
+type ForecastKey = (Arc<str>, Arc<str>, Arc<str>, u32);
 
 /// Live quality, shared with the HTTP API and the metrics.
 #[derive(Debug)]
@@ -557,6 +565,8 @@ pub struct Scoreboard {
     references: HashMap<String, HashMap<String, Reference>>,
     recorded: Mutex<Vec<Outcome>>,
     drift: Mutex<crate::drift::DriftMonitor>,
+    /// Per (model, version, timeframe, horizon).
+    forecast_scores: Mutex<BTreeMap<ForecastKey, crate::forecast::ForecastScores>>,
 }
 
 impl Scoreboard {
@@ -577,6 +587,7 @@ impl Scoreboard {
             references: nested,
             recorded: Mutex::new(Vec::new()),
             drift: Mutex::new(crate::drift::DriftMonitor::new(drift)),
+            forecast_scores: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -646,6 +657,35 @@ impl Scoreboard {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(o.clone());
         }
+    }
+
+    fn add_forecasts(&self, timeframe: &Arc<str>, resolved: Vec<crate::forecast::Resolved>) {
+        if resolved.is_empty() {
+            return;
+        }
+        let mut scores = self.forecast_scores.lock().unwrap_or_else(|e| e.into_inner());
+        for (model, version, h, s) in resolved {
+            scores
+                .entry((model, version, timeframe.clone(), h))
+                .or_default()
+                .add(s, self.cfg.window);
+        }
+    }
+
+    /// Forecast quality of every (model, version, timeframe, horizon) scored so far, in order.
+    pub fn forecast_report(&self) -> Vec<crate::forecast::ForecastRow> {
+        let scores = self.forecast_scores.lock().unwrap_or_else(|e| e.into_inner());
+        scores
+            .iter()
+            .map(|((m, v, tf, h), s)| crate::forecast::ForecastRow {
+                model: m.to_string(),
+                version: v.to_string(),
+                timeframe: tf.to_string(),
+                horizon_bars: *h,
+                window: s.window_figures(),
+                total: s.total_figures(),
+            })
+            .collect()
     }
 
     /// Every (model, version, timeframe) scored so far, in order.
@@ -755,6 +795,22 @@ impl Scoreboard {
                 }
             }
         }
+        for r in self.forecast_report() {
+            let f = &r.window;
+            let values = [
+                ("mae", Some(f.mae)),
+                ("mae_zero", Some(f.mae_zero)),
+                ("skill", f.skill),
+                ("coverage", Some(f.coverage)),
+            ];
+            for (metric, v) in values {
+                if let Some(v) = v {
+                    metrics::gauge!(t::FORECAST_QUALITY, "model" => r.model.clone(), "version" => r.version.clone(),
+                        "timeframe" => r.timeframe.clone(), "horizon" => r.horizon_bars.to_string(), "metric" => metric)
+                    .set(v);
+                }
+            }
+        }
         for r in self.report() {
             let spans = [("window", Some(&r.window)), ("ewm", r.ewm.as_ref())];
             for (span, f) in spans {
@@ -832,6 +888,8 @@ pub struct Prediction {
     pending: Pending,
     /// (model, version, predicted class) of each member that answered, for the drift monitor.
     classes: Vec<(Arc<str>, Arc<str>, usize)>,
+    /// The forecasts of members with a forecast head.
+    forecasts: Vec<crate::forecast::Issued>,
 }
 
 impl Prediction {
@@ -858,6 +916,7 @@ impl Prediction {
                 event_id: e.event_id.clone(),
                 outputs,
             },
+            forecasts: e.members.iter().filter_map(crate::forecast::Issued::of).collect(),
             classes: answered
                 .map(|m| {
                     (
@@ -1107,7 +1166,11 @@ impl Outcomes {
             metrics::counter!(t::OUTCOMES_UNRESOLVED, "reason" => "evicted")
                 .increment(old.pending.len() as u64);
         }
-        self.streams.get_or_insert_mut(key.clone(), StreamBook::default)
+        let longest = self.board.cfg.forecast_horizon;
+        self.streams.get_or_insert_mut(key.clone(), || StreamBook {
+            forecasts: crate::forecast::ForecastBook::new(longest),
+            ..Default::default()
+        })
     }
 
     /// Vectors' bars: their features feed the drift monitor (refills aside), their closes
@@ -1122,8 +1185,11 @@ impl Outcomes {
         }
         for b in bars {
             if let Some(close) = b.close {
-                let done = self.book(&b.key).bar(spec, lag, b.sequence, close);
+                let book = self.book(&b.key);
+                let done = book.bar(spec, lag, b.sequence, close);
+                let forecasts = book.forecasts.bar(lag, b.sequence, close);
                 self.settle(&b.key, done);
+                self.board.add_forecasts(&b.key.timeframe, forecasts);
             }
         }
     }
@@ -1141,8 +1207,11 @@ impl Outcomes {
             }
         }
         let (spec, lag) = (self.board.spec, self.board.cfg.max_lag_bars);
-        let done = self.book(&p.key).predicted(spec, lag, p.sequence, p.pending);
+        let book = self.book(&p.key);
+        let forecasts = book.forecasts.predicted(p.sequence, p.forecasts);
+        let done = book.predicted(spec, lag, p.sequence, p.pending);
         self.settle(&p.key, done);
+        self.board.add_forecasts(&p.key.timeframe, forecasts);
     }
 }
 

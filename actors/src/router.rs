@@ -331,6 +331,7 @@ impl Router {
             correlation_id: v.correlation_id.clone(),
             published_at_ns: v.published_at_ns,
             late_ms: v.late_ms,
+            close: v.close,
             ack: Some(Ack(joined)),
         }));
         // Model actors keep values, not completions: only the event (aggregator) holds the ack.

@@ -27,6 +27,8 @@ pub const MODEL_EXPIRED: &str = "augur_model_expired";
 pub const ADAPTIVE_WEIGHT: &str = "augur_adaptive_weight";
 pub const MODEL_QUALITY: &str = "augur_model_quality";
 pub const MODEL_QUALITY_REFERENCE: &str = "augur_model_quality_reference";
+pub const FORECAST_QUALITY: &str = "augur_forecast_quality";
+pub const HEADS_INVALID: &str = "augur_model_heads_invalid_total";
 pub const OUTCOMES_RESOLVED: &str = "augur_outcomes_resolved_total";
 pub const OUTCOMES_UNRESOLVED: &str = "augur_outcomes_unresolved_total";
 pub const OUTCOMES_BARS_DROPPED: &str = "augur_outcomes_bars_dropped_total";
@@ -206,6 +208,14 @@ pub fn describe() {
     describe_gauge!(
         MODEL_QUALITY,
         "Realized quality of a model version (or the ensemble, version = method) per timeframe, by metric (accuracy, log_loss, brier, hit_rate, ece, ic) and span (window, ewm)"
+    );
+    describe_counter!(
+        HEADS_INVALID,
+        "Output rows whose head values (forecasts, chart patterns) were unusable (not finite, out of range): published without them, the direction kept"
+    );
+    describe_gauge!(
+        FORECAST_QUALITY,
+        "Realized quality of a model version's return forecasts per timeframe and horizon (bars), over its last outcomes.window forecasts, by metric (mae, mae_zero: a zero-return forecast's, skill: 1 - mae / mae_zero, coverage: share inside the interval)"
     );
     describe_gauge!(
         MODEL_QUALITY_REFERENCE,

@@ -233,6 +233,12 @@ pub struct MemberPrediction {
     /// when explanations are on (`[executor].explain_top_k`) and the model can explain.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub contributions: Vec<Contribution>,
+    /// Per horizon, the return forecast of a model with a forecast head.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forecasts: Vec<crate::forecast::HorizonForecast>,
+    /// The chart patterns a model with a pattern head sees, most probable first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<crate::patterns::PatternSignal>,
 }
 
 /// The ensemble output for one event.
@@ -283,6 +289,8 @@ impl MemberPrediction {
             inference_us,
             batch_size,
             contributions: Vec::new(),
+            forecasts: Vec::new(),
+            patterns: Vec::new(),
         }
     }
 }
@@ -301,6 +309,12 @@ impl Ensemble {
     ) -> Self {
         let (i, confidence) = argmax(&probabilities);
         let direction = Direction::from_index(i);
+        let mut members = members;
+        if let Some(close) = meta.close {
+            for f in members.iter_mut().flat_map(|m| m.forecasts.iter_mut()) {
+                f.price_from(close);
+            }
+        }
         Ensemble {
             event_id: crate::aggregator::event_id(key, meta.sequence),
             symbol: key.symbol.clone(),

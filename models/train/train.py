@@ -6,6 +6,11 @@
 Writes, for each model, models/<model_id>/<version>/{manifest.toml, model.pt|model.json,
 golden_inputs.f32, golden_outputs.f32}. Deterministic: fixed seeds, one thread, CPU.
 
+Two v1 members get a second head once trained, their direction network frozen (the direction
+outputs do not change; checked): lstm-direction a multi-horizon return forecast (1, 5, 15, 60
+bars; a Gaussian per horizon; --forecast-head redoes only that) and cnn-pattern a chart-pattern
+head on the rule detector's labels (models/train/patterns.py; --pattern-head redoes only that).
+
 --candidates [IDS] trains only candidate versions, of every member or of the comma-separated
 member ids IDS (e.g. --candidates cnn-pattern,xgb-direction), and writes them to
 models/candidates/<model_id>/<version>/ with a SHA256SUMS written last: lstm-direction 2 (a later
@@ -282,13 +287,13 @@ LABEL = {
 
 def load_predictor(kind: str, path: Path):
     """The exported model, read back by its framework: rows (prepared, in the member's layout)
-    -> probabilities [N, 3]."""
+    -> probabilities [N, 3] (a forecast or pattern head's columns, after them, left out)."""
     if kind == "torchscript":
         loaded = torch.jit.load(str(path))
 
         def predict(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return loaded(torch.from_numpy(x)).numpy()
+                return loaded(torch.from_numpy(x)).numpy()[:, : len(CLASSES)]
         return predict
     booster = xgb.Booster(model_file=str(path))
     booster.set_param({"nthread": 1})
@@ -550,6 +555,332 @@ def candidates(out: Path, ids=tuple(MEMBERS)):
     print(f"total {time.time() - t0:.0f}s")
 
 
+FORECAST_HORIZONS = [1, 5, 15, 60]  # bars, as the source design's LSTM
+FORECAST_INTERVAL = 0.8
+FORECAST_Z = 1.2815515655446004  # the standard normal's 90th percentile: a central 80% interval
+FORECAST_UNIT = 0.01  # the head's raw outputs are in percent (log-return units x 100)
+
+
+class LstmForecast(nn.Module):
+    """lstm-direction v1's network, unchanged, with a second head on the same last hidden state:
+    per horizon h, the expected log return ln(close[t+h] / close[t]) and the log of a Gaussian
+    scale. Output [N, 3 + 2H]: the direction probabilities, then (mu, log_scale) per horizon."""
+
+    def __init__(self, base: LstmDirection, horizons: int):
+        super().__init__()
+        self.lstm = base.lstm
+        self.head = base.head
+        self.forecast = nn.Linear(base.head.in_features, 2 * horizons)
+        self.h = horizons
+
+    def hidden(self, x):
+        out, _ = self.lstm(x)
+        return out[:, -1, :]
+
+    def heads(self, hidden):
+        a = self.forecast(hidden).reshape(-1, self.h, 2)
+        mu = a[:, :, 0] * FORECAST_UNIT
+        log_scale = a[:, :, 1] + math.log(FORECAST_UNIT)
+        return torch.stack([mu, log_scale], dim=2).reshape(-1, 2 * self.h)
+
+    def forward(self, x):
+        h = self.hidden(x)
+        return torch.cat([torch.softmax(self.head(h), dim=-1), self.heads(h)], dim=1)
+
+
+def forward_returns(series) -> np.ndarray:
+    """Per row of build_dataset's concatenated matrix, ln(close[t+h] / close[t]) for each
+    forecast horizon; NaN where t + h runs past its series."""
+    out = []
+    for _, _, ohlcv, _ in series:
+        close = ohlcv[:, 3]
+        r = np.full((len(close), len(FORECAST_HORIZONS)), np.nan)
+        for j, h in enumerate(FORECAST_HORIZONS):
+            r[: len(close) - h, j] = np.log(close[h:] / close[: len(close) - h])
+        out.append(r)
+    return np.concatenate(out)
+
+
+def forecast_scores(mu: np.ndarray, log_scale: np.ndarray, r: np.ndarray) -> dict:
+    """Per horizon on rows whose outcome is known: the forecast's mean absolute error, the naive
+    zero-return forecast's, the skill 1 - MAE / MAE_zero, and the 80% interval's coverage."""
+    out = {}
+    for j, h in enumerate(FORECAST_HORIZONS):
+        ok = ~np.isnan(r[:, j])
+        e, z = np.abs(r[ok, j] - mu[ok, j]), np.abs(r[ok, j])
+        inside = e <= FORECAST_Z * np.exp(log_scale[ok, j])
+        out[f"h{h}"] = {
+            "rows": int(ok.sum()),
+            "mae": round(float(e.mean()), 7), "mae_zero": round(float(z.mean()), 7),
+            "skill": round(float(1 - e.mean() / z.mean()), 6),
+            "coverage_80": round(float(inside.mean()), 6),
+        }
+    return out
+
+
+def forecast_head(out: Path):
+    """Adds the multi-horizon forecast head to lstm-direction v1 in place: the v1 network is
+    read back from its model file and frozen (its direction outputs do not change: checked
+    against the committed golden outputs), a linear head on its last hidden state is fitted by
+    Gaussian negative log-likelihood on the training split (early stop on validation), and the
+    model file, golden outputs and manifest are rewritten with the head."""
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    series = series_features()
+    F, Y, sp, rows, tfs = build_dataset(series=series)
+    R = forward_returns(series)
+    tr, va, te = sp["train"], sp["val"], sp["test"]
+    d = out / "lstm-direction" / VERSION
+    m = tomllib.loads((d / "manifest.toml").read_text())
+    n_ = m["normalization"]
+    mean, std = np.array(n_["mean"], np.float32), np.array(n_["std"], np.float32)
+    nf = int(F.shape[1])
+    loaded = torch.jit.load(str(d / "model.pt"))
+    base = LstmDirection(nf)
+    base.load_state_dict({k.removeprefix("inner."): v for k, v in loaded.state_dict().items()
+                          if k.removeprefix("inner.").split(".")[0] in ("lstm", "head")})
+    base.eval()
+    model = LstmForecast(base, len(FORECAST_HORIZONS))
+    for p in list(model.lstm.parameters()) + list(model.head.parameters()):
+        p.requires_grad_(False)
+
+    def prep(ends):
+        return torch.from_numpy(to_layout(normalise(windows(F, ends, LSTM_T), mean, std), "sequence"))
+
+    with torch.no_grad():
+        htr, hva, hte = model.hidden(prep(tr)), model.hidden(prep(va)), model.hidden(prep(te))
+    rtr, rva = torch.from_numpy(R[tr]).float(), torch.from_numpy(R[va]).float()
+    H = len(FORECAST_HORIZONS)
+
+    def nll(hidden, r):
+        o = model.heads(hidden).reshape(-1, H, 2)
+        mu, ls = o[:, :, 0], o[:, :, 1]
+        ok = ~torch.isnan(r)
+        z = (torch.nan_to_num(r) - mu) / torch.exp(ls)
+        return ((ls + 0.5 * z * z) * ok).sum() / ok.sum()
+
+    torch.manual_seed(SEED)
+    g = torch.Generator().manual_seed(SEED)
+    opt = torch.optim.Adam(model.forecast.parameters(), lr=1e-2)
+    best, best_state = float("inf"), None
+    for _ in range(200):
+        perm = torch.randperm(len(htr), generator=g)
+        for i in range(0, len(perm), 512):
+            b = perm[i : i + 512]
+            opt.zero_grad()
+            nll(htr[b], rtr[b]).backward()
+            opt.step()
+        with torch.no_grad():
+            v = nll(hva, rva).item()
+        if v < best:
+            best, best_state = v, {k: t.clone() for k, t in model.forecast.state_dict().items()}
+    model.forecast.load_state_dict(best_state)
+    model.eval()
+    export(model, prep(te[:4]).numpy(), d / "model.pt")
+    reread = torch.jit.load(str(d / "model.pt"))
+    gi = golden_pick(len(te))
+    with torch.no_grad():
+        pte = reread(prep(te)).numpy()
+    old = np.fromfile(d / m["golden"]["outputs"], dtype="<f4").reshape(GOLDEN_N, -1)[:, : len(CLASSES)]
+    moved = float(np.abs(pte[gi, :3] - old).max())
+    assert moved <= 1e-6, f"the direction outputs moved by {moved}"
+    gin = np.fromfile(d / m["golden"]["inputs"], dtype="<f4").reshape(m["golden"]["input_shape"])
+    assert np.array_equal(gin, windows(F, te[gi], LSTM_T).astype(np.float32)), "golden inputs differ"
+    (d / m["golden"]["outputs"]).write_bytes(pte[gi].astype("<f4").tobytes())
+    f = pte[:, 3:].reshape(-1, H, 2)
+    scores = forecast_scores(f[:, :, 0], f[:, :, 1], R[te])
+    sections = {"forecast": {
+        "horizons": FORECAST_HORIZONS, "interval": FORECAST_INTERVAL,
+        "target": "ln(close[t+h] / close[t]), h bars after the bar the window ends on",
+        "outputs": "after the classes, per horizon: mu (expected log return) and log_scale (ln of a Gaussian sigma)",
+        "training": "head only (the direction network frozen): linear(32 -> 2 x horizons), Gaussian negative "
+                    "log-likelihood, Adam 1e-2, batches of 512, best of 200 epochs on the validation split",
+        "rows_train": int((~np.isnan(R[tr])).any(axis=1).sum()),
+    }}
+    for h, sc in scores.items():
+        sections[f"forecast.metrics.{h}"] = sc
+    block = []
+    for name, sec in sections.items():
+        block += [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in sec.items()] + [""]
+    text = (d / "manifest.toml").read_text()
+    # Before [drift] (which --drift-only rewrites from there to the end); a rerun replaces it.
+    start = text.find("[forecast]\n")
+    end = text.find("[drift]\n")
+    assert end > 0, "lstm-direction v1's manifest has no [drift] section"
+    text = text[: start if start >= 0 else end] + "\n".join(block) + "\n" + text[end:]
+    note = (f"raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3 + 2 x {H}] "
+            "from torch.jit.load of model.pt: the probabilities, then (mu, log_scale) per forecast horizon")
+    g0 = text.index("[golden]\n")
+    g1 = text.index("\nnote = ", g0)
+    g2 = text.index("\n", g1 + 1)
+    text = text[:g1] + f"\nnote = {toml_value(note)}" + text[g2:]
+    (d / "manifest.toml").write_text(text)
+    print(f"lstm-direction v{VERSION} forecast head: {scores}; direction outputs moved by at most {moved:.1e}")
+
+
+PATTERN_EPOCHS = 15
+PATTERN_POS_WEIGHT_MAX = 50.0
+
+
+class CnnPatterns(nn.Module):
+    """cnn-pattern v1's network, unchanged, with a chart-pattern head beside it: a convolution
+    branch of its own over the same input (conv5 -> relu -> conv3 -> relu, mean and max over
+    time) and a linear layer to one logit per pattern, out as a sigmoid. Output [N, 3 + P]: the
+    direction probabilities, then each pattern's probability."""
+
+    def __init__(self, base: CnnPattern, nf: int, patterns: int, ch: int = 32):
+        super().__init__()
+        self.body = base.body
+        self.head = base.head
+        self.branch = nn.Sequential(
+            nn.Conv1d(nf, ch, 5, padding=2), nn.ReLU(),
+            nn.Conv1d(ch, ch, 3, padding=1), nn.ReLU(),
+        )
+        self.patterns = nn.Linear(2 * ch, patterns)
+
+    def pattern_logits(self, x):
+        b = self.branch(x)
+        return self.patterns(torch.cat([b.mean(dim=2), b.amax(dim=2)], dim=1))
+
+    def forward(self, x):
+        p = torch.softmax(self.head(self.body(x).mean(dim=2)), dim=-1)
+        return torch.cat([p, torch.sigmoid(self.pattern_logits(x))], dim=1)
+
+
+def pattern_labels(series) -> np.ndarray:
+    """Per row of build_dataset's concatenated matrix, the rule detector's labels (int8 [n, 7]),
+    found in the window ending at the row's bar."""
+    import patterns
+    return np.concatenate([patterns.label_series(o[:, 0], o[:, 1], o[:, 2], o[:, 3]) for _, _, o, _ in series])
+
+
+def pattern_scores(p: np.ndarray, y: np.ndarray, thresholds) -> dict:
+    import patterns
+    out = {}
+    for j, name in enumerate(patterns.PATTERNS):
+        pred = p[:, j] >= thresholds[j]
+        tp = int((pred & (y[:, j] == 1)).sum())
+        fp = int((pred & (y[:, j] == 0)).sum())
+        fn = int((~pred & (y[:, j] == 1)).sum())
+        out[name] = {
+            "support": int(y[:, j].sum()), "rows": int(len(y)), "flagged": int(pred.sum()),
+            "precision": round(tp / (tp + fp), 6) if tp + fp else 0.0,
+            "recall": round(tp / (tp + fn), 6) if tp + fn else 0.0,
+            "threshold": round(float(thresholds[j]), 4),
+        }
+    return out
+
+
+def pattern_head(out: Path):
+    """Adds the chart-pattern head to cnn-pattern v1 in place: the v1 network is read back from
+    its model file and kept as it is (its direction outputs do not change: checked against the
+    committed golden outputs), a branch of its own is fitted on the rule detector's labels
+    (models/train/patterns.py) by weighted binary cross-entropy on the training split, early
+    stopped on validation; each pattern's threshold is the one with the best F1 on validation.
+    Rewrites the model file, golden outputs and manifest; precision and recall on the test split
+    go to the manifest's [patterns.metrics.*]."""
+    import patterns
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    series = series_features()
+    F, Y, sp, rows, tfs = build_dataset(series=series)
+    L = pattern_labels(series)
+    tr, va, te = sp["train"], sp["val"], sp["test"]
+    d = out / "cnn-pattern" / VERSION
+    m = tomllib.loads((d / "manifest.toml").read_text())
+    n_ = m["normalization"]
+    mean, std = np.array(n_["mean"], np.float32), np.array(n_["std"], np.float32)
+    nf = int(F.shape[1])
+    base = CnnPattern(nf)
+    loaded = torch.jit.load(str(d / "model.pt"))
+    base.load_state_dict({k.removeprefix("inner."): v for k, v in loaded.state_dict().items()
+                          if k.removeprefix("inner.").split(".")[0] in ("body", "head")})
+    base.eval()
+    torch.manual_seed(SEED)
+    model = CnnPatterns(base, nf, len(patterns.PATTERNS))
+    for p in list(model.body.parameters()) + list(model.head.parameters()):
+        p.requires_grad_(False)
+
+    def prep(ends):
+        return torch.from_numpy(to_layout(normalise(windows(F, ends, CNN_T), mean, std), "channels"))
+
+    xtr, xva = prep(tr), prep(va)
+    ytr, yva = torch.from_numpy(L[tr]).float(), torch.from_numpy(L[va]).float()
+    pos = ytr.sum(0).clamp(min=1)
+    lossf = nn.BCEWithLogitsLoss(pos_weight=((len(ytr) - pos) / pos).clamp(max=PATTERN_POS_WEIGHT_MAX))
+    params = list(model.branch.parameters()) + list(model.patterns.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(SEED)
+    best, best_state = float("inf"), None
+    for _ in range(PATTERN_EPOCHS):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=g)
+        for i in range(0, len(perm), 256):
+            b = perm[i : i + 256]
+            opt.zero_grad()
+            lossf(model.pattern_logits(xtr[b]), ytr[b]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            v = lossf(model.pattern_logits(xva), yva).item()
+        if v < best:
+            best = v
+            best_state = {k: t.clone() for k, t in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        pva = torch.sigmoid(model.pattern_logits(xva)).numpy()
+    thresholds = []
+    for j in range(len(patterns.PATTERNS)):
+        best_t, best_f1 = 0.5, -1.0
+        for t_ in np.linspace(0.05, 0.95, 19):
+            pred = pva[:, j] >= t_
+            tp = float((pred & (L[va][:, j] == 1)).sum())
+            f1 = 2 * tp / max(pred.sum() + L[va][:, j].sum(), 1)
+            if f1 > best_f1:
+                best_t, best_f1 = float(t_), f1
+        thresholds.append(best_t)
+    export(model, prep(te[:4]).numpy(), d / "model.pt")
+    reread = torch.jit.load(str(d / "model.pt"))
+    gi = golden_pick(len(te))
+    with torch.no_grad():
+        pte = reread(prep(te)).numpy()
+    old = np.fromfile(d / m["golden"]["outputs"], dtype="<f4").reshape(GOLDEN_N, -1)[:, :3]
+    moved = float(np.abs(pte[gi, :3] - old).max())
+    assert moved <= 1e-6, f"the direction outputs moved by {moved}"
+    (d / m["golden"]["outputs"]).write_bytes(pte[gi].astype("<f4").tobytes())
+    scores = pattern_scores(pte[:, 3:], L[te], thresholds)
+    sections = {"patterns": {
+        "names": list(patterns.PATTERNS), "thresholds": thresholds,
+        "labels": "models/train/patterns.py: the rule detector over the 64 OHLC bars ending at the row's bar",
+        "outputs": "after the classes, each pattern's probability (a sigmoid)",
+        "training": f"a branch of its own (the direction network frozen): conv5 -> relu -> conv3 -> relu, mean and max "
+                    f"over time, linear -> one logit per pattern; binary cross-entropy weighted by negatives/positives "
+                    f"(at most {PATTERN_POS_WEIGHT_MAX:g}), Adam 3e-3, best of {PATTERN_EPOCHS} epochs on the validation "
+                    f"split; thresholds: the best F1 on the validation split",
+    }}
+    for name, sc in scores.items():
+        sections[f"patterns.metrics.{name}"] = sc
+    block = []
+    for name, sec in sections.items():
+        block += [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in sec.items()] + [""]
+    text = (d / "manifest.toml").read_text()
+    start = text.find("[patterns]\n")
+    end = text.find("[drift]\n")
+    assert end > 0, "cnn-pattern v1's manifest has no [drift] section"
+    text = text[: start if start >= 0 else end] + "\n".join(block) + "\n" + text[end:]
+    note = (f"raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3 + {len(patterns.PATTERNS)}] "
+            "from torch.jit.load of model.pt: the probabilities, then each chart pattern's probability")
+    g0 = text.index("[golden]\n")
+    g1 = text.index("\nnote = ", g0)
+    g2 = text.index("\n", g1 + 1)
+    text = text[:g1] + f"\nnote = {toml_value(note)}" + text[g2:]
+    (d / "manifest.toml").write_text(text)
+    print(f"cnn-pattern v{VERSION} pattern head: direction outputs moved by at most {moved:.1e}")
+    for name, sc in scores.items():
+        print(f"  {name}: {sc}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT))
@@ -559,8 +890,20 @@ def main():
                     help="only train candidate versions, of the members in IDS (comma-separated; without IDS, all "
                          f"of {','.join(MEMBERS)}), into <out>/candidates/<id>/<version>/: lstm-direction 2 and 3, "
                          "cnn-pattern 2, xgb-direction 2 (v1 is neither retrained nor touched)")
+    ap.add_argument("--forecast-head", action="store_true",
+                    help="only add the multi-horizon forecast head to lstm-direction v1 (its direction outputs "
+                         "unchanged): rewrites its model file, golden outputs and manifest")
+    ap.add_argument("--pattern-head", action="store_true",
+                    help="only add the chart-pattern head to cnn-pattern v1 (its direction outputs unchanged): "
+                         "rewrites its model file, golden outputs and manifest")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.forecast_head:
+        forecast_head(out)
+        return
+    if args.pattern_head:
+        pattern_head(out)
+        return
     if args.drift_only:
         torch.set_num_threads(1)
         drift_only(out)
@@ -651,6 +994,10 @@ def main():
                    "note": "members' probabilities [lstm, cnn, xgb] x [short, neutral, long]"}},
         f"{mid} v{VERSION}: written by models/train/train.py, do not edit by hand.")
     print(f"{mid}: {metrics(pte, yte, ytr)}  ({time.time() - t0:.0f}s)")
+    # The forecast head on lstm-direction v1 and the chart-pattern head on cnn-pattern v1 (their
+    # direction outputs, the stacker's inputs, do not change).
+    forecast_head(out)
+    pattern_head(out)
     print(f"rows per series: {rows}; total {time.time() - t0:.0f}s")
 
 

@@ -2,13 +2,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use augur_actors::executor::Heads;
 use augur_actors::executor::{BackendFactory, InferenceBackend, ModelError, RowRejected};
+use augur_actors::forecast::ForecastSpec;
+use augur_actors::patterns::PatternSpec;
 use augur_actors::types::{Contribution, ModelInfo};
 
 use crate::{DeviceSpec, InputError, Model};
 
 struct RuntimeBackend {
     model: Model,
+    /// The model's forecast head, when it has one.
+    forecast: Option<ForecastSpec>,
+    /// The model's chart-pattern head, when it has one.
+    patterns: Option<PatternSpec>,
     intra_op_threads: i32,
     /// The name of each value of a prepared row, then `bias` (see [`input_names`]).
     names: Arc<[Arc<str>]>,
@@ -42,6 +49,28 @@ impl InferenceBackend for RuntimeBackend {
         self.model.classes()
     }
 
+    fn head_width(&self) -> usize {
+        self.model.output_width() - self.model.classes()
+    }
+
+    fn heads(&self, head: &[f32]) -> Option<Heads> {
+        let split = self.forecast.as_ref().map_or(0, ForecastSpec::width);
+        if head.len() != split + self.patterns.as_ref().map_or(0, PatternSpec::width) {
+            return None;
+        }
+        let (f, p) = head.split_at(split);
+        Some(Heads {
+            forecasts: match &self.forecast {
+                Some(spec) => spec.read(f)?,
+                None => Vec::new(),
+            },
+            patterns: match &self.patterns {
+                Some(spec) => spec.read(p)?,
+                None => Vec::new(),
+            },
+        })
+    }
+
     fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected> {
         self.model.prepare_into(raw, out).map_err(|e| {
             RowRejected(match e {
@@ -52,7 +81,7 @@ impl InferenceBackend for RuntimeBackend {
     }
 
     fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
-        self.model.forward(rows, n).map_err(|e| ModelError {
+        self.model.forward_all(rows, n).map_err(|e| ModelError {
             code: e.code(),
             message: e.to_string(),
         })
@@ -161,8 +190,20 @@ pub fn model_spec(
     drop(probe);
     let factory: BackendFactory = Arc::new(move || {
         let model = Model::load(&dir, device).map_err(|e| e.to_string())?;
+        let forecast = model
+            .manifest()
+            .forecast
+            .as_ref()
+            .map(|f| ForecastSpec::new(&f.horizons, f.interval));
+        let patterns = model
+            .manifest()
+            .patterns
+            .as_ref()
+            .map(|p| PatternSpec::new(&p.names, &p.thresholds));
         Ok(Box::new(RuntimeBackend {
             model,
+            forecast,
+            patterns,
             intra_op_threads,
             names: names.clone(),
         }) as Box<dyn InferenceBackend>)

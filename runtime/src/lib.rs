@@ -35,8 +35,8 @@ pub use torch::DeviceSpec;
 /// To add a kind: a variant of [`ModelKind`], a module with a type implementing `Backend` and
 /// a `load(&Manifest, DeviceSpec)` function, and one arm in [`load_backend`].
 pub trait Backend: Send + std::fmt::Debug {
-    /// One forward pass over `n` prepared rows (the layout the manifest names): n x classes
-    /// probabilities.
+    /// One forward pass over `n` prepared rows (the layout the manifest names): n x
+    /// [`Manifest::output_width`] values, each row its probabilities, then its forecast head's.
     fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError>;
     /// Where it runs: "cpu", "cuda:0".
     fn device_name(&self) -> String;
@@ -100,6 +100,11 @@ impl Model {
         self.manifest.classes.len()
     }
 
+    /// Values per output row of [`Model::forward_all`]: the classes, then the forecast head's.
+    pub fn output_width(&self) -> usize {
+        self.manifest.output_width()
+    }
+
     /// "cpu" or "cuda:N".
     pub fn device_name(&self) -> String {
         self.backend.device_name()
@@ -114,9 +119,35 @@ impl Model {
         self.pre.prepare_into(raw, out)
     }
 
-    /// One forward pass over n prepared rows; n x classes probabilities.
+    /// One forward pass over n prepared rows; n x classes probabilities (a forecast head's
+    /// values are left out: [`Model::forward_all`] keeps them).
     pub fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
-        self.backend.forward(rows, n)
+        let all = self.forward_all(rows, n)?;
+        let (width, classes) = (self.output_width(), self.classes());
+        Ok(if width == classes {
+            all
+        } else {
+            all.chunks_exact(width)
+                .flat_map(|r| &r[..classes])
+                .copied()
+                .collect()
+        })
+    }
+
+    /// One forward pass over n prepared rows; n x [`Model::output_width`] values.
+    pub fn forward_all(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        let out = self.backend.forward(rows, n)?;
+        if out.len() != n * self.output_width() {
+            return Err(RuntimeError::Mismatch {
+                path: self.manifest.model_path(),
+                message: format!(
+                    "{} outputs for {n} rows, expected {} per row",
+                    out.len(),
+                    self.output_width()
+                ),
+            });
+        }
+        Ok(out)
     }
 
     /// Contributions of n prepared rows' inputs to one class's margin per row (see
@@ -132,6 +163,17 @@ impl Model {
 
     /// The batch API: n raw windows, concatenated, in; n x classes probabilities out.
     pub fn predict(&self, raw: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        let rows = self.prepare_rows(raw, n)?;
+        self.forward(&rows, n)
+    }
+
+    /// As [`Model::predict`], with the forecast head's values: n x [`Model::output_width`].
+    pub fn predict_all(&self, raw: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+        let rows = self.prepare_rows(raw, n)?;
+        self.forward_all(&rows, n)
+    }
+
+    fn prepare_rows(&self, raw: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
         let len = self.pre.row_len();
         if raw.len() != n * len {
             return Err(RuntimeError::Input {
@@ -148,14 +190,14 @@ impl Model {
                 .prepare_into(window, &mut rows)
                 .map_err(|kind| RuntimeError::Input { row, kind })?;
         }
-        self.forward(&rows, n)
+        Ok(rows)
     }
 
-    /// A zero row must go through and give one row of `classes` probabilities: this catches a
+    /// A zero row must go through and give one row of `output_width` values: this catches a
     /// feature count or layout that disagrees with the network.
     fn check_shapes(&self) -> Result<(), RuntimeError> {
         let rows = vec![0.0f32; self.pre.row_len()];
-        self.forward(&rows, 1).map(|_| ()).map_err(|e| match e {
+        self.forward_all(&rows, 1).map(|_| ()).map_err(|e| match e {
             RuntimeError::Inference { message, .. } => RuntimeError::Mismatch {
                 path: self.manifest.model_path(),
                 message: format!(
@@ -175,7 +217,7 @@ impl Model {
             return Ok(());
         };
         let n = g.count.min(SELF_TEST_ROWS);
-        let got = self.predict(&g.inputs[..n * self.pre.row_len()], n)?;
+        let got = self.predict_all(&g.inputs[..n * self.pre.row_len()], n)?;
         let worst = got
             .iter()
             .zip(&g.outputs)
@@ -206,7 +248,7 @@ impl Golden {
         let Some(g) = &m.golden else { return Ok(None) };
         let inputs = read_f32(&m.dir.join(&g.inputs))?;
         let outputs = read_f32(&m.dir.join(&g.outputs))?;
-        let (want_in, want_out) = (g.count * m.row_len(), g.count * m.classes.len());
+        let (want_in, want_out) = (g.count * m.row_len(), g.count * m.output_width());
         if inputs.len() != want_in || outputs.len() != want_out {
             return Err(RuntimeError::Manifest {
                 path: m.dir.join("manifest.toml"),

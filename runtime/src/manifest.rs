@@ -148,6 +148,104 @@ pub struct Golden {
     pub note: String,
 }
 
+/// A head that forecasts the log return at several horizons: after the classes, each output
+/// row holds (mu, log_scale) per horizon, a Gaussian over ln(close[t+h] / close[t]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forecast {
+    /// Bars ahead, increasing: [1, 5, 15, 60].
+    pub horizons: Vec<u32>,
+    /// The central probability of the published interval (0.8: the 10th to 90th percentile).
+    pub interval: f64,
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub outputs: String,
+    #[serde(default)]
+    pub training: String,
+    #[serde(default)]
+    pub rows_train: Option<u64>,
+    /// Test-split scores per horizon, as written by train.py (not used by the runtime).
+    #[serde(default)]
+    pub metrics: toml::Table,
+}
+
+/// A head that recognises chart patterns: after the classes (and a forecast head's values),
+/// each output row holds one probability per named pattern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patterns {
+    pub names: Vec<String>,
+    /// Per pattern, the probability at which a prediction carries it.
+    pub thresholds: Vec<f64>,
+    #[serde(default)]
+    pub labels: String,
+    #[serde(default)]
+    pub outputs: String,
+    #[serde(default)]
+    pub training: String,
+    /// Test-split precision and recall per pattern, as written by train.py.
+    #[serde(default)]
+    pub metrics: toml::Table,
+}
+
+impl Patterns {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.names.is_empty() || self.names.len() > 64 {
+            p.push(format!(
+                "patterns.names must name 1 to 64 patterns, got {}",
+                self.names.len()
+            ));
+        }
+        if self.thresholds.len() != self.names.len() {
+            p.push(format!(
+                "patterns.thresholds has {} values for {} names",
+                self.thresholds.len(),
+                self.names.len()
+            ));
+        }
+        if self.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
+            p.push("patterns.thresholds must be probabilities in [0, 1]".to_string());
+        }
+        if self.names.iter().any(|n| n.trim().is_empty()) {
+            p.push("patterns.names holds an empty name".to_string());
+        }
+        p
+    }
+}
+
+/// Most horizons one forecast head may have.
+pub const MAX_HORIZONS: usize = 16;
+
+impl Forecast {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.horizons.is_empty() || self.horizons.len() > MAX_HORIZONS {
+            p.push(format!(
+                "forecast.horizons must name 1 to {MAX_HORIZONS} horizons, got {}",
+                self.horizons.len()
+            ));
+        }
+        if self.horizons.first() == Some(&0) || self.horizons.windows(2).any(|w| w[0] >= w[1]) {
+            p.push(format!(
+                "forecast.horizons must be increasing bar counts of at least 1, got {:?}",
+                self.horizons
+            ));
+        }
+        if self.horizons.iter().any(|&h| h > 1000) {
+            p.push("forecast.horizons may not exceed 1000 bars".to_string());
+        }
+        if !(self.interval > 0.0 && self.interval < 1.0) {
+            p.push(format!(
+                "forecast.interval must be in (0, 1), got {}",
+                self.interval
+            ));
+        }
+        p
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -178,6 +276,12 @@ pub struct Manifest {
     pub golden: Option<Golden>,
     #[serde(default)]
     pub drift: Option<Drift>,
+    /// A multi-horizon forecast head after the classes (TorchScript models).
+    #[serde(default)]
+    pub forecast: Option<Forecast>,
+    /// A chart-pattern head after the classes and the forecast head (TorchScript models).
+    #[serde(default)]
+    pub patterns: Option<Patterns>,
     /// The folder the manifest was read from (not part of the file).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -215,6 +319,27 @@ impl Manifest {
         let mut p = Vec::new();
         if let Some(d) = &self.drift {
             p.extend(d.problems(self.features, self.classes.len()));
+        }
+        if let Some(f) = &self.forecast {
+            p.extend(f.problems());
+            if self.kind != ModelKind::TorchScript {
+                p.push(format!(
+                    "a forecast head needs kind = \"torchscript\", got \"{}\"",
+                    self.kind.as_str()
+                ));
+            }
+            if self.input != InputSource::Features {
+                p.push("a forecast head needs input = \"features\"".to_string());
+            }
+        }
+        if let Some(h) = &self.patterns {
+            p.extend(h.problems());
+            if self.kind != ModelKind::TorchScript {
+                p.push(format!(
+                    "a pattern head needs kind = \"torchscript\", got \"{}\"",
+                    self.kind.as_str()
+                ));
+            }
         }
         if !(1..=1000).contains(&self.label.horizon_bars) {
             p.push(format!(
@@ -309,6 +434,14 @@ impl Manifest {
     /// Path of the model file.
     pub fn model_path(&self) -> PathBuf {
         self.dir.join(&self.file)
+    }
+
+    /// Values in one output row: the class probabilities, then (mu, log_scale) per forecast
+    /// horizon, then one probability per chart pattern.
+    pub fn output_width(&self) -> usize {
+        self.classes.len()
+            + self.forecast.as_ref().map_or(0, |f| 2 * f.horizons.len())
+            + self.patterns.as_ref().map_or(0, |p| p.names.len())
     }
 
     /// Values in one raw input window (window x features).

@@ -62,7 +62,8 @@ pub struct TorchModel {
     device: Device,
     /// Shape of one input row (without the batch dimension).
     row_shape: Vec<i64>,
-    classes: usize,
+    /// Values per output row: the classes, then a forecast head's.
+    width: usize,
     path: PathBuf,
 }
 
@@ -71,7 +72,7 @@ impl TorchModel {
         path: &Path,
         device: Device,
         row_shape: Vec<i64>,
-        classes: usize,
+        width: usize,
     ) -> Result<TorchModel, RuntimeError> {
         if !path.is_file() {
             return Err(RuntimeError::FileMissing {
@@ -86,7 +87,7 @@ impl TorchModel {
             module,
             device,
             row_shape,
-            classes,
+            width,
             path: path.to_path_buf(),
         })
     }
@@ -95,7 +96,7 @@ impl TorchModel {
         self.device
     }
 
-    /// `rows` holds n prepared rows; returns n x classes probabilities.
+    /// `rows` holds n prepared rows; returns n x width values (the probabilities, then a forecast head's).
     pub fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
         let _guard = tch::no_grad_guard();
         let err = |e: tch::TchError| RuntimeError::Inference {
@@ -116,10 +117,10 @@ impl TorchModel {
         };
         let out = self.module.forward_ts(&[input]).map_err(err)?;
         let size = out.size();
-        if size != [n as i64, self.classes as i64] {
+        if size != [n as i64, self.width as i64] {
             return Err(RuntimeError::Mismatch {
                 path: self.path.clone(),
-                message: format!("output shape {size:?}, expected [{n}, {}]", self.classes),
+                message: format!("output shape {size:?}, expected [{n}, {}]", self.width),
             });
         }
         let out = out
@@ -127,8 +128,8 @@ impl TorchModel {
             .and_then(|t| t.f_to_kind(Kind::Float))
             .and_then(|t| t.f_contiguous())
             .map_err(err)?;
-        let mut v = vec![0.0f32; n * self.classes];
-        out.f_copy_data(&mut v, n * self.classes).map_err(err)?;
+        let mut v = vec![0.0f32; n * self.width];
+        out.f_copy_data(&mut v, n * self.width).map_err(err)?;
         Ok(v)
     }
 }
@@ -151,12 +152,12 @@ pub fn load(manifest: &Manifest, device: DeviceSpec) -> Result<Box<dyn super::Ba
         Layout::Channels => vec![f, t],
         Layout::Flat => vec![t * f],
     };
-    let classes = manifest.classes.len();
+    let width = manifest.output_width();
     Ok(Box::new(TorchModel::load(
         &manifest.model_path(),
         device.resolve()?,
         row_shape,
-        classes,
+        width,
     )?))
 }
 

@@ -8,8 +8,11 @@
 use std::sync::{Arc, Mutex};
 
 use augur_actors::executor::ExecError;
+use augur_actors::forecast::HorizonForecast;
 use augur_actors::gate::ModelGate;
+use augur_actors::patterns::PatternSignal;
 use augur_actors::telemetry as t;
+use augur_actors::types::Contribution;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -20,7 +23,7 @@ struct Key {
 
 pub struct PredictionCache {
     /// `None`: off (`[http].prediction_cache_entries = 0`).
-    entries: Option<Mutex<lru::LruCache<Key, Arc<[f32]>>>>,
+    entries: Option<Mutex<lru::LruCache<Key, Arc<Cached>>>>,
     hits: metrics::Counter,
     misses: metrics::Counter,
     size: metrics::Gauge,
@@ -40,11 +43,26 @@ impl Default for PredictionCache {
     }
 }
 
+/// What is kept of an answer: everything the model computed for the row.
+#[derive(Debug)]
+struct Cached {
+    probabilities: Vec<f32>,
+    contributions: Vec<Contribution>,
+    forecasts: Vec<HorizonForecast>,
+    patterns: Vec<PatternSignal>,
+}
+
 /// A model's answer to one row.
 pub struct Answer {
     /// The version that computed it.
     pub version: Arc<str>,
     pub probabilities: Vec<f32>,
+    /// Its largest feature contributions, when explanations are on and the model can explain.
+    pub contributions: Vec<Contribution>,
+    /// Per horizon, the forecast of a model with a forecast head.
+    pub forecasts: Vec<HorizonForecast>,
+    /// The chart patterns of a model with a pattern head.
+    pub patterns: Vec<PatternSignal>,
     /// 0 for a cached answer (no forward pass ran).
     pub inference_us: u32,
     pub batch_size: u32,
@@ -61,7 +79,7 @@ impl PredictionCache {
         }
     }
 
-    fn lock(&self) -> Option<std::sync::MutexGuard<'_, lru::LruCache<Key, Arc<[f32]>>>> {
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, lru::LruCache<Key, Arc<Cached>>>> {
         self.entries
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
@@ -90,7 +108,10 @@ impl PredictionCache {
             self.hits.increment(1);
             return Ok(Answer {
                 version,
-                probabilities: hit.to_vec(),
+                probabilities: hit.probabilities.clone(),
+                contributions: hit.contributions.clone(),
+                forecasts: hit.forecasts.clone(),
+                patterns: hit.patterns.clone(),
                 inference_us: 0,
                 batch_size: 0,
                 cached: true,
@@ -100,13 +121,24 @@ impl PredictionCache {
         if let Some(k) = key {
             self.misses.increment(1);
             if let Some(mut c) = self.lock() {
-                c.put(k, out.probabilities.as_slice().into());
+                c.put(
+                    k,
+                    Arc::new(Cached {
+                        probabilities: out.probabilities.clone(),
+                        contributions: out.contributions.clone(),
+                        forecasts: out.forecasts.clone(),
+                        patterns: out.patterns.clone(),
+                    }),
+                );
                 self.size.set(c.len() as f64);
             }
         }
         Ok(Answer {
             version,
             probabilities: out.probabilities,
+            contributions: out.contributions,
+            forecasts: out.forecasts,
+            patterns: out.patterns,
             inference_us: out.inference_us,
             batch_size: out.batch_size,
             cached: false,

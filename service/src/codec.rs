@@ -509,6 +509,30 @@ pub fn to_proto(e: &Ensemble) -> pb::EnsemblePrediction {
                         value: c.value,
                     })
                     .collect(),
+                forecasts: m
+                    .forecasts
+                    .iter()
+                    .map(|f| pb::HorizonForecast {
+                        horizon_bars: f.horizon_bars,
+                        expected_return: f.expected_return,
+                        sigma: f.sigma,
+                        lower_return: f.lower_return,
+                        upper_return: f.upper_return,
+                        interval: f.interval,
+                        confidence: f.confidence,
+                        price: f.price.unwrap_or(0.0),
+                        lower_price: f.lower_price.unwrap_or(0.0),
+                        upper_price: f.upper_price.unwrap_or(0.0),
+                    })
+                    .collect(),
+                patterns: m
+                    .patterns
+                    .iter()
+                    .map(|p| pb::PatternSignal {
+                        name: p.name.to_string(),
+                        probability: p.probability,
+                    })
+                    .collect(),
             })
             .collect(),
         models_expected: e.models_expected,

@@ -573,6 +573,12 @@ pub struct QualityView {
     /// CUSUM on misses against the test accuracy, alarms).
     #[schema(value_type = Object)]
     pub drift: Value,
+    /// The return forecasts of models with a forecast head, one row per (model, version,
+    /// timeframe, horizon): `window` (the last `outcomes.window` forecasts) and `total`, each
+    /// with count, mae, mae_zero (a zero-return forecast's), skill (1 - mae / mae_zero) and
+    /// coverage (the share of realized returns inside the interval).
+    #[schema(value_type = Vec<Object>)]
+    pub forecasts: Vec<augur_actors::forecast::ForecastRow>,
 }
 
 /// Every member's experiment and the recent decisions.
@@ -773,6 +779,7 @@ async fn quality(s: web::Data<AppState>) -> HttpResponse {
             Some((features, models)) => serde_json::json!({"features": features, "models": models}),
             None => serde_json::json!({"features": [], "models": []}),
         },
+        forecasts: board.map(|b| b.forecast_report()).unwrap_or_default(),
     })
 }
 
@@ -1348,6 +1355,47 @@ pub struct MemberView {
     pub fallback: bool,
     pub inference_us: u32,
     pub batch_size: u32,
+    /// The largest feature contributions (TreeSHAP, margin units) to the class it called,
+    /// then `bias`: only with `[executor].explain_top_k` > 0, for a model that can explain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contributions: Vec<ContributionView>,
+    /// Per horizon, the return forecast of a model with a forecast head (the request has no
+    /// bar close, so no prices).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forecasts: Vec<ForecastView>,
+    /// The chart patterns a model with a pattern head sees, at or above their thresholds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<PatternView>,
+}
+
+/// A chart pattern with the head's probability.
+#[derive(Serialize, ToSchema)]
+pub struct PatternView {
+    pub name: String,
+    pub probability: f32,
+}
+
+/// One input's contribution to a member's margin.
+#[derive(Serialize, ToSchema)]
+pub struct ContributionView {
+    /// `<column>[t]`, `<column>[t-k]` or `bias`.
+    pub feature: String,
+    pub value: f32,
+}
+
+/// One horizon's forecast: a Gaussian over the log return ln(close[t+h] / close[t]).
+#[derive(Serialize, ToSchema)]
+pub struct ForecastView {
+    pub horizon_bars: u32,
+    /// mu: the expected log return.
+    pub expected_return: f32,
+    pub sigma: f32,
+    /// The central `interval` of the log return.
+    pub lower_return: f32,
+    pub upper_return: f32,
+    pub interval: f32,
+    /// P(the return has the sign of mu).
+    pub confidence: f32,
 }
 
 impl From<&MemberPrediction> for MemberView {
@@ -1362,6 +1410,35 @@ impl From<&MemberPrediction> for MemberView {
             fallback: m.fallback,
             inference_us: m.inference_us,
             batch_size: m.batch_size,
+            contributions: m
+                .contributions
+                .iter()
+                .map(|c| ContributionView {
+                    feature: c.feature.to_string(),
+                    value: c.value,
+                })
+                .collect(),
+            forecasts: m
+                .forecasts
+                .iter()
+                .map(|f| ForecastView {
+                    horizon_bars: f.horizon_bars,
+                    expected_return: f.expected_return,
+                    sigma: f.sigma,
+                    lower_return: f.lower_return,
+                    upper_return: f.upper_return,
+                    interval: f.interval,
+                    confidence: f.confidence,
+                })
+                .collect(),
+            patterns: m
+                .patterns
+                .iter()
+                .map(|p| PatternView {
+                    name: p.name.to_string(),
+                    probability: p.probability,
+                })
+                .collect(),
         }
     }
 }
@@ -1448,6 +1525,9 @@ pub(crate) async fn predict_one(
                     out.batch_size,
                 );
                 m.model_version = out.version;
+                m.contributions = out.contributions;
+                m.forecasts = out.forecasts;
+                m.patterns = out.patterns;
                 members.push(m);
             }
             Err(e) => errs.push(format!("{}: {e}", g.info.id)),
@@ -1584,6 +1664,7 @@ async fn predict(
                     correlation_id: last.correlation_id.as_str().into(),
                     published_at_ns: last.published_at_ns,
                     late_ms: 0,
+                    close: last.bar.as_ref().map(|b| b.close),
                     ack: None,
                 };
                 let e = Ensemble::new(

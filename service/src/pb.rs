@@ -66,6 +66,17 @@ mod tests {
                     feature: "rsi_14[t-1]".into(),
                     value: -0.25,
                 }],
+                forecasts: vec![HorizonForecast {
+                    horizon_bars: 5,
+                    expected_return: 0.001,
+                    sigma: 0.02,
+                    price: 101.5,
+                    ..Default::default()
+                }],
+                patterns: vec![PatternSignal {
+                    name: "double_top".into(),
+                    probability: 0.7,
+                }],
             }],
             models_expected: 3,
             models_used: 1,

@@ -111,6 +111,7 @@ pub fn scoreboard(
     let mut problems = Vec::new();
     let mut spec: Option<(String, LabelSpec)> = None;
     let mut references = std::collections::HashMap::new();
+    let mut forecast_horizon = 0u64;
     let o = &cfg.outcomes;
     let mut drift = DriftConfig {
         window: o.drift_window,
@@ -132,6 +133,9 @@ pub fn scoreboard(
                 continue;
             }
         };
+        if let Some(f) = &m.forecast {
+            forecast_horizon = forecast_horizon.max(f.horizons.iter().copied().max().map_or(0, u64::from));
+        }
         let this = LabelSpec {
             horizon: m.label.horizon_bars,
             threshold_k: m.label.threshold_k,
@@ -204,6 +208,7 @@ pub fn scoreboard(
                 } else {
                     cfg.outcomes.max_lag_bars
                 },
+                forecast_horizon,
             },
             s,
             references,

@@ -20,7 +20,8 @@ def golden(mid):
     m = manifest(mid)
     g = m["golden"]
     x = np.fromfile(MODELS / mid / "1" / g["inputs"], dtype="<f4").reshape(g["input_shape"])
-    y = np.fromfile(MODELS / mid / "1" / g["outputs"], dtype="<f4").reshape(g["count"], len(m["classes"]))
+    width = len(m["classes"]) + 2 * len(m.get("forecast", {}).get("horizons", [])) + len(m.get("patterns", {}).get("names", []))
+    y = np.fromfile(MODELS / mid / "1" / g["outputs"], dtype="<f4").reshape(g["count"], width)
     return m, x, y
 
 

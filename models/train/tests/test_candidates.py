@@ -85,7 +85,8 @@ def test_golden_outputs_come_from_the_model_through_the_manifest():
         m = manifest(d)
         g = m["golden"]
         x = np.fromfile(d / g["inputs"], dtype="<f4").reshape(g["input_shape"])
-        y = np.fromfile(d / g["outputs"], dtype="<f4").reshape(g["count"], len(m["classes"]))
+        width = len(m["classes"]) + 2 * len(m.get("forecast", {}).get("horizons", [])) + len(m.get("patterns", {}).get("names", []))
+        y = np.fromfile(d / g["outputs"], dtype="<f4").reshape(g["count"], width)
         p = predict(d, m, prepare(m, x))
         np.testing.assert_allclose(p, y, atol=1e-6, err_msg=f"{mid} v{v}")
         np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5, err_msg=f"{mid} v{v}")

@@ -76,6 +76,7 @@ pub fn shadow_prediction(out: ShadowOutput) -> Ensemble {
             correlation_id: out.correlation_id,
             published_at_ns: 0,
             late_ms: 0,
+            close: None,
             ack: None,
         },
         probabilities,
