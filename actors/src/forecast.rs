@@ -175,6 +175,9 @@ pub struct Scored {
 
 /// Forecasts waiting per stream at most (one per bar, the longest horizon's worth and more).
 pub const MAX_PENDING_FORECASTS: usize = 512;
+/// Bars a prediction may reach the outcomes thread after later bars and still have its
+/// forecasts scored, in serve (outcomes.max_lag_bars when smaller; a replay keeps them all).
+pub const MAX_LATE_BARS: u64 = 64;
 
 /// One stream's closes and the forecasts waiting for them: a forecast made at bar t for h
 /// bars is scored when close[t + h] arrives, with ln(close[t + h] / close[t]).
@@ -258,10 +261,11 @@ impl ForecastBook {
         while self.closes.first_key_value().is_some_and(|(&s, _)| s < oldest) {
             self.closes.pop_first();
         }
+        // Done: every horizon's bar has come (at most `longest` bars after its own).
         while self
             .pending
             .first_key_value()
-            .is_some_and(|(&s, _)| s + self.longest < oldest)
+            .is_some_and(|(&s, _)| s.saturating_add(self.longest) <= self.newest)
         {
             self.pending.pop_first();
         }
@@ -301,6 +305,11 @@ impl ForecastBook {
 
     pub fn waiting(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Closes kept (for the memory test).
+    pub fn kept(&self) -> usize {
+        self.closes.len()
     }
 }
 
@@ -471,6 +480,22 @@ mod tests {
         assert!(idle.predicted(100, vec![issued(&[1], 0.0, 0.1)]).is_empty());
         assert!(idle.bar(16, 100, 100.0).is_empty());
         assert_eq!(idle.bar(16, 101, 100.0).len(), 1);
+    }
+
+    #[test]
+    fn test_a_streams_book_stays_bounded_a_forecast_leaving_once_its_last_horizon_is_scored() {
+        let mut b = ForecastBook::new(60);
+        let mut scored = 0;
+        for s in 0..2_000u64 {
+            scored += b.bar(64, s, 100.0 + (s % 7) as f64).len();
+            scored += b.predicted(s, vec![issued(&[1, 5, 15, 60], 0.0, 0.1)]).len();
+            // The forecasts of the last 60 bars wait; the closes of newest - (60 + 64 + 1) ..= newest.
+            assert!(b.waiting() <= 60, "{} waiting at {s}", b.waiting());
+            assert!(b.kept() <= 126, "{} closes at {s}", b.kept());
+        }
+        // Every horizon of every forecast whose bar came, once.
+        let want: usize = [1u64, 5, 15, 60].iter().map(|h| (2_000 - h) as usize).sum();
+        assert_eq!(scored, want);
     }
 
     #[test]

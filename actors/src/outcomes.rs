@@ -1183,11 +1183,17 @@ impl Outcomes {
                 drift.vector(&b.key.timeframe, &b.values);
             }
         }
+        // Forecasts: late ones within MAX_LATE_BARS in serve; a replay (record) keeps them all.
+        let late = if self.board.cfg.record {
+            lag
+        } else {
+            lag.min(crate::forecast::MAX_LATE_BARS)
+        };
         for b in bars {
             if let Some(close) = b.close {
                 let book = self.book(&b.key);
                 let done = book.bar(spec, lag, b.sequence, close);
-                let forecasts = book.forecasts.bar(lag, b.sequence, close);
+                let forecasts = book.forecasts.bar(late, b.sequence, close);
                 self.settle(&b.key, done);
                 self.board.add_forecasts(&b.key.timeframe, forecasts);
             }

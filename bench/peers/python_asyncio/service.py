@@ -76,7 +76,8 @@ class Member:
         x = np.ascontiguousarray(x[None], dtype=np.float32)
         if self.kind == "torchscript":
             with torch.no_grad():
-                return self.model(torch.from_numpy(x).to(self.device)).cpu().numpy()[0]
+                # The class probabilities: a forecast or pattern head's values follow them.
+                return self.model(torch.from_numpy(x).to(self.device)).cpu().numpy()[0][:3]
         return self.booster.inplace_predict(x)[0]
 
 
