@@ -555,6 +555,23 @@ def candidates(out: Path, ids=tuple(MEMBERS)):
     print(f"total {time.time() - t0:.0f}s")
 
 
+def write_head_sections(path: Path, head: str, sections: dict, golden_note: str):
+    """Writes a head's sections ([<head>] and [<head>.*]) into a v1 manifest before [drift] (which
+    --drift-only rewrites from there to the end), replacing them on a rerun, and the golden note."""
+    block = []
+    for name, sec in sections.items():
+        block += [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in sec.items()] + [""]
+    text = path.read_text()
+    start = text.find(f"[{head}]\n")
+    end = text.find("[drift]\n")
+    assert end > 0, f"{path} has no [drift] section"
+    text = text[: start if start >= 0 else end] + "\n".join(block) + "\n" + text[end:]
+    g0 = text.index("[golden]\n")
+    g1 = text.index("\nnote = ", g0)
+    g2 = text.index("\n", g1 + 1)
+    path.write_text(text[:g1] + f"\nnote = {toml_value(golden_note)}" + text[g2:])
+
+
 FORECAST_HORIZONS = [1, 5, 15, 60]  # bars, as the source design's LSTM
 FORECAST_INTERVAL = 0.8
 FORECAST_Z = 1.2815515655446004  # the standard normal's 90th percentile: a central 80% interval
@@ -699,22 +716,9 @@ def forecast_head(out: Path):
     }}
     for h, sc in scores.items():
         sections[f"forecast.metrics.{h}"] = sc
-    block = []
-    for name, sec in sections.items():
-        block += [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in sec.items()] + [""]
-    text = (d / "manifest.toml").read_text()
-    # Before [drift] (which --drift-only rewrites from there to the end); a rerun replaces it.
-    start = text.find("[forecast]\n")
-    end = text.find("[drift]\n")
-    assert end > 0, "lstm-direction v1's manifest has no [drift] section"
-    text = text[: start if start >= 0 else end] + "\n".join(block) + "\n" + text[end:]
     note = (f"raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3 + 2 x {H}] "
             "from torch.jit.load of model.pt: the probabilities, then (mu, log_scale) per forecast horizon")
-    g0 = text.index("[golden]\n")
-    g1 = text.index("\nnote = ", g0)
-    g2 = text.index("\n", g1 + 1)
-    text = text[:g1] + f"\nnote = {toml_value(note)}" + text[g2:]
-    (d / "manifest.toml").write_text(text)
+    write_head_sections(d / "manifest.toml", "forecast", sections, note)
     print(f"lstm-direction v{VERSION} forecast head: {scores}; direction outputs moved by at most {moved:.1e}")
 
 
@@ -861,21 +865,9 @@ def pattern_head(out: Path):
     }}
     for name, sc in scores.items():
         sections[f"patterns.metrics.{name}"] = sc
-    block = []
-    for name, sec in sections.items():
-        block += [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in sec.items()] + [""]
-    text = (d / "manifest.toml").read_text()
-    start = text.find("[patterns]\n")
-    end = text.find("[drift]\n")
-    assert end > 0, "cnn-pattern v1's manifest has no [drift] section"
-    text = text[: start if start >= 0 else end] + "\n".join(block) + "\n" + text[end:]
     note = (f"raw ta-v1 windows [count, window, features] (before normalisation); outputs [count, 3 + {len(patterns.PATTERNS)}] "
             "from torch.jit.load of model.pt: the probabilities, then each chart pattern's probability")
-    g0 = text.index("[golden]\n")
-    g1 = text.index("\nnote = ", g0)
-    g2 = text.index("\n", g1 + 1)
-    text = text[:g1] + f"\nnote = {toml_value(note)}" + text[g2:]
-    (d / "manifest.toml").write_text(text)
+    write_head_sections(d / "manifest.toml", "patterns", sections, note)
     print(f"cnn-pattern v{VERSION} pattern head: direction outputs moved by at most {moved:.1e}")
     for name, sc in scores.items():
         print(f"  {name}: {sc}")
