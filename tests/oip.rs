@@ -22,6 +22,16 @@ fn reference() -> (
     Vec<contract::FeatureVector>,
     std::sync::Arc<augur_actors::types::Ensemble>,
 ) {
+    reference_explained(0)
+}
+
+/// [`reference`], each member that explains giving its `explain` largest contributions.
+fn reference_explained(
+    explain: usize,
+) -> (
+    Vec<contract::FeatureVector>,
+    std::sync::Arc<augur_actors::types::Ensemble>,
+) {
     let aapl: Vec<contract::FeatureVector> = common::real_vectors()
         .into_iter()
         .filter(|v| v.symbol == "AAPL")
@@ -35,7 +45,8 @@ fn reference() -> (
         .encode_length_delimited(&mut file)
         .unwrap();
     }
-    let cfg = common::config("nats://unused:4222");
+    let mut cfg = common::config("nats://unused:4222");
+    cfg.executor.explain_top_k = explain;
     let out = actix_rt::System::new()
         .block_on(augur_service::service::replay(&cfg, &file))
         .unwrap();
@@ -193,6 +204,348 @@ fn test_http_infer_of_every_model_equals_replay_in_json_and_binary() {
     );
     let (_, all) = common::get_json(&addr, "/v2/models/stats");
     assert_eq!(all["model_stats"].as_array().unwrap().len(), 5, "{all}");
+    svc.stop();
+}
+
+/// The output named `name` of an HTTP JSON answer.
+fn output<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == name)
+        .unwrap_or_else(|| panic!("no output {name}: {r}"))
+}
+
+/// The heads (forecasts, chart patterns) and the explanations through infer, over HTTP and
+/// gRPC, member by member and through `augur-ensemble`: what replay computes for the same
+/// window; metadata lists them; explanations only when named, of the number asked for.
+#[test]
+fn test_infer_gives_forecasts_patterns_and_explanations_as_replay_computes() {
+    let (vs, want) = reference_explained(3);
+    let svc = start("");
+    let addr = svc.http();
+    let member = |id: &str| want.members.iter().find(|m| &*m.model_id == id).unwrap();
+    let body = |t: usize, outputs: &[&str], params: Value| {
+        json!({
+            "inputs": [{"name": "window", "shape": [1, t, 20], "datatype": "FP32", "data": window(&vs, t)}],
+            "outputs": outputs.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+            "parameters": params,
+        })
+    };
+    let meta_outputs = |model: &str| -> Vec<(String, Value)> {
+        let (s, md) = common::get_json(&addr, &format!("/v2/models/{model}"));
+        assert_eq!(s, 200, "{md}");
+        md["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| (o["name"].as_str().unwrap().to_string(), o["shape"].clone()))
+            .collect()
+    };
+    let lstm = member("lstm-direction");
+    let cnn = member("cnn-pattern");
+    let xgb = member("xgb-direction");
+    assert_eq!(lstm.forecasts.len(), 4, "the committed lstm has a forecast head");
+    assert_eq!(xgb.contributions.len(), 4, "replay explained xgb: 3 and the bias");
+
+    // Metadata: each member's own heads; the ensemble all of them.
+    let names = |v: &[(String, Value)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    let m = meta_outputs("lstm-direction");
+    assert_eq!(names(&m), ["probabilities", "direction", "forecasts"]);
+    assert_eq!(m[2].1, json!([-1, 4, 5]));
+    let m = meta_outputs("cnn-pattern");
+    assert_eq!(
+        names(&m),
+        ["probabilities", "direction", "patterns", "patterns_detected"]
+    );
+    assert_eq!(m[2].1, json!([-1, 7]));
+    let m = meta_outputs("xgb-direction");
+    assert_eq!(
+        names(&m),
+        [
+            "probabilities",
+            "direction",
+            "contributions",
+            "contribution_features"
+        ]
+    );
+    let m = meta_outputs("augur-ensemble");
+    assert_eq!(
+        names(&m),
+        [
+            "probabilities",
+            "direction",
+            "members",
+            "forecasts",
+            "patterns",
+            "patterns_detected",
+            "contributions",
+            "contribution_features"
+        ]
+    );
+
+    // Forecasts: each horizon's (mu, sigma, lower, upper, confidence) as replay's.
+    let want_forecasts: Vec<f32> = lstm
+        .forecasts
+        .iter()
+        .flat_map(|f| {
+            [
+                f.expected_return,
+                f.sigma,
+                f.lower_return,
+                f.upper_return,
+                f.confidence,
+            ]
+        })
+        .collect();
+    for model in ["lstm-direction", "augur-ensemble"] {
+        // Both windows are 32 bars (the ensemble's is its longest member's).
+        let (s, r) = post_json(
+            &addr,
+            &format!("/v2/models/{model}/infer"),
+            &body(32, &[], json!({})),
+            &[],
+        );
+        assert_eq!(s, 200, "{r}");
+        let f = output(&r, "forecasts");
+        assert_eq!(f["shape"], json!([1, 4, 5]), "{f}");
+        assert_eq!(f["parameters"]["horizons"], "1,5,15,60", "{f}");
+        assert_eq!(f["parameters"]["fields"], augur_service::oip::FORECAST_FIELDS);
+        close(&floats(&f["data"]), &want_forecasts);
+        assert!(
+            r["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o["name"] != "contributions"),
+            "explanations only when named: {r}"
+        );
+        if model == "augur-ensemble" {
+            assert_eq!(f["parameters"]["model"], "lstm-direction");
+        }
+    }
+
+    // Patterns: every pattern's probability; the detected ones are replay's, most probable first.
+    let (s, r) = post_json(
+        &addr,
+        "/v2/models/cnn-pattern/infer",
+        &body(32, &[], json!({})),
+        &[],
+    );
+    assert_eq!(s, 200, "{r}");
+    let p = output(&r, "patterns");
+    let pattern_names: Vec<String> = p["parameters"]["patterns"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pattern_names.len(), 7, "{p}");
+    let thresholds: Vec<f32> = p["parameters"]["thresholds"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let scores = floats(&p["data"]);
+    let mut above: Vec<(f32, &str)> = scores
+        .iter()
+        .zip(&thresholds)
+        .zip(&pattern_names)
+        .filter(|((s, t), _)| s >= t)
+        .map(|((s, _), n)| (*s, n.as_str()))
+        .collect();
+    above.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let replay_patterns: Vec<(f32, &str)> = cnn.patterns.iter().map(|p| (p.probability, &*p.name)).collect();
+    assert_eq!(
+        above.len(),
+        replay_patterns.len(),
+        "{above:?} vs {replay_patterns:?}"
+    );
+    for (a, b) in above.iter().zip(&replay_patterns) {
+        assert_eq!(a.1, b.1);
+        assert!((a.0 - b.0).abs() <= 1e-6);
+    }
+    let detected = output(&r, "patterns_detected")["data"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        detected,
+        replay_patterns.iter().map(|p| p.1).collect::<Vec<_>>().join(",")
+    );
+
+    // Explanations: named, of the number asked for, as replay's (3 and the bias); the feature
+    // names from the feature set.
+    let want_values: Vec<f32> = xgb.contributions.iter().map(|c| c.value).collect();
+    let want_features: Vec<Value> = xgb
+        .contributions
+        .iter()
+        .map(|c| json!(c.feature.to_string()))
+        .collect();
+    for model in ["xgb-direction", "augur-ensemble"] {
+        let t = if model == "xgb-direction" { 3 } else { 32 };
+        let (s, r) = post_json(
+            &addr,
+            &format!("/v2/models/{model}/infer"),
+            &body(
+                t,
+                &["contributions", "contribution_features", "direction"],
+                json!({"explain_top_k": 3}),
+            ),
+            &[],
+        );
+        assert_eq!(s, 200, "{r}");
+        let c = output(&r, "contributions");
+        assert_eq!(c["shape"], json!([1, 4]), "{c}");
+        close(&floats(&c["data"]), &want_values);
+        let names = output(&r, "contribution_features");
+        assert_eq!(names["data"].as_array().unwrap(), &want_features);
+        assert_eq!(want_features.last().unwrap(), "bias");
+    }
+    // Without the parameter: [executor].explain_top_k (0 here), so the default number.
+    let (s, r) = post_json(
+        &addr,
+        "/v2/models/xgb-direction/infer",
+        &body(3, &["contributions"], json!({})),
+        &[],
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        output(&r, "contributions")["shape"],
+        json!([1, augur_service::oip::DEFAULT_EXPLAIN_TOP_K + 1])
+    );
+    // Fewer than before, from the cache: the largest of them, then the bias.
+    let (s, r) = post_json(
+        &addr,
+        "/v2/models/xgb-direction/infer",
+        &body(3, &["contributions"], json!({"explain_top_k": 1})),
+        &[],
+    );
+    assert_eq!(s, 200, "{r}");
+    close(
+        &floats(&output(&r, "contributions")["data"]),
+        &[want_values[0], *want_values.last().unwrap()],
+    );
+
+    // Refused: the parameter without the output, out of range, an explanation of a model that
+    // cannot explain.
+    for (model, t, outputs, params, why) in [
+        (
+            "xgb-direction",
+            3,
+            vec![],
+            json!({"explain_top_k": 3}),
+            "name the output",
+        ),
+        (
+            "xgb-direction",
+            3,
+            vec!["contributions"],
+            json!({"explain_top_k": 0}),
+            "1 to 64",
+        ),
+        (
+            "xgb-direction",
+            3,
+            vec!["contributions"],
+            json!({"explain_top_k": 65}),
+            "1 to 64",
+        ),
+        (
+            "xgb-direction",
+            3,
+            vec!["contributions"],
+            json!({"explain_top_k": "3"}),
+            "integer",
+        ),
+        (
+            "lstm-direction",
+            32,
+            vec!["contributions"],
+            json!({}),
+            "unknown outputs",
+        ),
+    ] {
+        let (s, r) = post_json(
+            &addr,
+            &format!("/v2/models/{model}/infer"),
+            &body(t, &outputs, params),
+            &[],
+        );
+        assert_eq!(s, 400, "{r}");
+        assert!(r["error"].as_str().unwrap().contains(why), "{why}: {r}");
+    }
+
+    // gRPC: the same values, the parameter as an int64.
+    let grpc = format!("http://{}", svc.ready.grpc.unwrap());
+    actix_rt::System::new().block_on(async {
+        let mut c = GrpcInferenceServiceClient::connect(grpc).await.unwrap();
+        let mut params = HashMap::new();
+        params.insert(
+            "explain_top_k".to_string(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(3)),
+            },
+        );
+        let req =
+            |model: &str, t: usize, outputs: &[&str], parameters: HashMap<String, pb::InferParameter>| {
+                pb::ModelInferRequest {
+                    model_name: model.into(),
+                    inputs: vec![pb::model_infer_request::InferInputTensor {
+                        name: "window".into(),
+                        datatype: "FP32".into(),
+                        shape: vec![1, t as i64, 20],
+                        contents: Some(pb::InferTensorContents {
+                            fp32_contents: window(&vs, t),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    outputs: outputs
+                        .iter()
+                        .map(|n| pb::model_infer_request::InferRequestedOutputTensor {
+                            name: n.to_string(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    parameters,
+                    ..Default::default()
+                }
+            };
+        let raw_f32 = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let r = c
+            .model_infer(req(
+                "augur-ensemble",
+                32,
+                &["forecasts", "contributions"],
+                params.clone(),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["forecasts", "contributions"]);
+        assert_eq!(r.outputs[0].shape, [1, 4, 5]);
+        close(&raw_f32(&r.raw_output_contents[0]), &want_forecasts);
+        close(&raw_f32(&r.raw_output_contents[1]), &want_values);
+        let r = c
+            .model_infer(req("cnn-pattern", 32, &["patterns"], HashMap::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        close(&raw_f32(&r.raw_output_contents[0]), &scores);
+        let e = c
+            .model_infer(req("xgb-direction", 3, &["direction"], params.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    });
     svc.stop();
 }
 
@@ -442,7 +795,10 @@ fn test_grpc_infer_metadata_repository_and_statistics() {
             .unwrap()
             .into_inner();
         let names: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
-        assert_eq!(names, ["probabilities", "direction", "members"]);
+        assert_eq!(
+            names,
+            ["probabilities", "direction", "members", "forecasts", "patterns", "patterns_detected"]
+        );
         let f32s = |b: &[u8]| -> Vec<f32> {
             b.chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -540,7 +896,7 @@ fn test_grpc_infer_metadata_repository_and_statistics() {
 /// against this service over HTTP and gRPC, checked against replay.
 #[test]
 fn test_tritonclient_over_http_and_grpc_gets_what_replay_computes() {
-    let (vs, want) = reference();
+    let (vs, want) = reference_explained(3);
     let svc = start("triton-token");
     // Kept after the run, to rerun the Python side by hand against a service.
     let case = common::root().join("target/tritonclient-case.json");
@@ -557,6 +913,9 @@ fn test_tritonclient_over_http_and_grpc_gets_what_replay_computes() {
                 "name": m.model_id.to_string(),
                 "version": m.model_version.to_string(),
                 "probabilities": m.probabilities,
+                "forecasts": m.forecasts.iter().flat_map(|f| [f.expected_return, f.sigma, f.lower_return, f.upper_return, f.confidence]).collect::<Vec<_>>(),
+                "contributions": m.contributions.iter().map(|c| c.value).collect::<Vec<_>>(),
+                "features": m.contributions.iter().map(|c| c.feature.to_string()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })
         .to_string(),
@@ -582,7 +941,7 @@ fn test_tritonclient_over_http_and_grpc_gets_what_replay_computes() {
     );
     assert!(out.status.success(), "{log}");
     // Every case ran, on both transports (no skips, nothing deselected).
-    assert!(log.contains("14 passed"), "{log}");
+    assert!(log.contains("16 passed"), "{log}");
     svc.stop();
 }
 
@@ -657,7 +1016,44 @@ fn test_tenants_see_their_tier_and_are_limited_over_http_and_grpc() {
     assert_eq!(s, 403, "{r}");
     // pro: the ensemble in full and the members, not the stacker.
     let (s, r) = call("k-pro", "augur-ensemble", 32, None);
-    assert_eq!((s, names(&r).len()), (200, 3), "{r}");
+    assert_eq!(
+        (s, names(&r)),
+        (
+            200,
+            [
+                "probabilities",
+                "direction",
+                "members",
+                "forecasts",
+                "patterns",
+                "patterns_detected"
+            ]
+            .map(String::from)
+            .to_vec()
+        ),
+        "{r}"
+    );
+    // Explanations are the enterprise tier's (and the operator's): refused when a lower tier
+    // names them.
+    let (s, r) = call("k-pro", "xgb-direction", 3, Some(&["direction", "contributions"]));
+    assert_eq!(s, 403, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("contributions"), "{r}");
+    for key in ["k-ent", "operator"] {
+        let (s, r) = call(
+            key,
+            "xgb-direction",
+            3,
+            Some(&["contributions", "contribution_features"]),
+        );
+        assert_eq!((s, names(&r).len()), (200, 2), "{key}: {r}");
+        assert_eq!(
+            r["outputs"][1]["data"][0]
+                .as_str()
+                .map(|f| f.ends_with("[t]") || f.contains("[t-")),
+            Some(true),
+            "{r}"
+        );
+    }
     let (s, _) = call("k-pro", "xgb-direction", 3, None);
     assert_eq!(s, 200);
     let stacker = |key: &str| {
@@ -754,7 +1150,22 @@ fn test_tenants_see_their_tier_and_are_limited_over_http_and_grpc() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.outputs.len(), 3);
+        assert_eq!(r.outputs.len(), 6);
+        let explained = |key: &str| {
+            let mut r = req(key, "xgb-direction", 3);
+            r.get_mut().outputs = vec![pb::model_infer_request::InferRequestedOutputTensor {
+                name: "contributions".into(),
+                ..Default::default()
+            }];
+            r
+        };
+        let e = c.model_infer(explained("k-pro")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        let r = c.model_infer(explained("k-ent")).await.unwrap().into_inner();
+        assert_eq!(
+            r.outputs[0].shape,
+            [1, augur_service::oip::DEFAULT_EXPLAIN_TOP_K as i64 + 1]
+        );
         for key in ["", "k-nope", "k-old"] {
             let e = c.model_infer(req(key, "augur-ensemble", 32)).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::Unauthenticated, "{key}: {e}");

@@ -26,6 +26,20 @@ use crate::types::Contribution;
 pub struct Heads {
     pub forecasts: Vec<HorizonForecast>,
     pub patterns: Vec<PatternSignal>,
+    /// Every pattern's probability, in the order of [`OutputsInfo::patterns`] (the request
+    /// path's tensors show them all; `patterns` keeps those at or above their thresholds).
+    pub pattern_scores: Vec<f32>,
+}
+
+/// What a loaded model answers beyond its classes, for the request path's metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputsInfo {
+    /// A forecast head's horizons and interval.
+    pub forecast: Option<crate::forecast::ForecastSpec>,
+    /// A pattern head's pattern names and thresholds.
+    pub patterns: Option<crate::patterns::PatternSpec>,
+    /// Whether the model can explain its calls (TreeSHAP).
+    pub explains: bool,
 }
 
 /// What the executor needs from a model; the `augur` crate implements it over the runtime.
@@ -42,6 +56,10 @@ pub trait InferenceBackend: Send {
     /// they are not values a desk could use (the model's fault).
     fn heads(&self, _head: &[f32]) -> Option<Heads> {
         None
+    }
+    /// What its heads are, and whether it explains (see [`OutputsInfo`]).
+    fn outputs_info(&self) -> OutputsInfo {
+        OutputsInfo::default()
     }
     /// Checks and prepares one raw row, appending it to `out`.
     fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected>;
@@ -134,7 +152,7 @@ impl ExecutorConfig {
         if self.queue_capacity == 0 {
             p.push(format!("{prefix}.queue_capacity must be at least 1"));
         }
-        if self.explain_top_k > 64 {
+        if self.explain_top_k > MAX_EXPLAIN_TOP_K {
             p.push(format!(
                 "{prefix}.explain_top_k must be at most 64, got {}",
                 self.explain_top_k
@@ -154,6 +172,8 @@ pub struct RowOutput {
     pub forecasts: Vec<HorizonForecast>,
     /// The chart patterns a model with a pattern head sees (above their thresholds).
     pub patterns: Vec<PatternSignal>,
+    /// Every pattern's probability (see [`Heads::pattern_scores`]).
+    pub pattern_scores: Vec<f32>,
     /// Forward-pass time of the batch this row was in.
     pub inference_us: u32,
     pub batch_size: u32,
@@ -193,6 +213,8 @@ impl ExecError {
 
 struct Job {
     raw: Vec<f32>,
+    /// Explanations asked for by this call (their number); 0: as `explain_top_k` says.
+    explain: u8,
     reply: oneshot::Sender<Result<RowOutput, ExecError>>,
 }
 
@@ -224,7 +246,12 @@ pub struct ExecutorState {
     pub batches: AtomicU64,
     pub rows: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// What the loaded model answers (set once it is loaded, before `ready`).
+    pub outputs: std::sync::OnceLock<OutputsInfo>,
 }
+
+/// Explanations one call may ask for at most.
+pub const MAX_EXPLAIN_TOP_K: usize = 64;
 
 /// A cheap, cloneable way to submit rows to one executor.
 #[derive(Clone)]
@@ -249,11 +276,23 @@ impl ExecutorHandle {
         &self,
         raw: Vec<f32>,
     ) -> Result<oneshot::Receiver<Result<RowOutput, ExecError>>, ExecError> {
+        self.submit_explained(raw, 0)
+    }
+
+    /// Queues one raw row whose answer carries its `explain` largest contributions (when the
+    /// model explains; at most [`MAX_EXPLAIN_TOP_K`]), whatever `explain_top_k` says; 0: as
+    /// it says.
+    pub fn submit_explained(
+        &self,
+        raw: Vec<f32>,
+        explain: usize,
+    ) -> Result<oneshot::Receiver<Result<RowOutput, ExecError>>, ExecError> {
         if self.state.down.load(Ordering::Acquire) {
             return Err(ExecError::Down);
         }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { raw, reply }) {
+        let explain = explain.min(MAX_EXPLAIN_TOP_K) as u8;
+        match self.tx.try_send(Job { raw, explain, reply }) {
             Ok(()) => {
                 self.state.queued.fetch_add(1, Ordering::Relaxed);
                 Ok(rx)
@@ -266,6 +305,23 @@ impl ExecutorHandle {
     /// Submits and waits.
     pub async fn infer(&self, raw: Vec<f32>) -> Result<RowOutput, ExecError> {
         self.submit(raw)?.await.unwrap_or(Err(ExecError::Down))
+    }
+
+    /// [`ExecutorHandle::submit_explained`], and waits.
+    pub async fn infer_explained(&self, raw: Vec<f32>, explain: usize) -> Result<RowOutput, ExecError> {
+        self.submit_explained(raw, explain)?
+            .await
+            .unwrap_or(Err(ExecError::Down))
+    }
+
+    /// The explanations a call that asks for none gets (`explain_top_k`).
+    pub fn explain_top_k(&self) -> usize {
+        self.batch.lock().map_or(0, |b| b.explain_top_k)
+    }
+
+    /// What the loaded model answers; `None` while it loads.
+    pub fn outputs(&self) -> Option<&OutputsInfo> {
+        self.state.outputs.get()
     }
 
     pub fn state(&self) -> &Arc<ExecutorState> {
@@ -341,6 +397,55 @@ pub fn spawn(
     (handle, ready_rx)
 }
 
+/// The explanations of the rows of one batch that want them (`wants[i]` > 0: the largest
+/// that many, then `bias`), the others' empty; all empty when the model cannot explain or
+/// fails (a failure loses only the explanations).
+fn explain_rows(
+    backend: &dyn InferenceBackend,
+    rows: &[f32],
+    len: usize,
+    out: &[f32],
+    width: usize,
+    classes: usize,
+    wants: &[usize],
+) -> Vec<Vec<Contribution>> {
+    let mut result = vec![Vec::new(); wants.len()];
+    let chosen: Vec<usize> = (0..wants.len()).filter(|&i| wants[i] > 0).collect();
+    let Some(k) = chosen.iter().map(|&i| wants[i]).max() else {
+        return result;
+    };
+    let sub_rows: std::borrow::Cow<[f32]> = if chosen.len() == wants.len() {
+        std::borrow::Cow::Borrowed(rows)
+    } else {
+        chosen
+            .iter()
+            .flat_map(|&i| &rows[i * len..(i + 1) * len])
+            .copied()
+            .collect()
+    };
+    let probabilities: Vec<f32> = chosen
+        .iter()
+        .flat_map(|&i| &out[i * width..i * width + classes])
+        .copied()
+        .collect();
+    if let Ok(Some(Ok(e))) = catch_unwind(AssertUnwindSafe(|| {
+        backend.explain(&sub_rows, chosen.len(), &probabilities, k)
+    })) && e.len() == chosen.len()
+    {
+        for (&i, mut c) in chosen.iter().zip(e) {
+            // Largest first, then the bias: a row that wants fewer keeps its first ones.
+            if c.len() > wants[i] + 1
+                && let Some(bias) = c.pop()
+            {
+                c.truncate(wants[i]);
+                c.push(bias);
+            }
+            result[i] = c;
+        }
+    }
+    result
+}
+
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -399,6 +504,7 @@ fn run(
             return;
         }
     };
+    let _ = state.outputs.set(backend.outputs_info());
     state.ready.store(true, Ordering::Release);
     let _ = ready.send(Ok(()));
     let (len, classes) = (backend.row_len(), backend.classes());
@@ -461,29 +567,20 @@ fn run(
         match result {
             Ok(Ok(out)) if out.len() == n * width => {
                 let mut all_valid = true;
-                // Explanations after the pass (not in its time); a failure loses only them.
-                let mut explained = match cfg.explain_top_k {
-                    0 => None,
-                    k => {
-                        let probabilities: std::borrow::Cow<[f32]> = if width == classes {
-                            std::borrow::Cow::Borrowed(&out)
-                        } else {
-                            out.chunks_exact(width)
-                                .flat_map(|r| &r[..classes])
-                                .copied()
-                                .collect()
-                        };
-                        match catch_unwind(AssertUnwindSafe(|| {
-                            backend.explain(&rows[..n * len], n, &probabilities, k)
-                        })) {
-                            Ok(Some(Ok(e))) if e.len() == n => Some(e.into_iter()),
-                            _ => None,
-                        }
-                    }
-                };
-                for (job, row) in accepted.into_iter().zip(out.chunks_exact(width)) {
+                // Explanations after the pass (not in its time), of the rows that want them (the
+                // call's own number, else `explain_top_k`); a failure loses only them.
+                let wants: Vec<usize> = accepted
+                    .iter()
+                    .map(|j| match j.explain {
+                        0 => cfg.explain_top_k,
+                        k => k as usize,
+                    })
+                    .collect();
+                let mut explained =
+                    explain_rows(&*backend, &rows[..n * len], len, &out, width, classes, &wants);
+                for (i, (job, row)) in accepted.into_iter().zip(out.chunks_exact(width)).enumerate() {
                     let (p, head) = row.split_at(classes);
-                    let contributions = explained.as_mut().and_then(Iterator::next).unwrap_or_default();
+                    let contributions = explained.get_mut(i).map(std::mem::take).unwrap_or_default();
                     // A NaN would become a SHORT signal with confidence -inf downstream: an
                     // answer that is not a distribution is the model's fault, never published.
                     // A head whose values are unusable (not finite, a scale out of range) loses
@@ -502,6 +599,7 @@ fn run(
                             contributions,
                             forecasts: heads.forecasts,
                             patterns: heads.patterns,
+                            pattern_scores: heads.pattern_scores,
                             inference_us: us,
                             batch_size: n as u32,
                         }),

@@ -2,8 +2,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use augur_actors::executor::Heads;
 use augur_actors::executor::{BackendFactory, InferenceBackend, ModelError, RowRejected};
+use augur_actors::executor::{Heads, OutputsInfo};
 use augur_actors::forecast::ForecastSpec;
 use augur_actors::patterns::PatternSpec;
 use augur_actors::types::{Contribution, ModelInfo};
@@ -68,7 +68,16 @@ impl InferenceBackend for RuntimeBackend {
                 Some(spec) => spec.read(p)?,
                 None => Vec::new(),
             },
+            pattern_scores: p.to_vec(),
         })
+    }
+
+    fn outputs_info(&self) -> OutputsInfo {
+        OutputsInfo {
+            forecast: self.forecast.clone(),
+            patterns: self.patterns.clone(),
+            explains: self.model.explainable(),
+        }
     }
 
     fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected> {

@@ -50,6 +50,10 @@ pub trait Backend: Send + std::fmt::Debug {
     ) -> Option<Result<Vec<f32>, RuntimeError>> {
         None
     }
+    /// Whether [`Backend::contributions`] can answer.
+    fn explains(&self) -> bool {
+        false
+    }
 }
 
 /// The kind's loader: the manifest names the kind, the kind's module loads the file.
@@ -159,6 +163,11 @@ impl Model {
         classes: &[usize],
     ) -> Option<Result<Vec<f32>, RuntimeError>> {
         self.backend.contributions(rows, n, classes)
+    }
+
+    /// Whether the model can explain its calls ([`Model::contributions`]).
+    pub fn explainable(&self) -> bool {
+        self.backend.explains()
     }
 
     /// The batch API: n raw windows, concatenated, in; n x classes probabilities out.

@@ -547,6 +547,10 @@ impl super::Backend for XgbModel {
         "cpu".to_string()
     }
 
+    fn explains(&self) -> bool {
+        self.explainable().is_ok()
+    }
+
     fn contributions(
         &self,
         rows: &[f32],

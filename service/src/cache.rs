@@ -48,8 +48,12 @@ impl Default for PredictionCache {
 struct Cached {
     probabilities: Vec<f32>,
     contributions: Vec<Contribution>,
+    /// The explanations asked for when it was computed (0: none): a call asking for more, or
+    /// for some when none came (a model that could not explain that time), misses.
+    explained: usize,
     forecasts: Vec<HorizonForecast>,
     patterns: Vec<PatternSignal>,
+    pattern_scores: Vec<f32>,
 }
 
 /// A model's answer to one row.
@@ -63,6 +67,8 @@ pub struct Answer {
     pub forecasts: Vec<HorizonForecast>,
     /// The chart patterns of a model with a pattern head.
     pub patterns: Vec<PatternSignal>,
+    /// Every pattern's probability (a model with a pattern head).
+    pub pattern_scores: Vec<f32>,
     /// 0 for a cached answer (no forward pass ran).
     pub inference_us: u32,
     pub batch_size: u32,
@@ -94,42 +100,64 @@ impl PredictionCache {
         self.len() == 0
     }
 
-    /// Runs `row` through the version of `g` serving now, or answers from the cache.
-    pub async fn infer(&self, g: &ModelGate, row: Vec<f32>) -> Result<Answer, ExecError> {
+    /// Runs `row` through the version of `g` serving now, or answers from the cache. `explain`:
+    /// the explanations wanted (see [`ExecutorHandle::submit_explained`]); 0 for what
+    /// `explain_top_k` gives.
+    ///
+    /// [`ExecutorHandle::submit_explained`]: augur_actors::executor::ExecutorHandle::submit_explained
+    pub async fn infer(&self, g: &ModelGate, row: Vec<f32>, explain: usize) -> Result<Answer, ExecError> {
         let (version, executor) = g.serving();
+        let explains = executor.outputs().is_some_and(|o| o.explains);
+        let wanted = match explain {
+            _ if !explains => 0,
+            0 => executor.explain_top_k(),
+            k => k.min(augur_actors::executor::MAX_EXPLAIN_TOP_K),
+        };
         let key = self.entries.as_ref().map(|_| Key {
             model: g.info.id.clone(),
             version: version.clone(),
             input: row.iter().map(|x| x.to_bits()).collect(),
         });
         if let Some(k) = &key
-            && let Some(hit) = self.lock().and_then(|mut c| c.get(k).cloned())
+            && let Some(hit) = self
+                .lock()
+                .and_then(|mut c| c.get(k).cloned())
+                .filter(|hit| hit.explained >= wanted)
         {
             self.hits.increment(1);
             return Ok(Answer {
                 version,
                 probabilities: hit.probabilities.clone(),
-                contributions: hit.contributions.clone(),
+                contributions: keep_largest(&hit.contributions, wanted),
                 forecasts: hit.forecasts.clone(),
                 patterns: hit.patterns.clone(),
+                pattern_scores: hit.pattern_scores.clone(),
                 inference_us: 0,
                 batch_size: 0,
                 cached: true,
             });
         }
-        let out = executor.infer(row).await?;
+        let out = executor.infer_explained(row, wanted).await?;
         if let Some(k) = key {
             self.misses.increment(1);
             if let Some(mut c) = self.lock() {
-                c.put(
-                    k,
-                    Arc::new(Cached {
-                        probabilities: out.probabilities.clone(),
-                        contributions: out.contributions.clone(),
-                        forecasts: out.forecasts.clone(),
-                        patterns: out.patterns.clone(),
-                    }),
-                );
+                // Explanations that did not come (a failure loses only them) are not kept as
+                // the answer to calls that want them.
+                let explained = if out.contributions.is_empty() { 0 } else { wanted };
+                let keep = c.peek(&k).is_none_or(|old| old.explained <= explained);
+                if keep {
+                    c.put(
+                        k,
+                        Arc::new(Cached {
+                            probabilities: out.probabilities.clone(),
+                            contributions: out.contributions.clone(),
+                            explained,
+                            forecasts: out.forecasts.clone(),
+                            patterns: out.patterns.clone(),
+                            pattern_scores: out.pattern_scores.clone(),
+                        }),
+                    );
+                }
                 self.size.set(c.len() as f64);
             }
         }
@@ -139,9 +167,47 @@ impl PredictionCache {
             contributions: out.contributions,
             forecasts: out.forecasts,
             patterns: out.patterns,
+            pattern_scores: out.pattern_scores,
             inference_us: out.inference_us,
             batch_size: out.batch_size,
             cached: false,
         })
+    }
+}
+
+/// The `k` largest of explanations kept largest first with the bias last (all of them when
+/// there are no more; none for `k` = 0).
+fn keep_largest(c: &[Contribution], k: usize) -> Vec<Contribution> {
+    match (k, c.split_last()) {
+        (0, _) | (_, None) => Vec::new(),
+        (k, Some((bias, rest))) if rest.len() > k => rest[..k].iter().chain([bias]).cloned().collect(),
+        _ => c.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(names: &[&str]) -> Vec<Contribution> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Contribution {
+                feature: (*n).into(),
+                value: i as f32,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_fewer_explanations_keep_the_largest_and_the_bias() {
+        let all = c(&["a", "b", "c", "bias"]);
+        let names = |v: Vec<Contribution>| v.iter().map(|x| x.feature.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(keep_largest(&all, 2)), ["a", "b", "bias"]);
+        assert_eq!(names(keep_largest(&all, 3)), ["a", "b", "c", "bias"]);
+        assert_eq!(names(keep_largest(&all, 9)), ["a", "b", "c", "bias"]);
+        assert!(keep_largest(&all, 0).is_empty());
+        assert!(keep_largest(&[], 3).is_empty());
     }
 }

@@ -170,6 +170,15 @@ fn string_param(p: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Op
     }
 }
 
+fn count_param(p: &HashMap<String, pb::InferParameter>, key: &str) -> Result<Option<i64>, Status> {
+    match p.get(key).and_then(|v| v.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(n)) => Ok(Some(*n)),
+        Some(ParameterChoice::Uint64Param(n)) => Ok(Some(i64::try_from(*n).unwrap_or(i64::MAX))),
+        Some(_) => Err(invalid(format!("parameter {key:?} must be an integer"))),
+    }
+}
+
 /// The request as the core reads it: each input's numbers from its raw contents (in input
 /// order, when any are given) or its typed contents.
 fn read_request(r: pb::ModelInferRequest) -> Result<InferRequest, Status> {
@@ -215,6 +224,10 @@ fn read_request(r: pb::ModelInferRequest) -> Result<InferRequest, Status> {
             (None, None)
         }
     };
+    let explain_top_k = count_param(&r.parameters, "explain_top_k").unwrap_or_else(|e| {
+        errs.push(e.message().to_string());
+        None
+    });
     if !errs.is_empty() {
         return Err(invalid(errs.join("; ")));
     }
@@ -236,6 +249,7 @@ fn read_request(r: pb::ModelInferRequest) -> Result<InferRequest, Status> {
             .map(|o| o.into_iter().map(|o| o.name).collect()),
         method,
         timeframe,
+        explain_top_k,
     })
 }
 

@@ -1467,6 +1467,8 @@ pub(crate) struct Combined {
     pub(crate) probabilities: Vec<f32>,
     pub(crate) method: Method,
     pub(crate) members: Vec<MemberPrediction>,
+    /// Each member's every pattern probability (empty for a member without a pattern head).
+    pub(crate) pattern_scores: Vec<Vec<f32>>,
 }
 
 impl Combined {
@@ -1487,15 +1489,18 @@ impl Combined {
 /// One window through every member that is serving (batched with the streams' calls in the
 /// executors; an unloaded member is left out, as the streams' ensembles leave it out), then the
 /// same ensemble rule as the aggregator ([`combine`]). Asked for stacking, it refuses rather
-/// than silently falling back.
+/// than silently falling back. `explain`: the explanations each member that explains gives
+/// (0: as `[executor].explain_top_k` says).
 pub(crate) async fn predict_one(
     s: &AppState,
     window: &[Vec<f32>],
     method: Method,
     config: &AggregatorConfig,
+    explain: usize,
 ) -> Result<Combined, Vec<String>> {
     let mut errs = Vec::new();
     let mut members = Vec::new();
+    let mut pattern_scores = Vec::new();
     for g in s
         .pipeline
         .gates
@@ -1515,7 +1520,7 @@ pub(crate) async fn predict_one(
         for v in &window[window.len() - w..] {
             raw.extend_from_slice(v);
         }
-        match s.oip.cache.infer(g, raw).await {
+        match s.oip.cache.infer(g, raw, explain).await {
             Ok(out) => {
                 let mut m = MemberPrediction::new(
                     &g.info,
@@ -1529,6 +1534,7 @@ pub(crate) async fn predict_one(
                 m.forecasts = out.forecasts;
                 m.patterns = out.patterns;
                 members.push(m);
+                pattern_scores.push(out.pattern_scores);
             }
             Err(e) => errs.push(format!("{}: {e}", g.info.id)),
         }
@@ -1557,6 +1563,7 @@ pub(crate) async fn predict_one(
         probabilities,
         method: used,
         members,
+        pattern_scores,
     })
 }
 
@@ -1656,7 +1663,7 @@ async fn predict(
             return problems(StatusCode::BAD_REQUEST, errs);
         }
         let settings = settings.with_adaptive(&s.pipeline.adaptive, &last.timeframe);
-        return match predict_one(&s, &window, settings.method, &settings).await {
+        return match predict_one(&s, &window, settings.method, &settings, 0).await {
             Ok(r) => {
                 let meta = EventMeta {
                     sequence: last.sequence,
@@ -1709,7 +1716,7 @@ async fn predict(
         .with_adaptive(&s.pipeline.adaptive, req.timeframe.as_deref().unwrap_or_default());
     let mut predictions = Vec::new();
     for window in &req.windows {
-        match predict_one(&s, window, method, &settings).await {
+        match predict_one(&s, window, method, &settings, 0).await {
             Ok(r) => predictions.push(r.view()),
             Err(e) => return problems(StatusCode::BAD_REQUEST, e),
         }

@@ -29,11 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use augur_actors::aggregator::{AggregatorConfig, Method};
-use augur_actors::executor::ExecError;
+use augur_actors::executor::{ExecError, MAX_EXPLAIN_TOP_K};
+use augur_actors::forecast::{ForecastSpec, HorizonForecast};
 use augur_actors::gate::ModelGate;
+use augur_actors::patterns::{PatternSignal, PatternSpec};
+use augur_actors::types::Contribution;
 use augur_actors::types::{Direction, argmax};
 use futures::future::join_all;
 
+use crate::cache::Answer;
 use crate::http::AppState;
 use crate::tenants::{Caller, ModelKind, Refusal};
 
@@ -50,6 +54,22 @@ pub const EXTENSIONS: [&str; 4] = [
     "model_repository",
     "parameters",
 ];
+
+/// The outputs beyond the classes, when the model (or, for `augur-ensemble`, a member it
+/// serves) has them: a forecast head's Gaussians per horizon, FP32 `[N, H, 5]`.
+pub const FORECASTS: &str = "forecasts";
+/// The values of each horizon of [`FORECASTS`], in order (its `fields` parameter).
+pub const FORECAST_FIELDS: &str = "expected_return,sigma,lower_return,upper_return,confidence";
+/// A pattern head's probability of every pattern, FP32 `[N, P]`.
+pub const PATTERNS: &str = "patterns";
+/// The patterns at or above their thresholds, most probable first, comma-separated, BYTES `[N]`.
+pub const PATTERNS_DETECTED: &str = "patterns_detected";
+/// TreeSHAP: the largest contributions to the called class's margin, then the bias, FP32
+/// `[N, K + 1]`, and their features' names, BYTES `[N, K + 1]`. Only when named.
+pub const CONTRIBUTIONS: &str = "contributions";
+pub const CONTRIBUTION_FEATURES: &str = "contribution_features";
+/// The explanations a call gets without `explain_top_k` when `[executor].explain_top_k` is 0.
+pub const DEFAULT_EXPLAIN_TOP_K: usize = 8;
 
 /// What went wrong, as the protocol's status: HTTP 404 / 400 / 503 / 500, gRPC NOT_FOUND /
 /// INVALID_ARGUMENT / UNAVAILABLE / INTERNAL.
@@ -160,6 +180,9 @@ pub struct InferRequest {
     pub method: Option<String>,
     /// `augur-ensemble` only: the timeframe whose adaptive weights apply.
     pub timeframe: Option<String>,
+    /// The explanations wanted per row (request parameter `explain_top_k`, with the output
+    /// `contributions` or `contribution_features` named).
+    pub explain_top_k: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -386,7 +409,46 @@ fn gate_ready(g: &ModelGate) -> Result<(), String> {
     }
 }
 
-fn outputs_meta(ensemble: bool) -> Vec<TensorMeta> {
+/// The heads a model shows, each with the model (member) that computes it.
+#[derive(Debug, Default)]
+struct HeadSet {
+    forecast: Option<(Arc<str>, ForecastSpec)>,
+    patterns: Option<(Arc<str>, PatternSpec)>,
+    explains: Option<Arc<str>>,
+}
+
+/// A member's heads, or for `augur-ensemble` the first serving member's with each head; the
+/// version serving now (a member still loading shows none).
+fn head_set(s: &AppState, t: &Target<'_>) -> HeadSet {
+    let gates: Vec<&Arc<ModelGate>> = match t {
+        Target::Member(g) => vec![*g],
+        Target::Stacker(..) => Vec::new(),
+        Target::Ensemble => s.pipeline.gates.iter().filter(|g| serving(g)).collect(),
+    };
+    let mut h = HeadSet::default();
+    for g in gates {
+        let Some(o) = g.executor().outputs().cloned() else {
+            continue;
+        };
+        let id = g.info.id.clone();
+        if h.forecast.is_none()
+            && let Some(f) = o.forecast
+        {
+            h.forecast = Some((id.clone(), f));
+        }
+        if h.patterns.is_none()
+            && let Some(p) = o.patterns
+        {
+            h.patterns = Some((id.clone(), p));
+        }
+        if h.explains.is_none() && o.explains {
+            h.explains = Some(id);
+        }
+    }
+    h
+}
+
+fn outputs_meta(ensemble: bool, heads: &HeadSet) -> Vec<TensorMeta> {
     let mut v = vec![
         TensorMeta {
             name: "probabilities",
@@ -408,12 +470,42 @@ fn outputs_meta(ensemble: bool) -> Vec<TensorMeta> {
             shape: vec![-1, -1, 3],
         });
     }
+    if let Some((_, f)) = &heads.forecast {
+        v.push(TensorMeta {
+            name: FORECASTS,
+            datatype: "FP32",
+            shape: vec![-1, f.horizons.len() as i64, 5],
+        });
+    }
+    if let Some((_, p)) = &heads.patterns {
+        v.push(TensorMeta {
+            name: PATTERNS,
+            datatype: "FP32",
+            shape: vec![-1, p.names.len() as i64],
+        });
+        v.push(TensorMeta {
+            name: PATTERNS_DETECTED,
+            datatype: "BYTES",
+            shape: vec![-1],
+        });
+    }
+    if heads.explains.is_some() {
+        for (name, datatype) in [(CONTRIBUTIONS, "FP32"), (CONTRIBUTION_FEATURES, "BYTES")] {
+            v.push(TensorMeta {
+                name,
+                datatype,
+                // K + 1: the explanations asked for (`explain_top_k`), then the bias.
+                shape: vec![-1, -1],
+            });
+        }
+    }
     v
 }
 
 pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<ModelMeta, OipError> {
     let t = target(s, name, version)?;
     let f = features(s) as i64;
+    let heads = head_set(s, &t);
     let (platform, inputs, outputs) = match &t {
         Target::Member(g) => (
             g.info.kind.to_string(),
@@ -422,7 +514,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, g.info.window as i64, f],
             }],
-            outputs_meta(false),
+            outputs_meta(false, &heads),
         ),
         Target::Stacker(g, k) => (
             g.info.kind.to_string(),
@@ -431,7 +523,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, 3 * *k as i64],
             }],
-            outputs_meta(false),
+            outputs_meta(false, &heads),
         ),
         Target::Ensemble => (
             "ensemble".to_string(),
@@ -440,7 +532,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, longest_window(s) as i64, f],
             }],
-            outputs_meta(true),
+            outputs_meta(true, &heads),
         ),
     };
     Ok(ModelMeta {
@@ -877,20 +969,22 @@ fn exec_error(model: &str, e: &ExecError) -> OipError {
 }
 
 /// Runs `rows` rows of `width` values each through one model (or the prediction cache),
-/// concurrently. Answers the probabilities, row after row, the longest forward time, and the
-/// version that answered (a swap landing between the rows is refused: send it again).
+/// concurrently, `explain` explanations each (0: as `explain_top_k` says). Answers each row's
+/// answer, the longest forward time, and the version that answered (a swap landing between
+/// the rows is refused: send it again).
 async fn run_rows(
     s: &AppState,
     g: &ModelGate,
     data: &[f32],
     rows: usize,
-) -> Result<(Vec<f32>, u64, String), OipError> {
+    explain: usize,
+) -> Result<(Vec<Answer>, u64, String), OipError> {
     let width = data.len() / rows.max(1);
     let calls = data
         .chunks_exact(width.max(1))
         .take(rows)
-        .map(|r| s.oip.cache.infer(g, r.to_vec()));
-    let mut probs = Vec::with_capacity(rows * 3);
+        .map(|r| s.oip.cache.infer(g, r.to_vec(), explain));
+    let mut answers = Vec::with_capacity(rows);
     let mut compute_ns = 0u64;
     let mut version: Option<Arc<str>> = None;
     for r in join_all(calls).await {
@@ -908,16 +1002,180 @@ async fn run_rows(
                 out.probabilities.len()
             )));
         }
-        probs.extend_from_slice(&out.probabilities);
         compute_ns = compute_ns.max(out.inference_us as u64 * 1000);
+        answers.push(out);
     }
     Ok((
-        probs,
+        answers,
         compute_ns,
         version
             .map(|v| v.to_string())
             .unwrap_or_else(|| g.version().to_string()),
     ))
+}
+
+/// One row's values beyond its classes, from the model (member) that computes each head.
+#[derive(Debug, Default)]
+struct Extras {
+    forecasts: Vec<HorizonForecast>,
+    patterns: Vec<PatternSignal>,
+    pattern_scores: Vec<f32>,
+    contributions: Vec<Contribution>,
+}
+
+impl Extras {
+    fn of(a: Answer) -> Self {
+        Extras {
+            forecasts: a.forecasts,
+            patterns: a.patterns,
+            pattern_scores: a.pattern_scores,
+            contributions: a.contributions,
+        }
+    }
+}
+
+/// The head outputs of `rows` (see [`FORECASTS`] and the rest), and for each head output
+/// that some row lacks, why: a row whose head values were unusable (counted in
+/// `augur_model_heads_invalid_total`), explanations that failed, a swap to a version without
+/// the head. `explain`: the explanations were asked for. `model`: name the member (for
+/// `augur-ensemble`).
+fn head_outputs(
+    heads: &HeadSet,
+    rows: &[Extras],
+    explain: bool,
+    model: bool,
+) -> (Vec<Output>, Vec<(&'static str, String)>) {
+    let n = rows.len() as i64;
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    let named = |id: &Arc<str>, mut p: Vec<(&'static str, String)>| {
+        if model {
+            p.push(("model", id.to_string()));
+        }
+        p
+    };
+    let join = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(",");
+    if let Some((
+        id,
+        ForecastSpec {
+            horizons, interval, ..
+        },
+    )) = &heads.forecast
+    {
+        let h = horizons.len();
+        match rows.iter().position(|r| {
+            r.forecasts.len() != h
+                || r.forecasts
+                    .iter()
+                    .zip(horizons.iter())
+                    .any(|(f, &b)| f.horizon_bars != b)
+        }) {
+            Some(i) => missing.push((
+                FORECASTS,
+                format!("{id}: row {i} has no usable forecast (its head's values were invalid, counted in augur_model_heads_invalid_total, or a version without the head answered)"),
+            )),
+            None => out.push(Output {
+                name: FORECASTS,
+                datatype: "FP32",
+                shape: vec![n, h as i64, 5],
+                data: OutData::Fp32(
+                    rows.iter()
+                        .flat_map(|r| &r.forecasts)
+                        .flat_map(|f| [f.expected_return, f.sigma, f.lower_return, f.upper_return, f.confidence])
+                        .collect(),
+                ),
+                parameters: named(
+                    id,
+                    vec![
+                        ("horizons", join(&mut horizons.iter().map(u32::to_string))),
+                        ("fields", FORECAST_FIELDS.to_string()),
+                        ("interval", interval.to_string()),
+                    ],
+                ),
+            }),
+        }
+    }
+    if let Some((id, PatternSpec { names, thresholds })) = &heads.patterns {
+        match rows.iter().position(|r| r.pattern_scores.len() != names.len()) {
+            Some(i) => {
+                let why = format!(
+                    "{id}: row {i} has no usable pattern probabilities (its head's values were invalid, counted in augur_model_heads_invalid_total, or a version without the head answered)"
+                );
+                missing.push((PATTERNS, why.clone()));
+                missing.push((PATTERNS_DETECTED, why));
+            }
+            None => {
+                out.push(Output {
+                    name: PATTERNS,
+                    datatype: "FP32",
+                    shape: vec![n, names.len() as i64],
+                    data: OutData::Fp32(
+                        rows.iter()
+                            .flat_map(|r| r.pattern_scores.iter().copied())
+                            .collect(),
+                    ),
+                    parameters: named(
+                        id,
+                        vec![
+                            ("patterns", join(&mut names.iter().map(|x| x.to_string()))),
+                            ("thresholds", join(&mut thresholds.iter().map(f32::to_string))),
+                        ],
+                    ),
+                });
+                out.push(Output {
+                    name: PATTERNS_DETECTED,
+                    datatype: "BYTES",
+                    shape: vec![n],
+                    data: OutData::Bytes(
+                        rows.iter()
+                            .map(|r| join(&mut r.patterns.iter().map(|p| p.name.to_string())))
+                            .collect(),
+                    ),
+                    parameters: named(id, Vec::new()),
+                });
+            }
+        }
+    }
+    if let (true, Some(id)) = (explain, &heads.explains) {
+        let width = rows.first().map_or(0, |r| r.contributions.len());
+        match rows
+            .iter()
+            .position(|r| r.contributions.is_empty() || r.contributions.len() != width)
+        {
+            Some(i) => {
+                let why = format!(
+                    "{id}: row {i} could not be explained (the explanation failed, or a version that cannot explain answered)"
+                );
+                missing.push((CONTRIBUTIONS, why.clone()));
+                missing.push((CONTRIBUTION_FEATURES, why));
+            }
+            None => {
+                out.push(Output {
+                    name: CONTRIBUTIONS,
+                    datatype: "FP32",
+                    shape: vec![n, width as i64],
+                    data: OutData::Fp32(
+                        rows.iter()
+                            .flat_map(|r| r.contributions.iter().map(|c| c.value))
+                            .collect(),
+                    ),
+                    parameters: named(id, Vec::new()),
+                });
+                out.push(Output {
+                    name: CONTRIBUTION_FEATURES,
+                    datatype: "BYTES",
+                    shape: vec![n, width as i64],
+                    data: OutData::Bytes(
+                        rows.iter()
+                            .flat_map(|r| r.contributions.iter().map(|c| c.feature.to_string()))
+                            .collect(),
+                    ),
+                    parameters: named(id, Vec::new()),
+                });
+            }
+        }
+    }
+    (out, missing)
 }
 
 fn direction_of(p: &[f32]) -> String {
@@ -983,22 +1241,86 @@ fn method_of(s: &AppState, req: &InferRequest) -> Result<AggregatorConfig, OipEr
         .with_adaptive(&s.pipeline.adaptive, req.timeframe.as_deref().unwrap_or_default()))
 }
 
-/// The outputs, the rows, the longest forward time (ns), and the version that answered (a
-/// member's or the stacker's).
-type Ran = (Vec<Output>, u64, u64, Option<String>);
+/// What a request ran to.
+struct Ran {
+    outputs: Vec<Output>,
+    /// Head outputs some row lacks, and why.
+    missing: Vec<(&'static str, String)>,
+    rows: u64,
+    /// The longest forward time (ns).
+    ns: u64,
+    /// The version that answered (a member's or the stacker's).
+    answered: Option<String>,
+}
+
+/// The explanations a request wants per row: 0 when it names neither explanation output.
+fn explain_of(s: &AppState, req: &InferRequest, heads: &HeadSet) -> Result<usize, OipError> {
+    let named = req
+        .outputs
+        .iter()
+        .flatten()
+        .any(|o| o == CONTRIBUTIONS || o == CONTRIBUTION_FEATURES);
+    match (req.explain_top_k, named) {
+        (Some(_), false) => Err(OipError::Invalid(format!(
+            "parameter explain_top_k: name the output {CONTRIBUTIONS:?} or {CONTRIBUTION_FEATURES:?} to be given explanations"
+        ))),
+        (Some(k), true) if !(1..=MAX_EXPLAIN_TOP_K as i64).contains(&k) => Err(OipError::Invalid(format!(
+            "parameter explain_top_k must be 1 to {MAX_EXPLAIN_TOP_K}, got {k}"
+        ))),
+        (Some(k), true) => Ok(k as usize),
+        (None, false) => Ok(0),
+        (None, true) => {
+            let configured = heads
+                .explains
+                .as_ref()
+                .and_then(|id| s.pipeline.gates.iter().find(|g| g.info.id == *id))
+                .map_or(0, |g| g.executor().explain_top_k());
+            Ok(match configured {
+                0 => DEFAULT_EXPLAIN_TOP_K,
+                k => k,
+            })
+        }
+    }
+}
 
 async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, OipError> {
     let f = features(s) as i64;
+    let heads = head_set(s, t);
+    let explain = explain_of(s, req, &heads)?;
     match t {
         Target::Member(g) => {
             let (input, rows) = the_input(req, "window", &[-1, g.info.window as i64, f])?;
-            let (probs, ns, v) = run_rows(s, g, &input.data, rows).await?;
-            Ok((class_outputs(probs, rows), rows as u64, ns, Some(v)))
+            let (answers, ns, v) = run_rows(s, g, &input.data, rows, explain).await?;
+            let probs = answers
+                .iter()
+                .flat_map(|a| a.probabilities.iter().copied())
+                .collect();
+            let extras: Vec<Extras> = answers.into_iter().map(Extras::of).collect();
+            let (more, missing) = head_outputs(&heads, &extras, explain > 0, false);
+            let mut outputs = class_outputs(probs, rows);
+            outputs.extend(more);
+            Ok(Ran {
+                outputs,
+                missing,
+                rows: rows as u64,
+                ns,
+                answered: Some(v),
+            })
         }
         Target::Stacker(g, k) => {
             let (input, rows) = the_input(req, "probabilities", &[-1, 3 * *k as i64])?;
-            let (probs, ns, v) = run_rows(s, g, &input.data, rows).await?;
-            Ok((class_outputs(probs, rows), rows as u64, ns, Some(v)))
+            let (answers, ns, v) = run_rows(s, g, &input.data, rows, 0).await?;
+            let probs = answers
+                .iter()
+                .flat_map(|a| a.probabilities.iter().copied())
+                .collect();
+            Ok(Ran {
+                outputs: class_outputs(probs, rows),
+                missing: Vec::new(),
+                rows: rows as u64,
+                ns,
+                answered: Some(v),
+            })
         }
         Target::Ensemble => {
             let t_max = longest_window(s);
@@ -1013,11 +1335,15 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, Oi
                 .collect();
             let calls = windows
                 .iter()
-                .map(|w| crate::http::predict_one(s, w, settings.method, &settings));
+                .map(|w| crate::http::predict_one(s, w, settings.method, &settings, explain));
             let mut probs = Vec::with_capacity(rows * 3);
             let mut members = Vec::new();
             let mut member_ids: Option<Vec<String>> = None;
+            let mut extras = Vec::with_capacity(rows);
             let mut ns = 0u64;
+            let of = |c: &crate::http::Combined, id: Option<&Arc<str>>| {
+                id.and_then(|id| c.members.iter().position(|m| m.model_id == *id))
+            };
             for r in join_all(calls).await {
                 // The window was checked: what is left is a member that could not answer (a full
                 // queue, a failure, stacking without its inputs), which a retry may not meet.
@@ -1033,17 +1359,37 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, Oi
                     members.extend_from_slice(&m.probabilities);
                     ns = ns.max(m.inference_us as u64 * 1000);
                 }
+                let mut e = Extras::default();
+                if let Some(j) = of(&c, heads.forecast.as_ref().map(|h| &h.0)) {
+                    e.forecasts = c.members[j].forecasts.clone();
+                }
+                if let Some(j) = of(&c, heads.patterns.as_ref().map(|h| &h.0)) {
+                    e.patterns = c.members[j].patterns.clone();
+                    e.pattern_scores = c.pattern_scores.get(j).cloned().unwrap_or_default();
+                }
+                if let Some(j) = of(&c, heads.explains.as_ref()) {
+                    e.contributions = c.members[j].contributions.clone();
+                }
+                extras.push(e);
             }
             let ids = member_ids.unwrap_or_default();
-            let mut out = class_outputs(probs, rows);
-            out.push(Output {
+            let mut outputs = class_outputs(probs, rows);
+            outputs.push(Output {
                 name: "members",
                 datatype: "FP32",
                 shape: vec![rows as i64, ids.len() as i64, 3],
                 data: OutData::Fp32(members),
                 parameters: vec![("members", ids.join(","))],
             });
-            Ok((out, rows as u64, ns, None))
+            let (more, missing) = head_outputs(&heads, &extras, explain > 0, true);
+            outputs.extend(more);
+            Ok(Ran {
+                outputs,
+                missing,
+                rows: rows as u64,
+                ns,
+                answered: None,
+            })
         }
     }
 }
@@ -1094,17 +1440,32 @@ pub async fn infer(
     readiness(s, &t).map_err(OipError::Unavailable)?;
     let _rows = s.oip.take_rows(rows)?;
     let started = Instant::now();
-    let result = run(s, &t, &req).await;
+    let result = run(s, &t, &req).await.and_then(|ran| {
+        // An output named that some row lacks fails the call rather than coming back short.
+        match req
+            .outputs
+            .iter()
+            .flatten()
+            .find_map(|w| ran.missing.iter().find(|m| m.0 == w))
+        {
+            Some((_, why)) => Err(OipError::Internal(why.clone())),
+            None => Ok(ran),
+        }
+    });
     match result {
-        Ok((mut outputs, rows, ns, answered)) => {
+        Ok(Ran {
+            mut outputs,
+            rows,
+            ns,
+            answered,
+            ..
+        }) => {
             let version = answered.unwrap_or_else(|| t.version());
             s.oip.record(name, &version, rows, started.elapsed(), ns, true);
             if let Some(wanted) = &req.outputs {
                 outputs.retain(|o| wanted.iter().any(|w| w == o.name));
             }
-            if let Some(allowed) = caller.outputs(&members) {
-                outputs.retain(|o| allowed.contains(&o.name));
-            }
+            outputs.retain(|o| caller.sees(o.name, &members));
             Ok(InferResponse {
                 model_name: name.to_string(),
                 model_version: version,

@@ -338,6 +338,14 @@ fn str_param(p: &Map<String, Value>, key: &str) -> Result<Option<String>, String
     }
 }
 
+fn count_param(p: &Map<String, Value>, key: &str) -> Result<Option<i64>, String> {
+    match p.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.as_i64().unwrap_or(i64::MAX))),
+        Some(other) => Err(format!("parameter {key:?} must be an integer, got {other}")),
+    }
+}
+
 fn bool_param(p: &Map<String, Value>, key: &str) -> Result<Option<bool>, String> {
     match p.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -424,6 +432,10 @@ fn parse(json_part: &[u8], mut binary: &[u8]) -> Result<Parsed, String> {
         errs.push(e);
         None
     });
+    let explain_top_k = count_param(&r.parameters, "explain_top_k").unwrap_or_else(|e| {
+        errs.push(e);
+        None
+    });
     let binary_default = bool_param(&r.parameters, "binary_data_output")
         .unwrap_or_else(|e| {
             errs.push(e);
@@ -460,6 +472,7 @@ fn parse(json_part: &[u8], mut binary: &[u8]) -> Result<Parsed, String> {
                 .map(|o| o.iter().map(|o| o.name.clone()).collect()),
             method,
             timeframe,
+            explain_top_k,
         },
         binary: wanted,
         binary_default,

@@ -23,8 +23,8 @@
 //! | tier | models | outputs |
 //! | --- | --- | --- |
 //! | free | `augur-ensemble` | `direction` |
-//! | pro | `augur-ensemble` and the members | all |
-//! | enterprise | every model, the stacker too | all (explanations when they exist) |
+//! | pro | `augur-ensemble` and the members | all but the explanations |
+//! | enterprise | every model, the stacker too | all, the explanations too |
 //!
 //! The operator's bearer token (`[http].token`) passes every check and limit. Without a keys
 //! file, the token alone guards infer (when set), as before.
@@ -38,6 +38,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub use augur_actors::telemetry::{AUTH_REFUSED, KEYS_RELOADS, TENANT_CALLS};
+/// The outputs that explain a call (TreeSHAP): the operator's and enterprise tenants'.
+pub const EXPLANATION_OUTPUTS: [&str; 2] = ["contributions", "contribution_features"];
 /// Tenants in one file at most (the `tenant` label stays bounded).
 pub const MAX_TENANTS: usize = 1000;
 
@@ -237,19 +239,34 @@ impl Caller {
         Ok(permit)
     }
 
-    /// The outputs this caller may see, `None` for all: a free tenant sees the direction; a
-    /// tenant whose model list leaves out a member does not see the members' outputs.
-    pub fn outputs(&self, members: &[&str]) -> Option<&'static [&'static str]> {
-        match self {
-            Caller::Tenant(t) if t.tier == Tier::Free => Some(&["direction"]),
-            Caller::Tenant(t)
-                if t.models
-                    .as_ref()
-                    .is_some_and(|m| members.iter().any(|x| !m.iter().any(|y| y == x))) =>
-            {
-                Some(&["probabilities", "direction"])
-            }
-            _ => None,
+    /// Whether this caller may see output `name`: a free tenant sees the direction; a tenant
+    /// whose model list leaves out a member sees the ensemble's probabilities and direction
+    /// (the rest are the members'); below enterprise, no explanations
+    /// ([`EXPLANATION_OUTPUTS`]).
+    pub fn sees(&self, name: &str, members: &[&str]) -> bool {
+        let Caller::Tenant(t) = self else {
+            return true;
+        };
+        let narrowed = t
+            .models
+            .as_ref()
+            .is_some_and(|m| members.iter().any(|x| !m.iter().any(|y| y == x)));
+        match t.tier {
+            Tier::Free => name == "direction",
+            _ if narrowed => matches!(name, "probabilities" | "direction"),
+            Tier::Pro => !EXPLANATION_OUTPUTS.contains(&name),
+            Tier::Enterprise => true,
+        }
+    }
+
+    /// What [`Caller::sees`] allows, in words.
+    fn what_it_sees(&self, members: &[&str]) -> &'static str {
+        if !self.sees("probabilities", members) {
+            "only \"direction\""
+        } else if !self.sees("forecasts", members) {
+            "only \"probabilities\" and \"direction\""
+        } else {
+            "every output but the explanations (enterprise)"
         }
     }
 
@@ -271,18 +288,19 @@ impl Caller {
 
     /// Refuses outputs asked for by name that the tier does not allow.
     pub fn check_outputs(&self, wanted: Option<&[String]>, members: &[&str]) -> Result<(), Refusal> {
-        let (Some(allowed), Some(wanted), Caller::Tenant(t)) = (self.outputs(members), wanted, self) else {
+        let (Some(wanted), Caller::Tenant(t)) = (wanted, self) else {
             return Ok(());
         };
-        let refused: Vec<&String> = wanted.iter().filter(|w| !allowed.contains(&w.as_str())).collect();
+        let refused: Vec<&String> = wanted.iter().filter(|w| !self.sees(w, members)).collect();
         if refused.is_empty() {
             return Ok(());
         }
         count(&t.name, "output_refused");
         Err(Refusal::Output(format!(
-            "tenant {} ({} tier) may not see outputs {refused:?}: it sees {allowed:?}",
+            "tenant {} ({} tier) may not see outputs {refused:?}: it sees {}",
             t.name,
-            t.tier.as_str()
+            t.tier.as_str(),
+            self.what_it_sees(members)
         )))
     }
 }
@@ -550,6 +568,47 @@ mod tests {
         }
         let (_d, p) = file("[[tenant]]\nname = \"a\"\ntier = \"gold\"\n");
         assert!(Access::load(&p).unwrap_err()[0].contains("gold"));
+    }
+
+    #[test]
+    fn test_explanations_are_for_enterprise_tenants_and_the_operator() {
+        let tenant = |name: &str, tier: &str, extra: &str| {
+            format!(
+                "[[tenant]]\nname = \"{name}\"\ntier = \"{tier}\"\n{extra}rate_per_s = 10\nmax_concurrency = 2\nkeys = [\"{}\"]\n",
+                hash_line(&format!("k-{name}"))
+            )
+        };
+        let text = [
+            tenant("p", "pro", ""),
+            tenant("e", "enterprise", ""),
+            tenant("n", "enterprise", "models = [\"augur-ensemble\"]\n"),
+        ]
+        .concat();
+        let (_d, p) = file(&text);
+        let a = Access::load(&p).unwrap();
+        let members = ["xgb-direction"];
+        let wanted = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let pro = caller(Some(&a), None, Some("k-p")).unwrap();
+        let ent = caller(Some(&a), None, Some("k-e")).unwrap();
+        let narrowed = caller(Some(&a), None, Some("k-n")).unwrap();
+        let refused = pro
+            .check_outputs(Some(&wanted(&["forecasts", "contributions"])), &members)
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Refusal::Output(m) if m.contains("contributions") && !m.contains("\"forecasts\"")),
+            "{refused:?}"
+        );
+        assert!(
+            pro.check_outputs(Some(&wanted(&["forecasts", "patterns"])), &members)
+                .is_ok()
+        );
+        assert!(!pro.sees("contribution_features", &members));
+        assert!(
+            ent.check_outputs(Some(&wanted(&EXPLANATION_OUTPUTS)), &members)
+                .is_ok()
+        );
+        assert!(Caller::Operator.sees("contributions", &members));
+        assert!(narrowed.sees("direction", &members) && !narrowed.sees("contributions", &members));
     }
 
     #[test]

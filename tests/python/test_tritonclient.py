@@ -55,7 +55,7 @@ class Client:
         (m,) = s["model_stats"]
         return int(m["inference_stats"]["success"].get("count", 0))
 
-    def infer(self, model, x, outputs=None, binary=True, headers=HEADERS, name="window"):
+    def infer(self, model, x, outputs=None, binary=True, headers=HEADERS, name="window", parameters=None):
         inp = self.mod.InferInput(name, list(x.shape), "FP32")
         if self.kind == "http":
             inp.set_data_from_numpy(x, binary_data=binary)
@@ -65,7 +65,7 @@ class Client:
             outs = [self.mod.InferRequestedOutput(o) for o in outputs or []]
         # A copy: tritonclient.http writes Inference-Header-Content-Length into the dict it is
         # given, and the next call (JSON, or gRPC, whose metadata must be text) would send it.
-        return self.c.infer(model, [inp], outputs=outs or None, headers=dict(headers))
+        return self.c.infer(model, [inp], outputs=outs or None, headers=dict(headers), parameters=parameters)
 
 
 @pytest.fixture(params=["http", "grpc"])
@@ -100,7 +100,7 @@ def test_server_and_every_model_are_live_and_ready(client):
             client.c.is_model_ready("lstm-direction", "999")
     md = client.metadata("lstm-direction", CASE["members"][0]["version"])
     assert md["versions"] == [CASE["members"][0]["version"]]
-    assert [o["name"] for o in md["outputs"]] == ["probabilities", "direction"]
+    assert [o["name"] for o in md["outputs"]] == ["probabilities", "direction", "forecasts"]
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -117,6 +117,34 @@ def test_every_member_and_the_ensemble_equal_replay(client, binary):
     assert members.shape == (1, len(CASE["members"]), 3)
     for i, m in enumerate(CASE["members"]):
         np.testing.assert_allclose(members[0, i], m["probabilities"], rtol=0, atol=1e-6)
+
+
+def member(name):
+    (m,) = [m for m in CASE["members"] if m["name"] == name]
+    return m
+
+
+def test_forecasts_and_explanations_equal_replay(client):
+    lstm, xgb = member("lstm-direction"), member("xgb-direction")
+    x = window_of(client, "lstm-direction")
+    r = client.infer("lstm-direction", np.concatenate([x, x]), outputs=["forecasts"])
+    f = r.as_numpy("forecasts")
+    assert f.shape == (2, 4, 5)
+    for row in f:
+        np.testing.assert_allclose(row.ravel(), lstm["forecasts"], rtol=0, atol=1e-6)
+    md = client.metadata("xgb-direction")
+    assert [o["name"] for o in md["outputs"]][2:] == ["contributions", "contribution_features"]
+    r = client.infer(
+        "xgb-direction",
+        window_of(client, "xgb-direction"),
+        outputs=["contributions", "contribution_features"],
+        parameters={"explain_top_k": 3},
+    )
+    c = r.as_numpy("contributions")
+    assert c.shape == (1, 4)
+    np.testing.assert_allclose(c[0], xgb["contributions"], rtol=0, atol=1e-6)
+    assert [text(v) for v in r.as_numpy("contribution_features")[0]] == xgb["features"]
+    assert xgb["features"][-1] == "bias"
 
 
 def test_several_rows_and_a_chosen_output(client):
