@@ -797,7 +797,14 @@ fn test_grpc_infer_metadata_repository_and_statistics() {
         let names: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(
             names,
-            ["probabilities", "direction", "members", "forecasts", "patterns", "patterns_detected"]
+            [
+                "probabilities",
+                "direction",
+                "members",
+                "forecasts",
+                "patterns",
+                "patterns_detected"
+            ]
         );
         let f32s = |b: &[u8]| -> Vec<f32> {
             b.chunks_exact(4)

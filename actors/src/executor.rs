@@ -792,6 +792,114 @@ pub(crate) mod tests {
         }
     }
 
+    /// [`SumModel`] that explains: each value of a row is its own contribution.
+    struct Explaining(SumModel);
+
+    impl InferenceBackend for Explaining {
+        fn row_len(&self) -> usize {
+            self.0.len
+        }
+        fn classes(&self) -> usize {
+            3
+        }
+        fn prepare_into(&self, raw: &[f32], out: &mut Vec<f32>) -> Result<(), RowRejected> {
+            self.0.prepare_into(raw, out)
+        }
+        fn forward(&self, rows: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+            self.0.forward(rows, n)
+        }
+        fn outputs_info(&self) -> OutputsInfo {
+            OutputsInfo {
+                explains: true,
+                ..OutputsInfo::default()
+            }
+        }
+        fn explain(
+            &self,
+            rows: &[f32],
+            n: usize,
+            probabilities: &[f32],
+            top_k: usize,
+        ) -> Option<Result<Vec<Vec<Contribution>>, ModelError>> {
+            assert_eq!(rows.len(), n * self.0.len);
+            assert_eq!(probabilities.len(), n * 3);
+            Some(Ok(rows
+                .chunks_exact(self.0.len)
+                .map(|r| {
+                    let mut c: Vec<Contribution> = r
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| Contribution {
+                            feature: format!("x{i}").into(),
+                            value: v,
+                        })
+                        .collect();
+                    c.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+                    c.truncate(top_k);
+                    c.push(Contribution {
+                        feature: "bias".into(),
+                        value: 0.0,
+                    });
+                    c
+                })
+                .collect()))
+        }
+    }
+
+    #[tokio::test]
+    async fn test_a_call_gets_the_explanations_it_asks_for_and_only_its_rows_are_explained() {
+        let (h, ready) = spawn(
+            "m",
+            Arc::new(|| Ok(Box::new(Explaining(SumModel { len: 3 })) as Box<dyn InferenceBackend>)),
+            ExecutorConfig {
+                max_batch: 8,
+                max_delay_us: 0,
+                queue_capacity: 64,
+                forward_timeout_ms: 0,
+                explain_top_k: 0,
+            },
+            Arc::new(NoObserver),
+            crate::clock::SystemClock::shared(),
+        );
+        ready.await.unwrap().unwrap();
+        assert!(h.outputs().is_some_and(|o| o.explains));
+        let slow = h.submit(vec![SLOW, 0.0, 0.0]).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // One batch: two rows asking (2 and 1), one not (explain_top_k is 0).
+        let a = h.submit_explained(vec![1.0, -3.0, 2.0], 2).unwrap();
+        let b = h.submit(vec![5.0, 6.0, 7.0]).unwrap();
+        let c = h.submit_explained(vec![0.5, 0.25, -4.0], 1).unwrap();
+        slow.await.unwrap().unwrap();
+        let (a, b, c) = (
+            a.await.unwrap().unwrap(),
+            b.await.unwrap().unwrap(),
+            c.await.unwrap().unwrap(),
+        );
+        assert_eq!(a.batch_size, 3);
+        let shown = |o: &RowOutput| {
+            o.contributions
+                .iter()
+                .map(|c| (c.feature.to_string(), c.value))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            shown(&a),
+            [("x1".into(), -3.0), ("x2".into(), 2.0), ("bias".into(), 0.0)]
+        );
+        assert!(b.contributions.is_empty());
+        assert_eq!(shown(&c), [("x2".into(), -4.0), ("bias".into(), 0.0)]);
+        // explain_top_k now on: a call asking none gets that many.
+        h.set_config(ExecutorConfig {
+            max_batch: 8,
+            max_delay_us: 0,
+            queue_capacity: 64,
+            forward_timeout_ms: 0,
+            explain_top_k: 1,
+        });
+        let b = h.infer(vec![5.0, 6.0, 7.0]).await.unwrap();
+        assert_eq!(shown(&b), [("x2".into(), 7.0), ("bias".into(), 0.0)]);
+    }
+
     pub fn factory(len: usize) -> BackendFactory {
         Arc::new(move || Ok(Box::new(SumModel { len }) as Box<dyn InferenceBackend>))
     }
