@@ -11,6 +11,13 @@
 //! | the stacker (`ensemble-meta`) | `probabilities` FP32 `[N, 3k]`, its `k` members' probabilities in its order | the same two |
 //! | `augur-ensemble` | `window` FP32 `[N, T, F]`, `T` the longest member window | `probabilities`, `direction`, `members` FP32 `[N, M, 3]` (the members in the output's `members` parameter) |
 //!
+//! Beyond those, a model with a head gives its outputs (and `augur-ensemble` those of the first
+//! member serving with each head, the output's `model` parameter naming it): `forecasts` FP32
+//! `[N, H, 5]`, `patterns` FP32 `[N, P]` and `patterns_detected` BYTES `[N]`; a model that
+//! explains gives `contributions` FP32 `[N, K + 1]` and `contribution_features` BYTES
+//! `[N, K + 1]` when they are named (request parameter `explain_top_k`), to the callers whose
+//! tier allows them (`tenants.rs`). docs/INTERFACES.md has the details.
+//!
 //! Rows go to the executors concurrently, so they batch with each other and with the streams'
 //! calls. `augur-ensemble` uses the streams' ensemble rule (the aggregator's `combine`) over the
 //! members that are loaded; the request parameter `method` picks another rule and `timeframe`
