@@ -129,6 +129,8 @@ fn test_every_dashboard_panel_returns_data_from_a_real_prometheus() {
     cfg.kafka.enabled = true;
     cfg.kafka.brokers = broker.brokers();
     cfg.kafka.partitions = 2;
+    // Explanations on, so that their panel has something to show.
+    cfg.executor.explain_top_k = 3;
     let svc = common::Service::start(cfg);
     let prom = Prometheus::start(&svc.http());
     let dash: serde_json::Value = serde_json::from_str(
@@ -179,6 +181,17 @@ fn test_every_dashboard_panel_returns_data_from_a_real_prometheus() {
         .parse()
         .unwrap();
     assert!(n > 0.0);
+    // Every published prediction's xgb output was explained (ok, none failed), and the time
+    // spent on it counted.
+    let count = |q: &str| -> f64 {
+        let v = prom.query(q);
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map_or(0.0, |x| x.parse().unwrap())
+    };
+    assert!(count("sum(augur_explanations_total{result=\"ok\"})") > 0.0);
+    assert_eq!(count("sum(augur_explanations_total{result=\"failed\"})"), 0.0);
+    assert!(count("sum(augur_explain_duration_seconds_count)") > 0.0);
     // The shipped alert rules are loaded and evaluated by the real Prometheus.
     let (status, body) = common::http(&prom.addr, "GET", "/api/v1/rules", &[], b"");
     assert_eq!(status, 200);

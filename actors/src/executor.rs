@@ -504,7 +504,34 @@ fn run(
             return;
         }
     };
-    let _ = state.outputs.set(backend.outputs_info());
+    let info = backend.outputs_info();
+    // The series exist from the start (at 0), so a dashboard shows that none happened.
+    let patterns_detected: Vec<metrics::Counter> = info
+        .patterns
+        .iter()
+        .flat_map(|p| p.names.iter())
+        .map(|name| {
+            let c = metrics::counter!(crate::telemetry::PATTERNS_DETECTED, "model" => model.to_string(), "pattern" => name.to_string());
+            c.increment(0);
+            c
+        })
+        .collect();
+    let pattern_index: std::collections::HashMap<Arc<str>, usize> = info
+        .patterns
+        .iter()
+        .flat_map(|p| p.names.iter().cloned().enumerate().map(|(i, n)| (n, i)))
+        .collect();
+    let [explained_ok, explained_failed] = ["ok", "failed"].map(|result| {
+        metrics::counter!(crate::telemetry::EXPLANATIONS, "model" => model.to_string(), "result" => result)
+    });
+    let explain_seconds =
+        metrics::histogram!(crate::telemetry::EXPLAIN_SECONDS, "model" => model.to_string());
+    let explains = info.explains;
+    if explains {
+        explained_ok.increment(0);
+        explained_failed.increment(0);
+    }
+    let _ = state.outputs.set(info);
     state.ready.store(true, Ordering::Release);
     let _ = ready.send(Ok(()));
     let (len, classes) = (backend.row_len(), backend.classes());
@@ -576,8 +603,24 @@ fn run(
                         k => k as usize,
                     })
                     .collect();
-                let mut explained =
-                    explain_rows(&*backend, &rows[..n * len], len, &out, width, classes, &wants);
+                // A model that cannot explain is not asked (the trait's default answers none).
+                let asked = if explains {
+                    wants.iter().filter(|&&k| k > 0).count() as u64
+                } else {
+                    0
+                };
+                let explaining = Instant::now();
+                let mut explained = if asked == 0 {
+                    vec![Vec::new(); wants.len()]
+                } else {
+                    explain_rows(&*backend, &rows[..n * len], len, &out, width, classes, &wants)
+                };
+                if asked > 0 {
+                    explain_seconds.record(explaining.elapsed().as_secs_f64());
+                    let ok = explained.iter().filter(|c| !c.is_empty()).count() as u64;
+                    explained_ok.increment(ok);
+                    explained_failed.increment(asked - ok);
+                }
                 for (i, (job, row)) in accepted.into_iter().zip(out.chunks_exact(width)).enumerate() {
                     let (p, head) = row.split_at(classes);
                     let contributions = explained.get_mut(i).map(std::mem::take).unwrap_or_default();
@@ -593,6 +636,11 @@ fn run(
                             Heads::default()
                         }),
                     };
+                    for p in &heads.patterns {
+                        if let Some(c) = pattern_index.get(&p.name).and_then(|&i| patterns_detected.get(i)) {
+                            c.increment(1);
+                        }
+                    }
                     let reply = match output_problem(p) {
                         None => Ok(RowOutput {
                             probabilities: p.to_vec(),

@@ -29,6 +29,9 @@ pub const MODEL_QUALITY: &str = "augur_model_quality";
 pub const MODEL_QUALITY_REFERENCE: &str = "augur_model_quality_reference";
 pub const FORECAST_QUALITY: &str = "augur_forecast_quality";
 pub const HEADS_INVALID: &str = "augur_model_heads_invalid_total";
+pub const PATTERNS_DETECTED: &str = "augur_patterns_detected_total";
+pub const EXPLANATIONS: &str = "augur_explanations_total";
+pub const EXPLAIN_SECONDS: &str = "augur_explain_duration_seconds";
 pub const OUTCOMES_RESOLVED: &str = "augur_outcomes_resolved_total";
 pub const OUTCOMES_UNRESOLVED: &str = "augur_outcomes_unresolved_total";
 pub const OUTCOMES_BARS_DROPPED: &str = "augur_outcomes_bars_dropped_total";
@@ -212,6 +215,18 @@ pub fn describe() {
     describe_counter!(
         HEADS_INVALID,
         "Output rows whose head values (forecasts, chart patterns) were unusable (not finite, out of range): published without them, the direction kept"
+    );
+    describe_counter!(
+        PATTERNS_DETECTED,
+        "Output rows of a model with a pattern head in which a chart pattern was at or above its threshold, by pattern (every call: streams and requests)"
+    );
+    describe_counter!(
+        EXPLANATIONS,
+        "Output rows explained (TreeSHAP contributions), by result (ok, failed: the row was answered without them)"
+    );
+    describe_histogram!(
+        EXPLAIN_SECONDS,
+        "Time an executor spent explaining one batch's rows that asked (after the forward pass, on the executor's thread)"
     );
     describe_gauge!(
         FORECAST_QUALITY,
