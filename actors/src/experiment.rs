@@ -299,6 +299,8 @@ pub struct ShadowOutput {
     pub sequence: u64,
     pub event_time_ms: i64,
     pub correlation_id: Arc<str>,
+    /// The close of the vector's bar, when it carried one: prices its forecasts.
+    pub close: Option<f64>,
     /// The version serving the stream meanwhile.
     pub incumbent: Arc<str>,
     pub prediction: MemberPrediction,

@@ -261,6 +261,7 @@ fn shadow(gate: &Arc<ModelGate>, c: Candidate, v: &crate::types::Vector, incumbe
         sequence: v.sequence,
         event_time_ms: v.event_time_ms,
         correlation_id: v.correlation_id.clone(),
+        close: v.close,
         incumbent,
         prediction: MemberPrediction::new(&gate.info, Vec::new(), false, 0, 0),
     };

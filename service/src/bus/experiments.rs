@@ -76,7 +76,7 @@ pub fn shadow_prediction(out: ShadowOutput) -> Ensemble {
             correlation_id: out.correlation_id,
             published_at_ns: 0,
             late_ms: 0,
-            close: None,
+            close: out.close,
             ack: None,
         },
         probabilities,
@@ -181,4 +181,61 @@ pub(crate) fn nats(cfg: &super::nats::NatsConfig) -> (ShadowRoute, Arc<dyn Decis
             tx: thread("augur-experiments", "experiment-events"),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use augur_actors::forecast::HorizonForecast;
+    use augur_actors::types::{MemberPrediction, ModelInfo, StreamKey};
+
+    #[test]
+    fn test_a_shadow_outputs_forecasts_are_priced_from_its_bar() {
+        let info = ModelInfo {
+            id: "lstm-direction".into(),
+            version: "2".into(),
+            family: "lstm".into(),
+            kind: "torchscript".into(),
+            window: 32,
+            features: 20,
+            timeframes: vec!["1m".into()],
+            device: "cpu".into(),
+        };
+        let mut prediction = MemberPrediction::new(&info, vec![0.2, 0.3, 0.5], false, 10, 1);
+        prediction.forecasts = vec![HorizonForecast {
+            horizon_bars: 5,
+            expected_return: 0.01,
+            sigma: 0.02,
+            lower_return: -0.0156,
+            upper_return: 0.0356,
+            interval: 0.8,
+            confidence: 0.69,
+            price: None,
+            lower_price: None,
+            upper_price: None,
+        }];
+        let out = |close| ShadowOutput {
+            key: StreamKey {
+                symbol: "AAPL".into(),
+                timeframe: "1m".into(),
+            },
+            sequence: 7,
+            event_time_ms: 1,
+            correlation_id: "c".into(),
+            close,
+            incumbent: "1".into(),
+            prediction: prediction.clone(),
+        };
+        let e = shadow_prediction(out(Some(200.0)));
+        let f = &e.members[0].forecasts[0];
+        let price = f.price.unwrap();
+        assert!((price - 200.0 * 0.01f64.exp()).abs() < 1e-3, "{price}");
+        assert!(f.lower_price.unwrap() < price && price < f.upper_price.unwrap());
+        // No bar, no prices.
+        assert!(
+            shadow_prediction(out(None)).members[0].forecasts[0]
+                .price
+                .is_none()
+        );
+    }
 }
