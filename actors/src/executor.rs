@@ -40,6 +40,20 @@ pub struct OutputsInfo {
     pub patterns: Option<crate::patterns::PatternSpec>,
     /// Whether the model can explain its calls (TreeSHAP).
     pub explains: bool,
+    /// The model's version (the `version` label of the executor's head and explanation
+    /// metrics, so that a candidate beside the serving version is counted apart).
+    pub version: Arc<str>,
+}
+
+/// The explanations a call wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    /// As `[executor].explain_top_k` says (the streams, `/api/v1/predict`).
+    AsConfigured,
+    /// None, whatever the config says (a request that did not ask).
+    No,
+    /// The largest `k` (at most [`MAX_EXPLAIN_TOP_K`]), whatever the config says.
+    Top(usize),
 }
 
 /// What the executor needs from a model; the `augur` crate implements it over the runtime.
@@ -213,8 +227,7 @@ impl ExecError {
 
 struct Job {
     raw: Vec<f32>,
-    /// Explanations asked for by this call (their number); 0: as `explain_top_k` says.
-    explain: u8,
+    explain: Explain,
     reply: oneshot::Sender<Result<RowOutput, ExecError>>,
 }
 
@@ -276,22 +289,20 @@ impl ExecutorHandle {
         &self,
         raw: Vec<f32>,
     ) -> Result<oneshot::Receiver<Result<RowOutput, ExecError>>, ExecError> {
-        self.submit_explained(raw, 0)
+        self.submit_explained(raw, Explain::AsConfigured)
     }
 
-    /// Queues one raw row whose answer carries its `explain` largest contributions (when the
-    /// model explains; at most [`MAX_EXPLAIN_TOP_K`]), whatever `explain_top_k` says; 0: as
-    /// it says.
+    /// Queues one raw row whose answer carries the explanations `explain` says (when the
+    /// model explains).
     pub fn submit_explained(
         &self,
         raw: Vec<f32>,
-        explain: usize,
+        explain: Explain,
     ) -> Result<oneshot::Receiver<Result<RowOutput, ExecError>>, ExecError> {
         if self.state.down.load(Ordering::Acquire) {
             return Err(ExecError::Down);
         }
         let (reply, rx) = oneshot::channel();
-        let explain = explain.min(MAX_EXPLAIN_TOP_K) as u8;
         match self.tx.try_send(Job { raw, explain, reply }) {
             Ok(()) => {
                 self.state.queued.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +319,7 @@ impl ExecutorHandle {
     }
 
     /// [`ExecutorHandle::submit_explained`], and waits.
-    pub async fn infer_explained(&self, raw: Vec<f32>, explain: usize) -> Result<RowOutput, ExecError> {
+    pub async fn infer_explained(&self, raw: Vec<f32>, explain: Explain) -> Result<RowOutput, ExecError> {
         self.submit_explained(raw, explain)?
             .await
             .unwrap_or(Err(ExecError::Down))
@@ -505,13 +516,15 @@ fn run(
         }
     };
     let info = backend.outputs_info();
-    // The series exist from the start (at 0), so a dashboard shows that none happened.
+    let version = info.version.to_string();
+    // The series exist from the start (at 0), so a dashboard shows that none happened; only
+    // for the models that have the head, or explain.
     let patterns_detected: Vec<metrics::Counter> = info
         .patterns
         .iter()
         .flat_map(|p| p.names.iter())
         .map(|name| {
-            let c = metrics::counter!(crate::telemetry::PATTERNS_DETECTED, "model" => model.to_string(), "pattern" => name.to_string());
+            let c = metrics::counter!(crate::telemetry::PATTERNS_DETECTED, "model" => model.to_string(), "version" => version.clone(), "pattern" => name.to_string());
             c.increment(0);
             c
         })
@@ -521,16 +534,15 @@ fn run(
         .iter()
         .flat_map(|p| p.names.iter().cloned().enumerate().map(|(i, n)| (n, i)))
         .collect();
-    let [explained_ok, explained_failed] = ["ok", "failed"].map(|result| {
-        metrics::counter!(crate::telemetry::EXPLANATIONS, "model" => model.to_string(), "result" => result)
+    let explain_metrics = info.explains.then(|| {
+        let [ok, failed] = ["ok", "failed"].map(|result| {
+            let c = metrics::counter!(crate::telemetry::EXPLANATIONS, "model" => model.to_string(), "version" => version.clone(), "result" => result);
+            c.increment(0);
+            c
+        });
+        let seconds = metrics::histogram!(crate::telemetry::EXPLAIN_SECONDS, "model" => model.to_string(), "version" => version.clone());
+        (ok, failed, seconds)
     });
-    let explain_seconds =
-        metrics::histogram!(crate::telemetry::EXPLAIN_SECONDS, "model" => model.to_string());
-    let explains = info.explains;
-    if explains {
-        explained_ok.increment(0);
-        explained_failed.increment(0);
-    }
     let _ = state.outputs.set(info);
     state.ready.store(true, Ordering::Release);
     let _ = ready.send(Ok(()));
@@ -595,35 +607,20 @@ fn run(
             Ok(Ok(out)) if out.len() == n * width => {
                 let mut all_valid = true;
                 // Explanations after the pass (not in its time), of the rows that want them (the
-                // call's own number, else `explain_top_k`); a failure loses only them.
-                let wants: Vec<usize> = accepted
+                // call's own number, else `explain_top_k`); a model that cannot explain is not
+                // asked. Every other row is answered first: a request's explanations never hold
+                // up the streams' rows of the same batch.
+                let mut wants: Vec<usize> = accepted
                     .iter()
-                    .map(|j| match j.explain {
-                        0 => cfg.explain_top_k,
-                        k => k as usize,
+                    .map(|j| match (explain_metrics.is_some(), j.explain) {
+                        (false, _) | (_, Explain::No) => 0,
+                        (true, Explain::AsConfigured) => cfg.explain_top_k,
+                        (true, Explain::Top(k)) => k.min(MAX_EXPLAIN_TOP_K),
                     })
                     .collect();
-                // A model that cannot explain is not asked (the trait's default answers none).
-                let asked = if explains {
-                    wants.iter().filter(|&&k| k > 0).count() as u64
-                } else {
-                    0
-                };
-                let explaining = Instant::now();
-                let mut explained = if asked == 0 {
-                    vec![Vec::new(); wants.len()]
-                } else {
-                    explain_rows(&*backend, &rows[..n * len], len, &out, width, classes, &wants)
-                };
-                if asked > 0 {
-                    explain_seconds.record(explaining.elapsed().as_secs_f64());
-                    let ok = explained.iter().filter(|c| !c.is_empty()).count() as u64;
-                    explained_ok.increment(ok);
-                    explained_failed.increment(asked - ok);
-                }
+                let mut waiting: Vec<(usize, Job, RowOutput)> = Vec::new();
                 for (i, (job, row)) in accepted.into_iter().zip(out.chunks_exact(width)).enumerate() {
                     let (p, head) = row.split_at(classes);
-                    let contributions = explained.get_mut(i).map(std::mem::take).unwrap_or_default();
                     // A NaN would become a SHORT signal with confidence -inf downstream: an
                     // answer that is not a distribution is the model's fault, never published.
                     // A head whose values are unusable (not finite, a scale out of range) loses
@@ -636,21 +633,23 @@ fn run(
                             Heads::default()
                         }),
                     };
-                    for p in &heads.patterns {
-                        if let Some(c) = pattern_index.get(&p.name).and_then(|&i| patterns_detected.get(i)) {
-                            c.increment(1);
-                        }
-                    }
                     let reply = match output_problem(p) {
-                        None => Ok(RowOutput {
-                            probabilities: p.to_vec(),
-                            contributions,
-                            forecasts: heads.forecasts,
-                            patterns: heads.patterns,
-                            pattern_scores: heads.pattern_scores,
-                            inference_us: us,
-                            batch_size: n as u32,
-                        }),
+                        None => {
+                            for p in &heads.patterns {
+                                if let Some(c) = pattern_index.get(&p.name).and_then(|&i| patterns_detected.get(i)) {
+                                    c.increment(1);
+                                }
+                            }
+                            Ok(RowOutput {
+                                probabilities: p.to_vec(),
+                                contributions: Vec::new(),
+                                forecasts: heads.forecasts,
+                                patterns: heads.patterns,
+                                pattern_scores: heads.pattern_scores,
+                                inference_us: us,
+                                batch_size: n as u32,
+                            })
+                        }
                         Some(why) => {
                             all_valid = false;
                             Err(ExecError::Model(ModelError {
@@ -659,7 +658,33 @@ fn run(
                             }))
                         }
                     };
-                    let _ = job.reply.send(reply);
+                    match reply {
+                        Ok(r) if wants[i] > 0 => waiting.push((i, job, r)),
+                        other => {
+                            wants[i] = 0;
+                            let _ = job.reply.send(other);
+                        }
+                    }
+                }
+                if let (false, Some((ok, failed, seconds))) = (waiting.is_empty(), &explain_metrics) {
+                    // Inside the watchdog's view, as the pass is: a hung explanation is a hung
+                    // executor.
+                    let explaining = Instant::now();
+                    state
+                        .forward_started_ns
+                        .store(clock.now().as_nanos() as u64 + 1, Ordering::Release);
+                    let mut explained = explain_rows(&*backend, &rows[..n * len], len, &out, width, classes, &wants);
+                    state.forward_started_ns.store(0, Ordering::Release);
+                    seconds.record(explaining.elapsed().as_secs_f64());
+                    let asked = waiting.len() as u64;
+                    let mut got = 0u64;
+                    for (i, job, mut r) in waiting {
+                        r.contributions = explained.get_mut(i).map(std::mem::take).unwrap_or_default();
+                        got += u64::from(!r.contributions.is_empty());
+                        let _ = job.reply.send(Ok(r));
+                    }
+                    ok.increment(got);
+                    failed.increment(asked - got);
                 }
                 observer.on_batch(model, n, took, all_valid);
                 if !all_valid {
@@ -871,6 +896,8 @@ pub(crate) mod tests {
         ) -> Option<Result<Vec<Vec<Contribution>>, ModelError>> {
             assert_eq!(rows.len(), n * self.0.len);
             assert_eq!(probabilities.len(), n * 3);
+            // Slow, to see who waits for it.
+            std::thread::sleep(Duration::from_millis(100));
             Some(Ok(rows
                 .chunks_exact(self.0.len)
                 .map(|r| {
@@ -914,15 +941,15 @@ pub(crate) mod tests {
         let slow = h.submit(vec![SLOW, 0.0, 0.0]).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         // One batch: two rows asking (2 and 1), one not (explain_top_k is 0).
-        let a = h.submit_explained(vec![1.0, -3.0, 2.0], 2).unwrap();
+        let a = h.submit_explained(vec![1.0, -3.0, 2.0], Explain::Top(2)).unwrap();
         let b = h.submit(vec![5.0, 6.0, 7.0]).unwrap();
-        let c = h.submit_explained(vec![0.5, 0.25, -4.0], 1).unwrap();
+        let c = h.submit_explained(vec![0.5, 0.25, -4.0], Explain::Top(1)).unwrap();
         slow.await.unwrap().unwrap();
-        let (a, b, c) = (
-            a.await.unwrap().unwrap(),
-            b.await.unwrap().unwrap(),
-            c.await.unwrap().unwrap(),
-        );
+        let mut a = a;
+        let b = b.await.unwrap().unwrap();
+        // The row that asked for none is answered before the explanations are done.
+        assert!(a.try_recv().is_err(), "b waited for a's explanation");
+        let (a, c) = (a.await.unwrap().unwrap(), c.await.unwrap().unwrap());
         assert_eq!(a.batch_size, 3);
         let shown = |o: &RowOutput| {
             o.contributions
@@ -946,6 +973,9 @@ pub(crate) mod tests {
         });
         let b = h.infer(vec![5.0, 6.0, 7.0]).await.unwrap();
         assert_eq!(shown(&b), [("x2".into(), 7.0), ("bias".into(), 0.0)]);
+        // A call that asks for none gets none, whatever the config says.
+        let none = h.infer_explained(vec![5.0, 6.0, 7.0], Explain::No).await.unwrap();
+        assert!(none.contributions.is_empty());
     }
 
     pub fn factory(len: usize) -> BackendFactory {

@@ -77,6 +77,7 @@ impl InferenceBackend for RuntimeBackend {
             forecast: self.forecast.clone(),
             patterns: self.patterns.clone(),
             explains: self.model.explainable(),
+            version: self.model.manifest().version.as_str().into(),
         }
     }
 

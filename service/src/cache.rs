@@ -7,7 +7,7 @@
 //! is served after it; those entries age out.
 use std::sync::{Arc, Mutex};
 
-use augur_actors::executor::ExecError;
+use augur_actors::executor::{ExecError, Explain};
 use augur_actors::forecast::HorizonForecast;
 use augur_actors::gate::ModelGate;
 use augur_actors::patterns::PatternSignal;
@@ -100,18 +100,16 @@ impl PredictionCache {
         self.len() == 0
     }
 
-    /// Runs `row` through the version of `g` serving now, or answers from the cache. `explain`:
-    /// the explanations wanted (see [`ExecutorHandle::submit_explained`]); 0 for what
-    /// `explain_top_k` gives.
-    ///
-    /// [`ExecutorHandle::submit_explained`]: augur_actors::executor::ExecutorHandle::submit_explained
-    pub async fn infer(&self, g: &ModelGate, row: Vec<f32>, explain: usize) -> Result<Answer, ExecError> {
+    /// Runs `row` through the version of `g` serving now, or answers from the cache, with the
+    /// explanations `explain` says (when the model explains).
+    pub async fn infer(&self, g: &ModelGate, row: Vec<f32>, explain: Explain) -> Result<Answer, ExecError> {
         let (version, executor) = g.serving();
         let explains = executor.outputs().is_some_and(|o| o.explains);
         let wanted = match explain {
             _ if !explains => 0,
-            0 => executor.explain_top_k(),
-            k => k.min(augur_actors::executor::MAX_EXPLAIN_TOP_K),
+            Explain::No => 0,
+            Explain::AsConfigured => executor.explain_top_k(),
+            Explain::Top(k) => k.min(augur_actors::executor::MAX_EXPLAIN_TOP_K),
         };
         let key = self.entries.as_ref().map(|_| Key {
             model: g.info.id.clone(),
@@ -137,7 +135,11 @@ impl PredictionCache {
                 cached: true,
             });
         }
-        let out = executor.infer_explained(row, wanted).await?;
+        let exact = match wanted {
+            0 => Explain::No,
+            k => Explain::Top(k),
+        };
+        let out = executor.infer_explained(row, exact).await?;
         if let Some(k) = key {
             self.misses.increment(1);
             if let Some(mut c) = self.lock() {

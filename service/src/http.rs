@@ -37,7 +37,7 @@ use augur_actors::aggregator::{AggregatorConfig, Fallback, Method, Plan, combine
 use augur_actors::breaker::{BreakerConfig, CircuitState};
 use augur_actors::clock::unix_ns;
 use augur_actors::events::ConfigChanged;
-use augur_actors::executor::ExecutorConfig;
+use augur_actors::executor::{Explain, ExecutorConfig};
 use augur_actors::messages::EventMeta;
 use augur_actors::pipeline::Pipeline;
 use augur_actors::types::{Direction, Ensemble, MemberPrediction, StreamKey, argmax};
@@ -1489,14 +1489,13 @@ impl Combined {
 /// One window through every member that is serving (batched with the streams' calls in the
 /// executors; an unloaded member is left out, as the streams' ensembles leave it out), then the
 /// same ensemble rule as the aggregator ([`combine`]). Asked for stacking, it refuses rather
-/// than silently falling back. `explain`: the explanations each member that explains gives
-/// (0: as `[executor].explain_top_k` says).
+/// than silently falling back. `explain`: the explanations each member that explains gives.
 pub(crate) async fn predict_one(
     s: &AppState,
     window: &[Vec<f32>],
     method: Method,
     config: &AggregatorConfig,
-    explain: usize,
+    explain: Explain,
 ) -> Result<Combined, Vec<String>> {
     let mut errs = Vec::new();
     let mut members = Vec::new();
@@ -1663,7 +1662,7 @@ async fn predict(
             return problems(StatusCode::BAD_REQUEST, errs);
         }
         let settings = settings.with_adaptive(&s.pipeline.adaptive, &last.timeframe);
-        return match predict_one(&s, &window, settings.method, &settings, 0).await {
+        return match predict_one(&s, &window, settings.method, &settings, Explain::AsConfigured).await {
             Ok(r) => {
                 let meta = EventMeta {
                     sequence: last.sequence,
@@ -1716,7 +1715,7 @@ async fn predict(
         .with_adaptive(&s.pipeline.adaptive, req.timeframe.as_deref().unwrap_or_default());
     let mut predictions = Vec::new();
     for window in &req.windows {
-        match predict_one(&s, window, method, &settings, 0).await {
+        match predict_one(&s, window, method, &settings, Explain::AsConfigured).await {
             Ok(r) => predictions.push(r.view()),
             Err(e) => return problems(StatusCode::BAD_REQUEST, e),
         }

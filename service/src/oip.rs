@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use augur_actors::aggregator::{AggregatorConfig, Method};
-use augur_actors::executor::{ExecError, MAX_EXPLAIN_TOP_K};
+use augur_actors::executor::{ExecError, Explain, MAX_EXPLAIN_TOP_K};
 use augur_actors::forecast::{ForecastSpec, HorizonForecast};
 use augur_actors::gate::ModelGate;
 use augur_actors::patterns::{PatternSignal, PatternSpec};
@@ -422,6 +422,21 @@ struct HeadSet {
     forecast: Option<(Arc<str>, ForecastSpec)>,
     patterns: Option<(Arc<str>, PatternSpec)>,
     explains: Option<Arc<str>>,
+    /// The version of each model above when the heads were read: an answer from another (a
+    /// swap landed meanwhile) is refused, to be sent again.
+    versions: BTreeMap<Arc<str>, Arc<str>>,
+}
+
+impl HeadSet {
+    /// Refuses an answer of `model` by `version` when the heads were read from another.
+    fn check(&self, model: &str, version: &str) -> Result<(), OipError> {
+        match self.versions.get(model) {
+            Some(v) if **v != *version => Err(OipError::Unavailable(format!(
+                "{model}: a version swap landed during the request ({v} to {version}): send it again"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A member's heads, or for `augur-ensemble` the first serving member's with each head; the
@@ -434,22 +449,30 @@ fn head_set(s: &AppState, t: &Target<'_>) -> HeadSet {
     };
     let mut h = HeadSet::default();
     for g in gates {
-        let Some(o) = g.executor().outputs().cloned() else {
+        let (version, executor) = g.serving();
+        let Some(o) = executor.outputs().cloned() else {
             continue;
         };
         let id = g.info.id.clone();
+        let mut used = false;
         if h.forecast.is_none()
             && let Some(f) = o.forecast
         {
             h.forecast = Some((id.clone(), f));
+            used = true;
         }
         if h.patterns.is_none()
             && let Some(p) = o.patterns
         {
             h.patterns = Some((id.clone(), p));
+            used = true;
         }
         if h.explains.is_none() && o.explains {
-            h.explains = Some(id);
+            h.explains = Some(id.clone());
+            used = true;
+        }
+        if used {
+            h.versions.insert(id, version);
         }
     }
     h
@@ -511,9 +534,14 @@ fn outputs_meta(ensemble: bool, heads: &HeadSet) -> Vec<TensorMeta> {
 
 pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<ModelMeta, OipError> {
     let t = target(s, name, version)?;
-    let f = features(s) as i64;
     let heads = head_set(s, &t);
-    let (platform, inputs, outputs) = match &t {
+    Ok(metadata_of(s, name, &t, &heads))
+}
+
+/// [`metadata`] with the heads already read.
+fn metadata_of(s: &AppState, name: &str, t: &Target<'_>, heads: &HeadSet) -> ModelMeta {
+    let f = features(s) as i64;
+    let (platform, inputs, outputs) = match t {
         Target::Member(g) => (
             g.info.kind.to_string(),
             vec![TensorMeta {
@@ -521,7 +549,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, g.info.window as i64, f],
             }],
-            outputs_meta(false, &heads),
+            outputs_meta(false, heads),
         ),
         Target::Stacker(g, k) => (
             g.info.kind.to_string(),
@@ -530,7 +558,7 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, 3 * *k as i64],
             }],
-            outputs_meta(false, &heads),
+            outputs_meta(false, heads),
         ),
         Target::Ensemble => (
             "ensemble".to_string(),
@@ -539,16 +567,16 @@ pub fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Result<Model
                 datatype: "FP32",
                 shape: vec![-1, longest_window(s) as i64, f],
             }],
-            outputs_meta(true, &heads),
+            outputs_meta(true, heads),
         ),
     };
-    Ok(ModelMeta {
+    ModelMeta {
         name: name.to_string(),
         versions: vec![t.version()],
         platform,
         inputs,
         outputs,
-    })
+    }
 }
 
 /// Why the model cannot take a call now; `Ok` when it can.
@@ -976,7 +1004,7 @@ fn exec_error(model: &str, e: &ExecError) -> OipError {
 }
 
 /// Runs `rows` rows of `width` values each through one model (or the prediction cache),
-/// concurrently, `explain` explanations each (0: as `explain_top_k` says). Answers each row's
+/// concurrently, with the explanations `explain` says. Answers each row's
 /// answer, the longest forward time, and the version that answered (a swap landing between
 /// the rows is refused: send it again).
 async fn run_rows(
@@ -984,7 +1012,7 @@ async fn run_rows(
     g: &ModelGate,
     data: &[f32],
     rows: usize,
-    explain: usize,
+    explain: Explain,
 ) -> Result<(Vec<Answer>, u64, String), OipError> {
     let width = data.len() / rows.max(1);
     let calls = data
@@ -1290,20 +1318,31 @@ fn explain_of(s: &AppState, req: &InferRequest, heads: &HeadSet) -> Result<usize
     }
 }
 
-async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, OipError> {
+/// Runs the request on the target, `explain` explanations a row (0: none), with the heads
+/// read once for the request.
+async fn run(
+    s: &AppState,
+    t: &Target<'_>,
+    req: &InferRequest,
+    heads: &HeadSet,
+    explain: usize,
+) -> Result<Ran, OipError> {
     let f = features(s) as i64;
-    let heads = head_set(s, t);
-    let explain = explain_of(s, req, &heads)?;
+    let wanted = match explain {
+        0 => Explain::No,
+        k => Explain::Top(k),
+    };
     match t {
         Target::Member(g) => {
             let (input, rows) = the_input(req, "window", &[-1, g.info.window as i64, f])?;
-            let (answers, ns, v) = run_rows(s, g, &input.data, rows, explain).await?;
+            let (answers, ns, v) = run_rows(s, g, &input.data, rows, wanted).await?;
+            heads.check(&g.info.id, &v)?;
             let probs = answers
                 .iter()
                 .flat_map(|a| a.probabilities.iter().copied())
                 .collect();
             let extras: Vec<Extras> = answers.into_iter().map(Extras::of).collect();
-            let (more, missing) = head_outputs(&heads, &extras, explain > 0, false);
+            let (more, missing) = head_outputs(heads, &extras, explain > 0, false);
             let mut outputs = class_outputs(probs, rows);
             outputs.extend(more);
             Ok(Ran {
@@ -1316,7 +1355,7 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, Oi
         }
         Target::Stacker(g, k) => {
             let (input, rows) = the_input(req, "probabilities", &[-1, 3 * *k as i64])?;
-            let (answers, ns, v) = run_rows(s, g, &input.data, rows, 0).await?;
+            let (answers, ns, v) = run_rows(s, g, &input.data, rows, Explain::No).await?;
             let probs = answers
                 .iter()
                 .flat_map(|a| a.probabilities.iter().copied())
@@ -1342,7 +1381,7 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, Oi
                 .collect();
             let calls = windows
                 .iter()
-                .map(|w| crate::http::predict_one(s, w, settings.method, &settings, explain));
+                .map(|w| crate::http::predict_one(s, w, settings.method, &settings, wanted));
             let mut probs = Vec::with_capacity(rows * 3);
             let mut members = Vec::new();
             let mut member_ids: Option<Vec<String>> = None;
@@ -1366,6 +1405,9 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, Oi
                     members.extend_from_slice(&m.probabilities);
                     ns = ns.max(m.inference_us as u64 * 1000);
                 }
+                for m in &c.members {
+                    heads.check(&m.model_id, &m.model_version)?;
+                }
                 let mut e = Extras::default();
                 if let Some(j) = of(&c, heads.forecast.as_ref().map(|h| &h.0)) {
                     e.forecasts = c.members[j].forecasts.clone();
@@ -1388,7 +1430,7 @@ async fn run(s: &AppState, t: &Target<'_>, req: &InferRequest) -> Result<Ran, Oi
                 data: OutData::Fp32(members),
                 parameters: vec![("members", ids.join(","))],
             });
-            let (more, missing) = head_outputs(&heads, &extras, explain > 0, true);
+            let (more, missing) = head_outputs(heads, &extras, explain > 0, true);
             outputs.extend(more);
             Ok(Ran {
                 outputs,
@@ -1412,6 +1454,10 @@ pub async fn infer(
     req: InferRequest,
 ) -> Result<InferResponse, OipError> {
     let t = target(s, name, version)?;
+    // Ready first: a head's outputs are known once its model has loaded, and a call naming
+    // them meanwhile is told to come back (503), not that they do not exist.
+    readiness(s, &t).map_err(OipError::Unavailable)?;
+    let heads = head_set(s, &t);
     if let Some(wanted) = &req.outputs {
         if let Some(d) = wanted.iter().enumerate().find(|(i, w)| wanted[..*i].contains(w)) {
             return Err(OipError::Invalid(format!(
@@ -1419,7 +1465,7 @@ pub async fn infer(
                 clip(d.1)
             )));
         }
-        let known = metadata(s, name, version)?.outputs;
+        let known = metadata_of(s, name, &t, &heads).outputs;
         let unknown: Vec<&String> = wanted
             .iter()
             .filter(|w| !known.iter().any(|k| k.name == *w))
@@ -1438,17 +1484,18 @@ pub async fn infer(
     caller
         .check_method(req.method.as_deref())
         .map_err(OipError::Refused)?;
+    let explain = explain_of(s, &req, &heads)?;
     let rows = req
         .inputs
         .first()
         .and_then(|i| i.shape.first())
         .map_or(1, |&n| n.clamp(1, MAX_ROWS as i64) as usize);
     let _permit = caller.admit(name, t.kind(), rows).map_err(OipError::Refused)?;
-    readiness(s, &t).map_err(OipError::Unavailable)?;
     let _rows = s.oip.take_rows(rows)?;
     let started = Instant::now();
-    let result = run(s, &t, &req).await.and_then(|ran| {
-        // An output named that some row lacks fails the call rather than coming back short.
+    let result = run(s, &t, &req, &heads, explain).await.and_then(|ran| {
+        // An output named that some row lacks fails the call rather than coming back short:
+        // the model's head values were unusable, or its explanation failed.
         match req
             .outputs
             .iter()
@@ -1473,6 +1520,19 @@ pub async fn infer(
                 outputs.retain(|o| wanted.iter().any(|w| w == o.name));
             }
             outputs.retain(|o| caller.sees(o.name, &members));
+            // Every output named is there (the checks above and the heads read once make
+            // this so; a call is never answered short).
+            if let Some(w) = req
+                .outputs
+                .iter()
+                .flatten()
+                .find(|w| !outputs.iter().any(|o| o.name == w.as_str()))
+            {
+                return Err(OipError::Unavailable(format!(
+                    "output {:?} could not be given this time: send the request again",
+                    clip(w)
+                )));
+            }
             Ok(InferResponse {
                 model_name: name.to_string(),
                 model_version: version,
