@@ -636,7 +636,9 @@ fn run(
                     let reply = match output_problem(p) {
                         None => {
                             for p in &heads.patterns {
-                                if let Some(c) = pattern_index.get(&p.name).and_then(|&i| patterns_detected.get(i)) {
+                                if let Some(c) =
+                                    pattern_index.get(&p.name).and_then(|&i| patterns_detected.get(i))
+                                {
                                     c.increment(1);
                                 }
                             }
@@ -673,7 +675,8 @@ fn run(
                     state
                         .forward_started_ns
                         .store(clock.now().as_nanos() as u64 + 1, Ordering::Release);
-                    let mut explained = explain_rows(&*backend, &rows[..n * len], len, &out, width, classes, &wants);
+                    let mut explained =
+                        explain_rows(&*backend, &rows[..n * len], len, &out, width, classes, &wants);
                     state.forward_started_ns.store(0, Ordering::Release);
                     seconds.record(explaining.elapsed().as_secs_f64());
                     let asked = waiting.len() as u64;
@@ -943,7 +946,9 @@ pub(crate) mod tests {
         // One batch: two rows asking (2 and 1), one not (explain_top_k is 0).
         let a = h.submit_explained(vec![1.0, -3.0, 2.0], Explain::Top(2)).unwrap();
         let b = h.submit(vec![5.0, 6.0, 7.0]).unwrap();
-        let c = h.submit_explained(vec![0.5, 0.25, -4.0], Explain::Top(1)).unwrap();
+        let c = h
+            .submit_explained(vec![0.5, 0.25, -4.0], Explain::Top(1))
+            .unwrap();
         slow.await.unwrap().unwrap();
         let mut a = a;
         let b = b.await.unwrap().unwrap();

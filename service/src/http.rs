@@ -37,7 +37,7 @@ use augur_actors::aggregator::{AggregatorConfig, Fallback, Method, Plan, combine
 use augur_actors::breaker::{BreakerConfig, CircuitState};
 use augur_actors::clock::unix_ns;
 use augur_actors::events::ConfigChanged;
-use augur_actors::executor::{Explain, ExecutorConfig};
+use augur_actors::executor::{ExecutorConfig, Explain};
 use augur_actors::messages::EventMeta;
 use augur_actors::pipeline::Pipeline;
 use augur_actors::types::{Direction, Ensemble, MemberPrediction, StreamKey, argmax};
