@@ -3,10 +3,12 @@
 //! that end-to-end latencies are compared with. For the models that explain themselves
 //! (XGBoost), a second row times the TreeSHAP contributions of the same rows.
 //!
-//!     scripts/bench-inference.sh [--device cpu|cuda] [--seconds S] [--also DIR ...]
+//!     scripts/bench-inference.sh [--device cpu|cuda] [--seconds S] [--onnx] [--also DIR ...]
 //!
 //! `--also DIR` (repeatable) times another model folder too, in the same run: a version
 //! without a head against the one with it, say. Its rows are named `<id> (<DIR>)`.
+//! `--onnx` times every model that has both runtimes (an ONNX model and its TorchScript file,
+//! `train.py --export-onnx`) through the other one too, in the same run (rows `<id> (twin)`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,13 +42,33 @@ fn main() {
         .filter(|w| w[0] == "--also")
         .map(|w| std::path::PathBuf::from(&w[1]))
         .collect();
-    let dirs = Manifest::discover(&root).unwrap().into_iter().map(|d| (d, false));
-    for (dir, extra) in dirs.chain(also.into_iter().map(|d| (d, true))) {
+    let found = Manifest::discover(&root).unwrap();
+    let scratch = std::env::temp_dir().join(format!("augur-bench-onnx-{}", std::process::id()));
+    let onnx: Vec<(std::path::PathBuf, Option<String>)> = if args.iter().any(|a| a == "--onnx") {
+        found
+            .iter()
+            .filter_map(|d| {
+                let into = scratch.join(d.strip_prefix(&root).unwrap());
+                let id = Manifest::load(d).unwrap().id;
+                augur_runtime::onnx::twin(d, &into)
+                    .unwrap()
+                    .map(|t| (t, Some(format!("{id} (twin)"))))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let dirs = found.into_iter().map(|d| (d, None));
+    let also = also.into_iter().map(|d| {
+        let label = d.display().to_string();
+        (d, Some(label))
+    });
+    for (dir, label) in dirs.chain(onnx).chain(also) {
         let model = Model::load(&dir, spec).unwrap();
-        let name = if extra {
-            format!("{} ({})", model.id(), dir.display())
-        } else {
-            model.id().to_string()
+        let name = match label {
+            Some(l) if l.ends_with("(twin)") => l,
+            Some(l) => format!("{} ({l})", model.id()),
+            None => model.id().to_string(),
         };
         let golden = Golden::load(model.manifest()).unwrap().expect("golden vectors");
         let len = model.preprocessor().row_len();
@@ -94,4 +116,5 @@ fn main() {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -27,9 +27,31 @@ fn edit_manifest(dir: &Path, f: impl FnOnce(&mut toml::Table)) {
     std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
 }
 
+/// The folder served through libtorch from its TorchScript file (the members run on ONNX
+/// Runtime, with the TorchScript file named for CUDA).
+fn as_torchscript(dir: &Path) {
+    edit_manifest(dir, |t| {
+        t.insert("kind".into(), "torchscript".into());
+        t.insert("file".into(), "model.pt".into());
+        t.remove("torchscript_file");
+    });
+}
+
+#[test]
+fn test_truncated_onnx_file_is_a_load_error_naming_the_file() {
+    let (_tmp, dir) = copy_model("lstm-direction");
+    let p = dir.join("model.onnx");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Model::load(&dir, DeviceSpec::Cpu).unwrap_err();
+    assert!(matches!(err, RuntimeError::OnnxLoad { .. }), "{err}");
+    assert!(err.to_string().contains("model.onnx"), "{err}");
+}
+
 #[test]
 fn test_truncated_torchscript_file_is_a_load_error_naming_the_file() {
     let (_tmp, dir) = copy_model("lstm-direction");
+    as_torchscript(&dir);
     let p = dir.join("model.pt");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
@@ -41,7 +63,7 @@ fn test_truncated_torchscript_file_is_a_load_error_naming_the_file() {
 #[test]
 fn test_missing_model_file_is_file_missing() {
     let (_tmp, dir) = copy_model("cnn-pattern");
-    std::fs::remove_file(dir.join("model.pt")).unwrap();
+    std::fs::remove_file(dir.join("model.onnx")).unwrap();
     let err = Model::load(&dir, DeviceSpec::Cpu).unwrap_err();
     assert!(matches!(err, RuntimeError::FileMissing { .. }), "{err}");
 }

@@ -79,7 +79,7 @@ fn test_every_model_matches_its_reference_framework_at_batch_1_and_64() {
             golden.count
         );
         let tol = match model.manifest().kind {
-            ModelKind::TorchScript => 1e-5,
+            ModelKind::TorchScript | ModelKind::Onnx => 1e-5,
             ModelKind::XgboostJson => 1e-6,
         };
         for batch in [1, 64] {
@@ -98,6 +98,77 @@ fn test_every_model_matches_its_reference_framework_at_batch_1_and_64() {
             );
         }
     }
+}
+
+/// The torch members run through ONNX Runtime (`kind = "onnx"`, the export `train.py
+/// --export-onnx` writes beside the TorchScript file, named `torchscript_file`): equal to the
+/// golden outputs (torch's) within 1e-5 at batch 1 and 64 (the test above), and here to
+/// libtorch's own answers from the TorchScript file on the same rows, every output value. On a
+/// CUDA device an ONNX manifest loads its TorchScript file, and says so clearly when it has none.
+#[test]
+fn test_the_onnx_members_equal_their_torchscript_files_and_cuda_takes_the_torchscript_file() {
+    tch::set_num_threads(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut checked = Vec::new();
+    for dir in Manifest::discover(&models_root()).unwrap() {
+        let onnx = Model::load(&dir, DeviceSpec::Cpu).unwrap();
+        if onnx.manifest().kind != ModelKind::Onnx {
+            continue;
+        }
+        let twin = augur_runtime::onnx::twin(&dir, &scratch.path().join(onnx.id()))
+            .unwrap()
+            .expect("an ONNX member names its TorchScript file");
+        let torch = Model::load(&twin, DeviceSpec::Cpu).unwrap();
+        assert_eq!(torch.manifest().kind, ModelKind::TorchScript);
+        let golden = Golden::load(onnx.manifest()).unwrap().unwrap();
+        let len = onnx.preprocessor().row_len();
+        for batch in [1, 64] {
+            let rows = &golden.inputs[..batch * len];
+            let (a, b) = (
+                torch.predict_all(rows, batch).unwrap(),
+                onnx.predict_all(rows, batch).unwrap(),
+            );
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            println!(
+                "{} at batch {batch}: onnxruntime against libtorch, max |difference| {worst:e}",
+                onnx.id()
+            );
+            assert!(worst <= 1e-5, "{}: {worst:e}", onnx.id());
+        }
+        // CUDA: the TorchScript file, through libtorch (no GPU here: refused, naming the device).
+        if !tch::Cuda::is_available() {
+            let e = Model::load(&dir, DeviceSpec::Cuda(0)).unwrap_err().to_string();
+            assert!(e.contains("cuda:0"), "{e}");
+            let bare = scratch.path().join(format!("{}-no-torchscript", onnx.id()));
+            std::fs::create_dir_all(&bare).unwrap();
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                if e.file_name() != "manifest.toml" {
+                    std::os::unix::fs::symlink(e.path(), bare.join(e.file_name())).unwrap();
+                }
+            }
+            let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
+            let kept: String = text
+                .lines()
+                .filter(|l| !l.starts_with("torchscript_file"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(bare.join("manifest.toml"), kept).unwrap();
+            let e = Model::load(&bare, DeviceSpec::Cuda(0)).unwrap_err().to_string();
+            assert!(e.contains("runs on the CPU here"), "{e}");
+        }
+        checked.push(onnx.id().to_string());
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        ["cnn-pattern", "lstm-direction"],
+        "the torch members run on ONNX Runtime"
+    );
 }
 
 #[test]

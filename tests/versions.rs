@@ -217,8 +217,9 @@ fn test_a_version_loaded_while_streaming_takes_over_without_a_gap_and_broken_one
 
     // Broken versions first (while version 1 serves), then version 2.
     let truncated = copy_version(repo.path(), "3");
-    let model = std::fs::read(truncated.join("model.pt")).unwrap();
-    std::fs::write(truncated.join("model.pt"), &model[..model.len() / 2]).unwrap();
+    // The file it serves: lstm-direction runs on ONNX Runtime.
+    let model = std::fs::read(truncated.join("model.onnx")).unwrap();
+    std::fs::write(truncated.join("model.onnx"), &model[..model.len() / 2]).unwrap();
     seal(&truncated);
     let mismatch = copy_version(repo.path(), "4");
     seal(&mismatch);
@@ -226,20 +227,20 @@ fn test_a_version_loaded_while_streaming_takes_over_without_a_gap_and_broken_one
     let half_written = copy_version(repo.path(), "5");
     let outside = copy_version(repo.path(), "6");
     let manifest = std::fs::read_to_string(outside.join("manifest.toml")).unwrap();
-    assert!(manifest.contains("file = \"model.pt\""));
+    assert!(manifest.contains("file = \"model.onnx\""));
     std::fs::write(
         outside.join("manifest.toml"),
-        manifest.replacen("file = \"model.pt\"", "file = \"../1/model.pt\"", 1),
+        manifest.replacen("file = \"model.onnx\"", "file = \"../1/model.onnx\"", 1),
     )
     .unwrap();
-    std::fs::remove_file(outside.join("model.pt")).unwrap();
+    std::fs::remove_file(outside.join("model.onnx")).unwrap();
     seal(&outside);
     let two = copy_version(repo.path(), "2");
     seal(&two);
 
     std::thread::sleep(Duration::from_secs(4));
     for (v, reason) in [
-        ("3", "model.pt"),
+        ("3", "model.onnx"),
         ("4", "golden_outputs.f32: its SHA-256 is"),
         ("5", "incomplete: it has no SHA256SUMS"),
         ("6", "which SHA256SUMS does not list"),
@@ -547,12 +548,12 @@ fn test_the_version_policy_keeps_versions_ready_the_watch_takes_complete_ones_an
     // Versions 3 and 4, copied now (from 1's files), without their lists: being copied.
     let three = copy_version(repo.path(), "3");
     let four = copy_version(repo.path(), "4");
-    let model = std::fs::read(four.join("model.pt")).unwrap();
-    std::fs::write(four.join("model.pt"), &model[..model.len() / 2]).unwrap();
+    let model = std::fs::read(four.join("model.onnx")).unwrap();
+    std::fs::write(four.join("model.onnx"), &model[..model.len() / 2]).unwrap();
 
     // A swap to an idle version uses the copy loaded: its folder is not read again (here it
     // could not be: its model file is gone).
-    std::fs::remove_file(repo.path().join(LSTM).join("1").join("model.pt")).unwrap();
+    std::fs::remove_file(repo.path().join(LSTM).join("1").join("model.onnx")).unwrap();
     let (s, body) = load(&http, LSTM, "1");
     assert_eq!(s, 200, "{body}");
     assert_eq!(serving_version(&http), "1");
@@ -584,7 +585,7 @@ fn test_the_version_policy_keeps_versions_ready_the_watch_takes_complete_ones_an
     // it is not tried again until its folder changes.
     seal(&four);
     let states = wait_state(&http, "4", "failed", 60);
-    assert!(states["4"].1.contains("model.pt"), "{states:?}");
+    assert!(states["4"].1.contains("model.onnx"), "{states:?}");
     assert_eq!(serving_version(&http), "3");
 
     // An idle version is unloaded by name; the serving one is not affected.

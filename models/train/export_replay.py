@@ -90,9 +90,9 @@ def member_outputs(mid: str, F32: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x.transpose(0, 2, 1))
     elif m["layout"] == "flat":
         x = x.reshape(len(x), -1)
-    if m["kind"] == "torchscript":
+    if m["kind"] in ("torchscript", "onnx"):  # onnx: the same network's TorchScript file
         with torch.no_grad():
-            p = torch.jit.load(str(MODELS / mid / "1" / m["file"]))(torch.from_numpy(x)).numpy()
+            p = torch.jit.load(str(MODELS / mid / "1" / m.get("torchscript_file", m["file"])))(torch.from_numpy(x)).numpy()
     else:
         b = xgb.Booster(model_file=str(MODELS / mid / "1" / m["file"]))
         b.set_param({"nthread": 1})

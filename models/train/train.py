@@ -438,6 +438,8 @@ def predict_dir(d: Path, F: np.ndarray, ends: np.ndarray) -> np.ndarray:
     n_ = m["normalization"]
     x = to_layout(normalise(windows(F, ends, m["window"]), np.array(n_["mean"], np.float32),
                             np.array(n_["std"], np.float32)), m["layout"])
+    if m["kind"] == "onnx":  # the same network's TorchScript file
+        return load_predictor("torchscript", d / m["torchscript_file"])(x)
     return load_predictor(m["kind"], d / m["file"])(x)
 
 
@@ -873,6 +875,81 @@ def pattern_head(out: Path):
         print(f"  {name}: {sc}")
 
 
+def export_onnx(out: Path, ids=("lstm-direction", "cnn-pattern")):
+    """Exports each torch member's v1 (its heads too) to ONNX, model.onnx beside model.pt: the
+    traced network inside the TorchScript file, the same input ([N, ...] prepared rows, the
+    batch dimension dynamic) and output. Checked with ONNX Runtime (one thread, every graph
+    optimisation, as the Rust runtime runs it) against the committed golden outputs and against
+    TorchScript on the golden rows: both within 1e-5 or nothing is written. Prints the errors."""
+    import onnxruntime as ort
+
+    torch.set_num_threads(1)
+    for mid in ids:
+        d = out / mid / VERSION
+        m = tomllib.loads((d / "manifest.toml").read_text())
+        g = m["golden"]
+        gin = np.fromfile(d / g["inputs"], dtype="<f4").reshape(g["input_shape"])
+        n_ = m["normalization"]
+        x = to_layout(normalise(gin, np.array(n_["mean"], np.float32), np.array(n_["std"], np.float32)), m["layout"])
+        gold = np.fromfile(d / g["outputs"], dtype="<f4").reshape(len(gin), -1)
+        ts_file = m.get("torchscript_file", m["file"])
+        loaded = torch.jit.load(str(d / ts_file))
+        loaded.eval()
+        with torch.no_grad():
+            ts = loaded(torch.from_numpy(x)).numpy()
+        onnx_path = d / "model.onnx"
+        tmp = d / "model.onnx.tmp"
+        torch.onnx.export(loaded.inner, (torch.from_numpy(x[:4]),), str(tmp), input_names=["window"],
+                          output_names=["output"], dynamic_axes={"window": {0: "n"}, "output": {0: "n"}},
+                          opset_version=17, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(tmp), so, providers=["CPUExecutionProvider"])
+        got = np.concatenate([sess.run(None, {"window": x[i:i + b]})[0]
+                              for b in (1, 64) for i in range(0, len(x), b)][: len(x)])
+        batch64 = sess.run(None, {"window": x})[0]
+        e_gold = float(max(np.abs(got - gold).max(), np.abs(batch64 - gold).max()))
+        e_ts = float(np.abs(batch64 - ts).max())
+        print(f"{mid} v1 onnx: max |error| {e_gold:.2e} against the golden outputs, {e_ts:.2e} against TorchScript "
+              f"({gold.shape[1]} outputs a row)")
+        if not (e_gold <= 1e-5 and e_ts <= 1e-5):
+            tmp.unlink()
+            raise SystemExit(f"{mid}: the ONNX export differs from the golden outputs by {e_gold:.2e}, "
+                             f"from TorchScript by {e_ts:.2e}: not written")
+        tmp.replace(onnx_path)
+        set_onnx_kind(d / "manifest.toml", ts_file)
+    write_sums_if_present(out, ids)
+
+
+def set_onnx_kind(path: Path, ts_file: str):
+    """The manifest serves model.onnx through ONNX Runtime, its TorchScript file kept for CUDA."""
+    lines, out, seen = path.read_text().splitlines(), [], set()
+    for line in lines:
+        if line.startswith("torchscript_file") or line.startswith("# The same network for libtorch"):
+            continue
+        if line.startswith("kind = ") and "kind" not in seen:
+            seen.add("kind")
+            line = 'kind = "onnx"'
+        elif line.startswith("file = ") and "file" not in seen:
+            seen.add("file")
+            out += ['file = "model.onnx"',
+                    "# The same network for libtorch: what a CUDA device loads (the CUDA path is TorchScript's).",
+                    f"torchscript_file = {toml_value(ts_file)}"]
+            continue
+        out.append(line)
+    path.write_text("\n".join(out) + "\n")
+
+
+def write_sums_if_present(out: Path, ids):
+    """Rewrites the SHA256SUMS of the folders that have one (the new model.onnx is listed)."""
+    for mid in ids:
+        d = out / mid / VERSION
+        if (d / "SHA256SUMS").exists():
+            write_sums(d)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT))
@@ -888,8 +965,14 @@ def main():
     ap.add_argument("--pattern-head", action="store_true",
                     help="only add the chart-pattern head to cnn-pattern v1 (its direction outputs unchanged): "
                          "rewrites its model file, golden outputs and manifest")
+    ap.add_argument("--export-onnx", action="store_true",
+                    help="only export the torch members' v1 to ONNX (model.onnx beside model.pt), checked against "
+                         "their golden outputs and TorchScript (1e-5) with ONNX Runtime")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.export_onnx:
+        export_onnx(out)
+        return
     if args.forecast_head:
         forecast_head(out)
         return

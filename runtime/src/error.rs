@@ -16,6 +16,8 @@ pub enum RuntimeError {
     Manifest { path: PathBuf, problems: Vec<String> },
     #[error("torchscript model {path} cannot be loaded: {message}")]
     TorchLoad { path: PathBuf, message: String },
+    #[error("onnx model {path} cannot be loaded: {message}")]
+    OnnxLoad { path: PathBuf, message: String },
     #[error("xgboost model {path} is malformed: {message}")]
     XgbMalformed { path: PathBuf, message: String },
     #[error("xgboost model {path} is not supported: {message}")]
@@ -62,6 +64,7 @@ impl RuntimeError {
             RuntimeError::Io { .. } => "io_error",
             RuntimeError::Manifest { .. } => "invalid_manifest",
             RuntimeError::TorchLoad { .. } => "torch_load_error",
+            RuntimeError::OnnxLoad { .. } => "onnx_load_error",
             RuntimeError::XgbMalformed { .. } => "xgb_malformed",
             RuntimeError::XgbUnsupported { .. } => "xgb_unsupported",
             RuntimeError::Mismatch { .. } => "manifest_mismatch",

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod error;
 pub mod manifest;
+pub mod onnx;
 pub mod preprocess;
 pub mod torch;
 pub mod xgboost;
@@ -61,6 +62,7 @@ fn load_backend(manifest: &Manifest, device: DeviceSpec) -> Result<Box<dyn Backe
     match manifest.kind {
         ModelKind::TorchScript => torch::load(manifest, device),
         ModelKind::XgboostJson => xgboost::load(manifest),
+        ModelKind::Onnx => onnx::load(manifest, device),
     }
 }
 

@@ -13,6 +13,9 @@ pub enum ModelKind {
     TorchScript,
     #[serde(rename = "xgboost-json")]
     XgboostJson,
+    /// ONNX through ONNX Runtime (CPU); `torchscript_file` serves CUDA.
+    #[serde(rename = "onnx")]
+    Onnx,
 }
 
 impl ModelKind {
@@ -21,6 +24,7 @@ impl ModelKind {
         match self {
             ModelKind::TorchScript => "torchscript",
             ModelKind::XgboostJson => "xgboost-json",
+            ModelKind::Onnx => "onnx",
         }
     }
 }
@@ -255,6 +259,9 @@ pub struct Manifest {
     /// The model family reported on predictions: "lstm", "cnn", "xgboost", "stacker".
     pub family: String,
     pub file: String,
+    /// `kind = "onnx"`: the same network as TorchScript, loaded instead on a CUDA device.
+    #[serde(default)]
+    pub torchscript_file: Option<String>,
     #[serde(default)]
     pub description: String,
     pub input: InputSource,
@@ -317,14 +324,20 @@ impl Manifest {
     /// Every inconsistency in the manifest, not just the first.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if self.torchscript_file.is_some() && self.kind != ModelKind::Onnx {
+            p.push(format!(
+                "torchscript_file is for kind = \"onnx\", got \"{}\"",
+                self.kind.as_str()
+            ));
+        }
         if let Some(d) = &self.drift {
             p.extend(d.problems(self.features, self.classes.len()));
         }
         if let Some(f) = &self.forecast {
             p.extend(f.problems());
-            if self.kind != ModelKind::TorchScript {
+            if !matches!(self.kind, ModelKind::TorchScript | ModelKind::Onnx) {
                 p.push(format!(
-                    "a forecast head needs kind = \"torchscript\", got \"{}\"",
+                    "a forecast head needs kind = \"torchscript\" or \"onnx\", got \"{}\"",
                     self.kind.as_str()
                 ));
             }
@@ -334,9 +347,9 @@ impl Manifest {
         }
         if let Some(h) = &self.patterns {
             p.extend(h.problems());
-            if self.kind != ModelKind::TorchScript {
+            if !matches!(self.kind, ModelKind::TorchScript | ModelKind::Onnx) {
                 p.push(format!(
-                    "a pattern head needs kind = \"torchscript\", got \"{}\"",
+                    "a pattern head needs kind = \"torchscript\" or \"onnx\", got \"{}\"",
                     self.kind.as_str()
                 ));
             }

@@ -146,6 +146,15 @@ impl super::Backend for TorchModel {
 
 /// Loads the manifest's TorchScript file on the device, its row shape from the layout.
 pub fn load(manifest: &Manifest, device: DeviceSpec) -> Result<Box<dyn super::Backend>, RuntimeError> {
+    load_file(manifest, device, &manifest.model_path())
+}
+
+/// [`load`] of another file with the same network (an ONNX model's `torchscript_file`).
+pub fn load_file(
+    manifest: &Manifest,
+    device: DeviceSpec,
+    path: &Path,
+) -> Result<Box<dyn super::Backend>, RuntimeError> {
     let (t, f) = (manifest.window as i64, manifest.features as i64);
     let row_shape = match manifest.layout {
         Layout::Sequence => vec![t, f],
@@ -154,7 +163,7 @@ pub fn load(manifest: &Manifest, device: DeviceSpec) -> Result<Box<dyn super::Ba
     };
     let width = manifest.output_width();
     Ok(Box::new(TorchModel::load(
-        &manifest.model_path(),
+        path,
         device.resolve()?,
         row_shape,
         width,

@@ -51,6 +51,9 @@ pub struct ServiceConfig {
     pub device: String,
     /// libtorch intra-op threads (process-wide).
     pub intra_op_threads: i32,
+    /// The ONNX Runtime library (`libonnxruntime.so.*`) that `kind = "onnx"` models run on;
+    /// "": `ORT_DYLIB_PATH`, else the `onnxruntime` wheel in the venv.
+    pub onnxruntime_library: String,
     /// Graceful shutdown: how long to wait for in-flight events.
     pub shutdown_timeout_ms: u64,
 }
@@ -72,6 +75,7 @@ impl Default for ServiceConfig {
             watch_interval_ms: 0,
             device: "cpu".into(),
             intra_op_threads: 1,
+            onnxruntime_library: String::new(),
             shutdown_timeout_ms: 10_000,
         }
     }
@@ -444,6 +448,12 @@ impl Config {
             p.push(format!(
                 "service.device {:?} is not one of cpu, cuda, cuda:N, auto",
                 s.device
+            ));
+        }
+        if !s.onnxruntime_library.is_empty() && !Path::new(&s.onnxruntime_library).is_file() {
+            p.push(format!(
+                "service.onnxruntime_library {:?} is not a file",
+                s.onnxruntime_library
             ));
         }
         if s.members.is_empty() {

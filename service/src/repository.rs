@@ -379,6 +379,7 @@ pub async fn prepare(
         let m = Manifest::load(&dir).map_err(|e| e.to_string())?;
         // What the manifest points at must be in the folder and covered by the list.
         let mut named = vec![m.file.clone()];
+        named.extend(m.torchscript_file.clone());
         if let Some(g) = &m.golden {
             named.extend([g.inputs.clone(), g.outputs.clone()]);
         }

@@ -16,7 +16,7 @@
 //!
 //! The service knows transports only as `dyn Transport` (see [`crate::bus`]).
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -295,6 +295,9 @@ pub async fn build_pipeline_with(
 ) -> anyhow::Result<Pipeline> {
     let device = DeviceSpec::parse(&cfg.service.device).context("service.device")?;
     let threads = cfg.service.intra_op_threads;
+    if !cfg.service.onnxruntime_library.is_empty() {
+        augur_runtime::onnx::set_library(Path::new(&cfg.service.onnxruntime_library));
+    }
     let names = Validator::feature_names(&cfg.service.feature_sets_dir);
     let mut problems = Vec::new();
     let mut members = Vec::new();

@@ -60,8 +60,9 @@ class Member:
         self.std = np.asarray(n["std"], np.float32)
         self.clip = np.float32(n["clip"])
         self.device = device
-        if self.kind == "torchscript":
-            self.model = torch.jit.load(str(folder / m["file"]), map_location=device).eval()
+        if self.kind in ("torchscript", "onnx"):
+            # An ONNX member names its TorchScript file: the baseline runs PyTorch.
+            self.model = torch.jit.load(str(folder / m.get("torchscript_file", m["file"])), map_location=device).eval()
         else:
             self.booster = xgb.Booster(model_file=str(folder / m["file"]))
             self.booster.set_param({"nthread": 1})
@@ -74,7 +75,7 @@ class Member:
         elif self.layout == "flat":
             x = x.reshape(-1)
         x = np.ascontiguousarray(x[None], dtype=np.float32)
-        if self.kind == "torchscript":
+        if self.kind in ("torchscript", "onnx"):
             with torch.no_grad():
                 # The class probabilities: a forecast or pattern head's values follow them.
                 return self.model(torch.from_numpy(x).to(self.device)).cpu().numpy()[0][:3]

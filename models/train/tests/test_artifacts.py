@@ -42,9 +42,9 @@ def test_golden_outputs_come_from_the_committed_files_through_the_manifest():
         m, x, y = golden(mid)
         assert m["id"] == mid and len(x) >= 256
         rows = prepare(m, x)
-        if m["kind"] == "torchscript":
+        if m["kind"] in ("torchscript", "onnx"):  # onnx: the same network's TorchScript file
             with torch.no_grad():
-                p = torch.jit.load(str(MODELS / mid / "1" / m["file"]))(torch.from_numpy(rows)).numpy()
+                p = torch.jit.load(str(MODELS / mid / "1" / m.get("torchscript_file", m["file"])))(torch.from_numpy(rows)).numpy()
         else:
             b = xgb.Booster(model_file=str(MODELS / mid / "1" / m["file"]))
             p = b.predict(xgb.DMatrix(rows))
