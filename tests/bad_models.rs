@@ -38,6 +38,22 @@ fn as_torchscript(dir: &Path) {
 }
 
 #[test]
+fn test_a_manifest_naming_a_file_outside_its_folder_is_refused() {
+    let (_tmp, dir) = copy_model("lstm-direction");
+    edit_manifest(&dir, |t| {
+        t.insert("file".into(), "../1/model.onnx".into());
+        t.insert("torchscript_file".into(), "/etc/passwd".into());
+    });
+    let err = Model::load(&dir, DeviceSpec::Cpu).unwrap_err().to_string();
+    for want in [
+        "\"../1/model.onnx\" must be the name",
+        "\"/etc/passwd\" must be the name",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+#[test]
 fn test_truncated_onnx_file_is_a_load_error_naming_the_file() {
     let (_tmp, dir) = copy_model("lstm-direction");
     let p = dir.join("model.onnx");

@@ -702,6 +702,8 @@ fn broken_models(mode: &str, slow_ms: u32) -> tempfile::TempDir {
         .status()
         .expect("the project venv's python (scripts/bootstrap.sh) runs");
     assert!(status.success(), "building the {mode} model");
+    // Served from the broken TorchScript file (the shipped member runs on ONNX Runtime).
+    common::serve_torchscript(&dst);
     tmp
 }
 

@@ -89,10 +89,7 @@ async fn test_health_and_readiness_report_models_loaded() {
         assert!(!m[k].is_null(), "models[0].{k} missing: {m}");
     }
     assert_eq!(m["circuit"], "closed");
-    assert_eq!(
-        (&m["family"], &m["kind"]),
-        (&json!("lstm"), &json!("torchscript"))
-    );
+    assert_eq!((&m["family"], &m["kind"]), (&json!("lstm"), &json!("onnx")));
     let x = &v["models"][2];
     assert_eq!(
         (&x["family"], &x["kind"]),

@@ -433,18 +433,7 @@ fn degraded_models() -> tempfile::TempDir {
         .unwrap();
     assert!(status.success(), "permuting cnn-pattern");
     // Served from the permuted TorchScript file (the shipped member runs on ONNX Runtime).
-    let m = dst.join("manifest.toml");
-    let text: String = std::fs::read_to_string(&m)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("torchscript_file"))
-        .map(|l| match l {
-            "kind = \"onnx\"" => "kind = \"torchscript\"\n".to_string(),
-            "file = \"model.onnx\"" => "file = \"model.pt\"\n".to_string(),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(&m, text).unwrap();
+    common::serve_torchscript(&dst);
     tmp
 }
 

@@ -243,7 +243,7 @@ fn test_a_version_loaded_while_streaming_takes_over_without_a_gap_and_broken_one
         ("3", "model.onnx"),
         ("4", "golden_outputs.f32: its SHA-256 is"),
         ("5", "incomplete: it has no SHA256SUMS"),
-        ("6", "which SHA256SUMS does not list"),
+        ("6", "must be the name of a file in the model's folder"),
         ("../1", "not a version name"),
         ("9", "has no version \"9\""),
     ] {

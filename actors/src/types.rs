@@ -196,7 +196,7 @@ pub struct ModelInfo {
     pub version: Arc<str>,
     /// What the model is: "lstm", "cnn", "xgboost", "stacker" (the contract's `model_kind`).
     pub family: Arc<str>,
-    /// The framework that runs it: "torchscript", "xgboost-json".
+    /// The framework that runs it: "onnx", "torchscript", "xgboost-json".
     pub kind: Arc<str>,
     /// Feature vectors in one input window.
     pub window: usize,

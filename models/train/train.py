@@ -975,9 +975,11 @@ def main():
         return
     if args.forecast_head:
         forecast_head(out)
+        export_onnx(out, ("lstm-direction",))  # the new model.pt, exported again
         return
     if args.pattern_head:
         pattern_head(out)
+        export_onnx(out, ("cnn-pattern",))
         return
     if args.drift_only:
         torch.set_num_threads(1)
@@ -1073,6 +1075,8 @@ def main():
     # direction outputs, the stacker's inputs, do not change).
     forecast_head(out)
     pattern_head(out)
+    # The torch members serve through ONNX Runtime: their exports, checked, and the manifests.
+    export_onnx(out)
     print(f"rows per series: {rows}; total {time.time() - t0:.0f}s")
 
 

@@ -26,6 +26,8 @@ pub enum RuntimeError {
     Mismatch { path: PathBuf, message: String },
     #[error("model {path} fails its golden self-test: {message}")]
     SelfTest { path: PathBuf, message: String },
+    #[error("no ONNX Runtime: {0}")]
+    OnnxRuntimeUnavailable(String),
     #[error("device {0} is not available")]
     DeviceUnavailable(String),
     #[error("input row {row}: {kind}")]
@@ -70,6 +72,7 @@ impl RuntimeError {
             RuntimeError::Mismatch { .. } => "manifest_mismatch",
             RuntimeError::SelfTest { .. } => "self_test_failed",
             RuntimeError::DeviceUnavailable(_) => "device_unavailable",
+            RuntimeError::OnnxRuntimeUnavailable(_) => "onnxruntime_unavailable",
             RuntimeError::Input {
                 kind: InputError::NonFinite { .. },
                 ..

@@ -324,6 +324,26 @@ impl Manifest {
     /// Every inconsistency in the manifest, not just the first.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        // Every file the manifest names is a file of its own folder: a name, never a path.
+        let golden = self.golden.iter().flat_map(|g| [&g.inputs, &g.outputs]);
+        for name in [&self.file]
+            .into_iter()
+            .chain(&self.torchscript_file)
+            .chain(golden)
+        {
+            let mut parts = std::path::Path::new(name).components();
+            if !matches!(
+                (parts.next(), parts.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            ) {
+                p.push(format!(
+                    "{name:?} must be the name of a file in the model's folder, not a path"
+                ));
+            }
+        }
+        if self.torchscript_file.as_ref() == Some(&self.file) {
+            p.push("torchscript_file names the same file as file".to_string());
+        }
         if self.torchscript_file.is_some() && self.kind != ModelKind::Onnx {
             p.push(format!(
                 "torchscript_file is for kind = \"onnx\", got \"{}\"",

@@ -22,8 +22,9 @@ use super::manifest::{Layout, Manifest};
 
 /// The library path set from the config, before the first ONNX model loads.
 static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
-/// The process's one ONNX Runtime environment, or why there is none.
-static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+/// The process's one ONNX Runtime environment, once the library opened (a failure is not
+/// kept: a later load tries again, after the operator put the library in place).
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
 
 /// Names the ONNX Runtime library (`libonnxruntime.so.*`) to open; only the first call counts,
 /// and only before the first ONNX model loads. Without it, `ORT_DYLIB_PATH` names it.
@@ -64,35 +65,37 @@ fn venv_library() -> Option<PathBuf> {
     found.pop()
 }
 
-/// Opens the library once (explicitly: ort's implicit route panics on a bad library).
-fn environment() -> Result<&'static Environment, RuntimeError> {
-    let env = ENVIRONMENT.get_or_init(|| {
-        let Some((path, from)) = library() else {
-            return Err(
-                "no ONNX Runtime library: set onnxruntime_library in the config or ORT_DYLIB_PATH \
-                 (scripts/bootstrap.sh installs the onnxruntime wheel into .venv, where it is found)"
-                    .to_string(),
-            );
-        };
-        if !path.is_file() {
-            return Err(format!(
-                "the ONNX Runtime library {} ({from}) does not exist",
+/// Opens the library once (explicitly: ort's implicit route panics on a bad library). Once
+/// ONNX Runtime has opened a library the process keeps it: another needs a restart.
+fn environment() -> Result<Environment, RuntimeError> {
+    let mut env = ENVIRONMENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = env.as_ref() {
+        return Ok(e.clone());
+    }
+    let fail = RuntimeError::OnnxRuntimeUnavailable;
+    let Some((path, from)) = library() else {
+        return Err(fail(
+            "no library: set service.onnxruntime_library in the config or ORT_DYLIB_PATH; \
+             .venv/lib/python3*/site-packages/onnxruntime/capi (AUGUR_VENV, else .venv here) has \
+             none (scripts/bootstrap.sh installs it)"
+                .to_string(),
+        ));
+    };
+    // Absolute: ort would try a relative path beside the executable first.
+    let path = std::fs::canonicalize(&path)
+        .map_err(|e| fail(format!("the library {} ({from}): {e}", path.display())))?;
+    let built = ort::init_from(&path)
+        .map_err(|e| {
+            fail(format!(
+                "cannot open the library {} ({from}): {e}",
                 path.display()
-            ));
-        }
-        ort::init_from(&path)
-            .map_err(|e| {
-                format!(
-                    "cannot open the ONNX Runtime library {} ({from}): {e}",
-                    path.display()
-                )
-            })?
-            .with_name("augur")
-            .build()
-            .map_err(|e| format!("ONNX Runtime {} ({from}): {e}", path.display()))
-    });
-    env.as_ref()
-        .map_err(|e| RuntimeError::DeviceUnavailable(format!("onnxruntime: {e}")))
+            ))
+        })?
+        .with_name("augur")
+        .build()
+        .map_err(|e| fail(format!("the library {} ({from}): {e}", path.display())))?;
+    *env = Some(built.clone());
+    Ok(built)
 }
 
 pub struct OnnxModel {
@@ -135,7 +138,7 @@ impl OnnxModel {
             });
         }
         let env = environment()?;
-        let session = session(env, path).map_err(|e| RuntimeError::OnnxLoad {
+        let session = session(&env, path).map_err(|e| RuntimeError::OnnxLoad {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;

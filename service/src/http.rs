@@ -376,7 +376,7 @@ pub struct ModelView {
     pub version: String,
     /// lstm, cnn, xgboost, stacker
     pub family: String,
-    /// The framework: torchscript, xgboost-json.
+    /// The framework: onnx, torchscript, xgboost-json.
     pub kind: String,
     pub timeframes: Vec<String>,
     pub device: String,

@@ -125,7 +125,7 @@ pub struct TensorMeta {
 pub struct ModelMeta {
     pub name: String,
     pub versions: Vec<String>,
-    /// The framework: "torchscript", "xgboost-json", "ensemble".
+    /// The framework: "onnx", "torchscript", "xgboost-json", "ensemble".
     pub platform: String,
     pub inputs: Vec<TensorMeta>,
     pub outputs: Vec<TensorMeta>,

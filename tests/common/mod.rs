@@ -408,3 +408,21 @@ pub fn sigterm(child: &std::process::Child) {
         .expect("kill runs");
     assert!(status.success());
 }
+
+/// Serves the model folder `dir` from its TorchScript file (the shipped torch members run on
+/// ONNX Runtime, their TorchScript file named for CUDA): for tests that build a TorchScript
+/// model of their own in its place.
+pub fn serve_torchscript(dir: &std::path::Path) {
+    let m = dir.join("manifest.toml");
+    let text: String = std::fs::read_to_string(&m)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("torchscript_file"))
+        .map(|l| match l {
+            "kind = \"onnx\"" => "kind = \"torchscript\"\n".to_string(),
+            "file = \"model.onnx\"" => "file = \"model.pt\"\n".to_string(),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&m, text).unwrap();
+}
