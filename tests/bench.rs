@@ -182,6 +182,16 @@ fn quick_bench_of_both_peers_writes_a_consistent_report() {
         let steps = p["s2"]["steps"].as_array().unwrap();
         assert!(!steps.is_empty(), "{name}");
         assert_eq!(steps[0]["streams"], 60);
+        // CPU efficiency at the highest step held: its inferences over the peer's CPU.
+        if let Some(e) = p["s2"]["max_held_inferences_per_core_s"].as_f64() {
+            let held = steps.iter().rev().find(|s| s["held"] == true).unwrap();
+            let want = p["s2"]["max_held_model_inferences"].as_f64().unwrap()
+                / held["peer_cpu_cores"].as_f64().unwrap();
+            assert!(
+                e > 0.0 && (e - want).abs() <= 1e-6 * want,
+                "{name}: {e} vs {want}"
+            );
+        }
         assert!(p["s3"]["rss_after_warmup_mb"].as_f64().unwrap() > 10.0, "{name}");
         let s4 = p["s4"]["median_ms"].as_f64().unwrap();
         assert!(s4 > 0.0 && s4 < 60_000.0, "{name}: {s4}");

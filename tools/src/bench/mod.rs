@@ -155,6 +155,8 @@ pub struct Throughput {
     pub max_held_rate: Option<f64>,
     pub max_held_throughput: Option<f64>,
     pub max_held_model_inferences: Option<f64>,
+    /// CPU efficiency at it: model inferences per second of the peer's CPU (all its threads).
+    pub max_held_inferences_per_core_s: Option<f64>,
     pub max_held_p99_ms: Option<f64>,
 }
 
@@ -688,6 +690,9 @@ impl Run<'_> {
                 max_held_rate: best.map(|p| p.target_rate),
                 max_held_throughput: best.map(|p| p.throughput),
                 max_held_model_inferences: best.map(|p| p.throughput * f64::from(self.members)),
+                max_held_inferences_per_core_s: best
+                    .filter(|p| p.peer_cpu_cores > 0.0)
+                    .map(|p| p.throughput * f64::from(self.members) / p.peer_cpu_cores),
                 max_held_p99_ms: best.map(|p| p.latency.p99_ms),
                 steps,
             },
@@ -975,6 +980,13 @@ pub fn markdown(r: &Report, o: &BenchOptions) -> String {
             "model inferences/s at it",
             "≥ 60,000",
             |p, _| p.s2.as_ref().and_then(|x| x.max_held_model_inferences),
+            0,
+        ),
+        (
+            "S2".into(),
+            "model inferences per core-second at it",
+            "",
+            |p, _| p.s2.as_ref().and_then(|x| x.max_held_inferences_per_core_s),
             0,
         ),
         (
