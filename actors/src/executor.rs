@@ -610,14 +610,18 @@ fn run(
                 // call's own number, else `explain_top_k`); a model that cannot explain is not
                 // asked. Every other row is answered first: a request's explanations never hold
                 // up the streams' rows of the same batch.
-                let mut wants: Vec<usize> = accepted
-                    .iter()
-                    .map(|j| match (explain_metrics.is_some(), j.explain) {
-                        (false, _) | (_, Explain::No) => 0,
-                        (true, Explain::AsConfigured) => cfg.explain_top_k,
-                        (true, Explain::Top(k)) => k.min(MAX_EXPLAIN_TOP_K),
-                    })
-                    .collect();
+                // Nothing allocated per batch for a model that cannot explain (the hot path).
+                let mut wants: Vec<usize> = match explain_metrics {
+                    None => Vec::new(),
+                    Some(_) => accepted
+                        .iter()
+                        .map(|j| match j.explain {
+                            Explain::No => 0,
+                            Explain::AsConfigured => cfg.explain_top_k,
+                            Explain::Top(k) => k.min(MAX_EXPLAIN_TOP_K),
+                        })
+                        .collect(),
+                };
                 let mut waiting: Vec<(usize, Job, RowOutput)> = Vec::new();
                 for (i, (job, row)) in accepted.into_iter().zip(out.chunks_exact(width)).enumerate() {
                     let (p, head) = row.split_at(classes);
@@ -661,9 +665,11 @@ fn run(
                         }
                     };
                     match reply {
-                        Ok(r) if wants[i] > 0 => waiting.push((i, job, r)),
+                        Ok(r) if wants.get(i).is_some_and(|&k| k > 0) => waiting.push((i, job, r)),
                         other => {
-                            wants[i] = 0;
+                            if let Some(k) = wants.get_mut(i) {
+                                *k = 0;
+                            }
                             let _ = job.reply.send(other);
                         }
                     }
