@@ -9,13 +9,10 @@ fn link_libtorch() {
         // run without LD_LIBRARY_PATH.
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
         println!("cargo:rustc-link-search=native={}", lib.display());
-        // `--as-needed` would drop libtorch_cuda.so (nothing references it by symbol), and
-        // with it every CUDA kernel: CUDA would then silently be unavailable.
-        if lib.join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-            println!("cargo:rustc-link-arg=-ltorch_cuda");
-            println!("cargo:rustc-link-arg=-ltorch");
-            println!("cargo:rustc-link-arg=-Wl,--as-needed");
-        }
+        // libtorch_cuda.so is not linked: torch-sys names it, but nothing references it by
+        // symbol, so `--as-needed` (rustc's default) leaves it out, and libtorch.so (which
+        // needs it) with it. A CPU-only run never maps CUDA; runtime/src/cuda.rs opens it
+        // when a CUDA device is asked for, from this folder (also given to the code).
+        println!("cargo:rustc-env=AUGUR_LIBTORCH_LIB={}", lib.display());
     }
 }

@@ -140,7 +140,7 @@ fn test_the_onnx_members_equal_their_torchscript_files_and_cuda_takes_the_torchs
             assert!(worst <= 1e-5, "{}: {worst:e}", onnx.id());
         }
         // CUDA: the TorchScript file, through libtorch (no GPU here: refused, naming the device).
-        if !tch::Cuda::is_available() {
+        if !augur_runtime::cuda::available() {
             let e = Model::load(&dir, DeviceSpec::Cuda(0)).unwrap_err().to_string();
             assert!(e.contains("cuda:0"), "{e}");
             let bare = scratch.path().join(format!("{}-no-torchscript", onnx.id()));

@@ -15,6 +15,7 @@
 //! This crate owns the frameworks. It knows nothing of buses or config files: the executor
 //! threads of `augur-actors` call it through [`backend::model_spec`].
 pub mod backend;
+pub mod cuda;
 pub mod error;
 pub mod manifest;
 pub mod onnx;

@@ -196,7 +196,7 @@ pub fn load(manifest: &Manifest, device: super::DeviceSpec) -> Result<Box<dyn su
     let cuda = match device {
         super::DeviceSpec::Cpu => false,
         super::DeviceSpec::Cuda(_) => true,
-        super::DeviceSpec::Auto => tch::Cuda::is_available(),
+        super::DeviceSpec::Auto => super::cuda::available(),
     };
     if cuda {
         return match &manifest.torchscript_file {

@@ -33,13 +33,17 @@ impl DeviceSpec {
     pub fn resolve(self) -> Result<Device, RuntimeError> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
-            DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+            // A machine without an NVIDIA device never opens the CUDA library.
+            DeviceSpec::Auto => Ok(if super::cuda::available() { Device::Cuda(0) } else { Device::Cpu }),
             DeviceSpec::Cuda(i) => {
+                let lib = super::cuda::load()
+                    .map_err(|why| RuntimeError::DeviceUnavailable(format!("cuda:{i} ({why})")))?;
                 if tch::Cuda::is_available() && i < tch::Cuda::device_count() as usize {
                     Ok(Device::Cuda(i))
                 } else {
                     Err(RuntimeError::DeviceUnavailable(format!(
-                        "cuda:{i} (libtorch sees {} CUDA devices)",
+                        "cuda:{i} (libtorch's CUDA library {} is loaded, and sees {} CUDA devices)",
+                        lib.display(),
                         tch::Cuda::device_count()
                     )))
                 }
