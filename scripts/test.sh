@@ -15,4 +15,4 @@ cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace --no-fail-fast
 echo "== python checks"
-"$AUGUR_VENV/bin/python" -m pytest -q -p no:cacheprovider models/train/tests
+"$AUGUR_VENV/bin/python" -m pytest -q -p no:cacheprovider models/train/tests bench/plot

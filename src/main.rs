@@ -117,8 +117,8 @@ enum Command {
         /// Comma-separated: augur, python.
         #[arg(long, default_value = "augur,python", value_delimiter = ',')]
         peers: Vec<String>,
-        /// Comma-separated: s1, s2, s3, s4.
-        #[arg(long, default_value = "s1,s2,s3,s4", value_delimiter = ',')]
+        /// Comma-separated: s1, s2, s3, s4, s5 (HTTP infer against Ray Serve), swap.
+        #[arg(long, default_value = "s1,s2,s3,s4,s5", value_delimiter = ',')]
         scenarios: Vec<String>,
         /// The repository root (models/, config.toml).
         #[arg(long, default_value = ".")]
@@ -148,6 +148,15 @@ enum Command {
         s2_step_seconds: f64,
         #[arg(long, default_value_t = 3)]
         s4_starts: usize,
+        /// S5: the model Augur and Ray Serve both serve over HTTP.
+        #[arg(long, default_value = "lstm-direction")]
+        http_model: String,
+        /// S5: closed-loop clients, comma-separated.
+        #[arg(long, default_value = "1,16", value_delimiter = ',')]
+        http_concurrency: Vec<usize>,
+        /// S5: measured seconds per (server, concurrency).
+        #[arg(long, default_value_t = 10.0)]
+        http_seconds: f64,
         /// A short smoke run: few seconds per scenario, small S2.
         #[arg(long)]
         quick: bool,
@@ -561,6 +570,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             s2_rates,
             s2_step_seconds,
             s4_starts,
+            http_model,
+            http_concurrency,
+            http_seconds,
             quick,
         } => {
             let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -575,6 +587,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             o.s2_symbols = s2_symbols;
             o.s2_step_seconds = s2_step_seconds;
             o.s4_starts = s4_starts;
+            o.http_model = http_model;
+            o.http_concurrency = http_concurrency;
+            o.http_seconds = http_seconds;
             if let Some(r) = s2_rates {
                 o.s2_rates = r;
             }
@@ -585,6 +600,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 o.s2_step_seconds = o.s2_step_seconds.min(2.0);
                 o.s4_starts = 1;
                 o.floor_seconds = 0.2;
+                o.http_seconds = o.http_seconds.min(2.0);
             }
             o.peers = peers
                 .iter()
@@ -597,7 +613,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| {
                     augur_tools::bench::Scenario::parse(s)
-                        .with_context(|| format!("unknown scenario {s:?} (s1-s4, swap)"))
+                        .with_context(|| format!("unknown scenario {s:?} (s1-s5, swap)"))
                 })
                 .collect::<anyhow::Result<_>>()?;
             let report =
@@ -606,6 +622,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .peers
                 .iter()
                 .flat_map(|p| p.errors.iter().map(move |e| format!("{}: {e}", p.peer)))
+                .chain(
+                    report
+                        .http
+                        .iter()
+                        .flat_map(|h| h.errors.iter().map(|e| format!("s5: {e}"))),
+                )
                 .collect();
             anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join("; "));
         }
@@ -619,15 +641,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             out,
         } => {
             use augur_tools::bench::oip;
-            let vectors: Vec<Vec<f32>> = {
-                let file = std::fs::read("models/data/replay/ta-v1.pb")
-                    .context("reading models/data/replay/ta-v1.pb")?;
-                augur_tools::publish::interleave(&file)?
-                    .into_iter()
-                    .filter(|v| v.symbol == "AAPL" && v.timeframe == "1d")
-                    .map(|v| v.values)
-                    .collect()
-            };
             let o = oip::OipBench {
                 http: http.clone(),
                 grpc,
@@ -636,6 +649,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 concurrency,
                 seconds,
                 warmup_seconds: 1.0,
+                transports: vec!["http", "grpc"],
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let cells = rt.block_on(async {
@@ -645,14 +659,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 oip::run(&o, |m| {
                     let &(t, f) = shapes.get(m).context("no shape")?;
-                    anyhow::ensure!(
-                        vectors.len() >= t,
-                        "{} AAPL vectors, {m} needs {t}",
-                        vectors.len()
-                    );
-                    let w: Vec<f32> = vectors[vectors.len() - t..].iter().flatten().copied().collect();
-                    anyhow::ensure!(w.len() == t * f, "{m}: the vectors are not {f} wide");
-                    Ok((w, t, f))
+                    Ok((oip::replay_window(std::path::Path::new("."), t, f)?, t, f))
                 })
                 .await
             })?;

@@ -128,7 +128,7 @@ fn quick_bench_of_both_peers_writes_a_consistent_report() {
     // The table shows what the JSON holds: S1 p99 of each peer and their ratio.
     let row = md
         .lines()
-        .find(|l| l.starts_with("| S1 | p99 ms | ≤ 2 |"))
+        .find(|l| l.starts_with("| S1 | p99 ms | ≤ 1.0 |"))
         .unwrap_or_else(|| panic!("no S1 p99 row:\n{md}"));
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     let p99_of = |peer: &str| {

@@ -1,5 +1,6 @@
 //! Issue 17, lever 6: libtorch's CUDA library is opened only when a CUDA device is asked for.
 //! One test in its own binary, so nothing else in the process maps CUDA first.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::path::PathBuf;
 
 use augur_runtime::{DeviceSpec, Manifest, Model, ModelKind};
@@ -44,8 +45,15 @@ fn test_cpu_models_never_map_cuda_and_asking_for_cuda_opens_it_or_says_why() {
             assert_eq!(DeviceSpec::Auto.resolve().unwrap(), tch::Device::Cpu);
         }
     }
-    assert!(torch_members >= 2, "the torch members load through ONNX Runtime or libtorch");
-    assert_eq!(cuda_mapped(), Vec::<String>::new(), "a CPU-only run maps no CUDA library");
+    assert!(
+        torch_members >= 2,
+        "the torch members load through ONNX Runtime or libtorch"
+    );
+    assert_eq!(
+        cuda_mapped(),
+        Vec::<String>::new(),
+        "a CPU-only run maps no CUDA library"
+    );
     assert_eq!(augur_runtime::cuda::loaded(), None);
 
     // Asked for, it is opened (from beside libtorch_cpu.so), and the answer is the device or a
@@ -62,7 +70,11 @@ fn test_cpu_models_never_map_cuda_and_asking_for_cuda_opens_it_or_says_why() {
     let lib = augur_runtime::cuda::loaded();
     if let Some(lib) = &lib {
         assert!(lib.ends_with("libtorch_cuda.so"), "{}", lib.display());
-        assert!(cuda_mapped().iter().any(|p| p.ends_with("libtorch_cuda.so")), "{:?}", cuda_mapped());
+        assert!(
+            cuda_mapped().iter().any(|p| p.ends_with("libtorch_cuda.so")),
+            "{:?}",
+            cuda_mapped()
+        );
         // Opened once: asking again gives the same library.
         let _ = DeviceSpec::Cuda(0).resolve();
         assert_eq!(augur_runtime::cuda::loaded().as_ref(), Some(lib));

@@ -169,6 +169,28 @@ pub struct OipBench {
     pub concurrency: Vec<usize>,
     pub seconds: f64,
     pub warmup_seconds: f64,
+    /// "http", "grpc": the transports measured, in this order.
+    pub transports: Vec<&'static str>,
+}
+
+/// The last `t` vectors of AAPL 1d in the committed replay series (`models/data/replay`),
+/// `f` values each: the one real window every benchmark call sends.
+pub fn replay_window(root: &std::path::Path, t: usize, f: usize) -> anyhow::Result<Vec<f32>> {
+    let path = root.join("models/data/replay/ta-v1.pb");
+    let file = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let vectors: Vec<Vec<f32>> = crate::publish::interleave(&file)?
+        .into_iter()
+        .filter(|v| v.symbol == "AAPL" && v.timeframe == "1d")
+        .map(|v| v.values)
+        .collect();
+    anyhow::ensure!(
+        vectors.len() >= t,
+        "{} AAPL vectors, the model needs {t}",
+        vectors.len()
+    );
+    let w: Vec<f32> = vectors[vectors.len() - t..].iter().flatten().copied().collect();
+    anyhow::ensure!(w.len() == t * f, "the vectors are not {f} wide");
+    Ok(w)
 }
 
 /// Runs every (model, transport, concurrency) cell in turn; `window_of(model)` gives the
@@ -183,7 +205,7 @@ pub async fn run(
         let (body, head_len, grpc_req) = requests(model, &w, t, f);
         let path = format!("/v2/models/{model}/infer");
         for &c in &o.concurrency {
-            for transport in ["http", "grpc"] {
+            for &transport in &o.transports {
                 let mut tasks = Vec::new();
                 let start = Instant::now();
                 let warm_until = start + Duration::from_secs_f64(o.warmup_seconds);

@@ -16,6 +16,9 @@ use super::procfs;
 pub enum PeerKind {
     Augur,
     PythonAsyncio,
+    /// Ray Serve over HTTP (bench/peers/ray_serve), for the HTTP scenario only: started by
+    /// [`Peer::start_ray_serve`].
+    RayServe,
 }
 
 impl PeerKind {
@@ -31,6 +34,7 @@ impl PeerKind {
         match self {
             PeerKind::Augur => "augur",
             PeerKind::PythonAsyncio => "python_asyncio",
+            PeerKind::RayServe => "ray_serve",
         }
     }
 }
@@ -106,7 +110,53 @@ impl Peer {
                     .env("PYTHONUNBUFFERED", "1");
                 marker = "ready";
             }
+            PeerKind::RayServe => anyhow::bail!("Ray Serve is started by Peer::start_ray_serve"),
         }
+        Self::spawn(kind, cmd, marker, http, log, timeout)
+    }
+
+    /// Starts the Ray Serve peer serving `model_dir` as `model` over HTTP on a free loopback
+    /// port, and waits for its ready line (it starts a local Ray: allow half a minute).
+    pub fn start_ray_serve(
+        p: &PeerPaths,
+        script: &Path,
+        model_dir: &Path,
+        model: &str,
+        log: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<Peer> {
+        let port = free_port()?;
+        let mut cmd = Command::new(&p.python);
+        cmd.arg(script)
+            .arg("--model-dir")
+            .arg(model_dir)
+            .args([
+                "--model-name",
+                model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .env("PYTHONUNBUFFERED", "1");
+        Self::spawn(
+            PeerKind::RayServe,
+            cmd,
+            "ray_serve ready",
+            Some(format!("127.0.0.1:{port}")),
+            log,
+            timeout,
+        )
+    }
+
+    fn spawn(
+        kind: PeerKind,
+        mut cmd: Command,
+        marker: &str,
+        http: Option<String>,
+        log: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<Peer> {
         let mut logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -148,8 +198,7 @@ impl Peer {
                     }
                 }
                 Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    terminate(&mut child, kind);
                     anyhow::bail!(
                         "{} did not get ready within {timeout:?} ({e}); see {}",
                         kind.name(),
@@ -209,10 +258,28 @@ impl Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            terminate(&mut self.child, self.kind);
         }
     }
+}
+
+/// Ends a peer that is not stopped in order: SIGKILL, except Ray Serve, whose driver takes
+/// its Ray processes down only on SIGTERM (up to 30 s, then SIGKILL).
+fn terminate(child: &mut Child, kind: PeerKind) {
+    if kind == PeerKind::RayServe {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A metric's value summed over its label sets, from a Prometheus text page.

@@ -30,6 +30,60 @@ pub fn rss_bytes(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// One part of a process's resident memory (from /proc/PID/smaps).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemPart {
+    /// "anonymous (heap, stacks, allocator caches)", a library's file name, "the binary",
+    /// "other files".
+    pub part: String,
+    pub rss_mb: f64,
+}
+
+/// What a process's resident memory is made of, largest first: anonymous memory, then each
+/// mapped file of 1 MB or more by name (libraries), the rest of the files together.
+pub fn smaps_breakdown(pid: u32) -> Option<Vec<MemPart>> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let mut parts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        if first.contains('-') && !first.ends_with(':') {
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            current = if path.is_empty() || path.starts_with('[') {
+                "anonymous (heap, stacks, allocator caches)".to_string()
+            } else if exe.as_deref().is_some_and(|e| e == std::path::Path::new(path)) {
+                "the binary".to_string()
+            } else {
+                path.rsplit('/').next().unwrap_or(path).to_string()
+            };
+        } else if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            *parts.entry(current.clone()).or_default() += kb;
+        }
+    }
+    let mut out: Vec<MemPart> = Vec::new();
+    let mut other = 0u64;
+    for (part, kb) in parts {
+        let named = part.starts_with("anonymous") || part == "the binary" || kb >= 1024;
+        if named {
+            out.push(MemPart {
+                part,
+                rss_mb: kb as f64 / 1024.0,
+            });
+        } else {
+            other += kb;
+        }
+    }
+    out.sort_by(|a, b| b.rss_mb.total_cmp(&a.rss_mb));
+    out.push(MemPart {
+        part: "other files".into(),
+        rss_mb: other as f64 / 1024.0,
+    });
+    Some(out)
+}
+
 /// A short description of this machine: CPU model, logical CPUs, memory, kernel.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -88,5 +142,24 @@ mod tests {
         let (rss, hwm) = rss_bytes(pid).unwrap();
         assert!(rss > 1 << 20 && hwm >= rss, "{rss} {hwm}");
         assert!(cpu_seconds(u32::MAX).is_none());
+        // The breakdown adds up to the resident memory (within what moved between the reads).
+        let parts = smaps_breakdown(pid).unwrap();
+        let total: f64 = parts.iter().map(|p| p.rss_mb).sum();
+        let rss_mb = rss_bytes(pid).unwrap().0 as f64 / 1024.0 / 1024.0;
+        assert!(
+            (total - rss_mb).abs() < 0.1 * rss_mb + 2.0,
+            "{total} vs {rss_mb}: {parts:?}"
+        );
+        assert!(
+            parts
+                .iter()
+                .any(|p| p.part.starts_with("anonymous") && p.rss_mb > 0.0),
+            "{parts:?}"
+        );
+        assert!(
+            parts.iter().any(|p| p.part == "the binary" && p.rss_mb > 0.0),
+            "{parts:?}"
+        );
+        assert!(smaps_breakdown(u32::MAX).is_none());
     }
 }

@@ -68,6 +68,10 @@ pub struct Latency {
     pub p999_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
+    /// The distribution: `[upper_ms, count]` per bucket, bounds 10 µs × 1.2^k, the empty
+    /// buckets at either end left out (kept for S1, for the picture).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub histogram: Vec<(f64, u64)>,
 }
 
 impl Latency {
@@ -83,8 +87,23 @@ impl Latency {
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
             mean_ms: h.mean() / 1e6,
+            histogram: log_buckets(h),
         }
     }
+}
+
+/// `[upper_ms, count]` buckets of a nanosecond histogram, upper bounds 10 µs × 1.2^k.
+fn log_buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut v: Vec<(f64, u64)> = h
+        .iter_log(10_000, 1.2)
+        .map(|x| (x.value_iterated_to() as f64 / 1e6, x.count_since_last_iteration()))
+        .collect();
+    while v.last().is_some_and(|b| b.1 == 0) {
+        v.pop();
+    }
+    let first = v.iter().position(|b| b.1 > 0).unwrap_or(v.len());
+    v.drain(..first.saturating_sub(1));
+    v
 }
 
 /// A histogram of nanoseconds from 1 ns to 10 minutes at 3 significant digits.
