@@ -34,7 +34,11 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             // A machine without an NVIDIA device never opens the CUDA library.
-            DeviceSpec::Auto => Ok(if super::cuda::available() { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceSpec::Auto => Ok(if super::cuda::available() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            }),
             DeviceSpec::Cuda(i) => {
                 let lib = super::cuda::load()
                     .map_err(|why| RuntimeError::DeviceUnavailable(format!("cuda:{i} ({why})")))?;
