@@ -23,7 +23,8 @@ fi
 # 2. Project-local Python venv: torch (libtorch for tch), training dependencies.
 # Training (models/train), the benchmark's Python baseline peer (bench/peers/python_asyncio)
 # schemathesis, which fuzzes the HTTP API (scripts/schemathesis.sh), and the clients the tests
-# read Augur's output with (tests/python: pyarrow for pandas' Parquet).
+# read Augur's output with (tests/python: pyarrow for pandas' Parquet), Ray Serve, the
+# benchmark's HTTP peer (bench/peers/ray_serve), and matplotlib for its pictures (bench/plot).
 REQ="$AUGUR_VENV/.augur-requirements.want"
 STAMP="$AUGUR_VENV/.augur-requirements"
 if [ ! -x "$AUGUR_VENV/bin/python" ]; then
@@ -31,7 +32,8 @@ if [ ! -x "$AUGUR_VENV/bin/python" ]; then
   python3 -m venv "$AUGUR_VENV"
 fi
 cat "$AUGUR_ROOT/models/train/requirements.txt" "$AUGUR_ROOT/bench/peers/python_asyncio/requirements.txt" \
-  "$AUGUR_ROOT/tests/schemathesis/requirements.txt" "$AUGUR_ROOT/tests/python/requirements.txt" >"$REQ"
+  "$AUGUR_ROOT/tests/schemathesis/requirements.txt" "$AUGUR_ROOT/tests/python/requirements.txt" \
+  "$AUGUR_ROOT/bench/peers/ray_serve/requirements.txt" "$AUGUR_ROOT/bench/plot/requirements.txt" >"$REQ"
 if ! cmp -s "$REQ" "$STAMP"; then
   log "installing Python requirements (torch is ~4.6 GB the first time)"
   "$AUGUR_VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"

@@ -157,6 +157,10 @@ enum Command {
         /// S5: measured seconds per (server, concurrency).
         #[arg(long, default_value_t = 10.0)]
         http_seconds: f64,
+        /// S5: Ray Serve's ingress modes, comma-separated (proxy: its default; haproxy: its
+        /// high-throughput mode).
+        #[arg(long, default_value = "proxy,haproxy", value_delimiter = ',')]
+        http_ray_ingress: Vec<String>,
         /// A short smoke run: few seconds per scenario, small S2.
         #[arg(long)]
         quick: bool,
@@ -573,6 +577,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             http_model,
             http_concurrency,
             http_seconds,
+            http_ray_ingress,
             quick,
         } => {
             let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -590,6 +595,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             o.http_model = http_model;
             o.http_concurrency = http_concurrency;
             o.http_seconds = http_seconds;
+            o.http_ray_ingress = http_ray_ingress;
             if let Some(r) = s2_rates {
                 o.s2_rates = r;
             }
@@ -601,6 +607,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 o.s4_starts = 1;
                 o.floor_seconds = 0.2;
                 o.http_seconds = o.http_seconds.min(2.0);
+                // Ray Serve's default mode only: haproxy's fixed ports allow one per machine.
+                o.http_ray_ingress.retain(|m| m == "proxy");
             }
             o.peers = peers
                 .iter()

@@ -200,4 +200,41 @@ fn quick_bench_of_both_peers_writes_a_consistent_report() {
     let aug = peers.iter().find(|p| p["peer"] == "augur").unwrap();
     let svc = &aug["s1"]["service"];
     assert!(svc["mean_batch_rows"].as_f64().unwrap() >= 1.0, "{svc}");
+    // S3's memory by part adds up to about the resident memory measured with it.
+    let s3 = &aug["s3"];
+    let parts: f64 = s3["at_idle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rss_mb"].as_f64().unwrap())
+        .sum();
+    let idle = s3["rss_at_idle_mb"].as_f64().unwrap() / 1.048_576;
+    assert!(
+        (parts - idle).abs() < 0.1 * idle + 5.0,
+        "{parts} MiB of parts, {idle} MiB resident: {s3}"
+    );
+    // S1's distribution holds every prediction received.
+    let hist = aug["s1"]["latency"]["histogram"].as_array().unwrap();
+    let counted: u64 = hist.iter().map(|b| b[1].as_u64().unwrap()).sum();
+    assert_eq!(counted, aug["s1"]["received"].as_u64().unwrap());
+    // S5: Augur and a real Ray Serve (its default ingress) answered every call of the same
+    // client at both concurrencies, and the table compares them.
+    let http = &r["http"];
+    assert!(http["errors"].as_array().unwrap().is_empty(), "{http}");
+    let servers = http["servers"].as_array().unwrap();
+    let names: Vec<&str> = servers.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["augur", "ray_serve (proxy)"]);
+    for v in servers {
+        let cells = v["cells"].as_array().unwrap();
+        let cs: Vec<u64> = cells.iter().map(|c| c["concurrency"].as_u64().unwrap()).collect();
+        assert_eq!(cs, [1, 16], "{v}");
+        for c in cells {
+            assert!(c["requests"].as_u64().unwrap() > 0, "{c}");
+            assert_eq!(c["errors"], 0, "{c}");
+        }
+    }
+    assert!(
+        md.lines().any(|l| l.starts_with("| ray_serve (proxy) | ")),
+        "{md}"
+    );
 }

@@ -85,6 +85,9 @@ pub struct BenchOptions {
     pub http_model: String,
     pub http_concurrency: Vec<usize>,
     pub http_seconds: f64,
+    /// S5: Ray Serve's ingress modes run, each its own peer: "proxy" (its default HTTP proxy
+    /// actor), "haproxy" (its high-throughput mode).
+    pub http_ray_ingress: Vec<String>,
 }
 
 impl BenchOptions {
@@ -119,6 +122,7 @@ impl BenchOptions {
             http_model: "lstm-direction".into(),
             http_concurrency: vec![1, 16],
             http_seconds: 10.0,
+            http_ray_ingress: vec!["proxy".into(), "haproxy".into()],
         }
     }
 }
@@ -258,10 +262,17 @@ pub struct HttpReport {
     /// The model folder both served (Ray Serve its TorchScript file).
     pub model_dir: String,
     pub seconds_per_cell: f64,
-    pub augur: Vec<oip::Cell>,
-    pub ray_serve: Vec<oip::Cell>,
-    pub ray_serve_start_to_ready_ms: Option<f64>,
+    /// Augur first, then each Ray Serve ingress mode.
+    pub servers: Vec<HttpServer>,
     pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HttpServer {
+    /// "augur", "ray_serve (proxy)", "ray_serve (haproxy)".
+    pub name: String,
+    pub cells: Vec<oip::Cell>,
+    pub start_to_ready_ms: f64,
 }
 
 /// A nats-server on a free loopback port for the run, killed when dropped.
@@ -792,41 +803,56 @@ impl Run<'_> {
         };
         match self.start(PeerKind::Augur, "http") {
             Ok(peer) => {
+                let mut server = HttpServer {
+                    name: "augur".into(),
+                    start_to_ready_ms: peer.start_to_ready.as_secs_f64() * 1e3,
+                    ..HttpServer::default()
+                };
                 match measure_http(bench(peer.http.clone().unwrap_or_default()), &o.root).await {
-                    Ok(cells) => r.augur = cells,
+                    Ok(cells) => server.cells = cells,
                     Err(e) => r.errors.push(format!("augur: {e:#}")),
                 }
                 if let Err(e) = peer.stop(Duration::from_secs(15)) {
                     r.errors.push(format!("augur: stopping: {e:#}"));
                 }
+                r.servers.push(server);
             }
             Err(e) => r.errors.push(format!("augur: {e:#}")),
         }
-        if *self.stop.borrow() {
-            return r;
-        }
-        let log = self.logs.join("ray_serve-http.log");
-        eprintln!("bench: starting ray_serve for http (a local Ray: up to a minute)");
         let script = o.root.join("bench/peers/ray_serve/serve.py");
-        match Peer::start_ray_serve(
-            &self.paths,
-            &script,
-            &dir,
-            &o.http_model,
-            &log,
-            Duration::from_secs(240),
-        ) {
-            Ok(peer) => {
-                r.ray_serve_start_to_ready_ms = Some(peer.start_to_ready.as_secs_f64() * 1e3);
-                match measure_http(bench(peer.http.clone().unwrap_or_default()), &o.root).await {
-                    Ok(cells) => r.ray_serve = cells,
-                    Err(e) => r.errors.push(format!("ray_serve: {e:#}")),
-                }
-                if let Err(e) = peer.stop(Duration::from_secs(60)) {
-                    r.errors.push(format!("ray_serve: stopping: {e:#}"));
-                }
+        for ingress in &o.http_ray_ingress {
+            if *self.stop.borrow() {
+                break;
             }
-            Err(e) => r.errors.push(format!("ray_serve: {e:#}")),
+            let name = format!("ray_serve ({ingress})");
+            let log = self.logs.join(format!("ray_serve-{ingress}-http.log"));
+            eprintln!("bench: starting {name} for http (a local Ray: up to a minute)");
+            match Peer::start_ray_serve(
+                &self.paths,
+                &script,
+                &dir,
+                &o.http_model,
+                ingress,
+                &log,
+                Duration::from_secs(240),
+            ) {
+                Ok(peer) => {
+                    let mut server = HttpServer {
+                        name: name.clone(),
+                        start_to_ready_ms: peer.start_to_ready.as_secs_f64() * 1e3,
+                        ..HttpServer::default()
+                    };
+                    match measure_http(bench(peer.http.clone().unwrap_or_default()), &o.root).await {
+                        Ok(cells) => server.cells = cells,
+                        Err(e) => r.errors.push(format!("{name}: {e:#}")),
+                    }
+                    if let Err(e) = peer.stop(Duration::from_secs(60)) {
+                        r.errors.push(format!("{name}: stopping: {e:#}"));
+                    }
+                    r.servers.push(server);
+                }
+                Err(e) => r.errors.push(format!("{name}: {e:#} (see {})", log.display())),
+            }
         }
         r
     }
@@ -979,82 +1005,66 @@ pub async fn run(
     Ok(report)
 }
 
-/// S5's table: each concurrency, Augur and Ray Serve side by side, and issue 17's two targets.
+/// S5's table: Augur beside each Ray Serve mode at each concurrency, and issue 17's targets.
 pub fn http_markdown(h: &HttpReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "S5 HTTP infer, {} ({}), Augur against Ray Serve (bench/peers/ray_serve, the TorchScript file, @serve.batch): the same closed-loop client, binary-data request of one real window, {:.0} s a cell after 2 s of warm-up, each server alone on the machine. Ray Serve start → ready: {} ms.",
-        h.model,
-        h.model_dir,
-        h.seconds_per_cell,
-        fmt(h.ray_serve_start_to_ready_ms, 0)
+        "S5 HTTP infer, {} ({}), Augur against Ray Serve (bench/peers/ray_serve: the TorchScript file, @serve.batch) in each ingress mode: the same closed-loop client, a binary-data request of one real window, {:.0} s a cell after 2 s of warm-up, each server alone on the machine.",
+        h.model, h.model_dir, h.seconds_per_cell
     );
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| concurrency | augur requests/s | ray_serve requests/s | augur / ray | augur p50 µs | ray_serve p50 µs | augur p50 / ray | augur p99 µs | ray_serve p99 µs | errors (augur, ray) |"
+        "| server | start → ready ms | concurrency | requests/s | p50 µs | p90 µs | p99 µs | errors |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    let at = |v: &[oip::Cell], c: usize| v.iter().find(|x| x.concurrency == c).cloned();
-    let mut cs: Vec<usize> = h
-        .augur
-        .iter()
-        .chain(&h.ray_serve)
-        .map(|x| x.concurrency)
-        .collect();
-    cs.sort_unstable();
-    cs.dedup();
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
-    for &c in &cs {
-        let (a, b) = (at(&h.augur, c), at(&h.ray_serve, c));
-        let rps = |x: &Option<oip::Cell>| x.as_ref().map(|x| x.requests_per_s);
-        let p50 = |x: &Option<oip::Cell>| x.as_ref().map(|x| x.p50_us as f64);
-        let p99 = |x: &Option<oip::Cell>| x.as_ref().map(|x| x.p99_us as f64);
-        let errs = |x: &Option<oip::Cell>| x.as_ref().map_or("-".into(), |x| x.errors.to_string());
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for v in &h.servers {
+        for c in &v.cells {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {:.0} | {} | {} | {} | {} |",
+                v.name,
+                v.start_to_ready_ms,
+                c.concurrency,
+                c.requests_per_s,
+                c.p50_us,
+                c.p90_us,
+                c.p99_us,
+                c.errors
+            );
+        }
+    }
+    let cell = |v: &HttpServer, c: usize| v.cells.iter().find(|x| x.concurrency == c).cloned();
+    if let Some(aug) = h.servers.iter().find(|v| v.name == "augur") {
+        let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {}, {} |",
-            fmt(rps(&a), 0),
-            fmt(rps(&b), 0),
-            fmt(ratio(rps(&a), rps(&b)), 1),
-            fmt(p50(&a), 0),
-            fmt(p50(&b), 0),
-            fmt(ratio(p50(&a), p50(&b)), 3),
-            fmt(p99(&a), 0),
-            fmt(p99(&b), 0),
-            errs(&a),
-            errs(&b)
+            "| against | requests/s at concurrency 16, augur / it | target ≥ 20 | p50 at concurrency 1, augur / it | target ≤ 0.1 |"
         );
+        let _ = writeln!(s, "|---|---:|---|---:|---|");
+        for v in h.servers.iter().filter(|v| v.name != "augur") {
+            let rps = match (cell(aug, 16), cell(v, 16)) {
+                (Some(a), Some(b)) if b.requests_per_s > 0.0 => Some(a.requests_per_s / b.requests_per_s),
+                _ => None,
+            };
+            let p50 = match (cell(aug, 1), cell(v, 1)) {
+                (Some(a), Some(b)) if b.p50_us > 0 => Some(a.p50_us as f64 / b.p50_us as f64),
+                _ => None,
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                v.name,
+                fmt(rps, 1),
+                meets("≥ 20", rps),
+                fmt(p50, 3),
+                meets("≤ 0.1", p50)
+            );
+        }
     }
-    let c16 = ratio(
-        at(&h.augur, 16).map(|x| x.requests_per_s),
-        at(&h.ray_serve, 16).map(|x| x.requests_per_s),
-    );
-    let c1 = ratio(
-        at(&h.augur, 1).map(|x| x.p50_us as f64),
-        at(&h.ray_serve, 1).map(|x| x.p50_us as f64),
-    );
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "Targets: requests/s at concurrency 16, augur / ray_serve = {} (≥ 20: {}); p50 at concurrency 1, augur / ray_serve = {} (≤ 0.1: {}).",
-        fmt(c16, 1),
-        match meets("≥ 20", c16) {
-            "" => "not measured",
-            m => m,
-        },
-        fmt(c1, 3),
-        match meets("≤ 0.1", c1) {
-            "" => "not measured",
-            m => m,
-        },
-    );
     for e in &h.errors {
         let _ = writeln!(s, "\nS5 error: {e}");
     }

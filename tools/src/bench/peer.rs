@@ -117,14 +117,18 @@ impl Peer {
 
     /// Starts the Ray Serve peer serving `model_dir` as `model` over HTTP on a free loopback
     /// port, and waits for its ready line (it starts a local Ray: allow half a minute).
+    /// `ingress`: "proxy" (Ray Serve's HTTP proxy actor, its default) or "haproxy" (its
+    /// high-throughput mode). Its own process group, so that a kill reaches every Ray process.
     pub fn start_ray_serve(
         p: &PeerPaths,
         script: &Path,
         model_dir: &Path,
         model: &str,
+        ingress: &str,
         log: &Path,
         timeout: Duration,
     ) -> anyhow::Result<Peer> {
+        use std::os::unix::process::CommandExt as _;
         let port = free_port()?;
         let mut cmd = Command::new(&p.python);
         cmd.arg(script)
@@ -138,7 +142,9 @@ impl Peer {
                 "--port",
                 &port.to_string(),
             ])
-            .env("PYTHONUNBUFFERED", "1");
+            .args(["--ingress", ingress])
+            .env("PYTHONUNBUFFERED", "1")
+            .process_group(0);
         Self::spawn(
             PeerKind::RayServe,
             cmd,
@@ -245,9 +251,15 @@ impl Peer {
         let t = Instant::now();
         while t.elapsed() < grace {
             if let Ok(Some(_)) = self.child.try_wait() {
+                if self.kind == PeerKind::RayServe {
+                    kill_group(self.pid());
+                }
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.kind == PeerKind::RayServe {
+            kill_group(self.pid());
         }
         self.child.kill().context("killing the peer")?;
         let _ = self.child.wait();
@@ -264,7 +276,7 @@ impl Drop for Peer {
 }
 
 /// Ends a peer that is not stopped in order: SIGKILL, except Ray Serve, whose driver takes
-/// its Ray processes down only on SIGTERM (up to 30 s, then SIGKILL).
+/// its Ray processes down only on SIGTERM (up to 30 s, then SIGKILL to its process group).
 fn terminate(child: &mut Child, kind: PeerKind) {
     if kind == PeerKind::RayServe {
         let _ = Command::new("kill")
@@ -273,13 +285,23 @@ fn terminate(child: &mut Child, kind: PeerKind) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(_)) = child.try_wait() {
+                kill_group(child.id());
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        kill_group(child.id());
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// SIGKILL to what is left of a process group (Ray's processes, once its driver is gone).
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// A metric's value summed over its label sets, from a Prometheus text page.
