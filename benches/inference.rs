@@ -33,7 +33,7 @@ fn main() {
     println!(
         "device {device}, libtorch intra-op threads {}, cuda available {}",
         tch::get_num_threads(),
-        tch::Cuda::is_available()
+        augur_runtime::cuda::available()
     );
     println!("| model | kind | device | batch | p50 µs/batch | p99 µs/batch | rows/s |");
     println!("|---|---|---|---:|---:|---:|---:|");

@@ -18,7 +18,9 @@ cargo build --release --quiet --bin augur
 rc=0
 target/release/augur bench "$@" || rc=$?
 # The pictures (S2 ramp, S1 distribution) beside the report, embedded in its Markdown.
-if [ -f bench/results/latest.json ] && [ "$rc" -eq 0 ]; then
+# (Only for the default output folder: with --out the report is elsewhere.)
+case " $* " in *" --out"*) own_out=1 ;; *) own_out=0 ;; esac
+if [ -f bench/results/latest.json ] && [ "$rc" -eq 0 ] && [ "$own_out" -eq 0 ]; then
   stamp=$("$AUGUR_VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["stamp"])' bench/results/latest.json)
   if "$AUGUR_VENV/bin/python" bench/plot/plot.py "bench/results/$stamp.json" >/dev/null; then
     for kind in s2 s1; do

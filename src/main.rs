@@ -1,4 +1,5 @@
 //! The `augur` binary: a thin command line over the library.
+#![forbid(unsafe_code)]
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -706,7 +707,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Models { root, device } => {
             let spec = DeviceSpec::parse(&device).with_context(|| format!("unknown device {device:?}"))?;
-            println!("cuda available: {}", tch::Cuda::is_available());
+            println!("cuda available: {}", augur_runtime::cuda::available());
             for dir in Manifest::discover(&root).context("listing the model repository")? {
                 let m = Model::load(&dir, spec).with_context(|| format!("loading {}", dir.display()))?;
                 let man = m.manifest();

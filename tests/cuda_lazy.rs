@@ -63,6 +63,9 @@ fn test_cpu_models_never_map_cuda_and_asking_for_cuda_opens_it_or_says_why() {
         Err(e) => {
             let e = e.to_string();
             println!("{e}");
+            // Refused only where there is no GPU: on an NVIDIA machine the CPU work above
+            // must not have switched CUDA off (libtorch decides once, at its first CUDA query).
+            assert!(!augur_runtime::cuda::nvidia_device_present(), "{e}");
             assert!(e.contains("cuda:0"), "{e}");
             assert!(e.contains("libtorch_cuda.so"), "{e}");
         }

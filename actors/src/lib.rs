@@ -24,6 +24,7 @@
 //! - [`clock`]: injected time (deadlines, backoff, batching, breakers); a manual clock for tests.
 //! - [`pipeline`]: builds the graph. [`telemetry`]: every metric name. [`events`]: typed
 //!   telemetry events, each counting, recording its metric and logging in one place.
+#![forbid(unsafe_code)]
 pub mod adaptive;
 pub mod aggregator;
 pub mod breaker;

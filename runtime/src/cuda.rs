@@ -18,10 +18,18 @@ static LOADED: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// The folder of the `libtorch_cpu.so` mapped into this process (from `/proc/self/maps`),
 /// else the one this crate was built against.
+///
+/// The library must be opened before anything asks libtorch about CUDA: libtorch looks for
+/// its CUDA hooks once, at the first such query, and keeps the answer. Every CUDA query of
+/// ours goes through [`available`] or `DeviceSpec::resolve`, which open it first.
 fn libtorch_dir() -> Option<PathBuf> {
     if let Ok(maps) = std::fs::read_to_string("/proc/self/maps") {
         for line in maps.lines() {
-            if let Some(i) = line.find('/') {
+            // A library replaced on disk under the running process shows " (deleted)": its
+            // folder no longer holds the CUDA library that matches it.
+            if let Some(i) = line.find('/')
+                && !line.ends_with(" (deleted)")
+            {
                 let p = std::path::Path::new(&line[i..]);
                 if p.file_name().is_some_and(|n| n == "libtorch_cpu.so") {
                     return p.parent().map(PathBuf::from);

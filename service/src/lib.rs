@@ -23,6 +23,7 @@
 //! - [`status`]: the live status line.
 //!
 //! It carries no tools: the feed, the publisher and the benchmark harness are `augur-tools`.
+#![forbid(unsafe_code)]
 pub mod bus;
 pub mod cache;
 pub mod codec;

@@ -8,6 +8,7 @@
 //!   Parquet) in, scored signals (CSV, Parquet) and reliability / rolling-accuracy PNGs out.
 //! - [`bench`]: `augur bench`, the benchmark harness (floor, scenarios S1-S4, the Python
 //!   baseline peer).
+#![forbid(unsafe_code)]
 pub mod bench;
 pub mod charts;
 pub mod features;

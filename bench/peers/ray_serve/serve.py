@@ -592,7 +592,12 @@ def main() -> int:
             file=sys.stderr, flush=True,
         )
         os.write(ready_fd, READY_LINE)
-        threading.Event().wait()  # until a signal raises Stop
+        # Until a signal raises Stop, or the parent (the harness) is gone, even killed: Ray's
+        # processes would otherwise outlive it.
+        parent = os.getppid()
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        raise Stop("the parent process is gone")
     except Stop as s:
         print(f"ray_serve: {s}, stopping", file=sys.stderr, flush=True)
         ok = True

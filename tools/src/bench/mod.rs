@@ -972,11 +972,13 @@ pub async fn run(
         }
         peers.push(r);
     }
-    let http = if o.scenarios.contains(&Scenario::Http) && !*run.stop.borrow() {
-        Some(run.http().await)
-    } else {
-        None
-    };
+    let http =
+        if o.scenarios.contains(&Scenario::Http) && o.peers.contains(&PeerKind::Augur) && !*run.stop.borrow()
+        {
+            Some(run.http().await)
+        } else {
+            None
+        };
     drop(receiver);
     let report = Report {
         stamp: stamp.clone(),
@@ -1012,7 +1014,7 @@ pub fn http_markdown(h: &HttpReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "S5 HTTP infer, {} ({}), Augur against Ray Serve (bench/peers/ray_serve: the TorchScript file, @serve.batch) in each ingress mode: the same closed-loop client, a binary-data request of one real window, {:.0} s a cell after 2 s of warm-up, each server alone on the machine.",
+        "S5 HTTP infer, {} ({}), Augur (the runtime its manifest names) against Ray Serve (bench/peers/ray_serve: the manifest's TorchScript file, @serve.batch of 16 rows with a 1 ms wait) in each ingress mode: the same closed-loop client, a binary-data request of one real window, {:.0} s a cell after 2 s of warm-up, each server alone on the machine.",
         h.model, h.model_dir, h.seconds_per_cell
     );
     let _ = writeln!(s);

@@ -219,7 +219,15 @@ pub async fn run(
                             let mut conn = HttpConn::connect(&o.http).await?;
                             while Instant::now() < end {
                                 let t0 = Instant::now();
-                                let ok = conn.post(&path, &body, head_len, &o.token).await? == 200;
+                                // A server that stops answering ends the cell with an error
+                                // instead of hanging the bench.
+                                let ok = tokio::time::timeout(
+                                    Duration::from_secs(30),
+                                    conn.post(&path, &body, head_len, &o.token),
+                                )
+                                .await
+                                .context("no answer within 30 s")??
+                                    == 200;
                                 if t0 >= warm_until {
                                     if ok {
                                         hist.record(t0.elapsed().as_micros().max(1) as u64)?;

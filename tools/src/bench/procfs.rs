@@ -36,6 +36,7 @@ pub struct MemPart {
     /// "anonymous (heap, stacks, allocator caches)", a library's file name, "the binary",
     /// "other files".
     pub part: String,
+    /// MB (10^6 bytes), as the harness's other memory figures.
     pub rss_mb: f64,
 }
 
@@ -70,7 +71,7 @@ pub fn smaps_breakdown(pid: u32) -> Option<Vec<MemPart>> {
         if named {
             out.push(MemPart {
                 part,
-                rss_mb: kb as f64 / 1024.0,
+                rss_mb: kb as f64 * 1024.0 / 1e6,
             });
         } else {
             other += kb;
@@ -79,7 +80,7 @@ pub fn smaps_breakdown(pid: u32) -> Option<Vec<MemPart>> {
     out.sort_by(|a, b| b.rss_mb.total_cmp(&a.rss_mb));
     out.push(MemPart {
         part: "other files".into(),
-        rss_mb: other as f64 / 1024.0,
+        rss_mb: other as f64 * 1024.0 / 1e6,
     });
     Some(out)
 }
@@ -145,7 +146,7 @@ mod tests {
         // The breakdown adds up to the resident memory (within what moved between the reads).
         let parts = smaps_breakdown(pid).unwrap();
         let total: f64 = parts.iter().map(|p| p.rss_mb).sum();
-        let rss_mb = rss_bytes(pid).unwrap().0 as f64 / 1024.0 / 1024.0;
+        let rss_mb = rss_bytes(pid).unwrap().0 as f64 / 1e6;
         assert!(
             (total - rss_mb).abs() < 0.1 * rss_mb + 2.0,
             "{total} vs {rss_mb}: {parts:?}"
