@@ -1437,7 +1437,9 @@ mod tests {
     #[test]
     fn scenarios_parse() {
         assert_eq!(Scenario::parse("S2"), Some(Scenario::S2));
-        assert_eq!(Scenario::parse("s5"), None);
+        assert_eq!(Scenario::parse("s5"), Some(Scenario::Http));
+        assert_eq!(Scenario::parse("http"), Some(Scenario::Http));
+        assert_eq!(Scenario::parse("s6"), None);
         assert_eq!(PeerKind::parse("python"), Some(PeerKind::PythonAsyncio));
     }
 }
