@@ -802,21 +802,7 @@ impl Run<'_> {
             transports: vec!["http"],
         };
         match self.start(PeerKind::Augur, "http") {
-            Ok(peer) => {
-                let mut server = HttpServer {
-                    name: "augur".into(),
-                    start_to_ready_ms: peer.start_to_ready.as_secs_f64() * 1e3,
-                    ..HttpServer::default()
-                };
-                match measure_http(bench(peer.http.clone().unwrap_or_default()), &o.root).await {
-                    Ok(cells) => server.cells = cells,
-                    Err(e) => r.errors.push(format!("augur: {e:#}")),
-                }
-                if let Err(e) = peer.stop(Duration::from_secs(15)) {
-                    r.errors.push(format!("augur: stopping: {e:#}"));
-                }
-                r.servers.push(server);
-            }
+            Ok(peer) => measure_server(&mut r, "augur", peer, bench, &o.root, Duration::from_secs(15)).await,
             Err(e) => r.errors.push(format!("augur: {e:#}")),
         }
         let script = o.root.join("bench/peers/ray_serve/serve.py");
@@ -837,25 +823,38 @@ impl Run<'_> {
                 Duration::from_secs(240),
             ) {
                 Ok(peer) => {
-                    let mut server = HttpServer {
-                        name: name.clone(),
-                        start_to_ready_ms: peer.start_to_ready.as_secs_f64() * 1e3,
-                        ..HttpServer::default()
-                    };
-                    match measure_http(bench(peer.http.clone().unwrap_or_default()), &o.root).await {
-                        Ok(cells) => server.cells = cells,
-                        Err(e) => r.errors.push(format!("{name}: {e:#}")),
-                    }
-                    if let Err(e) = peer.stop(Duration::from_secs(60)) {
-                        r.errors.push(format!("{name}: stopping: {e:#}"));
-                    }
-                    r.servers.push(server);
+                    measure_server(&mut r, &name, peer, bench, &o.root, Duration::from_secs(60)).await
                 }
                 Err(e) => r.errors.push(format!("{name}: {e:#} (see {})", log.display())),
             }
         }
         r
     }
+}
+
+/// One S5 server: the client's cells against the started `peer`, then the peer stopped (up
+/// to `grace`); its failures are the report's errors, under `name`.
+async fn measure_server(
+    r: &mut HttpReport,
+    name: &str,
+    peer: Peer,
+    bench: impl Fn(String) -> oip::OipBench,
+    root: &Path,
+    grace: Duration,
+) {
+    let mut server = HttpServer {
+        name: name.to_string(),
+        start_to_ready_ms: peer.start_to_ready.as_secs_f64() * 1e3,
+        ..HttpServer::default()
+    };
+    match measure_http(bench(peer.http.clone().unwrap_or_default()), root).await {
+        Ok(cells) => server.cells = cells,
+        Err(e) => r.errors.push(format!("{name}: {e:#}")),
+    }
+    if let Err(e) = peer.stop(grace) {
+        r.errors.push(format!("{name}: stopping: {e:#}"));
+    }
+    r.servers.push(server);
 }
 
 /// The serving folder of `model` under the models root.
